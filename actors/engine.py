@@ -1,0 +1,92 @@
+"""The generator's inference engine: one in-process vLLM engine, sampling whole groups per request."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import msgspec
+
+from pipeline.config import Config
+from pipeline.messages import WeightUpdate
+from pipeline.models import load_tokenizer
+
+
+@dataclass
+class Request:
+    prompt_tokens: list[int]
+    n: int
+    temperature: float
+    max_tokens: int
+
+
+@dataclass
+class Completion:
+    tokens: list[int]
+    logprobs: list[float]  # behaviour log-prob of each sampled token, under softmax(logits / T)
+    finish_reason: str
+
+
+class Engine:
+    def __init__(self, cfg: Config, model_path: str, seed: int):
+        # The engine core runs in this process: no extra process per generator, and the worker
+        # extension (which joins the weight group) lives where we can reach it.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        gen = cfg.generator
+        self.llm = LLM(
+            model=model_path,
+            dtype=cfg.model.dtype,
+            seed=seed,
+            enforce_eager=True,
+            max_model_len=self._max_model_len(cfg, model_path),
+            kv_cache_memory_bytes=gen.kv_cache_bytes,
+            gpu_memory_utilization=gen.gpu_memory_utilization,
+            # Behaviour log-probs must be of the distribution actually sampled: softmax(logits / T).
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="actors.vllm_ext.WeightReceiver",
+            # Prompts arrive as token ids and responses leave as token ids; the generator decodes
+            # with pipeline.models.load_tokenizer, which also knows the tiny model's tokenizer.
+            skip_tokenizer_init=True,
+        )
+        self.tokenizer = load_tokenizer(model_path)
+        self.stop_ids = [self.tokenizer.eos_token_id]
+
+    @staticmethod
+    def _max_model_len(cfg: Config, model_path: str) -> int | None:
+        return cfg.model.tiny.max_position_embeddings if not cfg.model.path else None
+
+    def generate(self, requests: list[Request]) -> list[list[Completion]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=r.prompt_tokens) for r in requests]
+        params = [
+            SamplingParams(n=r.n, temperature=r.temperature, max_tokens=r.max_tokens, logprobs=0,
+                           top_p=1.0, top_k=-1, stop_token_ids=self.stop_ids, detokenize=False)
+            for r in requests
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        groups = []
+        for out in outputs:
+            group = []
+            for c in out.outputs:
+                lps = [pos[tok].logprob for tok, pos in zip(c.token_ids, c.logprobs)]
+                group.append(Completion(list(c.token_ids), lps, c.finish_reason or "stop"))
+            groups.append(group)
+        return groups
+
+    def join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
+        self.llm.collective_rpc("rl_join_weight_group", args=(backend, host, port, rank, world_size))
+
+    def load_weights(self, update: WeightUpdate) -> list[float]:
+        metas = msgspec.to_builtins(update.tensors)
+        (digest,) = self.llm.collective_rpc("rl_receive_weights", args=(metas, update.dtype))
+        # Cached prefixes hold keys/values computed by the old weights: they must go.
+        self.llm.reset_prefix_cache()
+        return digest
+
+    def weights_digest(self) -> list[float]:
+        (digest,) = self.llm.collective_rpc("rl_weights_digest")
+        return digest

@@ -1,0 +1,128 @@
+"""The generator process: take leases, sample groups with vLLM, verify, stream rollouts back.
+
+It is stateless: everything it knows came in an Assignment, and everything it learns leaves in a
+Rollout. Weight updates are applied between generation batches (drain-then-update), so all `n`
+samples of a group share one weight version.
+
+One Rollout per completed group (not per sample): the group is the unit the learner trains on, so a
+dead generator can only lose whole leases (which the learner re-issues), never leave half a group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+
+from actors.engine import Completion, Engine, Request
+from actors.reward import Verifier
+from pipeline.config import Config
+from pipeline.messages import (
+    Assignment, Heartbeat, Rollout, Sample, Stop, WeightUpdate, pack_floats, pack_ids, unpack_ids,
+)
+from pipeline.transport import Addresses, GeneratorEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class Generator:
+    def __init__(self, cfg: Config, generator_id: int, addresses: Addresses, weights_port: int,
+                 world_size: int, model_path: str, backend: str = "gloo"):
+        self.cfg = cfg
+        self.id = generator_id
+        self.endpoint = GeneratorEndpoint(addresses, generator_id, cfg.transport.max_frame_bytes)
+        self.version = 0  # the weights on disk at start are version 0
+        self.digest: tuple[int, list[float]] = (-1, [])
+        self.status = "starting"
+        self.inflight: list[int] = []
+        self.heartbeat()
+        self.engine = Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id)
+        self.verifier = Verifier(cfg.generator.verifier_timeout_s)
+        self.tokenizer = self.engine.tokenizer
+        # Blocks until the learner and every generator have joined.
+        self.engine.join_weight_group(backend, addresses.host, weights_port, generator_id + 1, world_size)
+        self.digest = (0, self.engine.weights_digest())
+        self.pending: deque[Assignment] = deque()
+        self.updates: deque[WeightUpdate] = deque()
+        self.stopping = False
+        self._last_beat = 0.0
+
+    def heartbeat(self) -> None:
+        self.endpoint.send_control(Heartbeat(
+            generator_id=self.id, pid=os.getpid(), status=self.status, version=self.version,
+            inflight=list(self.inflight), digest_version=self.digest[0], digest=self.digest[1],
+        ))
+        self._last_beat = time.monotonic()
+
+    def _drain_messages(self, timeout_ms: int) -> None:
+        for msg in self.endpoint.recv(timeout_ms):
+            if isinstance(msg, Assignment):
+                self.pending.append(msg)
+            elif isinstance(msg, WeightUpdate):
+                self.updates.append(msg)
+            elif isinstance(msg, Stop):
+                self.stopping = True
+
+    def _apply_updates(self) -> None:
+        while self.updates:
+            update = self.updates.popleft()
+            if update.version <= self.version:
+                log.warning("generator %d: ignoring weight update %d (have %d)", self.id, update.version,
+                            self.version)
+                continue
+            self.status = "updating"
+            self.digest = (update.version, self.engine.load_weights(update))
+            self.version = update.version
+            self.heartbeat()
+
+    def _generate(self) -> None:
+        batch = list(self.pending)
+        self.pending.clear()
+        self.status = "generating"
+        self.inflight = [a.lease_id for a in batch]
+        self.heartbeat()
+        version_first = self.version
+        t0 = time.monotonic()
+        groups = self.engine.generate([
+            Request(unpack_ids(a.prompt_tokens).tolist(), a.n, a.temperature, a.max_tokens) for a in batch
+        ])
+        gen_seconds = time.monotonic() - t0
+        for assignment, group in zip(batch, groups):
+            self.endpoint.send_rollout(self._rollout(assignment, group, version_first, gen_seconds))
+        self.inflight = []
+        self.status = "ready"
+
+    def _rollout(self, a: Assignment, group: list[Completion], version: int, gen_seconds: float) -> Rollout:
+        t0 = time.monotonic()
+        eos = self.tokenizer.eos_token_id
+        texts = [self.tokenizer.decode([t for t in c.tokens if t != eos]) for c in group]
+        scored = self.verifier.score(a.verifier, texts, a.answer, a.metadata)
+        samples = [
+            Sample(tokens=pack_ids(c.tokens), logprobs=pack_floats(c.logprobs), reward=reward,
+                   version_first=version, version_last=version, finish_reason=c.finish_reason,
+                   verify_status=status)
+            for c, (reward, status) in zip(group, scored)
+        ]
+        return Rollout(lease_id=a.lease_id, generator_id=self.id, prompt_id=a.prompt_id, epoch=a.epoch,
+                       temperature=a.temperature, prompt_tokens=a.prompt_tokens, samples=samples,
+                       gen_seconds=gen_seconds, verify_seconds=time.monotonic() - t0)
+
+    def run(self) -> None:
+        self.status = "ready"
+        self.heartbeat()
+        try:
+            while not self.stopping:
+                self._drain_messages(timeout_ms=0 if self.pending else 50)
+                if self.stopping:
+                    break
+                self._apply_updates()
+                if self.pending:
+                    self._generate()
+                if time.monotonic() - self._last_beat >= self.cfg.generator.heartbeat_s:
+                    self.heartbeat()
+        finally:
+            self.status = "stopping"
+            self.heartbeat()
+            self.verifier.close()
+            self.endpoint.close()

@@ -1,0 +1,127 @@
+"""Leases prompt visits to generators, with the temperature the tracker schedules, and accounts for them.
+
+Every dispatched lease ends as exactly one outcome (DESIGN.md §3, "no silent loss"):
+trained, dropped_stale, dropped_filtered, failed, or reissued (expired; the visit goes back in the
+queue under a new lease). Until then it is open: out at a generator, or back and waiting in the
+group buffer. So at any time: dispatched == sum(outcomes) + open.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import time
+from dataclasses import dataclass
+
+from learner.schedule import temperature
+from learner.tracker import Tracker
+from pipeline.config import Config
+from pipeline.data import Problem
+from pipeline.messages import Assignment, pack_ids
+
+OUTCOMES = ("trained", "dropped_stale", "dropped_filtered", "failed", "reissued")
+
+
+@dataclass
+class Lease:
+    lease_id: int
+    prompt_id: int
+    epoch: int
+    generator_id: int
+    temperature: float
+    version: int
+    deadline: float
+    returned: bool = False
+
+
+class Dispatcher:
+    def __init__(self, cfg: Config, problems: list[Problem], prompt_tokens: list[list[int]], tracker: Tracker):
+        self.cfg = cfg
+        self.problems = problems
+        self.prompt_bytes = [pack_ids(t) for t in prompt_tokens]
+        self.tracker = tracker
+        self.epoch = 0
+        self.cursor = 0
+        self.order = self._order(0)
+        self.requeue: collections.deque[tuple[int, int]] = collections.deque()  # (prompt_id, epoch)
+        self.next_lease_id = 1
+        self.leases: dict[int, Lease] = {}
+        self.dispatched = 0
+        self.outcomes: collections.Counter[str] = collections.Counter({o: 0 for o in OUTCOMES})
+        self.failures: collections.Counter[str] = collections.Counter()
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.problems)))
+        random.Random(self.cfg.data.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def _next_visit(self) -> tuple[int, int]:
+        if self.requeue:
+            return self.requeue.popleft()
+        if self.cursor >= len(self.order):
+            self.epoch += 1
+            self.cursor = 0
+            self.order = self._order(self.epoch)
+        pid = self.order[self.cursor]
+        self.cursor += 1
+        return pid, self.epoch
+
+    def lease(self, generator_id: int, version: int, now: float | None = None) -> Assignment:
+        now = time.monotonic() if now is None else now
+        prompt_id, epoch = self._next_visit()
+        temp = temperature(self.tracker.h(prompt_id), self.cfg.schedule)
+        lease = Lease(self.next_lease_id, prompt_id, epoch, generator_id, temp, version,
+                      now + self.cfg.learner.lease_timeout_s)
+        self.next_lease_id += 1
+        self.leases[lease.lease_id] = lease
+        self.dispatched += 1
+        p = self.problems[prompt_id]
+        return Assignment(
+            lease_id=lease.lease_id, prompt_id=prompt_id, epoch=epoch, temperature=temp,
+            n=self.cfg.learner.group_size, policy_version=version, prompt_tokens=self.prompt_bytes[prompt_id],
+            answer=p.answer, verifier=p.verifier, metadata=p.metadata,
+            max_tokens=self.cfg.generator.max_tokens,
+        )
+
+    def outstanding(self, generator_id: int | None = None) -> int:
+        """Leases out at generators (not yet returned)."""
+        return sum(1 for l in self.leases.values()
+                   if not l.returned and (generator_id is None or l.generator_id == generator_id))
+
+    def returned(self, lease_id: int) -> Lease | None:
+        """Mark a lease's group as arrived; None for an unknown, closed or duplicate lease."""
+        lease = self.leases.get(lease_id)
+        if lease is None or lease.returned:
+            return None
+        lease.returned = True
+        return lease
+
+    def close(self, lease_id: int, outcome: str, reason: str = "") -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown lease outcome {outcome!r}")
+        self.leases.pop(lease_id)
+        self.outcomes[outcome] += 1
+        if outcome == "failed":
+            self.failures[reason or "unknown"] += 1
+
+    def expire(self, now: float | None = None, generator_id: int | None = None) -> list[Lease]:
+        """Close leases past their deadline (or all of a dead generator's) and queue their visits again."""
+        now = time.monotonic() if now is None else now
+        expired = [l for l in self.leases.values() if not l.returned and (
+            l.deadline < now if generator_id is None else l.generator_id == generator_id)]
+        for l in expired:
+            self.close(l.lease_id, "reissued")
+            self.requeue.append((l.prompt_id, l.epoch))
+        return expired
+
+    @property
+    def open(self) -> int:
+        return len(self.leases)
+
+    def balanced(self) -> bool:
+        return self.dispatched == sum(self.outcomes.values()) + self.open
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "requeue": list(self.requeue),
+                "next_lease_id": self.next_lease_id, "dispatched": self.dispatched,
+                "outcomes": dict(self.outcomes), "failures": dict(self.failures)}

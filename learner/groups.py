@@ -1,0 +1,92 @@
+"""Turns rollout messages into complete groups, and holds them until a batch is trained.
+
+Groups are whole by construction: a Rollout carries all n samples of one lease, and one with any
+other count is refused (and its lease closed as failed), never normalised as if it were complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.messages import Rollout, unpack_floats, unpack_ids
+
+
+class BadRollout(ValueError):
+    pass
+
+
+@dataclass
+class Group:
+    lease_id: int
+    prompt_id: int
+    epoch: int
+    temperature: float  # as recorded by the generator; the learner uses this value, not a recomputed one
+    prompt: torch.Tensor  # [P] int64
+    responses: list[torch.Tensor]  # n x [L_j] int64
+    behaviour_logprobs: list[torch.Tensor]  # n x [L_j] float32 (mu)
+    rewards: torch.Tensor  # [n] float32
+    version_first: int  # oldest weight version any token was sampled under
+    version_last: int
+
+    @property
+    def n(self) -> int:
+        return len(self.responses)
+
+    def lag(self, version: int) -> int:
+        return version - self.version_first
+
+    @property
+    def kind(self) -> str:
+        """positive (all correct: residual), negative (all wrong) or mixed."""
+        if bool((self.rewards >= 1).all()):
+            return "positive"
+        if bool((self.rewards <= 0).all()):
+            return "negative"
+        return "mixed"
+
+
+def group_from_rollout(r: Rollout, group_size: int) -> Group:
+    if len(r.samples) != group_size:
+        raise BadRollout(f"lease {r.lease_id}: {len(r.samples)} samples, expected {group_size}")
+    responses, mus = [], []
+    for s in r.samples:
+        tokens, lps = unpack_ids(s.tokens), unpack_floats(s.logprobs)
+        if len(tokens) != len(lps) or len(tokens) == 0:
+            raise BadRollout(f"lease {r.lease_id}: {len(tokens)} tokens but {len(lps)} log-probs")
+        responses.append(torch.from_numpy(tokens.astype("int64")))
+        mus.append(torch.from_numpy(lps.copy()))
+    if not r.temperature > 0:
+        raise BadRollout(f"lease {r.lease_id}: temperature {r.temperature}")
+    return Group(
+        lease_id=r.lease_id, prompt_id=r.prompt_id, epoch=r.epoch, temperature=r.temperature,
+        prompt=torch.from_numpy(unpack_ids(r.prompt_tokens).astype("int64")),
+        responses=responses, behaviour_logprobs=mus,
+        rewards=torch.tensor([s.reward for s in r.samples], dtype=torch.float32),
+        version_first=min(s.version_first for s in r.samples),
+        version_last=max(s.version_last for s in r.samples),
+    )
+
+
+class GroupBuffer:
+    """FIFO of complete groups waiting to be trained."""
+
+    def __init__(self):
+        self.groups: list[Group] = []
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def add(self, group: Group) -> None:
+        self.groups.append(group)
+
+    def drop_stale(self, version: int, max_lag: int) -> list[Group]:
+        """Remove and return groups whose lag would exceed max_lag if trained at `version`."""
+        stale = [g for g in self.groups if g.lag(version) > max_lag]
+        self.groups = [g for g in self.groups if g.lag(version) <= max_lag]
+        return stale
+
+    def take(self, count: int) -> list[Group]:
+        batch, self.groups = self.groups[:count], self.groups[count:]
+        return batch

@@ -1,0 +1,261 @@
+"""The learner's main loop: lease prompts, collect complete groups, train, broadcast, account.
+
+One thread owns the sockets and the model; the weight broadcast runs beside it (learner/broadcast.py).
+Read `Learner.run` top to bottom for the whole asynchronous step.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from learner.broadcast import Broadcaster
+from learner.dispatcher import Dispatcher
+from learner.groups import BadRollout, GroupBuffer, group_from_rollout
+from learner.metrics import MetricsLog
+from learner.tracker import Tracker
+from learner.trainer import Trainer
+from pipeline.config import Config, to_toml_dict
+from pipeline.data import Problem
+from pipeline.messages import Heartbeat, Rollout, Stop, WireError
+from pipeline.models import load_tokenizer
+from pipeline.transport import LearnerEndpoint, free_port
+
+log = logging.getLogger(__name__)
+
+
+class LearnerError(RuntimeError):
+    pass
+
+
+@dataclass
+class GeneratorInfo:
+    status: str = "starting"
+    version: int = 0
+    last_seen: float = 0.0
+    pid: int = 0
+    checked: int = -1  # newest version whose weight digest was compared
+
+
+@dataclass
+class RunStats:
+    """What the summary is made of; also what the tests inspect."""
+
+    step_rewards: list[float] = field(default_factory=list)
+    step_residual: list[float] = field(default_factory=list)
+    group_kinds: collections.Counter = field(default_factory=collections.Counter)
+    trained_temps: list[float] = field(default_factory=list)
+    lag_hist: collections.Counter = field(default_factory=collections.Counter)
+    trained_lags_max: int = 0
+    samples_trained: int = 0
+    versions_announced: list[int] = field(default_factory=list)
+    weights_verified: int = 0
+    weights_mismatch: int = 0
+    seconds: float = 0.0
+
+
+class Learner:
+    def __init__(self, cfg: Config, model_path: str, problems: list[Problem]):
+        self.cfg = cfg
+        self.model_path = model_path
+        tokenizer = load_tokenizer(model_path)
+        prompt_tokens = [tokenizer.encode(cfg.data.prompt_template.format(question=p.question))
+                         for p in problems]
+        self.tracker = Tracker(len(problems), cfg.tracker.reset_on_mixed)
+        self.dispatcher = Dispatcher(cfg, problems, prompt_tokens, self.tracker)
+        torch.manual_seed(cfg.run.seed)
+        self.trainer = Trainer(cfg, model_path)
+        self.buffer = GroupBuffer()
+        t = cfg.transport
+        self.endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes)
+        self.weights_port = t.weights_port or free_port(t.host)
+        self.broadcaster = Broadcaster("gloo" if not torch.cuda.is_available() else "nccl", t.host,
+                                       self.weights_port, 1 + cfg.generator.count, cfg.model.dtype)
+        self.generators: dict[int, GeneratorInfo] = {}
+        self.digests: dict[int, list[float]] = {}
+        _, _, self.digests[0] = self.broadcaster.prepare(0, self.trainer.named_weights())
+        self.stats = RunStats()
+        self.rejected_rollouts: collections.Counter[str] = collections.Counter()
+        self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
+                                  wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name,
+                                  config=to_toml_dict(cfg))
+
+    # ---- messages in -------------------------------------------------------------------------
+
+    def _on_heartbeat(self, hb: Heartbeat) -> None:
+        info = self.generators.setdefault(hb.generator_id, GeneratorInfo())
+        info.status, info.version, info.pid = hb.status, hb.version, hb.pid
+        info.last_seen = time.monotonic()
+        expected = self.digests.get(hb.digest_version)
+        if hb.digest and expected is not None and hb.digest_version > info.checked:
+            info.checked = hb.digest_version
+            if all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6) for a, b in zip(hb.digest, expected)):
+                self.stats.weights_verified += 1
+            else:
+                self.stats.weights_mismatch += 1
+                log.error("generator %d: weights of version %d differ from the learner's (%s vs %s)",
+                          hb.generator_id, hb.digest_version, hb.digest, expected)
+
+    def _on_rollout(self, r: Rollout) -> None:
+        lease = self.dispatcher.returned(r.lease_id)
+        if lease is None:  # expired and re-issued, duplicated, or never ours: not a dispatch outcome
+            self._reject_rollout("unknown_lease", r)
+            return
+        if (r.prompt_id, r.epoch) != (lease.prompt_id, lease.epoch):
+            self.dispatcher.close(r.lease_id, "failed", "mismatched_rollout")
+            self._reject_rollout("mismatched_rollout", r)
+            return
+        try:
+            group = group_from_rollout(r, self.cfg.learner.group_size)
+        except BadRollout as exc:
+            self.dispatcher.close(r.lease_id, "failed", "bad_rollout")
+            self._reject_rollout("bad_rollout", r, str(exc))
+            return
+        self.tracker.record_visit(group.prompt_id, group.rewards.tolist(), group.temperature, group.version_first)
+        self.stats.group_kinds[group.kind] += 1
+        self.buffer.add(group)
+
+    def _reject_rollout(self, kind: str, r: Rollout, detail: str = "") -> None:
+        if self.rejected_rollouts[kind] == 0:
+            log.warning("rejected rollout for lease %d from generator %d: %s %s", r.lease_id,
+                        r.generator_id, kind, detail)
+        self.rejected_rollouts[kind] += 1
+
+    # ---- actions -------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Keep every live generator busy, but never lease more than can be trained within max_lag."""
+        lc = self.cfg.learner
+        budget = (lc.max_lag + 1) * lc.groups_per_step - self.dispatcher.open
+        if self.broadcaster.group is None:
+            return  # generators are still joining the weight group
+        for gid, info in sorted(self.generators.items()):
+            if info.status not in ("ready", "generating", "updating"):
+                continue
+            while budget > 0 and self.dispatcher.outstanding(gid) < self.cfg.generator.max_inflight:
+                assignment = self.dispatcher.lease(gid, self.trainer.version)
+                if not self.endpoint.send(gid, assignment):
+                    self.dispatcher.expire(generator_id=gid)
+                    break
+                budget -= 1
+
+    def _announce(self) -> None:
+        """Send the newest weights if the broadcast channel is free and they are not sent yet."""
+        v = self.trainer.version
+        sent = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
+        if v == sent or v % self.cfg.learner.sync_every and v < self.cfg.learner.steps:
+            return
+        if not self.broadcaster.ready or len(self.generators) < self.cfg.generator.count:
+            return
+        update, flat, self.digests[v] = self.broadcaster.prepare(v, self.trainer.named_weights())
+        for gid in self.generators:
+            self.endpoint.send(gid, update)
+        self.broadcaster.submit(v, flat)
+        self.stats.versions_announced.append(v)
+
+    def _train_if_ready(self) -> dict | None:
+        lc = self.cfg.learner
+        for g in self.buffer.drop_stale(self.trainer.version, lc.max_lag):
+            self.dispatcher.close(g.lease_id, "dropped_stale")
+        if len(self.buffer) < lc.groups_per_step:
+            return None
+        groups = self.buffer.take(lc.groups_per_step)
+        version = self.trainer.version
+        lags = [g.lag(version) for g in groups]
+        assert max(lags) <= lc.max_lag, "a stale group reached the optimiser"
+        t0 = time.monotonic()
+        metrics = self.trainer.step(groups)
+        for g, lag in zip(groups, lags):
+            self.dispatcher.close(g.lease_id, "trained")
+            self.tracker.record_trained(g.prompt_id, version)
+            self.stats.lag_hist[lag] += g.n
+            self.stats.trained_temps.append(g.temperature)
+        rewards = torch.cat([g.rewards for g in groups])
+        residual = sum(g.kind == "positive" for g in groups) / len(groups)
+        self.stats.step_rewards.append(float(rewards.mean()))
+        self.stats.step_residual.append(residual)
+        self.stats.samples_trained += int(rewards.numel())
+        self.stats.trained_lags_max = max(self.stats.trained_lags_max, max(lags))
+        metrics.update({
+            "reward": float(rewards.mean()), "residual_frac": residual,
+            "temperature_mean": sum(g.temperature for g in groups) / len(groups),
+            "lag_mean": sum(lags) / len(lags), "lag_max": max(lags), "step_seconds": time.monotonic() - t0,
+            "buffered": len(self.buffer), "open_leases": self.dispatcher.open,
+            **{f"leases/{k}": v for k, v in self.dispatcher.outcomes.items()},
+            "leases/dispatched": self.dispatcher.dispatched,
+        })
+        self.metrics.log(self.trainer.version, metrics)
+        return metrics
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def run(self, launcher=None, progress=None) -> RunStats:
+        lc = self.cfg.learner
+        start = time.monotonic()
+        last_progress = time.monotonic()
+        while self.trainer.version < lc.steps:
+            if self.broadcaster.error is not None:
+                raise LearnerError(f"weight broadcast failed: {self.broadcaster.error}")
+            if launcher is not None and (dead := launcher.dead()):
+                gid, code = next(iter(dead.items()))
+                raise LearnerError(f"generator {gid} exited with code {code}:\n{launcher.log_tail(gid)}")
+            self._dispatch()
+            for msg in self.endpoint.recv(timeout_ms=20):
+                if isinstance(msg, Heartbeat):
+                    self._on_heartbeat(msg)
+                elif isinstance(msg, Rollout):
+                    self._on_rollout(msg)
+                    last_progress = time.monotonic()
+            self.dispatcher.expire()
+            metrics = self._train_if_ready()
+            if metrics is not None:
+                self._announce()
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(reward=f"{metrics['reward']:.2f}", T=f"{metrics['temperature_mean']:.2f}",
+                                         lag=f"{metrics['lag_mean']:.1f}")
+            else:
+                self._announce()
+            if time.monotonic() - last_progress > lc.idle_timeout_s:
+                raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s)")
+        self.stats.seconds = time.monotonic() - start
+        self._finish_broadcasts()
+        return self.stats
+
+    def _finish_broadcasts(self, timeout_s: float = 60.0) -> None:
+        """Let the last broadcast land and the generators report its digest, so it is verified."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._announce()
+            last = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
+            if self.broadcaster.ready and last == self.trainer.version and all(
+                    g.checked >= last for g in self.generators.values()):
+                return
+            for msg in self.endpoint.recv(timeout_ms=20):
+                if isinstance(msg, Heartbeat):
+                    self._on_heartbeat(msg)
+                elif isinstance(msg, Rollout):
+                    self._on_rollout(msg)
+
+    def stop_generators(self) -> None:
+        for gid in self.generators:
+            self.endpoint.send(gid, Stop(reason="run finished"))
+
+    def close(self) -> None:
+        self.broadcaster.close()
+        self.metrics.close()
+        self.endpoint.close()
+
+    def counters(self) -> dict:
+        d = self.dispatcher
+        return {"dispatched": d.dispatched, **dict(d.outcomes), "open": d.open,
+                "in_flight": d.outstanding(), "buffered": len(self.buffer),
+                "rejected_frames": dict(self.endpoint.rejected.counts),
+                "rejected_rollouts": dict(self.rejected_rollouts),
+                "weights_verified": self.stats.weights_verified,
+                "weights_mismatch": self.stats.weights_mismatch}

@@ -1,0 +1,65 @@
+"""Per-step metrics to a local JSONL file and to wandb (offline unless the user logs in)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLog:
+    def __init__(self, path: Path, *, use_wandb: bool, wandb_mode: str, run_name: str, config: dict):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("ab")
+        self.wandb = None
+        if use_wandb and wandb_mode != "disabled":
+            try:
+                import wandb
+
+                os.environ.setdefault("WANDB_SILENT", "true")
+                self.wandb = wandb.init(project="rlvr", name=run_name, mode=wandb_mode, config=config,
+                                        dir=str(path.parent), reinit="finish_previous")
+            except Exception as exc:  # noqa: BLE001 - tracking must never take the run down
+                log.warning("wandb unavailable (%s); metrics go to %s only", exc, path)
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.file.write(msgspec.json.encode({"step": step, **metrics}) + b"\n")
+        self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def summarize(stats, counters: dict) -> tuple[str, str]:
+    """A short human summary of a run and its machine-readable last line."""
+    rewards = stats.step_rewards
+    q = max(1, len(rewards) // 4)
+    first = sum(rewards[:q]) / q if rewards else 0.0
+    last = sum(rewards[-q:]) / q if rewards else 0.0
+    groups = sum(stats.group_kinds.values())
+    residual = stats.group_kinds["positive"] / groups if groups else 0.0
+    temps = stats.trained_temps
+    mean_temp = sum(temps) / len(temps) if temps else 0.0
+    sps = stats.samples_trained / stats.seconds if stats.seconds else 0.0
+    lag_total = sum(stats.lag_hist.values()) or 1
+    lags = ", ".join(f"{k}: {v / lag_total:.0%}" for k, v in sorted(stats.lag_hist.items()))
+    text = "\n".join([
+        f"steps {len(rewards)}   samples trained {stats.samples_trained}   {sps:.1f} samples/s",
+        f"train reward: first quarter {first:.3f} -> last quarter {last:.3f}",
+        f"groups: {groups} complete ({stats.group_kinds['positive']} all-correct = {residual:.1%} residual, "
+        f"{stats.group_kinds['negative']} all-wrong, {stats.group_kinds['mixed']} mixed)",
+        f"mean temperature of trained groups {mean_temp:.3f}   lag distribution (samples) {{{lags}}}",
+        f"leases: {counters}",
+    ])
+    result = (f"RESULT steps={len(rewards)} samples={stats.samples_trained} reward_first={first:.4f} "
+              f"reward_last={last:.4f} residual_frac={residual:.4f} mean_temp={mean_temp:.4f} "
+              f"samples_per_s={sps:.2f}")
+    return text, result

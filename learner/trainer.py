@@ -1,0 +1,94 @@
+"""The policy model, its optimiser, and one gradient step on a batch of complete groups."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from learner.advantages import grpo
+from learner.groups import Group
+from learner.loss import tis_loss, token_logprobs
+from pipeline.config import Config
+from pipeline.models import load_causal_lm
+
+
+@dataclass
+class Batch:
+    """Padded prompt+response sequences, with everything aligned to the predicted positions."""
+
+    input_ids: torch.Tensor  # [N, S]
+    attention_mask: torch.Tensor  # [N, S]
+    targets: torch.Tensor  # [N, S-1] token predicted at each position
+    response_mask: torch.Tensor  # [N, S-1] 1 where the target is a response token
+    mu: torch.Tensor  # [N, S-1] behaviour log-probs on response positions, 0 elsewhere
+    adv: torch.Tensor  # [N, S-1] token advantages
+    temperature: torch.Tensor  # [N]
+    lag: torch.Tensor  # [N]
+
+
+def build_batch(groups: list[Group], version: int, eps: float, pad_id: int) -> Batch:
+    seqs, rows = [], []
+    for g in groups:
+        adv = grpo(g.rewards, eps)  # over the complete group, before any sample is looked at alone
+        for j, (resp, mu) in enumerate(zip(g.responses, g.behaviour_logprobs)):
+            seqs.append(torch.cat([g.prompt, resp]))
+            rows.append((len(g.prompt), resp, mu, float(adv[j]), g.temperature, g.lag(version)))
+    n, s = len(seqs), max(len(x) for x in seqs)
+    input_ids = torch.full((n, s), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, s), dtype=torch.long)
+    resp_mask = torch.zeros((n, s - 1))
+    mu = torch.zeros((n, s - 1))
+    adv = torch.zeros((n, s - 1))
+    for i, (seq, (p, resp, m, a, _, _)) in enumerate(zip(seqs, rows)):
+        input_ids[i, :len(seq)] = seq
+        attention[i, :len(seq)] = 1
+        # position t predicts token t+1: response token k (at p+k) is predicted at position p+k-1
+        resp_mask[i, p - 1:p - 1 + len(resp)] = 1
+        mu[i, p - 1:p - 1 + len(resp)] = m
+        adv[i, p - 1:p - 1 + len(resp)] = a
+    return Batch(input_ids, attention, input_ids[:, 1:], resp_mask, mu, adv,
+                 torch.tensor([r[4] for r in rows]), torch.tensor([r[5] for r in rows]))
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model_path: str):
+        self.cfg = cfg
+        self.model = load_causal_lm(model_path, cfg.model.dtype)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learner.lr,
+                                           weight_decay=cfg.learner.weight_decay)
+        self.version = 0  # number of optimiser steps taken: the weights' version
+        self.pad_id = self.model.config.pad_token_id or 0
+
+    def named_weights(self) -> list[tuple[str, torch.Tensor]]:
+        # named_parameters() lists tied embeddings once, which is what the engine's loader expects
+        return list(self.model.named_parameters())
+
+    def logprobs(self, batch: Batch) -> torch.Tensor:
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        temp = batch.temperature if self.cfg.loss.logprob_temperature == "sample" else torch.ones_like(batch.temperature)
+        return token_logprobs(logits, batch.targets, temp)
+
+    def step(self, groups: list[Group]) -> dict:
+        batch = build_batch(groups, self.version, self.cfg.advantage.eps, self.pad_id)
+        logp = self.logprobs(batch)
+        # One optimiser step per batch: pi_prox is pi_theta at the start of the step, so no extra
+        # forward pass is needed; detaching gives it exactly.
+        prox = logp.detach()
+        loss, stats = tis_loss(logp, prox, batch.mu, batch.adv, batch.response_mask, self.cfg.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.grad_clip)
+        self.optimizer.step()
+        self.version += 1
+
+        mask = batch.response_mask.bool()
+        gap = (prox - batch.mu).abs()
+        gap_by_lag = {}
+        for lag in batch.lag.unique().tolist():
+            rows = batch.lag == lag
+            m = mask[rows]
+            gap_by_lag[f"prox_mu_gap/lag{lag}"] = float(gap[rows][m].mean())
+        return {**asdict(stats), "grad_norm": float(grad_norm), **gap_by_lag,
+                "tokens": int(mask.sum()), "response_len": float(mask.sum(1).float().mean())}

@@ -1,0 +1,80 @@
+"""The torch.distributed group that carries weights from the learner (rank 0) to the generators.
+
+The group is built directly from a TCPStore and a ProcessGroup object, not through
+`init_process_group`, because a generator process already has vLLM's own default group; this one
+lives beside it. Gloo on CPU and NCCL on GPUs take the same code path (only the class differs).
+
+Weights travel as one flat buffer per update (one collective instead of one per tensor); the
+names, shapes and dtype travel in the WeightUpdate announce over ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from pipeline.messages import TensorMeta
+
+
+class WeightGroup:
+    """One side of the learner -> generators broadcast group."""
+
+    def __init__(self, backend: str, host: str, port: int, rank: int, world_size: int,
+                 timeout_s: float = 600.0):
+        timeout = datetime.timedelta(seconds=timeout_s)
+        # The learner (rank 0) hosts the rendezvous store; the others connect to it.
+        self.store = dist.TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout,
+                                   wait_for_workers=False)
+        self.rank = rank
+        self.world_size = world_size
+        self.backend = backend
+        if backend == "gloo":
+            self.pg = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
+            self.device = torch.device("cpu")
+        elif backend == "nccl":
+            opts = dist.ProcessGroupNCCL.Options()
+            opts._timeout = timeout
+            self.pg = dist.ProcessGroupNCCL(self.store, rank, world_size, opts)
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            raise ValueError(f"unknown weight-transport backend {backend!r} (gloo or nccl)")
+
+    def broadcast(self, flat: torch.Tensor) -> None:
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        self.pg.broadcast([flat], opts).wait()
+
+
+def tensor_metas(named: Iterable[tuple[str, torch.Tensor]]) -> list[TensorMeta]:
+    return [TensorMeta(name, list(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in named]
+
+
+def flatten(named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).to(dtype) for _, t in named])
+
+
+def unflatten(flat: torch.Tensor, metas: list[TensorMeta]) -> Iterator[tuple[str, torch.Tensor]]:
+    offset = 0
+    for m in metas:
+        numel = 1
+        for d in m.shape:
+            numel *= d
+        yield m.name, flat[offset:offset + numel].view(m.shape).to(getattr(torch, m.dtype))
+        offset += numel
+    if offset != flat.numel():
+        raise ValueError(f"weight buffer holds {flat.numel()} elements, metadata describes {offset}")
+
+
+def digest(tensors: Iterable[torch.Tensor]) -> list[float]:
+    """(sum, sum of squares) in float64: invariant to how an engine fuses or splits tensors
+    (vLLM packs q/k/v into one), so learner and generator can compare without sharing names."""
+    s = 0.0
+    s2 = 0.0
+    for t in tensors:
+        t64 = t.detach().to(torch.float64)
+        s += float(t64.sum())
+        s2 += float((t64 * t64).sum())
+    return [s, s2]

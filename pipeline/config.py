@@ -1,0 +1,234 @@
+"""The whole run configuration as msgspec Structs, loaded from TOML with dotted overrides.
+
+Every section forbids unknown keys and carries range constraints, so a typo or a bad value fails at
+start-up with the field's dotted path in the message, before any process is spawned.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+PosInt = Annotated[int, Meta(ge=1)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+PosFloat = Annotated[float, Meta(gt=0)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+
+
+class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class RunConfig(Section):
+    name: str = "default"
+    out_dir: str = "runs"  # every run writes runs/<name>/ (metrics.jsonl, config, model cache)
+    seed: int = 0
+    torch_threads: PosInt = 1  # per process: learner and generators share the cores on small machines
+
+
+class TinyModelConfig(Section):
+    """A Qwen2-architecture model built locally, so nothing is downloaded."""
+
+    hidden_size: PosInt = 128
+    intermediate_size: PosInt = 256
+    num_layers: PosInt = 2
+    num_heads: PosInt = 2
+    num_kv_heads: PosInt = 1
+    max_position_embeddings: PosInt = 128
+
+
+class ModelConfig(Section):
+    # Empty path: build the tiny model (and its character tokenizer) under the run's cache folder.
+    path: str = ""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    tiny: TinyModelConfig = msgspec.field(default_factory=TinyModelConfig)
+
+
+class WarmStartConfig(Section):
+    """Short supervised phase so the tiny model solves a fair share of prompts before RL."""
+
+    enabled: bool = True
+    steps: NonNegInt = 300
+    batch_size: PosInt = 64
+    lr: PosFloat = 1e-3
+    examples: PosInt = 4000
+
+
+class DataConfig(Section):
+    # "reasoning_gym:<task>" for procedural tasks, or a dataset name of the registry (gsm8k, math500, ...).
+    source: str = "reasoning_gym:basic_arithmetic"
+    split: str = "train"
+    size: PosInt = 256  # prompts drawn from a procedural source (ignored for fixed datasets)
+    seed: int = 1234
+    data_dir: str = ""  # overrides RLVR_DATA_DIR and the default ../shared/data
+    # How a row becomes the model's prompt; {question} is the row's problem text.
+    prompt_template: str = "{question}"
+    task_options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class TransportConfig(Section):
+    host: str = "127.0.0.1"  # loopback by default; anything else needs CURVE keys (see issue on security)
+    control_port: Port = 0  # 0: pick a free port at start-up
+    rollout_port: Port = 0
+    weights_port: Port = 0
+    max_frame_bytes: PosInt = 64 * 1024 * 1024
+
+
+class GeneratorConfig(Section):
+    count: PosInt = 1
+    max_tokens: PosInt = 8
+    max_inflight: PosInt = 8  # assignments leased to one generator at a time (its vLLM batch)
+    kv_cache_bytes: PosInt = 64 * 1024 * 1024
+    heartbeat_s: PosFloat = 1.0
+    verifier_timeout_s: PosFloat = 10.0
+    gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.5
+
+
+class ScheduleConfig(Section):
+    """ERPO temperature schedule T_i = min(T0 + Ts * H_i, Tmax) (ALGORITHMS.md §2)."""
+
+    t0: PosFloat = 1.0
+    ts: NonNegFloat = 0.02
+    tmax: PosFloat = 1.2
+
+
+class TrackerConfig(Section):
+    reset_on_mixed: bool = False
+
+
+class LossConfig(Section):
+    correction: Literal["tis"] = "tis"
+    eps_low: Annotated[float, Meta(ge=0, lt=1)] = 0.2
+    eps_high: NonNegFloat = 0.28
+    is_cap: Annotated[float, Meta(ge=1)] = 2.0  # C in min(pi_prox/mu, C)
+    logprob_temperature: Literal["sample", "one"] = "sample"
+
+
+class AdvantageConfig(Section):
+    kind: Literal["grpo"] = "grpo"
+    eps: PosFloat = 1e-6
+
+
+class LearnerConfig(Section):
+    steps: PosInt = 40
+    groups_per_step: PosInt = 8  # B: complete groups per optimiser step
+    group_size: PosInt = 8  # n: responses per prompt visit
+    lr: PosFloat = 1e-4
+    weight_decay: NonNegFloat = 0.0
+    grad_clip: PosFloat = 1.0
+    max_lag: NonNegInt = 4  # samples generated more than this many versions ago are dropped, counted
+    sync_every: PosInt = 1  # broadcast weights every this many steps
+    lease_timeout_s: PosFloat = 120.0
+    idle_timeout_s: PosFloat = 300.0  # give up when no rollout arrives for this long
+
+
+class LogConfig(Section):
+    wandb: bool = True
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    progress: bool = True
+
+
+class Config(Section):
+    run: RunConfig = msgspec.field(default_factory=RunConfig)
+    model: ModelConfig = msgspec.field(default_factory=ModelConfig)
+    warmstart: WarmStartConfig = msgspec.field(default_factory=WarmStartConfig)
+    data: DataConfig = msgspec.field(default_factory=DataConfig)
+    transport: TransportConfig = msgspec.field(default_factory=TransportConfig)
+    generator: GeneratorConfig = msgspec.field(default_factory=GeneratorConfig)
+    schedule: ScheduleConfig = msgspec.field(default_factory=ScheduleConfig)
+    tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
+    loss: LossConfig = msgspec.field(default_factory=LossConfig)
+    advantage: AdvantageConfig = msgspec.field(default_factory=AdvantageConfig)
+    learner: LearnerConfig = msgspec.field(default_factory=LearnerConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted name of the field at fault."""
+
+
+def _parse_value(text: str) -> Any:
+    # Values on the command line are TOML literals (1e-6, true, "x", [1, 2]); bare words are strings.
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--a.b value` / `--a.b=value` pairs to a raw config dict."""
+    args = list(overrides)
+    while args:
+        key = args.pop(0)
+        if not key.startswith("--"):
+            raise ConfigError(f"expected an override like --section.field VALUE, got {key!r}")
+        key = key[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif args:
+            value = args.pop(0)
+        else:
+            raise ConfigError(f"override --{key} has no value")
+        parts = key.split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override --{key}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def _check_semantics(cfg: Config) -> None:
+    if cfg.schedule.tmax < cfg.schedule.t0:
+        raise ConfigError(f"schedule.tmax ({cfg.schedule.tmax}) must be >= schedule.t0 ({cfg.schedule.t0})")
+    if cfg.learner.group_size < 2:
+        raise ConfigError("learner.group_size must be >= 2: a group of one has no baseline")
+    if cfg.model.path and not Path(cfg.model.path).exists():
+        raise ConfigError(f"model.path: no such file or folder: {cfg.model.path}")
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    try:
+        cfg = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        # msgspec names the field as `$.section.field`; turn that into the dotted name users type.
+        msg = str(exc).replace("`$.", "`").replace("$.", "")
+        raise ConfigError(f"invalid config: {msg}") from None
+    _check_semantics(cfg)
+    return cfg
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def to_toml_dict(cfg: Config) -> dict[str, Any]:
+    return msgspec.to_builtins(cfg)
+
+
+def dumps(cfg: Config) -> str:
+    return msgspec.json.encode(cfg).decode()
+
+
+def loads(text: str | bytes) -> Config:
+    return from_dict(msgspec.json.decode(text))

@@ -1,0 +1,83 @@
+"""Starts generator processes (`run.py generate ...`) and stops them, leaving no orphans.
+
+Generators are separate OS processes started from the command line, not forked: each gets a clean
+interpreter for vLLM, and the same command starts one on another machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import Config, dumps
+from pipeline.transport import Addresses
+
+log = logging.getLogger(__name__)
+
+RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
+
+
+class Launcher:
+    def __init__(self, cfg: Config, addresses: Addresses, weights_port: int, model_path: str):
+        self.cfg = cfg
+        self.addresses = addresses
+        self.weights_port = weights_port
+        self.model_path = model_path
+        self.run_dir = cfg.run_dir
+        self.config_file = self.run_dir / "resolved_config.json"
+        self.config_file.write_text(dumps(cfg))
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    @property
+    def world_size(self) -> int:
+        return 1 + self.cfg.generator.count
+
+    def command(self, generator_id: int) -> list[str]:
+        a = self.addresses
+        return [sys.executable, str(RUN_PY), "generate", "--config-json", str(self.config_file),
+                "--generator-id", str(generator_id), "--host", a.host,
+                "--control-port", str(a.control_port), "--rollout-port", str(a.rollout_port),
+                "--weights-port", str(self.weights_port), "--world-size", str(self.world_size),
+                "--model-path", self.model_path]
+
+    def start(self, generator_id: int) -> None:
+        env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
+                   OMP_NUM_THREADS=str(self.cfg.run.torch_threads))
+        logfile = open(self.run_dir / f"generator-{generator_id}.log", "ab")
+        # A new session: the generator's own children (verifier pool) go with its process group.
+        self.procs[generator_id] = subprocess.Popen(self.command(generator_id), env=env, stdout=logfile,
+                                                    stderr=subprocess.STDOUT, start_new_session=True)
+        logfile.close()
+
+    def start_all(self) -> None:
+        for i in range(self.cfg.generator.count):
+            self.start(i)
+
+    def dead(self) -> dict[int, int]:
+        """Generators that have exited, with their exit codes."""
+        return {i: p.returncode for i, p in self.procs.items() if p.poll() is not None}
+
+    def log_tail(self, generator_id: int, lines: int = 20) -> str:
+        path = self.run_dir / f"generator-{generator_id}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Wait for generators told to stop; then SIGTERM, then SIGKILL their process groups."""
+        deadline = time.monotonic() + timeout_s
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            for p in self.procs.values():
+                if p.poll() is None and sig is not None:
+                    try:
+                        os.killpg(p.pid, sig)
+                    except ProcessLookupError:
+                        pass
+            while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
+                time.sleep(0.1)
+            if all(p.poll() is not None for p in self.procs.values()):
+                return
+            deadline = time.monotonic() + 5.0

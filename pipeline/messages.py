@@ -1,0 +1,157 @@
+"""Wire messages between the learner and the generators: msgspec Structs encoded as msgpack.
+
+Token ids and log-probs travel as little-endian int32/float32 byte strings (a 1k-token sample is
+8 kB, not a list of 2k Python objects). Each message is tagged with its type and carries the protocol
+version; `decode` rejects anything else with a `WireError` whose `kind` names what was wrong, so a
+receiver can count rejections per kind and go on.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+_IDS = np.dtype("<i4")
+_FLOATS = np.dtype("<f4")
+
+
+def pack_ids(ids) -> bytes:
+    return np.asarray(ids, dtype=_IDS).tobytes()
+
+
+def unpack_ids(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=_IDS)
+
+
+def pack_floats(values) -> bytes:
+    return np.asarray(values, dtype=_FLOATS).tobytes()
+
+
+def unpack_floats(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=_FLOATS)
+
+
+class Message(msgspec.Struct, tag=True, forbid_unknown_fields=True, kw_only=True):
+    protocol: int = PROTOCOL_VERSION
+
+
+class Assignment(Message, kw_only=True):
+    """A lease on one prompt visit: generate `n` responses at `temperature` (decided by the learner)."""
+
+    lease_id: int
+    prompt_id: int
+    epoch: int
+    temperature: float
+    n: int
+    policy_version: int  # learner version when leased (for diagnostics; the sample records its own)
+    prompt_tokens: bytes
+    answer: str
+    verifier: str  # "math" (math-verify) or "reasoning_gym:<task>"
+    metadata: str = "{}"  # JSON the verifier may need (reasoning-gym entry metadata)
+    max_tokens: int
+
+
+class Sample(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    tokens: bytes  # int32 response token ids
+    logprobs: bytes  # float32 behaviour log-probs, under softmax(logits / temperature)
+    reward: float
+    version_first: int  # weight version when the first token was sampled
+    version_last: int  # ... and when the last one was (differs only under in-flight updates)
+    finish_reason: str
+    verify_status: str = "ok"  # ok | timeout | error | unparsable
+
+
+class Rollout(Message, kw_only=True):
+    """One completed group: all `n` responses of one lease (so a group is never partial on the wire)."""
+
+    lease_id: int
+    generator_id: int
+    prompt_id: int
+    epoch: int
+    temperature: float  # the temperature actually used, recorded for the learner
+    prompt_tokens: bytes
+    samples: list[Sample]
+    gen_seconds: float
+    verify_seconds: float
+
+
+class TensorMeta(msgspec.Struct, forbid_unknown_fields=True, array_like=True):
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+class WeightUpdate(Message, kw_only=True):
+    """Announce: weights of `version` follow on the torch.distributed group as one flat buffer."""
+
+    version: int
+    tensors: list[TensorMeta]
+    dtype: str  # the flat buffer's dtype
+
+
+class Heartbeat(Message, kw_only=True):
+    generator_id: int
+    pid: int
+    status: str  # starting | ready | generating | updating | stopping
+    version: int  # weight version loaded in the engine
+    inflight: list[int]  # lease ids being generated
+    digest_version: int = -1  # version `digest` was computed for
+    digest: list[float] = []  # (sum, sum of squares) over all weights after loading digest_version
+
+
+class Stop(Message, kw_only=True):
+    reason: str = ""
+
+
+ToGenerator = Union[Assignment, WeightUpdate, Stop]
+ToLearner = Union[Heartbeat, Rollout]
+
+
+class WireError(ValueError):
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(msg: Message) -> bytes:
+    return _encoder.encode(msg)
+
+
+class _Envelope(msgspec.Struct):
+    """Only the protocol field, read first so a version mismatch is reported as such."""
+
+    protocol: int = -1
+
+
+_envelope = msgspec.msgpack.Decoder(_Envelope)
+
+
+class Decoder:
+    """Decodes one message type union; raises WireError(kind) for every kind of bad frame."""
+
+    def __init__(self, union, max_bytes: int):
+        self._decoder = msgspec.msgpack.Decoder(union)
+        self.max_bytes = max_bytes
+
+    def decode(self, frame: bytes):
+        if len(frame) > self.max_bytes:
+            raise WireError("oversized", f"{len(frame)} bytes > limit {self.max_bytes}")
+        try:
+            head = _envelope.decode(frame)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise WireError("malformed", str(exc)) from None
+        if head.protocol != PROTOCOL_VERSION:
+            raise WireError("protocol", f"protocol {head.protocol}, expected {PROTOCOL_VERSION}")
+        try:
+            return self._decoder.decode(frame)
+        except msgspec.ValidationError as exc:
+            raise WireError("schema", str(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise WireError("malformed", str(exc)) from None

@@ -1,0 +1,201 @@
+"""ZeroMQ endpoints for the two sides.
+
+Learner: a ROUTER (control: heartbeats in; assignments, weight announces, stop out, addressed per
+generator) and a PULL (rollouts in). Generator: a DEALER and a PUSH connected to those. Rollouts get
+their own socket so a large group never queues behind control traffic.
+
+Every received frame goes through `messages.Decoder`; a bad one is dropped, counted by kind and logged
+once per kind, and the receiver carries on.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+
+import zmq
+
+from pipeline.messages import Decoder, Message, ToGenerator, ToLearner, WireError, encode
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class RejectCounter:
+    """Counts rejected frames per kind, logging the first of each kind only (a flood stays quiet)."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, err: WireError) -> None:
+        if self.counts[err.kind] == 0:
+            log.warning("%s: rejected a frame (%s); further %r rejections are only counted",
+                        self.where, err, err.kind)
+        self.counts[err.kind] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class Addresses:
+    host: str
+    control_port: int
+    rollout_port: int
+
+    def control(self) -> str:
+        return f"tcp://{self.host}:{self.control_port}"
+
+    def rollouts(self) -> str:
+        return f"tcp://{self.host}:{self.rollout_port}"
+
+
+def _bind(sock: zmq.Socket, host: str, port: int) -> int:
+    if port:
+        sock.bind(f"tcp://{host}:{port}")
+        return port
+    return sock.bind_to_random_port(f"tcp://{host}")
+
+
+class LearnerEndpoint:
+    def __init__(self, host: str, control_port: int, rollout_port: int, max_frame_bytes: int):
+        if not is_loopback(host):
+            # Binding beyond loopback exposes the learner to the network; that needs CURVE keys.
+            raise ValueError(
+                f"transport.host={host!r} is not a loopback address; non-loopback binds require "
+                "CURVE authentication, which this build does not configure yet"
+            )
+        self.ctx = zmq.Context()
+        self.control = self.ctx.socket(zmq.ROUTER)
+        self.rollouts = self.ctx.socket(zmq.PULL)
+        for s in (self.control, self.rollouts):
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable send raises, not vanishes
+        self.addresses = Addresses(
+            host,
+            _bind(self.control, host, control_port),
+            _bind(self.rollouts, host, rollout_port),
+        )
+        self.decoder = Decoder(ToLearner, max_frame_bytes)
+        self.rejected = RejectCounter("learner")
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.rollouts, zmq.POLLIN)
+        self.identities: dict[int, bytes] = {}  # generator id -> ROUTER identity
+
+    def send(self, generator_id: int, msg: Message) -> bool:
+        ident = self.identities.get(generator_id)
+        if ident is None:
+            return False
+        try:
+            self.control.send_multipart([ident, encode(msg)], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:  # peer gone or its queue full: the lease will expire
+            log.warning("send to generator %d failed: %s", generator_id, exc)
+            return False
+
+    def recv(self, timeout_ms: int) -> list:
+        """Every valid message waiting (after at most `timeout_ms`), in arrival order per socket."""
+        out = []
+        events = dict(self.poller.poll(timeout_ms))
+        if self.control in events:
+            while True:
+                try:
+                    frames = self.control.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if len(frames) != 2:
+                    self.rejected.add(WireError("malformed", f"{len(frames) - 1} body frames"))
+                    continue
+                msg = self._decode(frames[1])
+                if msg is not None:
+                    gid = getattr(msg, "generator_id", None)
+                    if gid is not None:
+                        self.identities[gid] = frames[0]
+                    out.append(msg)
+        if self.rollouts in events:
+            while True:
+                try:
+                    frames = self.rollouts.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if len(frames) != 1:
+                    self.rejected.add(WireError("malformed", f"{len(frames)} frames"))
+                    continue
+                msg = self._decode(frames[0])
+                if msg is not None:
+                    out.append(msg)
+        return out
+
+    def _decode(self, frame: bytes):
+        try:
+            return self.decoder.decode(frame)
+        except WireError as err:
+            self.rejected.add(err)
+            return None
+
+    def close(self) -> None:
+        self.control.close(0)
+        self.rollouts.close(0)
+        self.ctx.term()
+
+
+class GeneratorEndpoint:
+    def __init__(self, addresses: Addresses, generator_id: int, max_frame_bytes: int):
+        self.ctx = zmq.Context()
+        self.control = self.ctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.IDENTITY, f"gen-{generator_id}".encode())
+        self.rollouts = self.ctx.socket(zmq.PUSH)
+        for s in (self.control, self.rollouts):
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self.control.connect(addresses.control())
+        self.rollouts.connect(addresses.rollouts())
+        self.decoder = Decoder(ToGenerator, max_frame_bytes)
+        self.rejected = RejectCounter(f"generator {generator_id}")
+
+    def send_control(self, msg: Message) -> None:
+        self.control.send(encode(msg))
+
+    def send_rollout(self, msg: Message) -> None:
+        self.rollouts.send(encode(msg))
+
+    def recv(self, timeout_ms: int) -> list:
+        out = []
+        if not self.control.poll(timeout_ms):
+            return out
+        while True:
+            try:
+                frame = self.control.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                out.append(self.decoder.decode(frame))
+            except WireError as err:
+                self.rejected.add(err)
+        return out
+
+    def close(self) -> None:
+        self.control.close(0)
+        self.rollouts.close(0)
+        self.ctx.term()

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""One entry point: `run.py train | generate | eval | bench | report`.
+
+    python run.py train --config configs/default.toml [--section.field value ...] [--dry-run]
+
+`train` prepares the model, starts the learner (this process) and the generator processes, and runs
+the asynchronous loop (learner/loop.py). `generate` is what the launcher runs in each generator process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline import config as config_mod  # noqa: E402
+from pipeline.config import ConfigError  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "configs" / "default.toml"
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def cmd_train(args, overrides: list[str]) -> int:
+    cfg = config_mod.load(args.config, overrides)
+    if args.dry_run:
+        print(config_mod.dumps(cfg))
+        return 0
+    import torch
+    from tqdm import tqdm
+
+    from learner.loop import Learner
+    from learner.metrics import summarize
+    from learner.warmstart import prepare_model
+    from pipeline.data import load_problems
+    from pipeline.launcher import Launcher
+
+    torch.set_num_threads(cfg.run.torch_threads)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    problems = load_problems(cfg.data)  # fails here, before any process starts, on a bad source
+    model_path = prepare_model(cfg, progress=cfg.log.progress)
+    learner = Learner(cfg, model_path, problems)
+    launcher = Launcher(cfg, learner.endpoint.addresses, learner.weights_port, model_path)
+    launcher.start_all()
+    try:
+        with tqdm(total=cfg.learner.steps, desc="RL steps", disable=not cfg.log.progress) as bar:
+            stats = learner.run(launcher, bar)
+        learner.stop_generators()
+        text, result = summarize(stats, learner.counters())
+    finally:
+        launcher.stop()
+        learner.close()
+    learner.tracker.dump(cfg.run_dir / "tracker.jsonl")
+    print(text)
+    print(result)
+    return 0
+
+
+def cmd_generate(args, overrides: list[str]) -> int:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+
+    from actors.generator import Generator
+    from pipeline.transport import Addresses
+
+    cfg = config_mod.loads(Path(args.config_json).read_bytes())
+    torch.set_num_threads(cfg.run.torch_threads)
+    addresses = Addresses(args.host, args.control_port, args.rollout_port)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    Generator(cfg, args.generator_id, addresses, args.weights_port, args.world_size, args.model_path,
+              backend).run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = argparse.ArgumentParser(prog="run.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train with the asynchronous pipeline")
+    train.add_argument("--config", default=str(DEFAULT_CONFIG))
+    train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    gen = sub.add_parser("generate", help="a generator process (started by the launcher)")
+    gen.add_argument("--config-json", required=True)
+    gen.add_argument("--generator-id", type=int, required=True)
+    gen.add_argument("--host", default="127.0.0.1")
+    gen.add_argument("--control-port", type=int, required=True)
+    gen.add_argument("--rollout-port", type=int, required=True)
+    gen.add_argument("--weights-port", type=int, required=True)
+    gen.add_argument("--world-size", type=int, required=True)
+    gen.add_argument("--model-path", required=True)
+    for name in ("eval", "bench", "report"):
+        sub.add_parser(name, help="not built yet")
+    args, overrides = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "train":
+            return cmd_train(args, overrides)
+        if args.command == "generate":
+            return cmd_generate(args, overrides)
+        print(f"run.py {args.command}: not built yet (see the open issues)", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
