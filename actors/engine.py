@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import msgspec
 
 from pipeline.config import Config
+from pipeline.collective import probe_tokens
 from pipeline.messages import WeightUpdate
 from pipeline.models import load_tokenizer
 
@@ -32,7 +33,13 @@ class Engine:
         # The engine core runs in this process: no extra process per generator, and the worker
         # extension (which joins the weight group) lives where we can reach it.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        import torch
         from vllm import LLM
+
+        from actors.vllm_ext import keep_cpu_weights_reloadable
+
+        if not torch.cuda.is_available():
+            keep_cpu_weights_reloadable()
 
         gen = cfg.generator
         self.llm = LLM(
@@ -80,13 +87,18 @@ class Engine:
     def join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
         self.llm.collective_rpc("rl_join_weight_group", args=(backend, host, port, rank, world_size))
 
-    def load_weights(self, update: WeightUpdate) -> list[float]:
+    def load_weights(self, update: WeightUpdate) -> None:
         metas = msgspec.to_builtins(update.tensors)
-        (digest,) = self.llm.collective_rpc("rl_receive_weights", args=(metas, update.dtype))
+        self.llm.collective_rpc("rl_receive_weights", args=(metas, update.dtype))
         # Cached prefixes hold keys/values computed by the old weights: they must go.
         self.llm.reset_prefix_cache()
-        return digest
 
-    def weights_digest(self) -> list[float]:
-        (digest,) = self.llm.collective_rpc("rl_weights_digest")
-        return digest
+    def probe(self) -> list[float]:
+        """Log-probs (T = 1) of each token of the fixed probe sequence given its prefix."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        tokens = probe_tokens(self.llm.llm_engine.model_config.get_vocab_size())
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)
+        return [pos[tok].logprob for tok, pos in zip(tokens[1:], out.prompt_logprobs[1:])]

@@ -33,7 +33,7 @@ class Generator:
         self.id = generator_id
         self.endpoint = GeneratorEndpoint(addresses, generator_id, cfg.transport.max_frame_bytes)
         self.version = 0  # the weights on disk at start are version 0
-        self.digest: tuple[int, list[float]] = (-1, [])
+        self.probe: tuple[int, list[float]] = (-1, [])
         self.status = "starting"
         self.inflight: list[int] = []
         self.heartbeat()
@@ -42,7 +42,7 @@ class Generator:
         self.tokenizer = self.engine.tokenizer
         # Blocks until the learner and every generator have joined.
         self.engine.join_weight_group(backend, addresses.host, weights_port, generator_id + 1, world_size)
-        self.digest = (0, self.engine.weights_digest())
+        self.probe = (0, self.engine.probe())
         self.pending: deque[Assignment] = deque()
         self.updates: deque[WeightUpdate] = deque()
         self.stopping = False
@@ -51,7 +51,7 @@ class Generator:
     def heartbeat(self) -> None:
         self.endpoint.send_control(Heartbeat(
             generator_id=self.id, pid=os.getpid(), status=self.status, version=self.version,
-            inflight=list(self.inflight), digest_version=self.digest[0], digest=self.digest[1],
+            inflight=list(self.inflight), probe_version=self.probe[0], probe_logprobs=self.probe[1],
         ))
         self._last_beat = time.monotonic()
 
@@ -72,8 +72,9 @@ class Generator:
                             self.version)
                 continue
             self.status = "updating"
-            self.digest = (update.version, self.engine.load_weights(update))
+            self.engine.load_weights(update)
             self.version = update.version
+            self.probe = (update.version, self.engine.probe())
             self.heartbeat()
 
     def _generate(self) -> None:

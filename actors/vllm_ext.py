@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.collective import WeightGroup, digest, unflatten
+from pipeline.collective import WeightGroup, unflatten
 from pipeline.messages import TensorMeta
 
 
@@ -16,8 +16,8 @@ class WeightReceiver:
     def rl_join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
         self._rl_group = WeightGroup(backend, host, port, rank, world_size)
 
-    def rl_receive_weights(self, metas: list[list], dtype: str) -> list[float]:
-        """Receive one flat buffer from rank 0, load it with vLLM's in-place reload, return a digest."""
+    def rl_receive_weights(self, metas: list[list], dtype: str) -> None:
+        """Receive one flat buffer from rank 0 and load it with vLLM's in-place reload."""
         tensor_metas = [TensorMeta(*m) for m in metas]
         numel = sum(int(torch.tensor(m.shape).prod()) if m.shape else 1 for m in tensor_metas)
         flat = torch.empty(numel, dtype=getattr(torch, dtype), device=self._rl_group.device)
@@ -25,7 +25,21 @@ class WeightReceiver:
         # reload_weights runs the model's own loader (fusing q/k/v, gate/up) and the post-load
         # processing, so a checkpoint-format state dict is the right input.
         self.reload_weights(weights_iterator=unflatten(flat, tensor_metas), is_checkpoint_format=True)
-        return self.rl_weights_digest()
 
-    def rl_weights_digest(self) -> list[float]:
-        return digest(self.model_runner.get_model().parameters())
+
+def keep_cpu_weights_reloadable() -> None:
+    """Make vLLM's CPU linear layers compute from their `weight` parameter.
+
+    On CPU, vLLM 0.32 repacks each linear (and the LM head) into a kernel-specific copy held in a
+    closure and drops the parameter; its in-place `reload_weights` updates parameters only, so after
+    a reload the engine would keep sampling from the *old* packed weights (measured: probe log-probs
+    off by up to 2.3 nats). Plain `F.linear` on the live parameter keeps every reload effective.
+    Must run in the engine's process before the model is loaded; GPU paths do not need it.
+    """
+    import torch.nn.functional as F
+    from vllm.model_executor.layers import utils
+
+    def dispatch(layer, remove_weight: bool) -> None:  # noqa: ARG001 - signature of the original
+        layer.cpu_linear = lambda x, weight, bias: F.linear(x, weight, bias)
+
+    utils.dispatch_cpu_unquantized_gemm = dispatch

@@ -12,7 +12,7 @@ import threading
 
 import torch
 
-from pipeline.collective import WeightGroup, digest, flatten, tensor_metas
+from pipeline.collective import WeightGroup, flatten, tensor_metas
 from pipeline.messages import WeightUpdate
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,12 @@ class Broadcaster:
         """Group formed and no broadcast in progress."""
         return self.group is not None and self._job is None and self.error is None
 
-    def prepare(self, version: int, named: list[tuple[str, torch.Tensor]]) -> tuple[WeightUpdate, torch.Tensor, list[float]]:
+    def prepare(self, version: int, named: list[tuple[str, torch.Tensor]]) -> tuple[WeightUpdate, torch.Tensor]:
         """Snapshot the weights (so training may go on) and the announce that describes them."""
         dtype = getattr(torch, self.dtype)
         flat = flatten(named, dtype)
         update = WeightUpdate(version=version, tensors=tensor_metas(named), dtype=self.dtype)
-        return update, flat, digest(t for _, t in named)
+        return update, flat
 
     def submit(self, version: int, flat: torch.Tensor) -> None:
         with self._cv:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +26,10 @@ from pipeline.models import load_tokenizer
 from pipeline.transport import LearnerEndpoint, free_port
 
 log = logging.getLogger(__name__)
+
+
+# How far a generator's probe log-probs may be from the learner's for the same weights.
+PROBE_TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 2e-2}
 
 
 class LearnerError(RuntimeError):
@@ -56,6 +59,7 @@ class RunStats:
     versions_announced: list[int] = field(default_factory=list)
     weights_verified: int = 0
     weights_mismatch: int = 0
+    probe_max_diff: float = 0.0
     seconds: float = 0.0
 
 
@@ -77,8 +81,8 @@ class Learner:
         self.broadcaster = Broadcaster("gloo" if not torch.cuda.is_available() else "nccl", t.host,
                                        self.weights_port, 1 + cfg.generator.count, cfg.model.dtype)
         self.generators: dict[int, GeneratorInfo] = {}
-        self.digests: dict[int, list[float]] = {}
-        _, _, self.digests[0] = self.broadcaster.prepare(0, self.trainer.named_weights())
+        # The learner's probe log-probs per announced version: what each generator must report back.
+        self.probes: dict[int, list[float]] = {0: self.trainer.probe_logprobs()}
         self.stats = RunStats()
         self.rejected_rollouts: collections.Counter[str] = collections.Counter()
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
@@ -91,15 +95,17 @@ class Learner:
         info = self.generators.setdefault(hb.generator_id, GeneratorInfo())
         info.status, info.version, info.pid = hb.status, hb.version, hb.pid
         info.last_seen = time.monotonic()
-        expected = self.digests.get(hb.digest_version)
-        if hb.digest and expected is not None and hb.digest_version > info.checked:
-            info.checked = hb.digest_version
-            if all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6) for a, b in zip(hb.digest, expected)):
+        expected = self.probes.get(hb.probe_version)
+        if hb.probe_logprobs and expected is not None and hb.probe_version > info.checked:
+            info.checked = hb.probe_version
+            diff = max(abs(a - b) for a, b in zip(hb.probe_logprobs, expected))
+            self.stats.probe_max_diff = max(self.stats.probe_max_diff, diff)
+            if len(hb.probe_logprobs) == len(expected) and diff <= PROBE_TOLERANCE[self.cfg.model.dtype]:
                 self.stats.weights_verified += 1
             else:
                 self.stats.weights_mismatch += 1
-                log.error("generator %d: weights of version %d differ from the learner's (%s vs %s)",
-                          hb.generator_id, hb.digest_version, hb.digest, expected)
+                log.error("generator %d: weights of version %d differ from the learner's (probe log-probs "
+                          "differ by up to %.2e)", hb.generator_id, hb.probe_version, diff)
 
     def _on_rollout(self, r: Rollout) -> None:
         lease = self.dispatcher.returned(r.lease_id)
@@ -152,7 +158,8 @@ class Learner:
             return
         if not self.broadcaster.ready or len(self.generators) < self.cfg.generator.count:
             return
-        update, flat, self.digests[v] = self.broadcaster.prepare(v, self.trainer.named_weights())
+        update, flat = self.broadcaster.prepare(v, self.trainer.named_weights())
+        self.probes[v] = self.trainer.probe_logprobs()
         for gid in self.generators:
             self.endpoint.send(gid, update)
         self.broadcaster.submit(v, flat)
@@ -228,7 +235,7 @@ class Learner:
         return self.stats
 
     def _finish_broadcasts(self, timeout_s: float = 60.0) -> None:
-        """Let the last broadcast land and the generators report its digest, so it is verified."""
+        """Let the last broadcast land and the generators report its probe, so it is verified."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._announce()
@@ -258,4 +265,5 @@ class Learner:
                 "rejected_frames": dict(self.endpoint.rejected.counts),
                 "rejected_rollouts": dict(self.rejected_rollouts),
                 "weights_verified": self.stats.weights_verified,
-                "weights_mismatch": self.stats.weights_mismatch}
+                "weights_mismatch": self.stats.weights_mismatch,
+                "probe_max_diff": self.stats.probe_max_diff}

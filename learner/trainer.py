@@ -9,6 +9,7 @@ import torch
 from learner.advantages import grpo
 from learner.groups import Group
 from learner.loss import tis_loss, token_logprobs
+from pipeline.collective import probe_tokens
 from pipeline.config import Config
 from pipeline.models import load_causal_lm
 
@@ -64,6 +65,13 @@ class Trainer:
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
         # named_parameters() lists tied embeddings once, which is what the engine's loader expects
         return list(self.model.named_parameters())
+
+    @torch.no_grad()
+    def probe_logprobs(self) -> list[float]:
+        """Log-probs (T = 1) of the fixed probe sequence, to compare with what a generator reports."""
+        tokens = torch.tensor([probe_tokens(self.model.config.vocab_size)])
+        logits = self.model(input_ids=tokens).logits[:, :-1]
+        return token_logprobs(logits, tokens[:, 1:], torch.ones(1))[0].tolist()
 
     def logprobs(self, batch: Batch) -> torch.Tensor:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]

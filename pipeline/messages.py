@@ -99,8 +99,8 @@ class Heartbeat(Message, kw_only=True):
     status: str  # starting | ready | generating | updating | stopping
     version: int  # weight version loaded in the engine
     inflight: list[int]  # lease ids being generated
-    digest_version: int = -1  # version `digest` was computed for
-    digest: list[float] = []  # (sum, sum of squares) over all weights after loading digest_version
+    probe_version: int = -1  # weight version the probe was scored under
+    probe_logprobs: list[float] = []  # log-probs of the fixed probe sequence (pipeline.collective)
 
 
 class Stop(Message, kw_only=True):
