@@ -60,6 +60,7 @@ class RunStats:
     weights_verified: int = 0
     weights_mismatch: int = 0
     probe_max_diff: float = 0.0
+    version_regressions: int = 0  # a generator's rollouts going back in weight version (must stay 0)
     seconds: float = 0.0
 
 
@@ -85,6 +86,7 @@ class Learner:
         self.probes: dict[int, list[float]] = {0: self.trainer.probe_logprobs()}
         self.stats = RunStats()
         self.rejected_rollouts: collections.Counter[str] = collections.Counter()
+        self._last_rollout_version: dict[int, int] = {}
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
                                   wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name,
                                   config=to_toml_dict(cfg))
@@ -122,6 +124,9 @@ class Learner:
             self.dispatcher.close(r.lease_id, "failed", "bad_rollout")
             self._reject_rollout("bad_rollout", r, str(exc))
             return
+        if group.version_first < self._last_rollout_version.get(r.generator_id, 0):
+            self.stats.version_regressions += 1
+        self._last_rollout_version[r.generator_id] = group.version_last
         self.tracker.record_visit(group.prompt_id, group.rewards.tolist(), group.temperature, group.version_first)
         self.stats.group_kinds[group.kind] += 1
         self.buffer.add(group)
@@ -137,7 +142,7 @@ class Learner:
     def _dispatch(self) -> None:
         """Keep every live generator busy, but never lease more than can be trained within max_lag."""
         lc = self.cfg.learner
-        budget = (lc.max_lag + 1) * lc.groups_per_step - self.dispatcher.open
+        budget = (lc.max_open_groups or (lc.max_lag + 1) * lc.groups_per_step) - self.dispatcher.open
         if self.broadcaster.group is None:
             return  # generators are still joining the weight group
         for gid, info in sorted(self.generators.items()):

@@ -122,6 +122,9 @@ class LearnerConfig(Section):
     weight_decay: NonNegFloat = 0.0
     grad_clip: PosFloat = 1.0
     max_lag: NonNegInt = 4  # samples generated more than this many versions ago are dropped, counted
+    # Leases open at once (out at generators or buffered). 0: (max_lag + 1) * groups_per_step, the
+    # most that can still be trained within max_lag; more over-provisions and some will go stale.
+    max_open_groups: NonNegInt = 0
     sync_every: PosInt = 1  # broadcast weights every this many steps
     lease_timeout_s: PosFloat = 120.0
     idle_timeout_s: PosFloat = 300.0  # give up when no rollout arrives for this long

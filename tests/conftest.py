@@ -1,0 +1,43 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_TOML = ROOT / "configs" / "default.toml"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def make_config(tmp_path: Path, *extra: str):
+    """The embedded default with the model cache shared across tests and the run folder private."""
+    from pipeline.config import load
+
+    return load(DEFAULT_TOML, [
+        "--run.out_dir", str(ROOT / "runs" / "test-cache"), "--run.name", tmp_path.name,
+        "--log.wandb", "false", "--log.progress", "false", *extra,
+    ])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """The warm-started tiny model of the default config (built once, cached on disk)."""
+    from learner.warmstart import prepare_model
+
+    return prepare_model(make_config(tmp_path_factory.mktemp("model")), progress=False)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model, tmp_path_factory):
+    """One real in-process vLLM engine on the tiny model (an engine per process is the vLLM norm)."""
+    from actors.engine import Engine
+
+    return Engine(make_config(tmp_path_factory.mktemp("engine")), tiny_model, seed=0)

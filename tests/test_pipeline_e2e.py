@@ -1,0 +1,82 @@
+"""The real pipeline: learner in this process, a vLLM generator process, ZeroMQ, gloo broadcast."""
+
+import os
+import re
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from learner.loop import Learner
+from pipeline.data import load_problems
+from pipeline.launcher import Launcher
+from tests.conftest import ROOT, make_config
+
+
+def _run(cfg, model):
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    learner = Learner(cfg, model, load_problems(cfg.data))
+    launcher = Launcher(cfg, learner.endpoint.addresses, learner.weights_port, model)
+    launcher.start_all()
+    try:
+        stats = learner.run(launcher)
+        learner.stop_generators()
+    finally:
+        launcher.stop()
+        learner.close()
+    assert not launcher.dead() or all(code == 0 for code in launcher.dead().values())
+    return learner, stats
+
+
+def _assert_accounting(learner):
+    d = learner.dispatcher
+    c = d.outcomes
+    assert d.dispatched == c["trained"] + c["dropped_stale"] + c["dropped_filtered"] + c["failed"] \
+        + c["reissued"] + d.outstanding() + len(learner.buffer)
+
+
+def test_async_run_versions_lag_and_accounting(tiny_model, tmp_path):
+    cfg = make_config(tmp_path, "--learner.steps", "6", "--learner.groups_per_step", "4",
+                      "--learner.max_lag", "1")
+    learner, stats = _run(cfg, tiny_model)
+    assert len(stats.step_rewards) == 6 and learner.trainer.version == 6
+    # versions strictly increase, and every announced version reached the engine intact
+    assert stats.versions_announced == sorted(set(stats.versions_announced))
+    assert stats.versions_announced[-1] == 6
+    assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
+    assert stats.version_regressions == 0
+    assert stats.trained_lags_max <= 1
+    assert learner.dispatcher.outcomes["trained"] == 6 * 4
+    _assert_accounting(learner)
+    assert (cfg.run_dir / "metrics.jsonl").read_text().count("\n") == 6
+
+
+def test_stale_samples_are_dropped_and_counted_never_trained(tiny_model, tmp_path):
+    # over-provision leases with max_lag = 0: groups generated under an older version must be dropped
+    cfg = make_config(tmp_path, "--learner.steps", "5", "--learner.groups_per_step", "2",
+                      "--learner.max_lag", "0", "--learner.max_open_groups", "12",
+                      "--generator.max_inflight", "12")
+    learner, stats = _run(cfg, tiny_model)
+    assert stats.trained_lags_max == 0
+    assert set(stats.lag_hist) == {0}
+    assert learner.dispatcher.outcomes["dropped_stale"] > 0
+    _assert_accounting(learner)
+
+
+def test_train_command_prints_summary_and_leaves_no_processes(tmp_path):
+    cmd = [sys.executable, str(ROOT / "run.py"), "train", "--learner.steps", "4",
+           "--run.out_dir", str(ROOT / "runs" / "test-cache"), "--run.name", tmp_path.name,
+           "--log.wandb", "false"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"RESULT steps=(\d+) samples=(\d+) reward_first=([\d.]+) reward_last=([\d.]+) "
+                     r"residual_frac=([\d.]+) mean_temp=([\d.]+) samples_per_s=([\d.]+)", last)
+    assert m, last
+    assert int(m.group(1)) == 4 and int(m.group(2)) == 4 * 8 * 8
+    assert 1.0 <= float(m.group(6)) <= 1.2
+    leftovers = [p for p in psutil.process_iter(["cmdline"])
+                 if p.info["cmdline"] and "generate" in p.info["cmdline"]
+                 and str(ROOT / "runs" / "test-cache" / tmp_path.name) in " ".join(p.info["cmdline"])]
+    assert leftovers == []

@@ -1,0 +1,67 @@
+"""Real ZeroMQ sockets on loopback: delivery both ways, bad frames counted, loopback-only binds."""
+
+import time
+
+import pytest
+import zmq
+
+from pipeline.messages import Heartbeat, Stop, WeightUpdate
+from pipeline.transport import GeneratorEndpoint, LearnerEndpoint, is_loopback
+
+
+def _recv_until(endpoint, count, timeout=5.0):
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += endpoint.recv(50)
+    return got
+
+
+def test_messages_flow_both_ways_and_bad_frames_are_counted():
+    learner = LearnerEndpoint("127.0.0.1", 0, 0, max_frame_bytes=4096)
+    gen = GeneratorEndpoint(learner.addresses, 3, max_frame_bytes=4096)
+    try:
+        gen.send_control(Heartbeat(generator_id=3, pid=1, status="ready", version=0, inflight=[]))
+        (hb,) = _recv_until(learner, 1)
+        assert hb.generator_id == 3 and learner.identities[3] == b"gen-3"
+        assert learner.send(3, Stop(reason="x"))
+        assert not learner.send(99, Stop())  # unknown generator: refused, not lost silently
+        assert _recv_until(gen, 1) == [Stop(reason="x")]
+
+        # a stray peer floods both learner sockets with junk: counted, and real traffic still flows
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(learner.addresses.rollouts())
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.connect(learner.addresses.control())
+        for i in range(200):
+            push.send(bytes([i % 256]) * (i + 1))
+            dealer.send(b"\x93\x01\x02")
+        push.send(b"x" * 10_000)  # over max_frame_bytes: zmq drops it at the socket
+        gen.send_control(Heartbeat(generator_id=3, pid=1, status="ready", version=1, inflight=[]))
+        deadline = time.monotonic() + 5
+        seen = []
+        while time.monotonic() < deadline and not any(getattr(m, "version", 0) == 1 for m in seen):
+            seen += learner.recv(50)
+        assert any(isinstance(m, Heartbeat) and m.version == 1 for m in seen)
+        deadline = time.monotonic() + 5
+        while learner.rejected.total < 400 and time.monotonic() < deadline:
+            learner.recv(50)
+        assert learner.rejected.total == 400
+        push.close(0), dealer.close(0), ctx.term()
+
+        junk_to_gen = learner.control
+        junk_to_gen.send_multipart([b"gen-3", b"not msgpack at all \xff"])
+        learner.send(3, WeightUpdate(version=2, tensors=[], dtype="float32"))
+        got = _recv_until(gen, 1)
+        assert [m.version for m in got] == [2]
+        assert gen.rejected.counts["malformed"] == 1
+    finally:
+        gen.close()
+        learner.close()
+
+
+def test_non_loopback_bind_is_refused():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
+    with pytest.raises(ValueError, match="CURVE"):
+        LearnerEndpoint("0.0.0.0", 0, 0, 4096)
