@@ -32,7 +32,7 @@ def prepare_model(cfg: Config, progress: bool = True) -> str:
     """Path of the model to train: `model.path` if given, else the cached warm-started tiny model."""
     if cfg.model.path:
         return cfg.model.path
-    out = Path(cfg.run.out_dir) / "cache" / f"tiny-{_cache_key(cfg)}"
+    out = cfg.cache_dir / f"tiny-{_cache_key(cfg)}"
     if (out / "model.safetensors").exists():
         return str(out)
     tmp = out.with_name(out.name + ".tmp")

@@ -26,7 +26,8 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class RunConfig(Section):
     name: str = "default"
-    out_dir: str = "runs"  # every run writes runs/<name>/ (metrics.jsonl, config, model cache)
+    out_dir: str = "runs"  # every run writes <out_dir>/<name>/ (metrics.jsonl, resolved config, logs)
+    cache_dir: str = ""  # built models are cached here; default <out_dir>/cache
     seed: int = 0
     torch_threads: PosInt = 1  # per process: learner and generators share the cores on small machines
 
@@ -153,6 +154,10 @@ class Config(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.run.out_dir) / self.run.name
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.run.cache_dir or Path(self.run.out_dir) / "cache")
 
 
 class ConfigError(ValueError):

@@ -15,6 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DEFAULT_TOML = ROOT / "configs" / "default.toml"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+TEST_CACHE = ROOT / "runs" / "test-cache"  # the warm-started tiny model, reused across test sessions
 
 
 def make_config(tmp_path: Path, *extra: str):
@@ -22,7 +23,7 @@ def make_config(tmp_path: Path, *extra: str):
     from pipeline.config import load
 
     return load(DEFAULT_TOML, [
-        "--run.out_dir", str(ROOT / "runs" / "test-cache"), "--run.name", tmp_path.name,
+        "--run.out_dir", str(tmp_path), "--run.cache_dir", str(TEST_CACHE), "--run.name", "run",
         "--log.wandb", "false", "--log.progress", "false", *extra,
     ])
 

@@ -11,7 +11,7 @@ import pytest
 from learner.loop import Learner
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
-from tests.conftest import ROOT, make_config
+from tests.conftest import ROOT, TEST_CACHE, make_config
 
 
 def _run(cfg, model):
@@ -66,7 +66,7 @@ def test_stale_samples_are_dropped_and_counted_never_trained(tiny_model, tmp_pat
 
 def test_train_command_prints_summary_and_leaves_no_processes(tmp_path):
     cmd = [sys.executable, str(ROOT / "run.py"), "train", "--learner.steps", "4",
-           "--run.out_dir", str(ROOT / "runs" / "test-cache"), "--run.name", tmp_path.name,
+           "--run.out_dir", str(tmp_path), "--run.cache_dir", str(TEST_CACHE), "--run.name", "cli",
            "--log.wandb", "false"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -78,5 +78,5 @@ def test_train_command_prints_summary_and_leaves_no_processes(tmp_path):
     assert 1.0 <= float(m.group(6)) <= 1.2
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if p.info["cmdline"] and "generate" in p.info["cmdline"]
-                 and str(ROOT / "runs" / "test-cache" / tmp_path.name) in " ".join(p.info["cmdline"])]
+                 and str(tmp_path) in " ".join(p.info["cmdline"])]
     assert leftovers == []
