@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+import msgspec  # noqa: E402
+
 from pipeline import config as config_mod  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
 
@@ -35,7 +37,7 @@ def _quiet_libraries() -> None:
 def cmd_train(args, overrides: list[str]) -> int:
     cfg = config_mod.load(args.config, overrides)
     if args.dry_run:
-        print(config_mod.dumps(cfg))
+        print(msgspec.json.format(config_mod.dumps(cfg), indent=2))
         return 0
     import torch
     from tqdm import tqdm

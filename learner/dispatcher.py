@@ -70,9 +70,8 @@ class Dispatcher:
         now = time.monotonic() if now is None else now
         prompt_id, epoch = self._next_visit()
         temp = temperature(self.tracker.h(prompt_id), self.cfg.schedule)
-        lease = Lease(self.next_lease_id, prompt_id, epoch, generator_id, temp, version,
+        lease = Lease(self.new_lease_id(), prompt_id, epoch, generator_id, temp, version,
                       now + self.cfg.learner.lease_timeout_s)
-        self.next_lease_id += 1
         self.leases[lease.lease_id] = lease
         self.dispatched += 1
         p = self.problems[prompt_id]
@@ -82,6 +81,11 @@ class Dispatcher:
             answer=p.answer, verifier=p.verifier, metadata=p.metadata,
             max_tokens=self.cfg.generator.max_tokens,
         )
+
+    def new_lease_id(self) -> int:
+        """Lease ids are unique across training and evaluation leases."""
+        self.next_lease_id += 1
+        return self.next_lease_id - 1
 
     def outstanding(self, generator_id: int | None = None) -> int:
         """Leases out at generators (not yet returned)."""

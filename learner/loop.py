@@ -11,10 +11,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import msgspec
 import torch
 
+from learner.advantages import group_advantage
 from learner.broadcast import Broadcaster
 from learner.dispatcher import Dispatcher
+from learner.evaluation import Evaluator
 from learner.groups import BadRollout, GroupBuffer, group_from_rollout
 from learner.metrics import MetricsLog
 from learner.tracker import Tracker
@@ -50,7 +53,9 @@ class RunStats:
     """What the summary is made of; also what the tests inspect."""
 
     step_rewards: list[float] = field(default_factory=list)
-    step_residual: list[float] = field(default_factory=list)
+    step_residual: list[float] = field(default_factory=list)  # share of arriving groups all-correct
+    step_temps: list[list[float]] = field(default_factory=list)  # temperatures of arriving groups per step
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, score) of held-out rounds
     group_kinds: collections.Counter = field(default_factory=collections.Counter)
     trained_temps: list[float] = field(default_factory=list)
     lag_hist: collections.Counter = field(default_factory=collections.Counter)
@@ -62,6 +67,43 @@ class RunStats:
     probe_max_diff: float = 0.0
     version_regressions: int = 0  # a generator's rollouts going back in weight version (must stay 0)
     seconds: float = 0.0
+
+
+@dataclass
+class Window:
+    """Groups that arrived since the last optimiser step, for the residual-prompt metrics (§6)."""
+
+    kinds: collections.Counter = field(default_factory=collections.Counter)
+    by_temp: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
+    temps: list[float] = field(default_factory=list)
+    above_t0: int = 0
+    above_t0_mixed: int = 0
+    filtered: int = 0
+
+    def add(self, kind: str, temperature: float, t0: float) -> None:
+        self.kinds[kind] += 1
+        self.by_temp[round(temperature, 2)][kind] += 1
+        self.temps.append(temperature)
+        if temperature > t0 + 1e-9:
+            self.above_t0 += 1
+            self.above_t0_mixed += kind == "mixed"
+
+    def metrics(self, tracker) -> dict:
+        total = sum(self.kinds.values()) or 1
+        out = {f"groups/{k}": self.kinds[k] / total for k in ("positive", "negative", "mixed")}
+        out["residual_frac"] = self.kinds["positive"] / total
+        for t, c in sorted(self.by_temp.items()):
+            out[f"residual_by_temp/{t:.2f}"] = c["positive"] / (sum(c.values()) or 1)
+        out["leased_temp_mean"] = sum(self.temps) / len(self.temps) if self.temps else 0.0
+        out["leased_temp_max"] = max(self.temps, default=0.0)
+        if self.above_t0:
+            out["reactivated_rate"] = self.above_t0_mixed / self.above_t0
+        hs = [p.h for p in tracker.prompts]
+        out["h_mean"] = sum(hs) / len(hs)
+        out["h_max"] = max(hs)
+        out["h_positive_frac"] = sum(h > 0 for h in hs) / len(hs)
+        out["dynamic_sampling_filtered"] = self.filtered
+        return out
 
 
 class Learner:
@@ -86,6 +128,8 @@ class Learner:
         self.probes: dict[int, list[float]] = {0: self.trainer.probe_logprobs()}
         self.stats = RunStats()
         self.rejected_rollouts: collections.Counter[str] = collections.Counter()
+        self.evaluator = Evaluator(cfg, tokenizer) if cfg.eval.every or cfg.eval.final else None
+        self.window = Window()  # what arrived since the last optimiser step
         self._last_rollout_version: dict[int, int] = {}
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
                                   wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name,
@@ -110,6 +154,13 @@ class Learner:
                           "differ by up to %.2e)", hb.generator_id, hb.probe_version, diff)
 
     def _on_rollout(self, r: Rollout) -> None:
+        if self.evaluator is not None and self.evaluator.owns(r.lease_id):
+            result = self.evaluator.on_rollout(r)
+            if result is not None:
+                self.stats.evals.append((self.evaluator.results[-1][0], msgspec.to_builtins(result)))
+                self.metrics.log(self.trainer.version, {"eval/mean_at_k": result.mean_at_k,
+                                                        "eval/pass_at_k": result.pass_at_k})
+            return
         lease = self.dispatcher.returned(r.lease_id)
         if lease is None:  # expired and re-issued, duplicated, or never ours: not a dispatch outcome
             self._reject_rollout("unknown_lease", r)
@@ -129,13 +180,37 @@ class Learner:
         self._last_rollout_version[r.generator_id] = group.version_last
         self.tracker.record_visit(group.prompt_id, group.rewards.tolist(), group.temperature, group.version_first)
         self.stats.group_kinds[group.kind] += 1
+        self.window.add(group.kind, group.temperature, self.cfg.schedule.t0)
+        if self._filtered_out(group):
+            self.dispatcher.close(r.lease_id, "dropped_filtered")
+            self.window.filtered += 1
+            return
         self.buffer.add(group)
+
+    def _filtered_out(self, group) -> bool:
+        """DAPO dynamic sampling: a group whose advantages are all zero teaches nothing; drop it and
+        let the dispatcher draw another, up to max_gen_batches batches' worth of drops per step."""
+        ds = self.cfg.dapo
+        if not ds.dynamic_sampling or self.window.filtered >= ds.max_gen_batches * self.cfg.learner.groups_per_step:
+            return False
+        return not group_advantage(group.rewards, [len(x) for x in group.responses], self.cfg).has_signal
 
     def _reject_rollout(self, kind: str, r: Rollout, detail: str = "") -> None:
         if self.rejected_rollouts[kind] == 0:
             log.warning("rejected rollout for lease %d from generator %d: %s %s", r.lease_id,
                         r.generator_id, kind, detail)
         self.rejected_rollouts[kind] += 1
+
+    def _poll(self, timeout_ms: int) -> bool:
+        """Handle whatever arrives within `timeout_ms`; True if a rollout did."""
+        got_rollout = False
+        for msg in self.endpoint.recv(timeout_ms):
+            if isinstance(msg, Heartbeat):
+                self._on_heartbeat(msg)
+            elif isinstance(msg, Rollout):
+                self._on_rollout(msg)
+                got_rollout = True
+        return got_rollout
 
     # ---- actions -------------------------------------------------------------------------------
 
@@ -159,7 +234,8 @@ class Learner:
         """Send the newest weights if the broadcast channel is free and they are not sent yet."""
         v = self.trainer.version
         sent = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
-        if v == sent or v % self.cfg.learner.sync_every and v < self.cfg.learner.steps:
+        due = v % self.cfg.learner.sync_every == 0 or v >= self.cfg.learner.steps  # the last always goes
+        if v == sent or not due:
             return
         if not self.broadcaster.ready or len(self.generators) < self.cfg.generator.count:
             return
@@ -188,14 +264,17 @@ class Learner:
             self.stats.lag_hist[lag] += g.n
             self.stats.trained_temps.append(g.temperature)
         rewards = torch.cat([g.rewards for g in groups])
-        residual = sum(g.kind == "positive" for g in groups) / len(groups)
+        window = self.window.metrics(self.tracker)
         self.stats.step_rewards.append(float(rewards.mean()))
-        self.stats.step_residual.append(residual)
+        self.stats.step_residual.append(window["residual_frac"])
+        self.stats.step_temps.append(list(self.window.temps))
+        self.window = Window()
         self.stats.samples_trained += int(rewards.numel())
         self.stats.trained_lags_max = max(self.stats.trained_lags_max, max(lags))
         metrics.update({
-            "reward": float(rewards.mean()), "residual_frac": residual,
+            **window, "reward": float(rewards.mean()),
             "temperature_mean": sum(g.temperature for g in groups) / len(groups),
+            "trained_residual_frac": sum(g.kind == "positive" for g in groups) / len(groups),
             "lag_mean": sum(lags) / len(lags), "lag_max": max(lags), "step_seconds": time.monotonic() - t0,
             "buffered": len(self.buffer), "open_leases": self.dispatcher.open,
             **{f"leases/{k}": v for k, v in self.dispatcher.outcomes.items()},
@@ -217,16 +296,15 @@ class Learner:
                 gid, code = next(iter(dead.items()))
                 raise LearnerError(f"generator {gid} exited with code {code}:\n{launcher.log_tail(gid)}")
             self._dispatch()
-            for msg in self.endpoint.recv(timeout_ms=20):
-                if isinstance(msg, Heartbeat):
-                    self._on_heartbeat(msg)
-                elif isinstance(msg, Rollout):
-                    self._on_rollout(msg)
-                    last_progress = time.monotonic()
+            if self._poll(timeout_ms=20):
+                last_progress = time.monotonic()
             self.dispatcher.expire()
             metrics = self._train_if_ready()
             if metrics is not None:
                 self._announce()
+                every = self.cfg.eval.every
+                if every and self.trainer.version % every == 0 and self.trainer.version < lc.steps:
+                    self._start_eval()
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(reward=f"{metrics['reward']:.2f}", T=f"{metrics['temperature_mean']:.2f}",
@@ -237,7 +315,31 @@ class Learner:
                 raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s)")
         self.stats.seconds = time.monotonic() - start
         self._finish_broadcasts()
+        if self.evaluator is not None and self.cfg.eval.final:
+            self._final_eval()
         return self.stats
+
+    def _start_eval(self) -> None:
+        if self.evaluator.busy:
+            return  # the previous round is still out; skip rather than pile up
+        gids = sorted(self.generators)
+        for i, a in enumerate(self.evaluator.start(self.trainer.version, self.dispatcher.new_lease_id,
+                                                   self.trainer.version)):
+            self.endpoint.send(gids[i % len(gids)], a)
+
+    def _final_eval(self, timeout_s: float = 600.0) -> None:
+        """A held-out round on the final weights (the generators hold them after _finish_broadcasts)."""
+        while self.evaluator.busy:  # a mid-run round still out: let it finish first
+            self._pump(timeout_s)
+        self._start_eval()
+        self._pump(timeout_s)
+
+    def _pump(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.evaluator.busy:
+            if time.monotonic() > deadline:
+                raise LearnerError(f"held-out evaluation did not finish within {timeout_s:.0f}s")
+            self._poll(timeout_ms=50)
 
     def _finish_broadcasts(self, timeout_s: float = 60.0) -> None:
         """Let the last broadcast land and the generators report its probe, so it is verified."""
@@ -248,11 +350,7 @@ class Learner:
             if self.broadcaster.ready and last == self.trainer.version and all(
                     g.checked >= last for g in self.generators.values()):
                 return
-            for msg in self.endpoint.recv(timeout_ms=20):
-                if isinstance(msg, Heartbeat):
-                    self._on_heartbeat(msg)
-                elif isinstance(msg, Rollout):
-                    self._on_rollout(msg)
+            self._poll(timeout_ms=20)
 
     def stop_generators(self) -> None:
         for gid in self.generators:

@@ -45,7 +45,7 @@ def summarize(stats, counters: dict) -> tuple[str, str]:
     first = sum(rewards[:q]) / q if rewards else 0.0
     last = sum(rewards[-q:]) / q if rewards else 0.0
     groups = sum(stats.group_kinds.values())
-    residual = stats.group_kinds["positive"] / groups if groups else 0.0
+    residual = stats.group_kinds["positive"] / groups if groups else 0.0  # of all groups that arrived
     temps = stats.trained_temps
     mean_temp = sum(temps) / len(temps) if temps else 0.0
     sps = stats.samples_trained / stats.seconds if stats.seconds else 0.0
@@ -58,6 +58,8 @@ def summarize(stats, counters: dict) -> tuple[str, str]:
         f"{stats.group_kinds['negative']} all-wrong, {stats.group_kinds['mixed']} mixed)",
         f"mean temperature of trained groups {mean_temp:.3f}   lag distribution (samples) {{{lags}}}",
         f"leases: {counters}",
+        *[f"held-out (step {step}): {e['name']} mean@{e['k']} {e['mean_at_k']:.4f}  pass@{e['k']} {e['pass_at_k']:.4f}"
+          for step, e in stats.evals[-1:]],
     ])
     result = (f"RESULT steps={len(rewards)} samples={stats.samples_trained} reward_first={first:.4f} "
               f"reward_last={last:.4f} residual_frac={residual:.4f} mean_temp={mean_temp:.4f} "

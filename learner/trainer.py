@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from learner.advantages import grpo
+from learner.advantages import group_advantage, zvp_token_advantages
 from learner.groups import Group
-from learner.loss import tis_loss, token_logprobs
+from learner.loss import policy_loss, token_entropy, token_logprobs
 from pipeline.collective import probe_tokens
 from pipeline.config import Config
 from pipeline.models import load_causal_lm
@@ -23,33 +23,38 @@ class Batch:
     targets: torch.Tensor  # [N, S-1] token predicted at each position
     response_mask: torch.Tensor  # [N, S-1] 1 where the target is a response token
     mu: torch.Tensor  # [N, S-1] behaviour log-probs on response positions, 0 elsewhere
-    adv: torch.Tensor  # [N, S-1] token advantages
+    adv: torch.Tensor  # [N, S-1] token advantages (RL-ZVP rows are filled after the forward pass)
+    zvp: torch.Tensor  # [N] +1 / -1 for rows of RL-ZVP zero-variance groups, else 0
     temperature: torch.Tensor  # [N]
     lag: torch.Tensor  # [N]
 
 
-def build_batch(groups: list[Group], version: int, eps: float, pad_id: int) -> Batch:
+def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> Batch:
     seqs, rows = [], []
     for g in groups:
-        adv = grpo(g.rewards, eps)  # over the complete group, before any sample is looked at alone
+        # over the complete group, before any sample is looked at alone
+        ga = group_advantage(g.rewards, [len(r) for r in g.responses], cfg)
         for j, (resp, mu) in enumerate(zip(g.responses, g.behaviour_logprobs)):
             seqs.append(torch.cat([g.prompt, resp]))
-            rows.append((len(g.prompt), resp, mu, float(adv[j]), g.temperature, g.lag(version)))
+            rows.append((len(g.prompt), resp, mu, float(ga.per_sample[j]), ga.zvp, g.temperature,
+                         g.lag(version)))
     n, s = len(seqs), max(len(x) for x in seqs)
     input_ids = torch.full((n, s), pad_id, dtype=torch.long)
     attention = torch.zeros((n, s), dtype=torch.long)
     resp_mask = torch.zeros((n, s - 1))
     mu = torch.zeros((n, s - 1))
     adv = torch.zeros((n, s - 1))
-    for i, (seq, (p, resp, m, a, _, _)) in enumerate(zip(seqs, rows)):
+    for i, (seq, (p, resp, m, a, *_)) in enumerate(zip(seqs, rows)):
         input_ids[i, :len(seq)] = seq
         attention[i, :len(seq)] = 1
         # position t predicts token t+1: response token k (at p+k) is predicted at position p+k-1
-        resp_mask[i, p - 1:p - 1 + len(resp)] = 1
-        mu[i, p - 1:p - 1 + len(resp)] = m
-        adv[i, p - 1:p - 1 + len(resp)] = a
+        span = slice(p - 1, p - 1 + len(resp))
+        resp_mask[i, span] = 1
+        mu[i, span] = m
+        adv[i, span] = a
     return Batch(input_ids, attention, input_ids[:, 1:], resp_mask, mu, adv,
-                 torch.tensor([r[4] for r in rows]), torch.tensor([r[5] for r in rows]))
+                 torch.tensor([r[4] for r in rows]), torch.tensor([r[5] for r in rows]),
+                 torch.tensor([r[6] for r in rows]))
 
 
 class Trainer:
@@ -73,18 +78,41 @@ class Trainer:
         logits = self.model(input_ids=tokens).logits[:, :-1]
         return token_logprobs(logits, tokens[:, 1:], torch.ones(1))[0].tolist()
 
-    def logprobs(self, batch: Batch) -> torch.Tensor:
+    def _sample_temperature(self, batch: Batch) -> torch.Tensor:
+        if self.cfg.loss.logprob_temperature == "sample":
+            return batch.temperature
+        return torch.ones_like(batch.temperature)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits at the predicting positions, log pi_theta of the targets at each sample's T)."""
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
-        temp = batch.temperature if self.cfg.loss.logprob_temperature == "sample" else torch.ones_like(batch.temperature)
-        return token_logprobs(logits, batch.targets, temp)
+        return logits, token_logprobs(logits, batch.targets, self._sample_temperature(batch))
+
+    def logprobs(self, batch: Batch) -> torch.Tensor:
+        return self.forward(batch)[1]
+
+    def _fill_zvp(self, batch: Batch, entropy_one: torch.Tensor, logits: torch.Tensor) -> None:
+        """RL-ZVP token advantages from the detached entropy of the training policy (§3)."""
+        rows = (batch.zvp != 0).nonzero().flatten()
+        if len(rows) == 0:
+            return
+        if self.cfg.zvp.entropy_temperature == "sample":
+            entropy = token_entropy(logits[rows], batch.temperature[rows])
+        else:
+            entropy = entropy_one[rows]
+        for k, i in enumerate(rows.tolist()):
+            pos = batch.response_mask[i].bool()
+            batch.adv[i, pos] = zvp_token_advantages(entropy[k][pos], bool(batch.zvp[i] > 0), self.cfg.zvp.alpha)
 
     def step(self, groups: list[Group]) -> dict:
-        batch = build_batch(groups, self.version, self.cfg.advantage.eps, self.pad_id)
-        logp = self.logprobs(batch)
+        batch = build_batch(groups, self.version, self.cfg, self.pad_id)
+        logits, logp = self.forward(batch)
+        entropy = token_entropy(logits, torch.ones_like(batch.temperature))  # T = 1, for RL-ZVP and metrics
+        self._fill_zvp(batch, entropy, logits)
         # One optimiser step per batch: pi_prox is pi_theta at the start of the step, so no extra
         # forward pass is needed; detaching gives it exactly.
         prox = logp.detach()
-        loss, stats = tis_loss(logp, prox, batch.mu, batch.adv, batch.response_mask, self.cfg.loss)
+        loss, stats = policy_loss(logp, prox, batch.mu, batch.adv, batch.response_mask, self.cfg.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.grad_clip)
@@ -96,7 +124,7 @@ class Trainer:
         gap_by_lag = {}
         for lag in batch.lag.unique().tolist():
             rows = batch.lag == lag
-            m = mask[rows]
-            gap_by_lag[f"prox_mu_gap/lag{lag}"] = float(gap[rows][m].mean())
+            gap_by_lag[f"prox_mu_gap/lag{lag}"] = float(gap[rows][mask[rows]].mean())
         return {**asdict(stats), "grad_norm": float(grad_norm), **gap_by_lag,
-                "tokens": int(mask.sum()), "response_len": float(mask.sum(1).float().mean())}
+                "entropy": float(entropy[mask].mean()), "tokens": int(mask.sum()),
+                "response_len": float(mask.sum(1).float().mean())}

@@ -103,16 +103,45 @@ class TrackerConfig(Section):
 
 
 class LossConfig(Section):
-    correction: Literal["tis"] = "tis"
+    """Lag correction (ALGORITHMS.md §5). w = pi_prox/mu, u = pi_theta/pi_prox."""
+
+    correction: Literal["ppo_behaviour", "tis", "mis", "seq_mis"] = "tis"
     eps_low: Annotated[float, Meta(ge=0, lt=1)] = 0.2
-    eps_high: NonNegFloat = 0.28
-    is_cap: Annotated[float, Meta(ge=1)] = 2.0  # C in min(pi_prox/mu, C)
+    eps_high: NonNegFloat = 0.28  # clip-higher (DAPO); set to eps_low for symmetric GRPO clipping
+    is_cap: Annotated[float, Meta(ge=1)] = 2.0  # C: truncate w at C (tis) or mask outside [1/C, C] (mis)
     logprob_temperature: Literal["sample", "one"] = "sample"
 
 
 class AdvantageConfig(Section):
-    kind: Literal["grpo"] = "grpo"
+    """GRPO is the default; RL-ZVP replaces the zero-variance groups' zero advantage (ALGORITHMS.md §3)."""
+
+    kind: Literal["grpo", "rlzvp"] = "grpo"
     eps: PosFloat = 1e-6
+
+
+class ReactivationConfig(Section):
+    """ERPO's Reactivation Advantage for zero-variance groups (ALGORITHMS.md §2)."""
+
+    enabled: bool = False
+    m: PosInt = 1  # virtual responses added to a positive zero-variance group
+    r_virtual: float = 0.0  # their reward
+    negative: bool = False  # mirror the rule for all-wrong groups (virtual reward 1 - r_virtual)
+
+
+class ZVPConfig(Section):
+    """RL-ZVP entropy-shaped token advantages (ALGORITHMS.md §3)."""
+
+    alpha: NonNegFloat = 0.1
+    entropy_temperature: Literal["one", "sample"] = "one"
+
+
+class DAPOConfig(Section):
+    """DAPO's batch-level options (ALGORITHMS.md §1); clip-higher lives in `loss`."""
+
+    dynamic_sampling: bool = False  # drop groups whose advantages are all zero, keep drawing
+    max_gen_batches: PosInt = 10  # give up filtering after this many batches' worth of drops in a step
+    overlong_shaping: bool = False
+    overlong_cache: PosInt = 4  # L_cache; L_max is generator.max_tokens
 
 
 class LearnerConfig(Section):
@@ -129,6 +158,22 @@ class LearnerConfig(Section):
     sync_every: PosInt = 1  # broadcast weights every this many steps
     lease_timeout_s: PosFloat = 120.0
     idle_timeout_s: PosFloat = 300.0  # give up when no rollout arrives for this long
+
+
+class EvalConfig(Section):
+    """Held-out evaluation: k samples per problem through the generators' vLLM engines."""
+
+    # A dataset name or reasoning_gym:<task>; empty: the training source (a fresh seed for
+    # procedural tasks, so held-out problems differ from training ones).
+    source: str = ""
+    split: str = "test"
+    size: PosInt = 128  # problems (procedural sources; fixed datasets are used whole up to this)
+    seed: int = 99991
+    k: PosInt = 4
+    temperature: PosFloat = 1.0
+    max_tokens: NonNegInt = 0  # 0: generator.max_tokens
+    every: NonNegInt = 0  # evaluate every this many steps during training (0: never mid-run)
+    final: bool = True  # evaluate once more at the end of training
 
 
 class LogConfig(Section):
@@ -148,7 +193,11 @@ class Config(Section):
     tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
     loss: LossConfig = msgspec.field(default_factory=LossConfig)
     advantage: AdvantageConfig = msgspec.field(default_factory=AdvantageConfig)
+    ra: ReactivationConfig = msgspec.field(default_factory=ReactivationConfig)
+    zvp: ZVPConfig = msgspec.field(default_factory=ZVPConfig)
+    dapo: DAPOConfig = msgspec.field(default_factory=DAPOConfig)
     learner: LearnerConfig = msgspec.field(default_factory=LearnerConfig)
+    eval: EvalConfig = msgspec.field(default_factory=EvalConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
     @property
@@ -202,6 +251,9 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError(f"schedule.tmax ({cfg.schedule.tmax}) must be >= schedule.t0 ({cfg.schedule.t0})")
     if cfg.learner.group_size < 2:
         raise ConfigError("learner.group_size must be >= 2: a group of one has no baseline")
+    if cfg.dapo.overlong_shaping and cfg.dapo.overlong_cache >= cfg.generator.max_tokens:
+        raise ConfigError(f"dapo.overlong_cache ({cfg.dapo.overlong_cache}) must be < generator.max_tokens "
+                          f"({cfg.generator.max_tokens}), the L_max of overlong shaping")
     if cfg.model.path and not Path(cfg.model.path).exists():
         raise ConfigError(f"model.path: no such file or folder: {cfg.model.path}")
 

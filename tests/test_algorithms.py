@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from learner.advantages import grpo
-from learner.loss import tis_loss, token_logprobs
+from learner.loss import policy_loss, token_logprobs
 from learner.schedule import temperature
 from learner.tracker import Tracker
 from pipeline.config import LossConfig, ScheduleConfig
@@ -86,7 +86,7 @@ def test_tis_truncates_is_weight_and_normalises_per_token():
     prox = logp.detach().clone()
     mu = prox - torch.log(torch.tensor([[0.5, 3.0]]))
     adv = torch.ones(1, 2)
-    loss, stats = tis_loss(logp, prox, mu, adv, torch.ones(1, 2), CFG)
+    loss, stats = policy_loss(logp, prox, mu, adv, torch.ones(1, 2), CFG)
     assert float(loss.detach()) == pytest.approx(-(0.5 + 2.0) / 2)
     loss.backward()
     # d(-J)/d logp_t = -sg(min(w, C)) * u * A / N
@@ -102,7 +102,7 @@ def test_tis_clip_higher_is_asymmetric_and_pessimistic():
     ratio = torch.tensor([[1.5, 1.5, 0.5, 0.5]])  # u = pi_theta / pi_prox
     logp = torch.log(ratio).requires_grad_(True)
     adv = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
-    loss, stats = tis_loss(logp, prox, mu, adv, torch.ones(1, 4), CFG)
+    loss, stats = policy_loss(logp, prox, mu, adv, torch.ones(1, 4), CFG)
     # min(uA, clip(u, 0.8, 1.28) A): 1.28 | -1.5 | 0.5 | -0.8
     assert float(loss.detach()) == pytest.approx(-(1.28 - 1.5 + 0.5 - 0.8) / 4)
     loss.backward()
@@ -116,7 +116,7 @@ def test_tis_token_level_normalisation_over_the_batch():
     logp = torch.zeros(2, 3, requires_grad=True)
     mask = torch.tensor([[1.0, 0, 0], [1, 1, 1]])
     adv = torch.tensor([[1.0, 1, 1], [-1, -1, -1]])
-    loss, _ = tis_loss(logp, logp.detach(), logp.detach(), adv, mask, CFG)
+    loss, _ = policy_loss(logp, logp.detach(), logp.detach(), adv, mask, CFG)
     assert float(loss.detach()) == pytest.approx(-(1 - 3) / 4)  # not the mean of per-sample means (0)
     loss.backward()
     assert logp.grad[0, 1:].abs().sum() == 0  # padding gets no gradient
@@ -126,7 +126,7 @@ def test_tis_is_weight_is_detached():
     logp = torch.zeros(1, 1, requires_grad=True)
     prox = torch.zeros(1, 1, requires_grad=True)
     mu = torch.full((1, 1), -math.log(1.5))
-    loss, _ = tis_loss(logp, prox, mu, torch.ones(1, 1), torch.ones(1, 1), CFG)
+    loss, _ = policy_loss(logp, prox, mu, torch.ones(1, 1), torch.ones(1, 1), CFG)
     loss.backward()
     assert prox.grad is None or float(prox.grad.abs().sum()) == 0.0
     assert float(logp.grad) == pytest.approx(-1.5)

@@ -28,7 +28,7 @@ def _groups(engine, trainer_tok, temperature, n=4):
 
 
 def _max_gap(trainer, groups, version=0):
-    batch = build_batch(groups, version, 1e-6, trainer.pad_id)
+    batch = build_batch(groups, version, trainer.cfg, trainer.pad_id)
     with torch.no_grad():
         logp = trainer.logprobs(batch)
     mask = batch.response_mask.bool()

@@ -1,0 +1,78 @@
+"""Held-out evaluation during training, through the generators (the same vLLM engines that sample).
+
+A round leases every held-out problem once (n = k, temperature = eval.temperature) beside the training
+leases; these leases are not training dispatches and stay out of the dispatcher's accounting. When the
+last result is in, the round is scored (mean@k, pass@k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+
+from pipeline.config import Config
+from pipeline.data import REASONING_GYM, Problem, load_problems
+from pipeline.messages import Assignment, Rollout, pack_ids
+from pipeline.scoring import DatasetScore, score
+
+
+def heldout_problems(cfg: Config) -> tuple[str, list[Problem]]:
+    ev = cfg.eval
+    source = ev.source or cfg.data.source
+    data = msgspec.structs.replace(cfg.data, source=source, split=ev.split)
+    problems = load_problems(data, split=ev.split, size=ev.size, seed=ev.seed)
+    if not source.startswith(REASONING_GYM):
+        problems = problems[:ev.size]
+    return source, problems
+
+
+@dataclass
+class EvalRound:
+    step: int
+    pending: dict[int, int]  # lease id -> problem index
+    rewards: dict[int, list[float]] = field(default_factory=dict)
+
+
+class Evaluator:
+    def __init__(self, cfg: Config, tokenizer):
+        self.cfg = cfg
+        self.name, self.problems = heldout_problems(cfg)
+        self.prompts = [pack_ids(tokenizer.encode(cfg.data.prompt_template.format(question=p.question)))
+                        for p in self.problems]
+        self.current: EvalRound | None = None
+        self.results: list[tuple[int, DatasetScore]] = []
+
+    def start(self, step: int, new_lease_id, version: int) -> list[Assignment]:
+        ev = self.cfg.eval
+        assignments = []
+        pending = {}
+        for i, p in enumerate(self.problems):
+            lease_id = new_lease_id()
+            pending[lease_id] = i
+            assignments.append(Assignment(
+                lease_id=lease_id, prompt_id=i, epoch=-1, temperature=ev.temperature, n=ev.k,
+                policy_version=version, prompt_tokens=self.prompts[i], answer=p.answer,
+                verifier=p.verifier, metadata=p.metadata,
+                max_tokens=ev.max_tokens or self.cfg.generator.max_tokens))
+        self.current = EvalRound(step, pending)
+        return assignments
+
+    def owns(self, lease_id: int) -> bool:
+        return self.current is not None and lease_id in self.current.pending
+
+    def on_rollout(self, r: Rollout) -> DatasetScore | None:
+        """Record an eval rollout; the round's score once it is complete."""
+        rnd = self.current
+        idx = rnd.pending.pop(r.lease_id)
+        rnd.rewards[idx] = [s.reward for s in r.samples]
+        if rnd.pending:
+            return None
+        result = score(self.name, [rnd.rewards[i] for i in sorted(rnd.rewards)])
+        self.results.append((rnd.step, result))
+        self.current = None
+        return result
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None

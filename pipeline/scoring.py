@@ -1,0 +1,30 @@
+"""Evaluation arithmetic shared by the in-training evaluator and `run.py eval`: mean@k and pass@k."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class DatasetScore(msgspec.Struct):
+    name: str
+    problems: int
+    k: int
+    mean_at_k: float  # average reward over all k samples of all problems (the papers' mean@k, Acc@k)
+    pass_at_k: float  # share of problems with at least one correct sample among the k
+
+
+def score(name: str, rewards_per_problem: list[list[float]]) -> DatasetScore:
+    if not rewards_per_problem:
+        raise ValueError(f"{name}: no results to score")
+    k = len(rewards_per_problem[0])
+    n = len(rewards_per_problem)
+    mean = sum(sum(r) / len(r) for r in rewards_per_problem) / n
+    passed = sum(any(x >= 1 for x in r) for r in rewards_per_problem) / n
+    return DatasetScore(name, n, k, mean, passed)
+
+
+def table(scores: list[DatasetScore]) -> str:
+    lines = [f"{'dataset':<34} {'problems':>8} {'k':>3} {'mean@k':>8} {'pass@k':>8}"]
+    for s in scores:
+        lines.append(f"{s.name:<34} {s.problems:>8} {s.k:>3} {s.mean_at_k:>8.4f} {s.pass_at_k:>8.4f}")
+    return "\n".join(lines)
