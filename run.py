@@ -85,6 +85,21 @@ def cmd_generate(args, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_eval(args, overrides: list[str]) -> int:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from actors.evaluate import evaluate
+    from learner.warmstart import prepare_model
+
+    cfg = config_mod.load(args.config, overrides)
+    model = args.model or prepare_model(cfg, progress=cfg.log.progress)
+    if not Path(model).exists():
+        raise ConfigError(f"--model: no such folder: {model}")
+    out = Path(args.out) if args.out else cfg.run_dir / "eval.json"
+    evaluate(cfg, model, args.data or [cfg.eval.source or cfg.data.source], out, progress=cfg.log.progress)
+    print(f"results written to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__,
@@ -102,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--weights-port", type=int, required=True)
     gen.add_argument("--world-size", type=int, required=True)
     gen.add_argument("--model-path", required=True)
-    for name in ("eval", "bench", "report"):
+    ev = sub.add_parser("eval", help="mean@k / pass@k of a model on held-out datasets")
+    ev.add_argument("--config", default=str(DEFAULT_CONFIG))
+    ev.add_argument("--model", default="", help="model folder (default: the config's model)")
+    ev.add_argument("--data", nargs="+", help="dataset names (gsm8k math500 aime24 aime25 amc23 ...) "
+                    "or reasoning_gym:<task>; default: the config's eval.source")
+    ev.add_argument("--out", default="", help="JSON result file (default: <run dir>/eval.json)")
+    for name in ("bench", "report"):
         sub.add_parser(name, help="not built yet")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -111,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, overrides)
         if args.command == "generate":
             return cmd_generate(args, overrides)
+        if args.command == "eval":
+            return cmd_eval(args, overrides)
         print(f"run.py {args.command}: not built yet (see the open issues)", file=sys.stderr)
         return 2
     except ConfigError as exc:

@@ -64,6 +64,10 @@ class Engine:
     def _max_model_len(cfg: Config, model_path: str) -> int | None:
         return cfg.model.tiny.max_position_embeddings if not cfg.model.path else None
 
+    @property
+    def max_model_len(self) -> int:
+        return self.llm.llm_engine.model_config.max_model_len
+
     def generate(self, requests: list[Request]) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt

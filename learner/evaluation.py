@@ -9,22 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import msgspec
-
 from pipeline.config import Config
-from pipeline.data import REASONING_GYM, Problem, load_problems
+from pipeline.data import heldout_problems
 from pipeline.messages import Assignment, Rollout, pack_ids
 from pipeline.scoring import DatasetScore, score
-
-
-def heldout_problems(cfg: Config) -> tuple[str, list[Problem]]:
-    ev = cfg.eval
-    source = ev.source or cfg.data.source
-    data = msgspec.structs.replace(cfg.data, source=source, split=ev.split)
-    problems = load_problems(data, split=ev.split, size=ev.size, seed=ev.seed)
-    if not source.startswith(REASONING_GYM):
-        problems = problems[:ev.size]
-    return source, problems
 
 
 @dataclass
@@ -37,7 +25,7 @@ class EvalRound:
 class Evaluator:
     def __init__(self, cfg: Config, tokenizer):
         self.cfg = cfg
-        self.name, self.problems = heldout_problems(cfg)
+        self.name, self.problems = heldout_problems(cfg.data, cfg.eval)
         self.prompts = [pack_ids(tokenizer.encode(cfg.data.prompt_template.format(question=p.question)))
                         for p in self.problems]
         self.current: EvalRound | None = None

@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import ConfigError, DataConfig
+import msgspec
+
+from pipeline.config import ConfigError, DataConfig, EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +108,12 @@ def _reasoning_gym(cfg: DataConfig, size: int, seed: int) -> list[Problem]:
         Problem(i, e["question"], str(e["answer"]), cfg.source, json.dumps(e["metadata"], default=list))
         for i, e in enumerate(dataset)
     ]
+
+
+def heldout_problems(data: DataConfig, ev: EvalConfig, source: str | None = None) -> tuple[str, list[Problem]]:
+    """Evaluation problems: `source` (default eval.source, else the training source). Procedural
+    sources draw a fresh seed, so held-out problems are not the training ones."""
+    source = source or ev.source or data.source
+    cfg = msgspec.structs.replace(data, source=source, split=ev.split)
+    problems = load_problems(cfg, split=ev.split, size=ev.size, seed=ev.seed)
+    return source, problems[:ev.size]

@@ -11,20 +11,22 @@ class DatasetScore(msgspec.Struct):
     k: int
     mean_at_k: float  # average reward over all k samples of all problems (the papers' mean@k, Acc@k)
     pass_at_k: float  # share of problems with at least one correct sample among the k
+    too_long: int = 0  # problems whose prompt did not fit the model's context: scored 0, counted
 
 
-def score(name: str, rewards_per_problem: list[list[float]]) -> DatasetScore:
+def score(name: str, rewards_per_problem: list[list[float]], too_long: int = 0) -> DatasetScore:
     if not rewards_per_problem:
         raise ValueError(f"{name}: no results to score")
     k = len(rewards_per_problem[0])
     n = len(rewards_per_problem)
     mean = sum(sum(r) / len(r) for r in rewards_per_problem) / n
     passed = sum(any(x >= 1 for x in r) for r in rewards_per_problem) / n
-    return DatasetScore(name, n, k, mean, passed)
+    return DatasetScore(name, n, k, mean, passed, too_long)
 
 
 def table(scores: list[DatasetScore]) -> str:
-    lines = [f"{'dataset':<34} {'problems':>8} {'k':>3} {'mean@k':>8} {'pass@k':>8}"]
+    lines = [f"{'dataset':<34} {'problems':>8} {'k':>3} {'mean@k':>8} {'pass@k':>8} {'too long':>8}"]
     for s in scores:
-        lines.append(f"{s.name:<34} {s.problems:>8} {s.k:>3} {s.mean_at_k:>8.4f} {s.pass_at_k:>8.4f}")
+        lines.append(f"{s.name:<34} {s.problems:>8} {s.k:>3} {s.mean_at_k:>8.4f} {s.pass_at_k:>8.4f} "
+                     f"{s.too_long:>8}")
     return "\n".join(lines)

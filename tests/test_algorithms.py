@@ -130,3 +130,86 @@ def test_tis_is_weight_is_detached():
     loss.backward()
     assert prox.grad is None or float(prox.grad.abs().sum()) == 0.0
     assert float(logp.grad) == pytest.approx(-1.5)
+
+
+# ---- ERPO, RL-ZVP, DAPO (ALGORITHMS.md §1-§3) --------------------------------------------------
+
+from learner.advantages import group_advantage, overlong_penalty, reactivation, zvp_token_advantages  # noqa: E402
+from pipeline.config import from_dict  # noqa: E402
+
+
+def test_reactivation_advantage_is_one_over_sqrt_n_for_an_all_correct_group():
+    for n in (2, 4, 8, 16):
+        a = reactivation(torch.ones(n), m=1, r_virtual=0.0)
+        assert a.tolist() == pytest.approx([1 / math.sqrt(n)] * n, rel=1e-5)
+    # m = 2 virtual zeros among 4 ones: mean 4/6, std sqrt(4/6 * 2/6) -> (1/3) / 0.4714
+    assert reactivation(torch.ones(4), m=2, r_virtual=0.0).tolist() == pytest.approx([0.70710678] * 4, rel=1e-5)
+
+
+def test_group_advantage_policies_on_zero_variance_groups():
+    ones, zeros, mixed = torch.ones(4), torch.zeros(4), torch.tensor([1.0, 0, 0, 1])
+    lengths = [3] * 4
+    grpo_cfg = from_dict({})
+    assert group_advantage(ones, lengths, grpo_cfg).has_signal is False
+    assert group_advantage(mixed, lengths, grpo_cfg).per_sample.tolist() == pytest.approx([1, -1, -1, 1], rel=1e-5)
+    erpo = from_dict({"ra": {"enabled": True}})
+    assert group_advantage(ones, lengths, erpo).per_sample.tolist() == pytest.approx([0.5] * 4, rel=1e-5)
+    assert not group_advantage(zeros, lengths, erpo).has_signal  # negative groups keep A = 0 ...
+    mirrored = group_advantage(zeros, lengths, from_dict({"ra": {"enabled": True, "negative": True}}))
+    assert mirrored.per_sample.tolist() == pytest.approx([-0.5] * 4, rel=1e-5)  # ... unless mirrored
+    zvp = from_dict({"advantage": {"kind": "rlzvp"}})
+    assert group_advantage(ones, lengths, zvp).zvp == 1
+    assert group_advantage(zeros, lengths, zvp).zvp == -1
+    assert group_advantage(mixed, lengths, zvp).zvp == 0  # non-zero-variance groups stay GRPO
+
+
+def test_rlzvp_token_advantages_signs_and_max_entropy_term():
+    h = torch.tensor([0.5, 2.0, 1.0], requires_grad=True)
+    pos = zvp_token_advantages(h, positive=True, alpha=0.1)
+    neg = zvp_token_advantages(h, positive=False, alpha=0.1)
+    assert pos.tolist() == pytest.approx([0.05, 0.2, 0.1])
+    assert neg.tolist() == pytest.approx([-0.15, 0.0, -0.1])  # -alpha * (max_k H_k - H_t)
+    assert not pos.requires_grad and not neg.requires_grad  # entropy is detached
+
+
+def test_overlong_penalty_piecewise():
+    assert overlong_penalty(10, l_max=16, l_cache=4) == 0.0
+    assert overlong_penalty(12, 16, 4) == 0.0
+    assert overlong_penalty(14, 16, 4) == pytest.approx(-0.5)
+    assert overlong_penalty(16, 16, 4) == pytest.approx(-1.0)
+    assert overlong_penalty(17, 16, 4) == -1.0
+    cfg = from_dict({"generator": {"max_tokens": 16}, "dapo": {"overlong_shaping": True, "overlong_cache": 4}})
+    # all correct, but one response ran long: the shaped rewards differ, so the group has signal
+    ga = group_advantage(torch.ones(4), [5, 5, 5, 14], cfg)
+    assert ga.has_signal and ga.per_sample[3] < 0 < ga.per_sample[0]
+
+
+@pytest.mark.parametrize("correction", ["ppo_behaviour", "tis", "mis", "seq_mis"])
+def test_corrections_agree_without_lag_and_differ_with_it(correction):
+    cfg = LossConfig(correction=correction, is_cap=2.0)
+    logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    adv, mask = torch.ones(1, 3), torch.ones(1, 3)
+    loss, stats = policy_loss(logp, logp.detach(), logp.detach(), adv, mask, cfg)
+    assert float(loss.detach()) == pytest.approx(-1.0) and stats.truncated_frac == 0 and stats.ess == pytest.approx(1.0)
+    # lag: w = pi_prox/mu = [0.25, 1, 3]
+    mu = logp.detach() - torch.log(torch.tensor([[0.25, 1.0, 3.0]]))
+    loss, stats = policy_loss(logp, logp.detach(), mu, adv, mask, cfg)
+    expected = {
+        "ppo_behaviour": None,  # computed below
+        "tis": -(0.25 + 1.0 + 2.0) / 3,
+        "mis": -(0.0 + 1.0 + 0.0) / 3,  # w outside [0.5, 2] masked
+        "seq_mis": -(0.25 + 1.0 + 3.0) / 3,  # geometric mean (0.75)^(1/3) = 0.91 is inside [0.5, 2]
+    }[correction]
+    if correction == "ppo_behaviour":
+        # rho = exp(pi_theta - mu) = w = [0.25, 1, 3]; min(rho, clip(rho, 0.8, 1.28)) with A = 1
+        expected = -(0.25 + 1.0 + 1.28) / 3
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_seq_mis_masks_whole_sequences():
+    cfg = LossConfig(correction="seq_mis", is_cap=2.0)
+    logp = torch.zeros(2, 2, requires_grad=True)
+    mu = torch.tensor([[0.0, 0.0], [-1.0, -1.0]])  # row 1: w = e for both tokens, geometric mean e > 2
+    loss, stats = policy_loss(logp, logp.detach(), mu, torch.ones(2, 2), torch.ones(2, 2), cfg)
+    assert float(loss.detach()) == pytest.approx(-(1 + 1) / 4)
+    assert stats.truncated_frac == pytest.approx(0.5)

@@ -49,7 +49,12 @@ def test_async_run_versions_lag_and_accounting(tiny_model, tmp_path):
     assert stats.trained_lags_max <= 1
     assert learner.dispatcher.outcomes["trained"] == 6 * 4
     _assert_accounting(learner)
-    assert (cfg.run_dir / "metrics.jsonl").read_text().count("\n") == 6
+    lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert sum('"loss"' in line for line in lines) == 6
+    # the final held-out round ran through the generator on the final weights
+    (step, result), = stats.evals
+    assert step == 6 and result["problems"] == cfg.eval.size and result["k"] == cfg.eval.k
+    assert 0.0 < result["mean_at_k"] <= result["pass_at_k"] <= 1.0
 
 
 def test_stale_samples_are_dropped_and_counted_never_trained(tiny_model, tmp_path):
