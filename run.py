@@ -100,6 +100,22 @@ def cmd_eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_study(args, overrides: list[str]) -> int:
+    from pipeline.study import ALGORITHMS, run_study
+
+    print(run_study(Path(args.out), overrides, args.algorithms or ALGORITHMS))
+    return 0
+
+
+def cmd_report(args, overrides: list[str]) -> int:
+    from pipeline.report import write_report
+
+    _, result = write_report(Path(args.study_dir), args.algorithms)
+    print((Path(args.study_dir) / "report.md").read_text())
+    print(result)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__,
@@ -123,8 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--data", nargs="+", help="dataset names (gsm8k math500 aime24 aime25 amc23 ...) "
                     "or reasoning_gym:<task>; default: the config's eval.source")
     ev.add_argument("--out", default="", help="JSON result file (default: <run dir>/eval.json)")
-    for name in ("bench", "report"):
-        sub.add_parser(name, help="not built yet")
+    st = sub.add_parser("study", help="GRPO vs DAPO vs ERPO vs RL-ZVP, same warm start and sample budget")
+    st.add_argument("--out", default="runs/study")
+    st.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")
+    rp = sub.add_parser("report", help="redraw a study's report from its run folders")
+    rp.add_argument("study_dir")
+    rp.add_argument("--algorithms", nargs="+", default=["grpo", "dapo", "erpo", "rlzvp"])
+    sub.add_parser("bench", help="not built yet")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -134,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(args, overrides)
         if args.command == "eval":
             return cmd_eval(args, overrides)
+        if args.command == "study":
+            return cmd_study(args, overrides)
+        if args.command == "report":
+            return cmd_report(args, overrides)
         print(f"run.py {args.command}: not built yet (see the open issues)", file=sys.stderr)
         return 2
     except ConfigError as exc:

@@ -130,6 +130,7 @@ class Learner:
         self.rejected_rollouts: collections.Counter[str] = collections.Counter()
         self.evaluator = Evaluator(cfg, tokenizer) if cfg.eval.every or cfg.eval.final else None
         self.window = Window()  # what arrived since the last optimiser step
+        self._finishing = False
         self._last_rollout_version: dict[int, int] = {}
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
                                   wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name,
@@ -218,6 +219,8 @@ class Learner:
         """Keep every live generator busy, but never lease more than can be trained within max_lag."""
         lc = self.cfg.learner
         budget = (lc.max_open_groups or (lc.max_lag + 1) * lc.groups_per_step) - self.dispatcher.open
+        if lc.sample_budget:
+            budget = min(budget, lc.sample_budget // lc.group_size - self.dispatcher.dispatched)
         if self.broadcaster.group is None:
             return  # generators are still joining the weight group
         for gid, info in sorted(self.generators.items()):
@@ -234,7 +237,7 @@ class Learner:
         """Send the newest weights if the broadcast channel is free and they are not sent yet."""
         v = self.trainer.version
         sent = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
-        due = v % self.cfg.learner.sync_every == 0 or v >= self.cfg.learner.steps  # the last always goes
+        due = v % self.cfg.learner.sync_every == 0 or v >= self.cfg.learner.steps or self._finishing
         if v == sent or not due:
             return
         if not self.broadcaster.ready or len(self.generators) < self.cfg.generator.count:
@@ -252,7 +255,10 @@ class Learner:
             self.dispatcher.close(g.lease_id, "dropped_stale")
         if len(self.buffer) < lc.groups_per_step:
             return None
-        groups = self.buffer.take(lc.groups_per_step)
+        return self._train(self.buffer.take(lc.groups_per_step))
+
+    def _train(self, groups) -> dict:
+        lc = self.cfg.learner
         version = self.trainer.version
         lags = [g.lag(version) for g in groups]
         assert max(lags) <= lc.max_lag, "a stale group reached the optimiser"
@@ -289,7 +295,7 @@ class Learner:
         lc = self.cfg.learner
         start = time.monotonic()
         last_progress = time.monotonic()
-        while self.trainer.version < lc.steps:
+        while self.trainer.version < lc.steps and not self._budget_spent():
             if self.broadcaster.error is not None:
                 raise LearnerError(f"weight broadcast failed: {self.broadcaster.error}")
             if launcher is not None and (dead := launcher.dead()):
@@ -314,10 +320,24 @@ class Learner:
             if time.monotonic() - last_progress > lc.idle_timeout_s:
                 raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s)")
         self.stats.seconds = time.monotonic() - start
+        self._finishing = True  # the last version always goes out, whatever sync_every says
         self._finish_broadcasts()
         if self.evaluator is not None and self.cfg.eval.final:
             self._final_eval()
         return self.stats
+
+    def _budget_spent(self) -> bool:
+        """True once the sample budget is generated and every group of it is trained or dropped
+        (a last partial batch is trained as it is: those samples were paid for)."""
+        lc = self.cfg.learner
+        if not lc.sample_budget or self.dispatcher.dispatched * lc.group_size < lc.sample_budget:
+            return False
+        if self.dispatcher.outstanding():
+            return False
+        if len(self.buffer):
+            self._train(self.buffer.take(len(self.buffer)))
+            self._announce()
+        return True
 
     def _start_eval(self) -> None:
         if self.evaluator.busy:

@@ -156,6 +156,9 @@ class LearnerConfig(Section):
     # most that can still be trained within max_lag; more over-provisions and some will go stale.
     max_open_groups: NonNegInt = 0
     sync_every: PosInt = 1  # broadcast weights every this many steps
+    # Stop once this many samples have been generated (0: no limit); compares algorithms at equal
+    # generation cost, which dynamic sampling otherwise hides.
+    sample_budget: NonNegInt = 0
     lease_timeout_s: PosFloat = 120.0
     idle_timeout_s: PosFloat = 300.0  # give up when no rollout arrives for this long
 
@@ -269,16 +272,35 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_toml(path: str | Path, _seen: tuple = ()) -> dict[str, Any]:
+    """A TOML config; a top-level `extends = "other.toml"` (relative to this file) is read first and
+    this file's values override it, section by section."""
+    p = Path(path).resolve()
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if p in _seen:
+        raise ConfigError(f"{path}: `extends` loops back to itself")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must be a file name")
+    return _merge(read_toml(p.parent / parent, _seen + (p,)), raw)
+
+
 def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    raw = read_toml(path) if path is not None else {}
     return from_dict(apply_overrides(raw, overrides or []))
 
 
