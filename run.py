@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -49,17 +50,32 @@ def cmd_train(args, overrides: list[str]) -> int:
     from pipeline.launcher import Launcher
 
     torch.set_num_threads(cfg.run.torch_threads)
+    resume = None
+    if args.resume is not None:
+        from learner.checkpoint import resolve
+
+        resume = resolve(Path(args.resume or cfg.run_dir))
+        print(f"resuming from {resume}")
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     problems = load_problems(cfg.data)  # fails here, before any process starts, on a bad source
-    model_path = prepare_model(cfg, progress=cfg.log.progress)
-    learner = Learner(cfg, model_path, problems)
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.weights_port, model_path)
+    model_path = prepare_model(cfg, progress=cfg.log.progress) if resume is None else str(resume)
+    learner = Learner(cfg, model_path, problems, resume=resume)
+    launcher = Launcher(cfg, learner.endpoint.addresses, learner.weights_port, learner.model_path,
+                        learner.initial_version)
+
+    def request_stop(signum, frame):  # finish the current step, checkpoint, stop generators, exit 0
+        learner.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     launcher.start_all()
     try:
         with tqdm(total=cfg.learner.steps, desc="RL steps", disable=not cfg.log.progress) as bar:
             stats = learner.run(launcher, bar)
         learner.stop_generators()
         text, result = summarize(stats, learner.counters())
+        if learner.stop_requested:
+            print("stopped on request; resume with: run.py train --config ... --resume", cfg.run_dir)
     finally:
         launcher.stop()
         learner.close()
@@ -81,7 +97,7 @@ def cmd_generate(args, overrides: list[str]) -> int:
     addresses = Addresses(args.host, args.control_port, args.rollout_port)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     Generator(cfg, args.generator_id, addresses, args.weights_port, args.world_size, args.model_path,
-              backend).run()
+              backend, args.initial_version).run()
     return 0
 
 
@@ -124,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="train with the asynchronous pipeline")
     train.add_argument("--config", default=str(DEFAULT_CONFIG))
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
+                       help="continue from a checkpoint folder, or the newest under DIR (default: the run folder)")
     gen = sub.add_parser("generate", help="a generator process (started by the launcher)")
     gen.add_argument("--config-json", required=True)
     gen.add_argument("--generator-id", type=int, required=True)
@@ -133,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--weights-port", type=int, required=True)
     gen.add_argument("--world-size", type=int, required=True)
     gen.add_argument("--model-path", required=True)
+    gen.add_argument("--initial-version", type=int, default=0)
     ev = sub.add_parser("eval", help="mean@k / pass@k of a model on held-out datasets")
     ev.add_argument("--config", default=str(DEFAULT_CONFIG))
     ev.add_argument("--model", default="", help="model folder (default: the config's model)")

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 
 class Generator:
     def __init__(self, cfg: Config, generator_id: int, addresses: Addresses, weights_port: int,
-                 world_size: int, model_path: str, backend: str = "gloo"):
+                 world_size: int, model_path: str, backend: str = "gloo", initial_version: int = 0):
         self.cfg = cfg
         self.id = generator_id
         self.endpoint = GeneratorEndpoint(addresses, generator_id, cfg.transport.max_frame_bytes)
-        self.version = 0  # the weights on disk at start are version 0
+        self.version = initial_version  # the weights in model_path (0 = the initial model, else a checkpoint)
         self.probe: tuple[int, list[float]] = (-1, [])
         self.status = "starting"
         self.inflight: list[int] = []
@@ -42,7 +42,7 @@ class Generator:
         self.tokenizer = self.engine.tokenizer
         # Blocks until the learner and every generator have joined.
         self.engine.join_weight_group(backend, addresses.host, weights_port, generator_id + 1, world_size)
-        self.probe = (0, self.engine.probe())
+        self.probe = (self.version, self.engine.probe())
         self.pending: deque[Assignment] = deque()
         self.updates: deque[WeightUpdate] = deque()
         self.stopping = False

@@ -126,6 +126,21 @@ class Dispatcher:
         return self.dispatched == sum(self.outcomes.values()) + self.open
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "requeue": list(self.requeue),
+        """The cursor and counters as a resumed run must see them. Open leases die with the run's
+        generators, so they are saved as re-issued: their visits go back in the queue, and the
+        accounting identity holds across the restart."""
+        outcomes = dict(self.outcomes)
+        outcomes["reissued"] += len(self.leases)
+        requeue = list(self.requeue) + [(l.prompt_id, l.epoch) for l in self.leases.values()]
+        return {"epoch": self.epoch, "cursor": self.cursor, "requeue": requeue,
                 "next_lease_id": self.next_lease_id, "dispatched": self.dispatched,
-                "outcomes": dict(self.outcomes), "failures": dict(self.failures)}
+                "outcomes": outcomes, "failures": dict(self.failures)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
+        self.order = self._order(self.epoch)
+        self.requeue = collections.deque(tuple(v) for v in state["requeue"])
+        self.next_lease_id, self.dispatched = state["next_lease_id"], state["dispatched"]
+        self.outcomes = collections.Counter(state["outcomes"])
+        self.failures = collections.Counter(state["failures"])
+        self.leases = {}

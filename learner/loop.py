@@ -9,12 +9,14 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import msgspec
 import torch
 
 from learner.advantages import group_advantage
+from learner import checkpoint
 from learner.broadcast import Broadcaster
 from learner.dispatcher import Dispatcher
 from learner.evaluation import Evaluator
@@ -94,8 +96,9 @@ class Window:
         out["residual_frac"] = self.kinds["positive"] / total
         for t, c in sorted(self.by_temp.items()):
             out[f"residual_by_temp/{t:.2f}"] = c["positive"] / (sum(c.values()) or 1)
-        out["leased_temp_mean"] = sum(self.temps) / len(self.temps) if self.temps else 0.0
-        out["leased_temp_max"] = max(self.temps, default=0.0)
+        if self.temps:  # a step may see no arrivals at all; then there is no temperature to report
+            out["leased_temp_mean"] = sum(self.temps) / len(self.temps)
+            out["leased_temp_max"] = max(self.temps)
         if self.above_t0:
             out["reactivated_rate"] = self.above_t0_mixed / self.above_t0
         hs = [p.h for p in tracker.prompts]
@@ -107,8 +110,12 @@ class Window:
 
 
 class Learner:
-    def __init__(self, cfg: Config, model_path: str, problems: list[Problem]):
+    def __init__(self, cfg: Config, model_path: str, problems: list[Problem], resume: Path | None = None):
+        """`resume`: a checkpoint folder; the run continues from it (model, optimiser, tracker, cursor,
+        counters, RNG) and its model folder becomes what generators load at start."""
         self.cfg = cfg
+        if resume is not None:
+            model_path = str(resume)
         self.model_path = model_path
         tokenizer = load_tokenizer(model_path)
         prompt_tokens = [tokenizer.encode(cfg.data.prompt_template.format(question=p.question))
@@ -124,9 +131,14 @@ class Learner:
         self.broadcaster = Broadcaster("gloo" if not torch.cuda.is_available() else "nccl", t.host,
                                        self.weights_port, 1 + cfg.generator.count, cfg.model.dtype)
         self.generators: dict[int, GeneratorInfo] = {}
-        # The learner's probe log-probs per announced version: what each generator must report back.
-        self.probes: dict[int, list[float]] = {0: self.trainer.probe_logprobs()}
         self.stats = RunStats()
+        self.stop_requested = False  # set by a signal handler: finish the step, checkpoint, stop
+        self.checkpoint_failures = 0
+        if resume is not None:
+            self._restore(resume)
+        # The learner's probe log-probs per announced version: what each generator must report back.
+        self.probes: dict[int, list[float]] = {self.trainer.version: self.trainer.probe_logprobs()}
+        self.initial_version = self.trainer.version
         self.rejected_rollouts: collections.Counter[str] = collections.Counter()
         self.evaluator = Evaluator(cfg, tokenizer) if cfg.eval.every or cfg.eval.final else None
         self.window = Window()  # what arrived since the last optimiser step
@@ -135,6 +147,42 @@ class Learner:
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
                                   wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name,
                                   config=to_toml_dict(cfg))
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"version": self.trainer.version, "tracker": self.tracker.state_dict(),
+                "dispatcher": self.dispatcher.state_dict(), "stats": msgspec.to_builtins(self.stats),
+                "config": msgspec.to_builtins(self.cfg)}
+
+    def _restore(self, ckpt: Path) -> None:
+        state, tensors = checkpoint.load_state(ckpt)
+        self.trainer.version = state["version"]
+        checkpoint.load_optimizer(self.trainer.optimizer, tensors, state["optimizer_param_groups"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.dispatcher.load_state_dict(state["dispatcher"])
+        st = state["stats"]
+        for key in ("group_kinds", "lag_hist"):
+            st[key] = collections.Counter({(int(k) if key == "lag_hist" else k): v for k, v in st[key].items()})
+        st["evals"] = [tuple(e) for e in st["evals"]]
+        self.stats = RunStats(**st)
+        self.stats.versions_announced = [self.trainer.version]  # the generators start from this one
+        log.info("resumed from %s at version %d (epoch %d, cursor %d)", ckpt, self.trainer.version,
+                 self.dispatcher.epoch, self.dispatcher.cursor)
+
+    def checkpoint(self) -> Path | None:
+        try:
+            path = checkpoint.save(self.cfg.run_dir / "checkpoints", self.trainer.version, self.trainer.model,
+                                   self.trainer.optimizer, self.state_dict(), self.model_path,
+                                   self.cfg.learner.keep_checkpoints)
+        except checkpoint.CheckpointError as exc:
+            # Training goes on: losing the run to a full disk would be worse than a missed checkpoint.
+            self.checkpoint_failures += 1
+            log.error("%s", exc)
+            return None
+        log.info("checkpoint written: %s", path)
+        return path
 
     # ---- messages in -------------------------------------------------------------------------
 
@@ -226,6 +274,8 @@ class Learner:
         for gid, info in sorted(self.generators.items()):
             if info.status not in ("ready", "generating", "updating"):
                 continue
+            if info.version < self.trainer.version - lc.max_lag:
+                continue  # it would only produce stale samples: wait until it has loaded newer weights
             while budget > 0 and self.dispatcher.outstanding(gid) < self.cfg.generator.max_inflight:
                 assignment = self.dispatcher.lease(gid, self.trainer.version)
                 if not self.endpoint.send(gid, assignment):
@@ -295,7 +345,7 @@ class Learner:
         lc = self.cfg.learner
         start = time.monotonic()
         last_progress = time.monotonic()
-        while self.trainer.version < lc.steps and not self._budget_spent():
+        while self.trainer.version < lc.steps and not self._budget_spent() and not self.stop_requested:
             if self.broadcaster.error is not None:
                 raise LearnerError(f"weight broadcast failed: {self.broadcaster.error}")
             if launcher is not None and (dead := launcher.dead()):
@@ -308,6 +358,8 @@ class Learner:
             metrics = self._train_if_ready()
             if metrics is not None:
                 self._announce()
+                if lc.checkpoint_every and self.trainer.version % lc.checkpoint_every == 0:
+                    self.checkpoint()
                 every = self.cfg.eval.every
                 if every and self.trainer.version % every == 0 and self.trainer.version < lc.steps:
                     self._start_eval()
@@ -321,6 +373,9 @@ class Learner:
                 raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s)")
         self.stats.seconds = time.monotonic() - start
         self._finishing = True  # the last version always goes out, whatever sync_every says
+        self.checkpoint()
+        if self.stop_requested:
+            return self.stats
         self._finish_broadcasts()
         if self.evaluator is not None and self.cfg.eval.final:
             self._final_eval()
@@ -389,4 +444,5 @@ class Learner:
                 "rejected_rollouts": dict(self.rejected_rollouts),
                 "weights_verified": self.stats.weights_verified,
                 "weights_mismatch": self.stats.weights_mismatch,
-                "probe_max_diff": self.stats.probe_max_diff}
+                "probe_max_diff": self.stats.probe_max_diff,
+                "checkpoint_failures": self.checkpoint_failures}

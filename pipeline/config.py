@@ -159,6 +159,8 @@ class LearnerConfig(Section):
     # Stop once this many samples have been generated (0: no limit); compares algorithms at equal
     # generation cost, which dynamic sampling otherwise hides.
     sample_budget: NonNegInt = 0
+    checkpoint_every: NonNegInt = 50  # steps between checkpoints (0: only at the end and on SIGTERM)
+    keep_checkpoints: PosInt = 2
     lease_timeout_s: PosFloat = 120.0
     idle_timeout_s: PosFloat = 300.0  # give up when no rollout arrives for this long
 

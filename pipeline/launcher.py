@@ -23,11 +23,13 @@ RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 
 
 class Launcher:
-    def __init__(self, cfg: Config, addresses: Addresses, weights_port: int, model_path: str):
+    def __init__(self, cfg: Config, addresses: Addresses, weights_port: int, model_path: str,
+                 initial_version: int = 0):
         self.cfg = cfg
         self.addresses = addresses
         self.weights_port = weights_port
         self.model_path = model_path
+        self.initial_version = initial_version
         self.run_dir = cfg.run_dir
         self.config_file = self.run_dir / "resolved_config.json"
         self.config_file.write_text(dumps(cfg))
@@ -43,7 +45,7 @@ class Launcher:
                 "--generator-id", str(generator_id), "--host", a.host,
                 "--control-port", str(a.control_port), "--rollout-port", str(a.rollout_port),
                 "--weights-port", str(self.weights_port), "--world-size", str(self.world_size),
-                "--model-path", self.model_path]
+                "--model-path", self.model_path, "--initial-version", str(self.initial_version)]
 
     def start(self, generator_id: int) -> None:
         env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",

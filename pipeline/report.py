@@ -47,7 +47,7 @@ def summarize_run(run_dir: Path) -> tuple[RunSummary, list[dict], list[dict]]:
         heldout_mean=evals[-1]["eval/mean_at_k"] if evals else float("nan"),
         heldout_pass=evals[-1]["eval/pass_at_k"] if evals else float("nan"),
         reward_first=_mean(r["reward"] for r in steps[:q]), reward_last=_mean(r["reward"] for r in steps[-q:]),
-        mean_temp=_mean(r["leased_temp_mean"] for r in steps),
+        mean_temp=_mean(r["leased_temp_mean"] for r in steps if "leased_temp_mean" in r),
         filtered=sum(r.get("dynamic_sampling_filtered", 0) for r in steps),
     )
     tracker = _read_jsonl(run_dir / "tracker.jsonl") if (run_dir / "tracker.jsonl").exists() else []
@@ -66,8 +66,10 @@ def write_report(study_dir: Path, names: list[str]) -> tuple[list[RunSummary], s
     for n, (s, steps, tracker) in runs.items():
         x = [r["step"] for r in steps]
         ax[0].plot(x, _smooth([r["residual_frac"] for r in steps]), label=n)
-        ax[1].plot(x, _smooth([r["leased_temp_mean"] for r in steps]), label=f"{n} mean")
-        ax[1].plot(x, [r["leased_temp_max"] for r in steps], ":", alpha=0.6, label=f"{n} max")
+        tsteps = [r for r in steps if "leased_temp_mean" in r]
+        tx = [r["step"] for r in tsteps]
+        ax[1].plot(tx, _smooth([r["leased_temp_mean"] for r in tsteps]), label=f"{n} mean")
+        ax[1].plot(tx, [r["leased_temp_max"] for r in tsteps], ":", alpha=0.6, label=f"{n} max")
         ax[2].plot(x, _smooth([r["reward"] for r in steps]), label=n)
         hs = [p["h"] for p in tracker]
         if hs:

@@ -1,0 +1,119 @@
+"""Checkpoints: everything needed to resume exactly, written atomically, the last k kept.
+
+A checkpoint is a folder `step-NNNNNNNN/` holding
+  model.safetensors + config.json + tokenizer files  (a loadable model folder: `run.py eval --model` it)
+  optimizer.safetensors   AdamW moments and step counts, plus the torch RNG state
+  state.json              version, tracker, data cursor and epoch, counters, run statistics, config
+It is written under `step-NNNNNNNN.tmp/`, every file fsynced, then renamed: a crash or a full disk
+during the write leaves the previous checkpoint as it was. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import msgspec
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{pid}.{key}"] = t.detach().contiguous().clone()
+    return tensors, sd["param_groups"]
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        if not name.startswith("state."):
+            continue
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = t
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save(root: Path, step: int, model, optimizer, state: dict, tokenizer_dir: str, keep: int) -> Path:
+    """Write checkpoint `step` under `root` atomically; prune to the newest `keep`."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f"step-{step:08d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp)  # handles tied embeddings; writes config.json beside the weights
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).exists():
+                shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
+        tensors, groups = optimizer_tensors(optimizer)
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_bytes(msgspec.json.encode({**state, "optimizer_param_groups": groups}))
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fsync_tree(root)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest(root)
+        raise CheckpointError(f"checkpoint at step {step} failed ({exc}); the previous checkpoint "
+                              f"{previous or '(none)'} is intact") from exc
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
+
+
+def latest(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def resolve(path: Path) -> Path:
+    """A checkpoint folder, or the newest one under a run folder or its checkpoints/ folder."""
+    if (path / "state.json").exists():
+        return path
+    for root in (path / "checkpoints", path):
+        if (found := latest(root)) is not None:
+            return found
+    raise CheckpointError(f"no checkpoint found at {path}")
+
+
+def load_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    state = msgspec.json.decode((ckpt / "state.json").read_bytes())
+    return state, load_file(ckpt / "optimizer.safetensors")
