@@ -2,8 +2,9 @@
 
 A checkpoint is a folder `step-NNNNNNNN/` holding
   model.safetensors + config.json + tokenizer files  (a loadable model folder: `run.py eval --model` it)
-  optimizer.safetensors   AdamW moments and step counts, plus the torch RNG state
+  trainer/optimizer.safetensors  AdamW moments and step counts, plus the torch RNG state
   state.json              version, tracker, data cursor and epoch, counters, run statistics, config
+(The optimizer sits in a subfolder because vLLM loads every top-level *.safetensors as model weights.)
 It is written under `step-NNNNNNNN.tmp/`, every file fsynced, then renamed: a crash or a full disk
 during the write leaves the previous checkpoint as it was. No pickle anywhere.
 """
@@ -76,7 +77,8 @@ def save(root: Path, step: int, model, optimizer, state: dict, tokenizer_dir: st
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
         tensors, groups = optimizer_tensors(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
-        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "trainer").mkdir()
+        save_file(tensors, tmp / "trainer" / "optimizer.safetensors")
         (tmp / "state.json").write_bytes(msgspec.json.encode({**state, "optimizer_param_groups": groups}))
         _fsync_tree(tmp)
         if final.exists():
@@ -116,4 +118,4 @@ def resolve(path: Path) -> Path:
 
 def load_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     state = msgspec.json.decode((ckpt / "state.json").read_bytes())
-    return state, load_file(ckpt / "optimizer.safetensors")
+    return state, load_file(ckpt / "trainer" / "optimizer.safetensors")

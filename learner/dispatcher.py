@@ -9,6 +9,7 @@ group buffer. So at any time: dispatched == sum(outcomes) + open.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -126,15 +127,17 @@ class Dispatcher:
         return self.dispatched == sum(self.outcomes.values()) + self.open
 
     def state_dict(self) -> dict:
-        """The cursor and counters as a resumed run must see them. Open leases die with the run's
-        generators, so they are saved as re-issued: their visits go back in the queue, and the
-        accounting identity holds across the restart."""
+        """The cursor and counters as a resumed run must see them. Leases still out at generators die
+        with them, so they are saved as re-issued (their visits go back in the queue); leases whose
+        group came back and waits in the buffer stay open, and the buffer is saved with them."""
+        out_at_generators = [l for l in self.leases.values() if not l.returned]
         outcomes = dict(self.outcomes)
-        outcomes["reissued"] += len(self.leases)
-        requeue = list(self.requeue) + [(l.prompt_id, l.epoch) for l in self.leases.values()]
+        outcomes["reissued"] += len(out_at_generators)
+        requeue = list(self.requeue) + [(l.prompt_id, l.epoch) for l in out_at_generators]
+        returned = [dataclasses.astuple(l) for l in self.leases.values() if l.returned]
         return {"epoch": self.epoch, "cursor": self.cursor, "requeue": requeue,
                 "next_lease_id": self.next_lease_id, "dispatched": self.dispatched,
-                "outcomes": outcomes, "failures": dict(self.failures)}
+                "outcomes": outcomes, "failures": dict(self.failures), "returned_leases": returned}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = state["epoch"], state["cursor"]
@@ -143,4 +146,4 @@ class Dispatcher:
         self.next_lease_id, self.dispatched = state["next_lease_id"], state["dispatched"]
         self.outcomes = collections.Counter(state["outcomes"])
         self.failures = collections.Counter(state["failures"])
-        self.leases = {}
+        self.leases = {l[0]: Lease(*l) for l in state["returned_leases"]}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 import torch
 
-from pipeline.messages import Rollout, unpack_floats, unpack_ids
+from pipeline.messages import Rollout, pack_floats, pack_ids, unpack_floats, unpack_ids
 
 
 class BadRollout(ValueError):
@@ -45,6 +46,38 @@ class Group:
         if bool((self.rewards <= 0).all()):
             return "negative"
         return "mixed"
+
+
+class GroupState(msgspec.Struct, kw_only=True):
+    """A group as saved in a checkpoint: arrays as compact byte strings (base64 in JSON), no pickle."""
+
+    lease_id: int
+    prompt_id: int
+    epoch: int
+    temperature: float
+    prompt: bytes
+    responses: list[bytes]
+    behaviour_logprobs: list[bytes]
+    rewards: list[float]
+    version_first: int
+    version_last: int
+
+
+def group_to_state(g: Group) -> GroupState:
+    return GroupState(lease_id=g.lease_id, prompt_id=g.prompt_id, epoch=g.epoch, temperature=g.temperature,
+                      prompt=pack_ids(g.prompt), responses=[pack_ids(r) for r in g.responses],
+                      behaviour_logprobs=[pack_floats(m) for m in g.behaviour_logprobs],
+                      rewards=g.rewards.tolist(), version_first=g.version_first, version_last=g.version_last)
+
+
+def group_from_state(raw) -> Group:
+    d = msgspec.convert(raw, GroupState)
+    ids = lambda b: torch.from_numpy(unpack_ids(b).astype("int64"))  # noqa: E731
+    return Group(lease_id=d.lease_id, prompt_id=d.prompt_id, epoch=d.epoch, temperature=d.temperature,
+                 prompt=ids(d.prompt), responses=[ids(r) for r in d.responses],
+                 behaviour_logprobs=[torch.from_numpy(unpack_floats(m).copy()) for m in d.behaviour_logprobs],
+                 rewards=torch.tensor(d.rewards, dtype=torch.float32),
+                 version_first=d.version_first, version_last=d.version_last)
 
 
 def group_from_rollout(r: Rollout, group_size: int) -> Group:

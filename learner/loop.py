@@ -20,7 +20,7 @@ from learner import checkpoint
 from learner.broadcast import Broadcaster
 from learner.dispatcher import Dispatcher
 from learner.evaluation import Evaluator
-from learner.groups import BadRollout, GroupBuffer, group_from_rollout
+from learner.groups import BadRollout, GroupBuffer, group_from_rollout, group_from_state, group_to_state
 from learner.metrics import MetricsLog
 from learner.tracker import Tracker
 from learner.trainer import Trainer
@@ -153,6 +153,7 @@ class Learner:
     def state_dict(self) -> dict:
         return {"version": self.trainer.version, "tracker": self.tracker.state_dict(),
                 "dispatcher": self.dispatcher.state_dict(), "stats": msgspec.to_builtins(self.stats),
+                "buffer": [group_to_state(g) for g in self.buffer.groups],
                 "config": msgspec.to_builtins(self.cfg)}
 
     def _restore(self, ckpt: Path) -> None:
@@ -162,6 +163,8 @@ class Learner:
         torch.set_rng_state(tensors["rng.torch"])
         self.tracker.load_state_dict(state["tracker"])
         self.dispatcher.load_state_dict(state["dispatcher"])
+        for raw in state["buffer"]:
+            self.buffer.add(group_from_state(raw))
         st = state["stats"]
         for key in ("group_kinds", "lag_hist"):
             st[key] = collections.Counter({(int(k) if key == "lag_hist" else k): v for k, v in st[key].items()})
