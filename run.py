@@ -60,15 +60,13 @@ def cmd_train(args, overrides: list[str]) -> int:
     problems = load_problems(cfg.data)  # fails here, before any process starts, on a bad source
     model_path = prepare_model(cfg, progress=cfg.log.progress) if resume is None else str(resume)
     learner = Learner(cfg, model_path, problems, resume=resume)
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.weights_port, learner.model_path,
-                        learner.initial_version)
+    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version)
 
     def request_stop(signum, frame):  # finish the current step, checkpoint, stop generators, exit 0
         learner.stop_requested = True
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    launcher.start_all()
     try:
         with tqdm(total=cfg.learner.steps, desc="RL steps", disable=not cfg.log.progress) as bar:
             stats = learner.run(launcher, bar)
@@ -96,8 +94,8 @@ def cmd_generate(args, overrides: list[str]) -> int:
     torch.set_num_threads(cfg.run.torch_threads)
     addresses = Addresses(args.host, args.control_port, args.rollout_port)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    Generator(cfg, args.generator_id, addresses, args.weights_port, args.world_size, args.model_path,
-              backend, args.initial_version).run()
+    Generator(cfg, args.generator_id, addresses, args.weights_port, args.model_path, backend,
+              args.initial_version).run()
     return 0
 
 
@@ -149,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--control-port", type=int, required=True)
     gen.add_argument("--rollout-port", type=int, required=True)
     gen.add_argument("--weights-port", type=int, required=True)
-    gen.add_argument("--world-size", type=int, required=True)
     gen.add_argument("--model-path", required=True)
     gen.add_argument("--initial-version", type=int, default=0)
     ev = sub.add_parser("eval", help="mean@k / pass@k of a model on held-out datasets")

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class Generator:
     def __init__(self, cfg: Config, generator_id: int, addresses: Addresses, weights_port: int,
-                 world_size: int, model_path: str, backend: str = "gloo", initial_version: int = 0):
+                 model_path: str, backend: str = "gloo", initial_version: int = 0):
         self.cfg = cfg
         self.id = generator_id
         self.endpoint = GeneratorEndpoint(addresses, generator_id, cfg.transport.max_frame_bytes)
@@ -40,8 +40,8 @@ class Generator:
         self.engine = Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id)
         self.verifier = Verifier(cfg.generator.verifier_timeout_s)
         self.tokenizer = self.engine.tokenizer
-        # Blocks until the learner and every generator have joined.
-        self.engine.join_weight_group(backend, addresses.host, weights_port, generator_id + 1, world_size)
+        # Its own two-rank group with the learner (rank 0); blocks until the learner's side is up.
+        self.engine.join_weight_group(backend, addresses.host, weights_port, rank=1, world_size=2)
         self.probe = (self.version, self.engine.probe())
         self.pending: deque[Assignment] = deque()
         self.updates: deque[WeightUpdate] = deque()

@@ -1,8 +1,15 @@
-"""Sends new weights to every generator: an announce over ZeroMQ, then one flat buffer over
-torch.distributed, in a background thread so the learner keeps training while generators catch up.
+"""Sends new weights to the generators: an announce over ZeroMQ, then one flat buffer over
+torch.distributed, in background threads so the learner keeps training while generators catch up.
 
-One broadcast at a time: a collective needs every generator to join, and a generator joins only
-between generation batches. While one is in progress, newer versions wait; only the latest is sent.
+Each generator has its own two-rank group (learner = rank 0, generator = rank 1) on its own port.
+A collective needs every member, so with one shared group a dead generator would stall every
+broadcast until the group was rebuilt; with one group per generator, a crash only ends that
+generator's group, and its replacement joins a fresh one. The price: the learner sends the buffer
+once per generator (for many generators on NCCL, a shared group rebuilt on membership change is the
+faster design; see the notes on the throughput issue).
+
+One broadcast at a time per generator: while one is in progress, newer versions wait and only the
+latest is sent (a generator joins a collective only between generation batches).
 """
 
 from __future__ import annotations
@@ -18,22 +25,24 @@ from pipeline.messages import WeightUpdate
 log = logging.getLogger(__name__)
 
 
-class Broadcaster:
-    def __init__(self, backend: str, host: str, port: int, world_size: int, dtype: str):
-        self.dtype = dtype
+class GeneratorLink:
+    """The weight group to one generator process and the thread that feeds it."""
+
+    def __init__(self, backend: str, host: str, port: int, timeout_s: float):
+        self.port = port
         self.group: WeightGroup | None = None
         self.error: BaseException | None = None
+        self.version = -1  # last version handed to this link
         self._job: torch.Tensor | None = None
         self._cv = threading.Condition()
         self._closed = False
-        self.sent_versions: list[int] = []
-        self._thread = threading.Thread(target=self._run, args=(backend, host, port, world_size),
-                                        name="weight-broadcast", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(backend, host, port, timeout_s),
+                                        name=f"weights-{port}", daemon=True)
         self._thread.start()
 
-    def _run(self, backend, host, port, world_size) -> None:
+    def _run(self, backend, host, port, timeout_s) -> None:
         try:
-            self.group = WeightGroup(backend, host, port, 0, world_size)  # waits for all generators
+            self.group = WeightGroup(backend, host, port, 0, 2, timeout_s)  # waits for the generator
             while True:
                 with self._cv:
                     self._cv.wait_for(lambda: self._job is not None or self._closed)
@@ -44,27 +53,20 @@ class Broadcaster:
                 with self._cv:
                     self._job = None
                     self._cv.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - surfaced to the learner loop via .error
+        except BaseException as exc:  # noqa: BLE001 - surfaced through .error; the learner restarts it
             self.error = exc
-            log.error("weight broadcast failed: %s", exc)
+            log.warning("weight link on port %d ended: %s", port, exc)
 
     @property
     def ready(self) -> bool:
-        """Group formed and no broadcast in progress."""
+        """Group formed, alive, and no broadcast in progress."""
         return self.group is not None and self._job is None and self.error is None
-
-    def prepare(self, version: int, named: list[tuple[str, torch.Tensor]]) -> tuple[WeightUpdate, torch.Tensor]:
-        """Snapshot the weights (so training may go on) and the announce that describes them."""
-        dtype = getattr(torch, self.dtype)
-        flat = flatten(named, dtype)
-        update = WeightUpdate(version=version, tensors=tensor_metas(named), dtype=self.dtype)
-        return update, flat
 
     def submit(self, version: int, flat: torch.Tensor) -> None:
         with self._cv:
             assert self._job is None, "a broadcast is already in progress"
             self._job = flat.to(self.group.device)
-            self.sent_versions.append(version)
+            self.version = version
             self._cv.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
@@ -75,3 +77,9 @@ class Broadcaster:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+
+
+def prepare(version: int, named: list[tuple[str, torch.Tensor]], dtype: str) -> tuple[WeightUpdate, torch.Tensor]:
+    """Snapshot the weights (so training may go on) and the announce that describes them."""
+    flat = flatten(named, getattr(torch, dtype))
+    return WeightUpdate(version=version, tensors=tensor_metas(named), dtype=dtype), flat

@@ -61,6 +61,9 @@ class Evaluator:
         self.current = None
         return result
 
+    def abandon(self) -> None:
+        self.current = None
+
     @property
     def busy(self) -> bool:
         return self.current is not None

@@ -17,7 +17,7 @@ import torch
 
 from learner.advantages import group_advantage
 from learner import checkpoint
-from learner.broadcast import Broadcaster
+from learner.broadcast import GeneratorLink, prepare
 from learner.dispatcher import Dispatcher
 from learner.evaluation import Evaluator
 from learner.groups import BadRollout, GroupBuffer, group_from_rollout, group_from_state, group_to_state
@@ -127,9 +127,9 @@ class Learner:
         self.buffer = GroupBuffer()
         t = cfg.transport
         self.endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes)
-        self.weights_port = t.weights_port or free_port(t.host)
-        self.broadcaster = Broadcaster("gloo" if not torch.cuda.is_available() else "nccl", t.host,
-                                       self.weights_port, 1 + cfg.generator.count, cfg.model.dtype)
+        self.backend = "nccl" if torch.cuda.is_available() else "gloo"
+        self.links: dict[int, GeneratorLink] = {}  # weight group per generator process
+        self.restarts = 0
         self.generators: dict[int, GeneratorInfo] = {}
         self.stats = RunStats()
         self.stop_requested = False  # set by a signal handler: finish the step, checkpoint, stop
@@ -143,6 +143,7 @@ class Learner:
         self.evaluator = Evaluator(cfg, tokenizer) if cfg.eval.every or cfg.eval.final else None
         self.window = Window()  # what arrived since the last optimiser step
         self._finishing = False
+        self._snapshot = None  # (version, announce, flat weights) of the newest broadcast
         self._last_rollout_version: dict[int, int] = {}
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
                                   wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name,
@@ -272,11 +273,11 @@ class Learner:
         budget = (lc.max_open_groups or (lc.max_lag + 1) * lc.groups_per_step) - self.dispatcher.open
         if lc.sample_budget:
             budget = min(budget, lc.sample_budget // lc.group_size - self.dispatcher.dispatched)
-        if self.broadcaster.group is None:
-            return  # generators are still joining the weight group
         for gid, info in sorted(self.generators.items()):
             if info.status not in ("ready", "generating", "updating"):
                 continue
+            if gid not in self.links or self.links[gid].group is None:
+                continue  # still joining its weight group
             if info.version < self.trainer.version - lc.max_lag:
                 continue  # it would only produce stale samples: wait until it has loaded newer weights
             while budget > 0 and self.dispatcher.outstanding(gid) < self.cfg.generator.max_inflight:
@@ -287,20 +288,29 @@ class Learner:
                 budget -= 1
 
     def _announce(self) -> None:
-        """Send the newest weights if the broadcast channel is free and they are not sent yet."""
+        """Send the newest weights to every generator whose link is free and that lacks them.
+        A generator that (re)joined gets them at once; the others every `sync_every` steps."""
         v = self.trainer.version
-        sent = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
         due = v % self.cfg.learner.sync_every == 0 or v >= self.cfg.learner.steps or self._finishing
-        if v == sent or not due:
+        targets = [gid for gid, link in self.links.items()
+                   if gid in self.generators and link.ready and link.version < v
+                   and (due or link.version < self.initial_version_of(gid))]
+        if not targets:
             return
-        if not self.broadcaster.ready or len(self.generators) < self.cfg.generator.count:
-            return
-        update, flat = self.broadcaster.prepare(v, self.trainer.named_weights())
-        self.probes[v] = self.trainer.probe_logprobs()
-        for gid in self.generators:
-            self.endpoint.send(gid, update)
-        self.broadcaster.submit(v, flat)
-        self.stats.versions_announced.append(v)
+        if self._snapshot is None or self._snapshot[0] != v:
+            update, flat = prepare(v, self.trainer.named_weights(), self.cfg.model.dtype)
+            self._snapshot = (v, update, flat)
+            self.probes[v] = self.trainer.probe_logprobs()
+            self.stats.versions_announced.append(v)
+        _, update, flat = self._snapshot
+        for gid in targets:
+            if self.endpoint.send(gid, update):
+                self.links[gid].submit(v, flat)
+
+    def initial_version_of(self, gid: int) -> int:
+        """A restarted generator starts from the model on disk; anything older than the latest
+        announced version must be replaced before it is useful."""
+        return self.stats.versions_announced[-1] if self.stats.versions_announced else 0
 
     def _train_if_ready(self) -> dict | None:
         lc = self.cfg.learner
@@ -344,16 +354,43 @@ class Learner:
 
     # ---- the loop --------------------------------------------------------------------------------
 
+    def _start_generator(self, launcher, gid: int) -> None:
+        port = free_port(self.cfg.transport.host)
+        self.links[gid] = GeneratorLink(self.backend, self.cfg.transport.host, port, self.cfg.learner.lease_timeout_s)
+        self.links[gid].version = self.initial_version
+        launcher.start(gid, port)
+
+    def _supervise(self, launcher) -> None:
+        """Restart generators that died, went silent, or lost their weight link; re-issue their leases."""
+        now = time.monotonic()
+        timeout = self.cfg.generator.heartbeat_timeout_s
+        for gid, info in list(self.generators.items()):
+            link = self.links.get(gid)
+            if now - info.last_seen > timeout or (link is not None and link.error is not None):
+                launcher.kill(gid)  # silent or cut off: treat as dead
+        for gid, code in launcher.dead().items():
+            if self.restarts >= self.cfg.generator.max_restarts:
+                raise LearnerError(f"generator {gid} exited with code {code} after {self.restarts} restarts "
+                                   f"(generator.max_restarts):\n{launcher.log_tail(gid)}")
+            expired = self.dispatcher.expire(generator_id=gid)
+            log.warning("generator %d exited (code %s): restarting; %d leases re-issued", gid, code, len(expired))
+            if self.evaluator is not None and self.evaluator.busy:
+                self.evaluator.abandon()  # its share of the round is gone; the next round starts afresh
+            self.generators.pop(gid, None)
+            self.links.pop(gid).close()
+            self.restarts += 1
+            self._start_generator(launcher, gid)
+
     def run(self, launcher=None, progress=None) -> RunStats:
         lc = self.cfg.learner
+        if launcher is not None:
+            for gid in range(self.cfg.generator.count):
+                self._start_generator(launcher, gid)
         start = time.monotonic()
         last_progress = time.monotonic()
         while self.trainer.version < lc.steps and not self._budget_spent() and not self.stop_requested:
-            if self.broadcaster.error is not None:
-                raise LearnerError(f"weight broadcast failed: {self.broadcaster.error}")
-            if launcher is not None and (dead := launcher.dead()):
-                gid, code = next(iter(dead.items()))
-                raise LearnerError(f"generator {gid} exited with code {code}:\n{launcher.log_tail(gid)}")
+            if launcher is not None:
+                self._supervise(launcher)
             self._dispatch()
             if self._poll(timeout_ms=20):
                 last_progress = time.monotonic()
@@ -425,7 +462,8 @@ class Learner:
         while time.monotonic() < deadline:
             self._announce()
             last = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
-            if self.broadcaster.ready and last == self.trainer.version and all(
+            if last == self.trainer.version and all(
+                    l.ready and l.version == last for l in self.links.values()) and all(
                     g.checked >= last for g in self.generators.values()):
                 return
             self._poll(timeout_ms=20)
@@ -435,7 +473,8 @@ class Learner:
             self.endpoint.send(gid, Stop(reason="run finished"))
 
     def close(self) -> None:
-        self.broadcaster.close()
+        for link in self.links.values():
+            link.close()
         self.metrics.close()
         self.endpoint.close()
 
@@ -448,4 +487,4 @@ class Learner:
                 "weights_verified": self.stats.weights_verified,
                 "weights_mismatch": self.stats.weights_mismatch,
                 "probe_max_diff": self.stats.probe_max_diff,
-                "checkpoint_failures": self.checkpoint_failures}
+                "checkpoint_failures": self.checkpoint_failures, "generator_restarts": self.restarts}

@@ -86,6 +86,10 @@ class GeneratorConfig(Section):
     max_inflight: PosInt = 8  # assignments leased to one generator at a time (its vLLM batch)
     kv_cache_bytes: PosInt = 64 * 1024 * 1024
     heartbeat_s: PosFloat = 1.0
+    # A generator silent for this long is killed and restarted (it beats between generation batches,
+    # so this must exceed the longest batch).
+    heartbeat_timeout_s: PosFloat = 300.0
+    max_restarts: NonNegInt = 20  # generator restarts allowed in one run before the learner gives up
     verifier_timeout_s: PosFloat = 10.0
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.5
 

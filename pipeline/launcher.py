@@ -23,11 +23,9 @@ RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 
 
 class Launcher:
-    def __init__(self, cfg: Config, addresses: Addresses, weights_port: int, model_path: str,
-                 initial_version: int = 0):
+    def __init__(self, cfg: Config, addresses: Addresses, model_path: str, initial_version: int = 0):
         self.cfg = cfg
         self.addresses = addresses
-        self.weights_port = weights_port
         self.model_path = model_path
         self.initial_version = initial_version
         self.run_dir = cfg.run_dir
@@ -35,30 +33,31 @@ class Launcher:
         self.config_file.write_text(dumps(cfg))
         self.procs: dict[int, subprocess.Popen] = {}
 
-    @property
-    def world_size(self) -> int:
-        return 1 + self.cfg.generator.count
-
-    def command(self, generator_id: int) -> list[str]:
+    def command(self, generator_id: int, weights_port: int) -> list[str]:
         a = self.addresses
         return [sys.executable, str(RUN_PY), "generate", "--config-json", str(self.config_file),
                 "--generator-id", str(generator_id), "--host", a.host,
                 "--control-port", str(a.control_port), "--rollout-port", str(a.rollout_port),
-                "--weights-port", str(self.weights_port), "--world-size", str(self.world_size),
+                "--weights-port", str(weights_port),
                 "--model-path", self.model_path, "--initial-version", str(self.initial_version)]
 
-    def start(self, generator_id: int) -> None:
+    def start(self, generator_id: int, weights_port: int) -> None:
         env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
                    OMP_NUM_THREADS=str(self.cfg.run.torch_threads))
         logfile = open(self.run_dir / f"generator-{generator_id}.log", "ab")
         # A new session: the generator's own children (verifier pool) go with its process group.
-        self.procs[generator_id] = subprocess.Popen(self.command(generator_id), env=env, stdout=logfile,
+        self.procs[generator_id] = subprocess.Popen(self.command(generator_id, weights_port), env=env, stdout=logfile,
                                                     stderr=subprocess.STDOUT, start_new_session=True)
         logfile.close()
 
-    def start_all(self) -> None:
-        for i in range(self.cfg.generator.count):
-            self.start(i)
+    def kill(self, generator_id: int) -> None:
+        p = self.procs.get(generator_id)
+        if p is not None and p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=10)
 
     def dead(self) -> dict[int, int]:
         """Generators that have exited, with their exit codes."""

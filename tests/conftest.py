@@ -42,3 +42,25 @@ def engine(tiny_model, tmp_path_factory):
     from actors.engine import Engine
 
     return Engine(make_config(tmp_path_factory.mktemp("engine")), tiny_model, seed=0)
+
+
+def run_pipeline(learner, cfg):
+    """Run a Learner with real generator processes to the end, then stop them."""
+    from pipeline.launcher import Launcher
+
+    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version)
+    try:
+        stats = learner.run(launcher)
+        learner.stop_generators()
+    finally:
+        launcher.stop()
+        learner.close()
+    return stats
+
+
+def balanced(learner) -> bool:
+    """The no-silent-loss identity: every dispatch is trained, dropped, failed, re-issued, or still
+    open (out at a generator or waiting in the buffer)."""
+    d, c = learner.dispatcher, learner.dispatcher.outcomes
+    return d.dispatched == (c["trained"] + c["dropped_stale"] + c["dropped_filtered"] + c["failed"]
+                            + c["reissued"] + d.outstanding() + len(learner.buffer))

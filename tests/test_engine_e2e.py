@@ -5,7 +5,7 @@ import torch
 import pytest
 
 from actors.engine import Request
-from learner.broadcast import Broadcaster
+from learner.broadcast import GeneratorLink, prepare
 from learner.groups import Group
 from learner.trainer import Trainer, build_batch
 from pipeline.transport import free_port
@@ -60,15 +60,15 @@ def test_broadcast_updates_the_running_engine(engine, trainer):
     assert max(abs(a - b) for a, b in zip(before, trainer.probe_logprobs())) < 1e-4
 
     port = free_port()
-    bc = Broadcaster("gloo", "127.0.0.1", port, world_size=2, dtype="float32")
+    link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=60)
     engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
     for _ in range(3):  # a few real steps so the change is well above float noise
         trainer.step(_groups(engine, engine.tokenizer, 1.0, n=8))
-    update, flat = bc.prepare(trainer.version, trainer.named_weights())
-    bc.submit(trainer.version, flat)
+    update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
+    link.submit(trainer.version, flat)
     engine.load_weights(update)
-    assert bc.wait_idle(30) and bc.error is None
-    bc.close()
+    assert link.wait_idle(30) and link.error is None
+    link.close()
 
     after = engine.probe()
     expected = trainer.probe_logprobs()

@@ -15,26 +15,7 @@ import zmq
 from learner import checkpoint
 from learner.loop import Learner
 from pipeline.data import load_problems
-from pipeline.launcher import Launcher
-from tests.conftest import ROOT, TEST_CACHE, make_config
-
-
-def _run(learner, cfg):
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.weights_port, learner.model_path,
-                        learner.initial_version)
-    launcher.start_all()
-    try:
-        stats = learner.run(launcher)
-        learner.stop_generators()
-    finally:
-        launcher.stop()
-        learner.close()
-    return stats
-
-
-def _balanced(learner):
-    d = learner.dispatcher
-    return d.dispatched == sum(d.outcomes.values()) + d.outstanding() + len(learner.buffer)
+from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
 
 
 def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_path):
@@ -42,7 +23,7 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     cfg = make_config(tmp_path, "--learner.steps", "6", *common)
     cfg.run_dir.mkdir(parents=True)
     first = Learner(cfg, tiny_model, load_problems(cfg.data))
-    _run(first, cfg)
+    run_pipeline(first, cfg)
     ckpt = checkpoint.resolve(cfg.run_dir)
     assert ckpt.name == "step-00000006"
     saved, _ = checkpoint.load_state(ckpt)
@@ -60,14 +41,14 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     assert len(second.buffer) == len(saved["buffer"]) == len(saved["dispatcher"]["returned_leases"]) \
         == second.dispatcher.open
     assert second.dispatcher.outcomes["reissued"] == len(second.dispatcher.requeue)
-    assert _balanced(second)
+    assert balanced(second)
     # the model weights are the checkpoint's
     assert second.trainer.probe_logprobs() == pytest.approx(first.trainer.probe_logprobs(), abs=1e-6)
     visited_before = {i for i, p in enumerate(second.tracker.prompts) if p.visits}
-    stats = _run(second, cfg2)
+    stats = run_pipeline(second, cfg2)
     assert second.trainer.version == 9 and len(stats.step_rewards) == 9
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 1  # the generator started from the checkpoint
-    assert _balanced(second)
+    assert balanced(second)
     # no prompt is visited twice within an epoch across the restart (256 prompts: all in epoch 0)
     assert second.dispatcher.epoch == 0
     assert max(p.visits for p in second.tracker.prompts) == 1
@@ -141,10 +122,56 @@ def test_run_survives_a_flood_of_malformed_frames(tiny_model, tmp_path):
 
     t = threading.Thread(target=flood)
     t.start()
-    stats = _run(learner, cfg)
+    stats = run_pipeline(learner, cfg)
     t.join()
     assert len(stats.step_rewards) == 6 and stats.weights_mismatch == 0
-    assert _balanced(learner)
+    assert balanced(learner)
     assert learner.dispatcher.outcomes["trained"] == 24
     # every junk frame that reached the learner before it closed was rejected and counted
     assert 0 < learner.endpoint.rejected.total <= sent["n"] == 2000
+
+
+def test_training_survives_generator_kills(tiny_model, tmp_path):
+    """SIGKILL the generator mid-run, three times at random points: it is restarted with the current
+    weights, its leases are re-issued, training completes, and nothing is lost from the accounting."""
+    import random
+
+    steps = 14
+    cfg = make_config(tmp_path, "--learner.steps", str(steps), "--learner.groups_per_step", "4",
+                      "--eval.final", "false", "--learner.checkpoint_every", "0")
+    cfg.run_dir.mkdir(parents=True)
+    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+    rng = random.Random(7)
+    kills = []
+
+    def generator_procs():
+        return [p for p in psutil.Process().children(recursive=True)
+                if "generate" in " ".join(p.cmdline())]
+
+    def killer():
+        for _ in range(3):
+            target = learner.trainer.version + 2
+            deadline = time.monotonic() + 240
+            while learner.trainer.version < target and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.3))  # a random point: mid-batch, mid-update or idle
+            procs = generator_procs()
+            if not procs or learner.trainer.version >= steps - 1:
+                return
+            for p in procs:
+                p.kill()
+            kills.append(learner.trainer.version)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    stats = run_pipeline(learner, cfg)
+    t.join(timeout=5)
+    assert len(kills) >= 2, kills
+    assert learner.restarts == len(kills)
+    assert learner.trainer.version == steps and len(stats.step_rewards) == steps
+    assert learner.dispatcher.outcomes["reissued"] > 0
+    assert balanced(learner)
+    assert stats.weights_mismatch == 0
+    assert stats.trained_lags_max <= cfg.learner.max_lag
+    # the restarted generator received the current weights (verified by its probe) before training went on
+    assert stats.weights_verified >= len(kills) + 1

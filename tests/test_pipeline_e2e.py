@@ -10,30 +10,13 @@ import pytest
 
 from learner.loop import Learner
 from pipeline.data import load_problems
-from pipeline.launcher import Launcher
-from tests.conftest import ROOT, TEST_CACHE, make_config
+from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
 
 
 def _run(cfg, model):
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     learner = Learner(cfg, model, load_problems(cfg.data))
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.weights_port, model)
-    launcher.start_all()
-    try:
-        stats = learner.run(launcher)
-        learner.stop_generators()
-    finally:
-        launcher.stop()
-        learner.close()
-    assert not launcher.dead() or all(code == 0 for code in launcher.dead().values())
-    return learner, stats
-
-
-def _assert_accounting(learner):
-    d = learner.dispatcher
-    c = d.outcomes
-    assert d.dispatched == c["trained"] + c["dropped_stale"] + c["dropped_filtered"] + c["failed"] \
-        + c["reissued"] + d.outstanding() + len(learner.buffer)
+    return learner, run_pipeline(learner, cfg)
 
 
 def test_async_run_versions_lag_and_accounting(tiny_model, tmp_path):
@@ -48,7 +31,7 @@ def test_async_run_versions_lag_and_accounting(tiny_model, tmp_path):
     assert stats.version_regressions == 0
     assert stats.trained_lags_max <= 1
     assert learner.dispatcher.outcomes["trained"] == 6 * 4
-    _assert_accounting(learner)
+    assert balanced(learner)
     lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
     assert sum('"loss"' in line for line in lines) == 6
     # the final held-out round ran through the generator on the final weights
@@ -66,7 +49,7 @@ def test_stale_samples_are_dropped_and_counted_never_trained(tiny_model, tmp_pat
     assert stats.trained_lags_max == 0
     assert set(stats.lag_hist) == {0}
     assert learner.dispatcher.outcomes["dropped_stale"] > 0
-    _assert_accounting(learner)
+    assert balanced(learner)
 
 
 def test_train_command_prints_summary_and_leaves_no_processes(tmp_path):
