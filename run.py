@@ -130,6 +130,15 @@ def cmd_report(args, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_keys(args, overrides: list[str]) -> int:
+    from pipeline.transport import make_keys
+
+    make_keys(Path(args.out))
+    print(f"CURVE keys written to {args.out}: give generators server.key + client.key_secret, "
+          f"set transport.curve_dir on both sides")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__,
@@ -161,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("report", help="redraw a study's report from its run folders")
     rp.add_argument("study_dir")
     rp.add_argument("--algorithms", nargs="+", default=["grpo", "dapo", "erpo", "rlzvp"])
+    ks = sub.add_parser("keys", help="make CURVE keys for non-loopback transport")
+    ks.add_argument("--out", default="runs/keys")
     sub.add_parser("bench", help="not built yet")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -171,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(args, overrides)
         if args.command == "eval":
             return cmd_eval(args, overrides)
+        if args.command == "keys":
+            return cmd_keys(args, overrides)
         if args.command == "study":
             return cmd_study(args, overrides)
         if args.command == "report":

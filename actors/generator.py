@@ -31,7 +31,8 @@ class Generator:
                  model_path: str, backend: str = "gloo", initial_version: int = 0):
         self.cfg = cfg
         self.id = generator_id
-        self.endpoint = GeneratorEndpoint(addresses, generator_id, cfg.transport.max_frame_bytes)
+        self.endpoint = GeneratorEndpoint(addresses, generator_id, cfg.transport.max_frame_bytes,
+                                          cfg.transport.curve_dir)
         self.version = initial_version  # the weights in model_path (0 = the initial model, else a checkpoint)
         self.probe: tuple[int, list[float]] = (-1, [])
         self.status = "starting"

@@ -126,7 +126,7 @@ class Learner:
         self.trainer = Trainer(cfg, model_path)
         self.buffer = GroupBuffer()
         t = cfg.transport
-        self.endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes)
+        self.endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes, t.curve_dir)
         self.backend = "nccl" if torch.cuda.is_available() else "gloo"
         self.links: dict[int, GeneratorLink] = {}  # weight group per generator process
         self.restarts = 0

@@ -73,7 +73,8 @@ class DataConfig(Section):
 
 
 class TransportConfig(Section):
-    host: str = "127.0.0.1"  # loopback by default; anything else needs CURVE keys (see issue on security)
+    host: str = "127.0.0.1"  # loopback by default; anything else needs CURVE keys (curve_dir)
+    curve_dir: str = ""  # keys from `run.py keys --out DIR`: peers must authenticate with them
     control_port: Port = 0  # 0: pick a free port at start-up
     rollout_port: Port = 0
     weights_port: Port = 0

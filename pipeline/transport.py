@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
@@ -76,17 +77,50 @@ def _bind(sock: zmq.Socket, host: str, port: int) -> int:
     return sock.bind_to_random_port(f"tcp://{host}")
 
 
+def make_keys(directory: Path) -> None:
+    """`run.py keys`: a CURVE key pair for the learner (server) and one for generators (client), as
+    ZeroMQ's own text certificate files. Generators need server.key + client.key_secret; the learner
+    needs server.key_secret and accepts any client whose public key is in clients/."""
+    import zmq.auth
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "clients").mkdir(exist_ok=True)
+    zmq.auth.create_certificates(str(directory), "server")
+    zmq.auth.create_certificates(str(directory), "client")
+    (directory / "clients" / "client.key").write_bytes((directory / "client.key").read_bytes())
+
+
+def _load_pair(path: Path) -> tuple[bytes, bytes]:
+    import zmq.auth
+
+    if not path.exists():
+        raise ValueError(f"CURVE key file not found: {path} (make keys with `run.py keys --out DIR`)")
+    public, secret = zmq.auth.load_certificate(str(path))
+    return public, secret
+
+
 class LearnerEndpoint:
-    def __init__(self, host: str, control_port: int, rollout_port: int, max_frame_bytes: int):
-        if not is_loopback(host):
-            # Binding beyond loopback exposes the learner to the network; that needs CURVE keys.
+    def __init__(self, host: str, control_port: int, rollout_port: int, max_frame_bytes: int,
+                 curve_dir: str = ""):
+        if not is_loopback(host) and not curve_dir:
+            # Binding beyond loopback exposes the learner to the network; peers must authenticate.
             raise ValueError(
-                f"transport.host={host!r} is not a loopback address; non-loopback binds require "
-                "CURVE authentication, which this build does not configure yet"
-            )
+                f"transport.host={host!r} is not a loopback address: set transport.curve_dir to keys "
+                "made by `run.py keys` (non-loopback binds require CURVE authentication)")
         self.ctx = zmq.Context()
+        self.auth = None
         self.control = self.ctx.socket(zmq.ROUTER)
         self.rollouts = self.ctx.socket(zmq.PULL)
+        if curve_dir:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            public, secret = _load_pair(Path(curve_dir) / "server.key_secret")
+            self.auth = ThreadAuthenticator(self.ctx)
+            self.auth.start()
+            # Only clients whose public key is in clients/ get through; everyone else is refused.
+            self.auth.configure_curve(domain="*", location=str(Path(curve_dir) / "clients"))
+            for sock in (self.control, self.rollouts):
+                sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
         for s in (self.control, self.rollouts):
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
@@ -157,15 +191,22 @@ class LearnerEndpoint:
     def close(self) -> None:
         self.control.close(0)
         self.rollouts.close(0)
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
 
 
 class GeneratorEndpoint:
-    def __init__(self, addresses: Addresses, generator_id: int, max_frame_bytes: int):
+    def __init__(self, addresses: Addresses, generator_id: int, max_frame_bytes: int, curve_dir: str = ""):
         self.ctx = zmq.Context()
         self.control = self.ctx.socket(zmq.DEALER)
         self.control.setsockopt(zmq.IDENTITY, f"gen-{generator_id}".encode())
         self.rollouts = self.ctx.socket(zmq.PUSH)
+        if curve_dir:
+            server_public, _ = _load_pair(Path(curve_dir) / "server.key")
+            public, secret = _load_pair(Path(curve_dir) / "client.key_secret")
+            for sock in (self.control, self.rollouts):
+                sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
         for s in (self.control, self.rollouts):
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)

@@ -63,5 +63,28 @@ def test_messages_flow_both_ways_and_bad_frames_are_counted():
 def test_non_loopback_bind_is_refused():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
-    with pytest.raises(ValueError, match="CURVE"):
+    with pytest.raises(ValueError, match="curve_dir"):
         LearnerEndpoint("0.0.0.0", 0, 0, 4096)
+
+
+def test_curve_lets_keyed_peers_in_and_refuses_others(tmp_path):
+    from pipeline.transport import make_keys
+
+    good, other = tmp_path / "good", tmp_path / "other"
+    make_keys(good)
+    make_keys(other)  # a valid key pair the learner has never seen
+    learner = LearnerEndpoint("127.0.0.1", 0, 0, 4096, curve_dir=str(good))
+    peers = [GeneratorEndpoint(learner.addresses, 1, 4096, curve_dir=str(good)),
+             GeneratorEndpoint(learner.addresses, 2, 4096, curve_dir=str(other)),
+             GeneratorEndpoint(learner.addresses, 3, 4096)]  # no CURVE at all
+    try:
+        for i, p in enumerate(peers, start=1):
+            p.send_control(Heartbeat(generator_id=i, pid=1, status="ready", version=0, inflight=[]))
+        got = _recv_until(learner, 3, timeout=3.0)
+        assert [m.generator_id for m in got] == [1]
+    finally:
+        for p in peers:
+            p.close()
+        learner.close()
+    with pytest.raises(ValueError, match="not found"):
+        LearnerEndpoint("127.0.0.1", 0, 0, 4096, curve_dir=str(tmp_path / "missing"))
