@@ -124,7 +124,9 @@ def cmd_study(args, overrides: list[str]) -> int:
 def cmd_report(args, overrides: list[str]) -> int:
     from pipeline.report import write_report
 
-    _, result = write_report(Path(args.study_dir), args.algorithms)
+    from pipeline.study import ALGORITHMS
+
+    _, result = write_report(Path(args.study_dir), args.algorithms or ALGORITHMS)
     print((Path(args.study_dir) / "report.md").read_text())
     print(result)
     return 0
@@ -137,6 +139,10 @@ def cmd_keys(args, overrides: list[str]) -> int:
     print(f"CURVE keys written to {args.out}: give generators server.key + client.key_secret, "
           f"set transport.curve_dir on both sides")
     return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "keys": cmd_keys,
+            "study": cmd_study, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,27 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")
     rp = sub.add_parser("report", help="redraw a study's report from its run folders")
     rp.add_argument("study_dir")
-    rp.add_argument("--algorithms", nargs="+", default=["grpo", "dapo", "erpo", "rlzvp"])
+    rp.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")
     ks = sub.add_parser("keys", help="make CURVE keys for non-loopback transport")
     ks.add_argument("--out", default="runs/keys")
     sub.add_parser("bench", help="not built yet")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "train":
-            return cmd_train(args, overrides)
-        if args.command == "generate":
-            return cmd_generate(args, overrides)
-        if args.command == "eval":
-            return cmd_eval(args, overrides)
-        if args.command == "keys":
-            return cmd_keys(args, overrides)
-        if args.command == "study":
-            return cmd_study(args, overrides)
-        if args.command == "report":
-            return cmd_report(args, overrides)
-        print(f"run.py {args.command}: not built yet (see the open issues)", file=sys.stderr)
-        return 2
+        command = COMMANDS.get(args.command)
+        if command is None:
+            print(f"run.py {args.command}: not built yet (see the open issues)", file=sys.stderr)
+            return 2
+        return command(args, overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

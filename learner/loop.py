@@ -56,10 +56,10 @@ class RunStats:
 
     step_rewards: list[float] = field(default_factory=list)
     step_residual: list[float] = field(default_factory=list)  # share of arriving groups all-correct
-    step_temps: list[list[float]] = field(default_factory=list)  # temperatures of arriving groups per step
     evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, score) of held-out rounds
     group_kinds: collections.Counter = field(default_factory=collections.Counter)
-    trained_temps: list[float] = field(default_factory=list)
+    trained_temp_sum: float = 0.0  # running sums, not lists: a run may last days
+    trained_groups: int = 0
     lag_hist: collections.Counter = field(default_factory=collections.Counter)
     trained_lags_max: int = 0
     samples_trained: int = 0
@@ -289,28 +289,26 @@ class Learner:
 
     def _announce(self) -> None:
         """Send the newest weights to every generator whose link is free and that lacks them.
-        A generator that (re)joined gets them at once; the others every `sync_every` steps."""
+        A generator that restarted gets them at once; the others every `sync_every` steps."""
         v = self.trainer.version
         due = v % self.cfg.learner.sync_every == 0 or v >= self.cfg.learner.steps or self._finishing
+        latest = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
+        # a generator behind the newest announced version (it restarted) is brought up to date at once
         targets = [gid for gid, link in self.links.items()
-                   if gid in self.generators and link.ready and link.version < v
-                   and (due or link.version < self.initial_version_of(gid))]
+                   if gid in self.generators and link.ready and link.version < v and (due or link.version < latest)]
         if not targets:
             return
         if self._snapshot is None or self._snapshot[0] != v:
             update, flat = prepare(v, self.trainer.named_weights(), self.cfg.model.dtype)
             self._snapshot = (v, update, flat)
             self.probes[v] = self.trainer.probe_logprobs()
+            for old in [k for k in self.probes if k < v - 64]:  # generators report recent versions only
+                del self.probes[old]
             self.stats.versions_announced.append(v)
         _, update, flat = self._snapshot
         for gid in targets:
             if self.endpoint.send(gid, update):
                 self.links[gid].submit(v, flat)
-
-    def initial_version_of(self, gid: int) -> int:
-        """A restarted generator starts from the model on disk; anything older than the latest
-        announced version must be replaced before it is useful."""
-        return self.stats.versions_announced[-1] if self.stats.versions_announced else 0
 
     def _train_if_ready(self) -> dict | None:
         lc = self.cfg.learner
@@ -331,12 +329,12 @@ class Learner:
             self.dispatcher.close(g.lease_id, "trained")
             self.tracker.record_trained(g.prompt_id, version)
             self.stats.lag_hist[lag] += g.n
-            self.stats.trained_temps.append(g.temperature)
+            self.stats.trained_temp_sum += g.temperature
+            self.stats.trained_groups += 1
         rewards = torch.cat([g.rewards for g in groups])
         window = self.window.metrics(self.tracker)
         self.stats.step_rewards.append(float(rewards.mean()))
         self.stats.step_residual.append(window["residual_frac"])
-        self.stats.step_temps.append(list(self.window.temps))
         self.window = Window()
         self.stats.samples_trained += int(rewards.numel())
         self.stats.trained_lags_max = max(self.stats.trained_lags_max, max(lags))
@@ -364,10 +362,10 @@ class Learner:
         """Restart generators that died, went silent, or lost their weight link; re-issue their leases."""
         now = time.monotonic()
         timeout = self.cfg.generator.heartbeat_timeout_s
-        for gid, info in list(self.generators.items()):
-            link = self.links.get(gid)
-            if now - info.last_seen > timeout or (link is not None and link.error is not None):
-                launcher.kill(gid)  # silent or cut off: treat as dead
+        for gid, link in list(self.links.items()):
+            info = self.generators.get(gid)
+            if (info is not None and now - info.last_seen > timeout) or link.error is not None:
+                launcher.kill(gid)  # silent, or its weight link failed (e.g. it never joined): dead
         for gid, code in launcher.dead().items():
             if self.restarts >= self.cfg.generator.max_restarts:
                 raise LearnerError(f"generator {gid} exited with code {code} after {self.restarts} restarts "

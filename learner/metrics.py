@@ -46,8 +46,7 @@ def summarize(stats, counters: dict) -> tuple[str, str]:
     last = sum(rewards[-q:]) / q if rewards else 0.0
     groups = sum(stats.group_kinds.values())
     residual = stats.group_kinds["positive"] / groups if groups else 0.0  # of all groups that arrived
-    temps = stats.trained_temps
-    mean_temp = sum(temps) / len(temps) if temps else 0.0
+    mean_temp = stats.trained_temp_sum / stats.trained_groups if stats.trained_groups else 0.0
     sps = stats.samples_trained / stats.seconds if stats.seconds else 0.0
     lag_total = sum(stats.lag_hist.values()) or 1
     lags = ", ".join(f"{k}: {v / lag_total:.0%}" for k, v in sorted(stats.lag_hist.items()))
