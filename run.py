@@ -141,8 +141,36 @@ def cmd_keys(args, overrides: list[str]) -> int:
     return 0
 
 
+# `bench weights` moves a model big enough that the transfer, not fixed overheads, dominates (~120 M
+# parameters, ~480 MB in fp32), built locally like the tiny default.
+BENCH_WEIGHTS_MODEL = ["--model.tiny.hidden_size", "1024", "--model.tiny.intermediate_size", "4096",
+                       "--model.tiny.num_layers", "8", "--model.tiny.num_heads", "16",
+                       "--model.tiny.num_kv_heads", "4", "--warmstart.enabled", "false"]
+
+
+def cmd_bench(args, overrides: list[str]) -> int:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+
+    from learner.warmstart import prepare_model
+    from pipeline import bench
+
+    preset = BENCH_WEIGHTS_MODEL if args.what == "weights" else []
+    cfg = config_mod.load(args.config, ["--log.wandb", "false", *preset, *overrides])
+    torch.set_num_threads(cfg.run.torch_threads)
+    if args.what == "transport":
+        bench.bench_transport()
+    elif args.what == "learner":
+        bench.bench_learner(cfg, prepare_model(cfg, progress=False))
+    elif args.what == "weights":
+        bench.bench_weights(cfg, prepare_model(cfg, progress=False))
+    elif args.what == "pipeline":
+        bench.bench_pipeline(cfg, prepare_model(cfg, progress=False))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "keys": cmd_keys,
-            "study": cmd_study, "report": cmd_report}
+            "study": cmd_study, "report": cmd_report, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")
     ks = sub.add_parser("keys", help="make CURVE keys for non-loopback transport")
     ks.add_argument("--out", default="runs/keys")
-    sub.add_parser("bench", help="not built yet")
+    bn = sub.add_parser("bench", help="throughput benchmarks, each beside its bare baseline")
+    bn.add_argument("what", choices=["pipeline", "transport", "weights", "learner"])
+    bn.add_argument("--config", default=str(DEFAULT_CONFIG))
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -29,7 +29,8 @@ class Completion:
 
 
 class Engine:
-    def __init__(self, cfg: Config, model_path: str, seed: int):
+    def __init__(self, cfg: Config, model_path: str, seed: int,
+                 worker_extension: str = "actors.vllm_ext.WeightReceiver"):
         # The engine core runs in this process: no extra process per generator, and the worker
         # extension (which joins the weight group) lives where we can reach it.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -52,12 +53,13 @@ class Engine:
             gpu_memory_utilization=gen.gpu_memory_utilization,
             # Behaviour log-probs must be of the distribution actually sampled: softmax(logits / T).
             logprobs_mode="processed_logprobs",
-            worker_extension_cls="actors.vllm_ext.WeightReceiver",
+            worker_extension_cls=worker_extension,
             # Prompts arrive as token ids and responses leave as token ids; the generator decodes
             # with pipeline.models.load_tokenizer, which also knows the tiny model's tokenizer.
             skip_tokenizer_init=True,
         )
         self.tokenizer = load_tokenizer(model_path)
+        self.weight_load = gen.weight_load
         self.stop_ids = [self.tokenizer.eos_token_id]
 
     @staticmethod
@@ -93,7 +95,7 @@ class Engine:
 
     def load_weights(self, update: WeightUpdate) -> None:
         metas = msgspec.to_builtins(update.tensors)
-        self.llm.collective_rpc("rl_receive_weights", args=(metas, update.dtype))
+        self.llm.collective_rpc("rl_receive_weights", args=(metas, update.dtype, self.weight_load))
         # Cached prefixes hold keys/values computed by the old weights: they must go.
         self.llm.reset_prefix_cache()
 

@@ -16,15 +16,22 @@ class WeightReceiver:
     def rl_join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
         self._rl_group = WeightGroup(backend, host, port, rank, world_size)
 
-    def rl_receive_weights(self, metas: list[list], dtype: str) -> None:
-        """Receive one flat buffer from rank 0 and load it with vLLM's in-place reload."""
+    def rl_receive_weights(self, metas: list[list], dtype: str, mode: str) -> None:
+        """Receive one flat buffer from rank 0 and load it.
+
+        mode "direct": the model's own `load_weights` into the live parameters (its loaders fuse
+        q/k/v and gate/up). Right for unquantized weights, and measured 1.6x faster than "reload"
+        on a 120 M-parameter model (0.46 s vs 0.72 s, bare broadcast 0.45 s).
+        mode "reload": vLLM's in-place `reload_weights`, which re-runs post-load processing; needed
+        when that processing transforms weights (quantized checkpoints)."""
         tensor_metas = [TensorMeta(*m) for m in metas]
         numel = sum(int(torch.tensor(m.shape).prod()) if m.shape else 1 for m in tensor_metas)
         flat = torch.empty(numel, dtype=getattr(torch, dtype), device=self._rl_group.device)
         self._rl_group.broadcast(flat)
-        # reload_weights runs the model's own loader (fusing q/k/v, gate/up) and the post-load
-        # processing, so a checkpoint-format state dict is the right input.
-        self.reload_weights(weights_iterator=unflatten(flat, tensor_metas), is_checkpoint_format=True)
+        if mode == "direct":
+            self.model_runner.get_model().load_weights(unflatten(flat, tensor_metas))
+        else:
+            self.reload_weights(weights_iterator=unflatten(flat, tensor_metas), is_checkpoint_format=True)
 
 
 def keep_cpu_weights_reloadable() -> None:
@@ -43,3 +50,12 @@ def keep_cpu_weights_reloadable() -> None:
         layer.cpu_linear = lambda x, weight, bias: F.linear(x, weight, bias)
 
     utils.dispatch_cpu_unquantized_gemm = dispatch
+
+
+class BenchReceiver(WeightReceiver):
+    """Benchmark-only: receive a weight buffer and discard it (the bare-broadcast baseline)."""
+
+    def rl_receive_only(self, numel: int, dtype: str) -> None:
+        flat = torch.empty(numel, dtype=getattr(torch, dtype), device=self._rl_group.device)
+        self._rl_group.broadcast(flat)
+

@@ -93,6 +93,9 @@ class GeneratorConfig(Section):
     max_restarts: NonNegInt = 20  # generator restarts allowed in one run before the learner gives up
     verifier_timeout_s: PosFloat = 10.0
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    # How broadcast weights enter the engine: the model's load_weights into live parameters ("direct",
+    # unquantized models) or vLLM's reload_weights with post-load processing ("reload", quantized).
+    weight_load: Literal["direct", "reload"] = "direct"
 
 
 class ScheduleConfig(Section):

