@@ -94,8 +94,13 @@ def cmd_generate(args, overrides: list[str]) -> int:
     torch.set_num_threads(cfg.run.torch_threads)
     addresses = Addresses(args.host, args.control_port, args.rollout_port)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    engine = None
+    if args.standin_delay is not None:  # benchmark-only: fixed-cost sampling, real everything else
+        from actors.standin import StandInEngine
+
+        engine = StandInEngine(args.model_path, args.standin_delay)
     Generator(cfg, args.generator_id, addresses, args.weights_port, args.model_path, backend,
-              args.initial_version).run()
+              args.initial_version, engine).run()
     return 0
 
 
@@ -153,19 +158,23 @@ def cmd_bench(args, overrides: list[str]) -> int:
     import torch
 
     from learner.warmstart import prepare_model
-    from pipeline import bench
 
     preset = BENCH_WEIGHTS_MODEL if args.what == "weights" else []
     cfg = config_mod.load(args.config, ["--log.wandb", "false", *preset, *overrides])
     torch.set_num_threads(cfg.run.torch_threads)
     if args.what == "transport":
-        bench.bench_transport()
-    elif args.what == "learner":
-        bench.bench_learner(cfg, prepare_model(cfg, progress=False))
+        from pipeline.bench import bench_transport
+
+        bench_transport()
     elif args.what == "weights":
-        bench.bench_weights(cfg, prepare_model(cfg, progress=False))
-    elif args.what == "pipeline":
-        bench.bench_pipeline(cfg, prepare_model(cfg, progress=False))
+        from actors.bench import bench_weights
+
+        bench_weights(cfg, prepare_model(cfg, progress=False))
+    else:
+        from learner import bench
+
+        run = bench.bench_learner if args.what == "learner" else bench.bench_pipeline
+        run(cfg, prepare_model(cfg, progress=False))
     return 0
 
 
@@ -192,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--weights-port", type=int, required=True)
     gen.add_argument("--model-path", required=True)
     gen.add_argument("--initial-version", type=int, default=0)
+    gen.add_argument("--standin-delay", type=float, default=None, help=argparse.SUPPRESS)
     ev = sub.add_parser("eval", help="mean@k / pass@k of a model on held-out datasets")
     ev.add_argument("--config", default=str(DEFAULT_CONFIG))
     ev.add_argument("--model", default="", help="model folder (default: the config's model)")

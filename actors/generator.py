@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class Generator:
     def __init__(self, cfg: Config, generator_id: int, addresses: Addresses, weights_port: int,
-                 model_path: str, backend: str = "gloo", initial_version: int = 0):
+                 model_path: str, backend: str = "gloo", initial_version: int = 0, engine=None):
         self.cfg = cfg
         self.id = generator_id
         self.endpoint = GeneratorEndpoint(addresses, generator_id, cfg.transport.max_frame_bytes,
@@ -37,8 +37,9 @@ class Generator:
         self.probe: tuple[int, list[float]] = (-1, [])
         self.status = "starting"
         self.inflight: list[int] = []
+        self.busy_s = 0.0  # time spent generating and verifying, for idle-fraction figures
         self.heartbeat()
-        self.engine = Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id)
+        self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id)
         self.verifier = Verifier(cfg.generator.verifier_timeout_s)
         self.tokenizer = self.engine.tokenizer
         # Its own two-rank group with the learner (rank 0); blocks until the learner's side is up.
@@ -53,6 +54,7 @@ class Generator:
         self.endpoint.send_control(Heartbeat(
             generator_id=self.id, pid=os.getpid(), status=self.status, version=self.version,
             inflight=list(self.inflight), probe_version=self.probe[0], probe_logprobs=self.probe[1],
+            busy_s=self.busy_s,
         ))
         self._last_beat = time.monotonic()
 
@@ -92,6 +94,7 @@ class Generator:
         gen_seconds = time.monotonic() - t0
         for assignment, group in zip(batch, groups):
             self.endpoint.send_rollout(self._rollout(assignment, group, version_first, gen_seconds))
+        self.busy_s += time.monotonic() - t0
         self.inflight = []
         self.status = "ready"
 

@@ -48,6 +48,7 @@ class GeneratorInfo:
     last_seen: float = 0.0
     pid: int = 0
     checked: int = -1  # newest version whose weight digest was compared
+    busy_s: float = 0.0  # its cumulative generating time, as it last reported
 
 
 @dataclass
@@ -69,6 +70,7 @@ class RunStats:
     probe_max_diff: float = 0.0
     version_regressions: int = 0  # a generator's rollouts going back in weight version (must stay 0)
     seconds: float = 0.0
+    train_seconds: float = 0.0  # time inside optimiser steps (the rest of `seconds` the learner waited)
 
 
 @dataclass
@@ -110,7 +112,8 @@ class Window:
 
 
 class Learner:
-    def __init__(self, cfg: Config, model_path: str, problems: list[Problem], resume: Path | None = None):
+    def __init__(self, cfg: Config, model_path: str, problems: list[Problem], resume: Path | None = None,
+                 trainer: Trainer | None = None):
         """`resume`: a checkpoint folder; the run continues from it (model, optimiser, tracker, cursor,
         counters, RNG) and its model folder becomes what generators load at start."""
         self.cfg = cfg
@@ -123,7 +126,7 @@ class Learner:
         self.tracker = Tracker(len(problems), cfg.tracker.reset_on_mixed)
         self.dispatcher = Dispatcher(cfg, problems, prompt_tokens, self.tracker)
         torch.manual_seed(cfg.run.seed)
-        self.trainer = Trainer(cfg, model_path)
+        self.trainer = trainer or Trainer(cfg, model_path)
         self.buffer = GroupBuffer()
         t = cfg.transport
         self.endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes, t.curve_dir)
@@ -144,6 +147,7 @@ class Learner:
         self.window = Window()  # what arrived since the last optimiser step
         self._finishing = False
         self._snapshot = None  # (version, announce, flat weights) of the newest broadcast
+        self._first_rollout_at: float | None = None
         self._last_rollout_version: dict[int, int] = {}
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
                                   wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name,
@@ -192,7 +196,7 @@ class Learner:
 
     def _on_heartbeat(self, hb: Heartbeat) -> None:
         info = self.generators.setdefault(hb.generator_id, GeneratorInfo())
-        info.status, info.version, info.pid = hb.status, hb.version, hb.pid
+        info.status, info.version, info.pid, info.busy_s = hb.status, hb.version, hb.pid, hb.busy_s
         info.last_seen = time.monotonic()
         expected = self.probes.get(hb.probe_version)
         if hb.probe_logprobs and expected is not None and hb.probe_version > info.checked:
@@ -207,6 +211,8 @@ class Learner:
                           "differ by up to %.2e)", hb.generator_id, hb.probe_version, diff)
 
     def _on_rollout(self, r: Rollout) -> None:
+        if self._first_rollout_at is None:
+            self._first_rollout_at = time.monotonic()
         if self.evaluator is not None and self.evaluator.owns(r.lease_id):
             result = self.evaluator.on_rollout(r)
             if result is not None:
@@ -325,6 +331,7 @@ class Learner:
         assert max(lags) <= lc.max_lag, "a stale group reached the optimiser"
         t0 = time.monotonic()
         metrics = self.trainer.step(groups)
+        self.stats.train_seconds += time.monotonic() - t0
         for g, lag in zip(groups, lags):
             self.dispatcher.close(g.lease_id, "trained")
             self.tracker.record_trained(g.prompt_id, version)
@@ -409,7 +416,8 @@ class Learner:
                 self._announce()
             if time.monotonic() - last_progress > lc.idle_timeout_s:
                 raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s)")
-        self.stats.seconds = time.monotonic() - start
+        # throughput clock: from the first rollout, so generator start-up (loading vLLM) is not in it
+        self.stats.seconds += time.monotonic() - (self._first_rollout_at or start)
         self._finishing = True  # the last version always goes out, whatever sync_every says
         self.checkpoint()
         if self.stop_requested:

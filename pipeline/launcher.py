@@ -23,11 +23,13 @@ RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 
 
 class Launcher:
-    def __init__(self, cfg: Config, addresses: Addresses, model_path: str, initial_version: int = 0):
+    def __init__(self, cfg: Config, addresses: Addresses, model_path: str, initial_version: int = 0,
+                 extra_args: list[str] | None = None):
         self.cfg = cfg
         self.addresses = addresses
         self.model_path = model_path
         self.initial_version = initial_version
+        self.extra_args = extra_args or []  # e.g. the benchmark's stand-in engine
         self.run_dir = cfg.run_dir
         self.config_file = self.run_dir / "resolved_config.json"
         self.config_file.write_text(dumps(cfg))
@@ -39,7 +41,8 @@ class Launcher:
                 "--generator-id", str(generator_id), "--host", a.host,
                 "--control-port", str(a.control_port), "--rollout-port", str(a.rollout_port),
                 "--weights-port", str(weights_port),
-                "--model-path", self.model_path, "--initial-version", str(self.initial_version)]
+                "--model-path", self.model_path, "--initial-version", str(self.initial_version),
+                *self.extra_args]
 
     def start(self, generator_id: int, weights_port: int) -> None:
         env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",

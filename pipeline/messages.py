@@ -101,6 +101,7 @@ class Heartbeat(Message, kw_only=True):
     inflight: list[int]  # lease ids being generated
     probe_version: int = -1  # weight version the probe was scored under
     probe_logprobs: list[float] = []  # log-probs of the fixed probe sequence (pipeline.collective)
+    busy_s: float = 0.0  # cumulative seconds spent generating and verifying
 
 
 class Stop(Message, kw_only=True):

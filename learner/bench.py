@@ -1,0 +1,182 @@
+"""`run.py bench learner` and `run.py bench pipeline`: the learner side of the throughput benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+
+from pipeline.bench import median_time, print_table
+
+
+def bench_learner(cfg, model_path: str, trials: int = 20, quiet: bool = False) -> dict:
+    """One optimiser step with the lag-corrected loss (tis) at per-sample temperatures, beside the same
+    step with plain GRPO's clipped loss at T = 1, on the same batch and the same starting weights."""
+    import copy
+
+    import msgspec
+    import torch
+
+    from learner.groups import Group
+    from learner.trainer import Trainer
+
+    torch.manual_seed(0)
+    lc = cfg.learner
+    trainer = Trainer(cfg, model_path)
+    vocab = trainer.model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    groups = []
+    for i in range(lc.groups_per_step):
+        responses = [torch.randint(3, vocab, (int(torch.randint(2, cfg.generator.max_tokens + 1, (1,), generator=gen)),),
+                                   generator=gen) for _ in range(lc.group_size)]
+        groups.append(Group(lease_id=i, prompt_id=i, epoch=0, temperature=1.0 + 0.02 * (i % 10),
+                            prompt=torch.randint(3, vocab, (18,), generator=gen), responses=responses,
+                            behaviour_logprobs=[-torch.rand(len(r), generator=gen) for r in responses],
+                            rewards=torch.tensor([float(j % 2) for j in range(lc.group_size)]),
+                            version_first=0, version_last=0))
+    state = copy.deepcopy(trainer.model.state_dict())
+    plain_cfg = msgspec.structs.replace(cfg, loss=msgspec.structs.replace(
+        cfg.loss, correction="ppo_behaviour", logprob_temperature="one"))
+
+    def step(c):
+        def run():
+            trainer.model.load_state_dict(state)
+            trainer.cfg = c
+            trainer.step(groups)
+        return run
+
+    # interleave the two so drift in machine load hits both alike
+    t_tis, t_plain = [], []
+    for _ in range(trials):
+        t_plain.append(median_time(step(plain_cfg), 1, warmup=0))
+        t_tis.append(median_time(step(cfg), 1, warmup=0))
+    tis, plain = statistics.median(t_tis), statistics.median(t_plain)
+    out = {"tis_step_s": tis, "plain_step_s": plain, "overhead": tis / plain}
+    if quiet:
+        return out
+    print_table([
+        ("batch", f"{lc.groups_per_step} groups x {lc.group_size} samples"),
+        ("step, tis + per-sample T", f"{tis * 1000:.1f} ms"),
+        ("step, plain GRPO clip at T = 1", f"{plain * 1000:.1f} ms"),
+    ])
+    print(f"RESULT overhead={out['overhead']:.3f}")
+    return out
+
+
+
+
+class StandInTrainer:
+    """Benchmark-only: an optimiser step of fixed cost (the weights stay real, so broadcasts are real)."""
+
+    def __init__(self, trainer, cost_s: float):
+        self._trainer = trainer
+        self.cost_s = cost_s
+
+    def __getattr__(self, name):  # everything but the step is the real trainer's
+        return getattr(self._trainer, name)
+
+    @property
+    def version(self) -> int:
+        return self._trainer.version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._trainer.version = value
+
+    def step(self, groups) -> dict:
+        import time
+
+        time.sleep(self.cost_s)
+        self._trainer.version += 1
+        return {}
+
+
+def _pipeline_run(cfg, model_path: str, name: str, max_lag: int, standin: tuple[float, float] | None) -> dict:
+    import msgspec
+
+    from learner.loop import Learner
+    from learner.trainer import Trainer
+    from pipeline.data import load_problems
+    from pipeline.launcher import Launcher
+
+    r = msgspec.structs.replace
+    c = r(cfg, learner=r(cfg.learner, max_lag=max_lag, checkpoint_every=0), eval=r(cfg.eval, final=False),
+          run=r(cfg.run, name=name), log=r(cfg.log, progress=False, wandb=False))
+    c.run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(c, model_path)
+    extra = []
+    if standin is not None:
+        trainer = StandInTrainer(trainer, standin[1])
+        extra = ["--standin-delay", str(standin[0])]
+    learner = Learner(c, model_path, load_problems(c.data), trainer=trainer)
+    launcher = Launcher(c, learner.endpoint.addresses, model_path, extra_args=extra)
+    try:
+        stats = learner.run(launcher)
+        busy = sum(g.busy_s for g in learner.generators.values())
+        learner.stop_generators()
+    finally:
+        launcher.stop()
+        learner.close()
+    # measured from the first optimiser step on: the generators' start-up is not the pipeline's rate
+    return {"samples_s": stats.samples_trained / stats.seconds,
+            "learner_idle": 1 - stats.train_seconds / stats.seconds,
+            "generator_idle": max(0.0, 1 - busy / stats.seconds), "seconds": stats.seconds}
+
+
+def _standalone_generation(cfg, model_path: str, seconds: float = 10.0) -> float:
+    """Samples/s of one engine generating full batches back to back (what one generator can do)."""
+    import time
+
+    from actors.engine import Engine, Request  # the bench process may hold an engine; the learner never does
+    from pipeline.data import load_problems
+    from pipeline.models import load_tokenizer
+
+    tok = load_tokenizer(model_path)
+    prompts = [tok.encode(cfg.data.prompt_template.format(question=p.question)) for p in load_problems(cfg.data)]
+    engine = Engine(cfg, model_path, seed=0)
+    g = cfg.generator
+    batch = [Request(prompts[i % len(prompts)], cfg.learner.group_size, 1.0, g.max_tokens) for i in range(g.max_inflight)]
+    engine.generate(batch)
+    n, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        engine.generate(batch)
+        n += len(batch) * cfg.learner.group_size
+    return n / (time.monotonic() - t0)
+
+
+def bench_pipeline(cfg, model_path: str) -> dict:
+    """Synchronous (max_lag = 0) against asynchronous (max_lag = k) on the same config; pipeline
+    efficiency = end-to-end samples/s / min(standalone generation, standalone training) samples/s.
+    Then the same with the engine and the optimiser step replaced by fixed-cost stand-ins, which
+    isolates the orchestration (on 2 cores the real stages also compete for the CPU)."""
+    k = max(cfg.learner.max_lag, 1)
+    lc, g = cfg.learner, cfg.generator
+    rows, out = [], {}
+
+    real = {mode: _pipeline_run(cfg, model_path, f"bench-{mode}", lag, None) for mode, lag in (("sync", 0), ("async", k))}
+    step = bench_learner(cfg, model_path, trials=10, quiet=True)["tis_step_s"]
+    train_rate = lc.groups_per_step * lc.group_size / step
+    gen_rate = _standalone_generation(cfg, model_path)
+    out["speedup"] = real["async"]["samples_s"] / real["sync"]["samples_s"]
+    out["efficiency"] = real["async"]["samples_s"] / min(gen_rate, train_rate)
+
+    delay = cost = 0.1  # stand-ins: a batch of max_inflight groups per 0.1 s; a step of B groups per 0.1 s
+    stand = {mode: _pipeline_run(cfg, model_path, f"bench-standin-{mode}", lag, (delay, cost))
+             for mode, lag in (("sync", 0), ("async", k))}
+    s_gen = g.max_inflight * lc.group_size / delay
+    s_train = lc.groups_per_step * lc.group_size / cost
+    out["standin_speedup"] = stand["async"]["samples_s"] / stand["sync"]["samples_s"]
+    out["standin_efficiency"] = stand["async"]["samples_s"] / min(s_gen, s_train)
+
+    for label, runs in (("real", real), ("stand-in", stand)):
+        for mode in ("sync", "async"):
+            m = runs[mode]
+            rows.append((f"{label} {mode} (max_lag={0 if mode == 'sync' else k})",
+                         f"{m['samples_s']:.0f} samples/s   learner idle {m['learner_idle']:.0%}   "
+                         f"generator idle {m['generator_idle']:.0%}"))
+    rows += [("real standalone generation / training", f"{gen_rate:.0f} / {train_rate:.0f} samples/s"),
+             ("stand-in standalone generation / training", f"{s_gen:.0f} / {s_train:.0f} samples/s"),
+             ("real speedup, efficiency", f"{out['speedup']:.2f}x, {out['efficiency']:.2f}"),
+             ("stand-in speedup, efficiency", f"{out['standin_speedup']:.2f}x, {out['standin_efficiency']:.2f}")]
+    print_table(rows)
+    print(f"RESULT speedup={out['speedup']:.3f} efficiency={out['efficiency']:.3f} "
+          f"standin_efficiency={out['standin_efficiency']:.3f}")
+    return out
