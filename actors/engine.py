@@ -50,6 +50,7 @@ class Engine:
             enforce_eager=True,
             max_model_len=self._max_model_len(cfg, model_path),
             kv_cache_memory_bytes=gen.kv_cache_bytes,
+            tensor_parallel_size=gen.tensor_parallel_size,
             gpu_memory_utilization=gen.gpu_memory_utilization,
             # Behaviour log-probs must be of the distribution actually sampled: softmax(logits / T).
             logprobs_mode="processed_logprobs",

@@ -68,6 +68,7 @@ class RunStats:
     weights_verified: int = 0
     weights_mismatch: int = 0
     probe_max_diff: float = 0.0
+    rollouts_by_generator: collections.Counter = field(default_factory=collections.Counter)
     version_regressions: int = 0  # a generator's rollouts going back in weight version (must stay 0)
     seconds: float = 0.0
     train_seconds: float = 0.0  # time inside optimiser steps (the rest of `seconds` the learner waited)
@@ -171,8 +172,8 @@ class Learner:
         for raw in state["buffer"]:
             self.buffer.add(group_from_state(raw))
         st = state["stats"]
-        for key in ("group_kinds", "lag_hist"):
-            st[key] = collections.Counter({(int(k) if key == "lag_hist" else k): v for k, v in st[key].items()})
+        for key in ("group_kinds", "lag_hist", "rollouts_by_generator"):
+            st[key] = collections.Counter({(k if key == "group_kinds" else int(k)): v for k, v in st[key].items()})
         st["evals"] = [tuple(e) for e in st["evals"]]
         self.stats = RunStats(**st)
         self.stats.versions_announced = [self.trainer.version]  # the generators start from this one
@@ -237,6 +238,7 @@ class Learner:
         if group.version_first < self._last_rollout_version.get(r.generator_id, 0):
             self.stats.version_regressions += 1
         self._last_rollout_version[r.generator_id] = group.version_last
+        self.stats.rollouts_by_generator[r.generator_id] += 1
         self.tracker.record_visit(group.prompt_id, group.rewards.tolist(), group.temperature, group.version_first)
         self.stats.group_kinds[group.kind] += 1
         self.window.add(group.kind, group.temperature, self.cfg.schedule.t0)

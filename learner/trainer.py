@@ -28,6 +28,9 @@ class Batch:
     temperature: torch.Tensor  # [N]
     lag: torch.Tensor  # [N]
 
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(**{k: v.to(device) for k, v in vars(self).items()})
+
 
 def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> Batch:
     seqs, rows = [], []
@@ -60,7 +63,8 @@ def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> 
 class Trainer:
     def __init__(self, cfg: Config, model_path: str):
         self.cfg = cfg
-        self.model = load_causal_lm(model_path, cfg.model.dtype)
+        self.device = torch.device(cfg.learner.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = load_causal_lm(model_path, cfg.model.dtype).to(self.device)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learner.lr,
                                            weight_decay=cfg.learner.weight_decay)
@@ -74,9 +78,9 @@ class Trainer:
     @torch.no_grad()
     def probe_logprobs(self) -> list[float]:
         """Log-probs (T = 1) of the fixed probe sequence, to compare with what a generator reports."""
-        tokens = torch.tensor([probe_tokens(self.model.config.vocab_size)])
+        tokens = torch.tensor([probe_tokens(self.model.config.vocab_size)], device=self.device)
         logits = self.model(input_ids=tokens).logits[:, :-1]
-        return token_logprobs(logits, tokens[:, 1:], torch.ones(1))[0].tolist()
+        return token_logprobs(logits, tokens[:, 1:], torch.ones(1, device=self.device))[0].tolist()
 
     def _sample_temperature(self, batch: Batch) -> torch.Tensor:
         if self.cfg.loss.logprob_temperature == "sample":
@@ -105,7 +109,7 @@ class Trainer:
             batch.adv[i, pos] = zvp_token_advantages(entropy[k][pos], bool(batch.zvp[i] > 0), self.cfg.zvp.alpha)
 
     def step(self, groups: list[Group]) -> dict:
-        batch = build_batch(groups, self.version, self.cfg, self.pad_id)
+        batch = build_batch(groups, self.version, self.cfg, self.pad_id).to(self.device)
         logits, logp = self.forward(batch)
         entropy = token_entropy(logits, torch.ones_like(batch.temperature))  # T = 1, for RL-ZVP and metrics
         self._fill_zvp(batch, entropy, logits)

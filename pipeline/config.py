@@ -83,6 +83,10 @@ class TransportConfig(Section):
 
 class GeneratorConfig(Section):
     count: PosInt = 1
+    # GPUs for generators, one entry per generator in turn (CUDA_VISIBLE_DEVICES values, e.g. "0" or
+    # "0,1" for a tensor-parallel engine); empty: leave the environment as it is (CPU, or one GPU).
+    devices: list[str] = msgspec.field(default_factory=list)
+    tensor_parallel_size: PosInt = 1
     max_tokens: PosInt = 8
     max_inflight: PosInt = 8  # assignments leased to one generator at a time (its vLLM batch)
     kv_cache_bytes: PosInt = 64 * 1024 * 1024
@@ -153,6 +157,7 @@ class DAPOConfig(Section):
 
 
 class LearnerConfig(Section):
+    device: str = ""  # "" = cuda if visible, else cpu
     steps: PosInt = 40
     groups_per_step: PosInt = 8  # B: complete groups per optimiser step
     group_size: PosInt = 8  # n: responses per prompt visit

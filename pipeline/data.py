@@ -30,6 +30,7 @@ HUB_IDS = {
     "aime25": "math-ai/aime25",
     "amc23": "math-ai/amc23",
     "olympiadbench": "Hothan/OlympiadBench",
+    "dapo_math_17k": "BytedTsinghua-SIA/DAPO-Math-17k",  # the DAPO / ERPO training set (hub only)
 }
 
 REASONING_GYM = "reasoning_gym:"
@@ -56,9 +57,13 @@ def _rows_from_hub(name: str, split: str) -> list[dict]:
     rows = []
     for r in datasets.load_dataset(HUB_IDS[name], "main" if name == "gsm8k" else None, split=split):
         answer = str(r.get("answer", ""))
+        problem = r.get("problem") or r.get("question")
         if name == "gsm8k":  # GSM8K's answer field is a worked solution ending in '#### <n>'
             answer = answer.split("####")[-1].strip()
-        rows.append({"problem": r.get("problem") or r.get("question"), "answer": answer})
+        if name == "dapo_math_17k":  # chat-formatted prompt, answer in reward_model.ground_truth
+            problem = r["prompt"][0]["content"]
+            answer = str(r["reward_model"]["ground_truth"])
+        rows.append({"problem": problem, "answer": answer})
     return rows
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -47,9 +48,16 @@ class Launcher:
     def start(self, generator_id: int, weights_port: int) -> None:
         env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
                    OMP_NUM_THREADS=str(self.cfg.run.torch_threads))
+        devices = self.cfg.generator.devices
+        if devices:  # split pools: each generator sees only its own GPU(s)
+            env["CUDA_VISIBLE_DEVICES"] = devices[generator_id % len(devices)]
+        cmd = self.command(generator_id, weights_port)
         logfile = open(self.run_dir / f"generator-{generator_id}.log", "ab")
+        # the exact command first: the template for starting a generator by hand on another node
+        logfile.write(f"# {shlex.join(cmd)}\n".encode())
+        logfile.flush()
         # A new session: the generator's own children (verifier pool) go with its process group.
-        self.procs[generator_id] = subprocess.Popen(self.command(generator_id, weights_port), env=env, stdout=logfile,
+        self.procs[generator_id] = subprocess.Popen(cmd, env=env, stdout=logfile,
                                                     stderr=subprocess.STDOUT, start_new_session=True)
         logfile.close()
 

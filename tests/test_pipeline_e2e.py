@@ -68,3 +68,14 @@ def test_train_command_prints_summary_and_leaves_no_processes(tmp_path):
                  if p.info["cmdline"] and "generate" in p.info["cmdline"]
                  and str(tmp_path) in " ".join(p.info["cmdline"])]
     assert leftovers == []
+
+
+def test_two_generator_processes_share_the_work(tiny_model, tmp_path):
+    cfg = make_config(tmp_path, "--learner.steps", "5", "--learner.groups_per_step", "4",
+                      "--generator.count", "2", "--generator.max_inflight", "4", "--eval.final", "false")
+    learner, stats = _run(cfg, tiny_model)
+    assert set(stats.rollouts_by_generator) == {0, 1}  # both engines sampled
+    assert stats.weights_mismatch == 0 and stats.version_regressions == 0
+    assert stats.weights_verified >= 2 * 2  # every broadcast version checked on each engine (v0 and the last at least)
+    assert stats.trained_lags_max <= cfg.learner.max_lag
+    assert balanced(learner)
