@@ -26,6 +26,7 @@ class Completion:
     tokens: list[int]
     logprobs: list[float]  # behaviour log-prob of each sampled token, under softmax(logits / T)
     finish_reason: str
+    versions: list[int] | None = None  # weight version each token was sampled under (in-flight mode)
 
 
 class Engine:
@@ -58,9 +59,13 @@ class Engine:
             # Prompts arrive as token ids and responses leave as token ids; the generator decodes
             # with pipeline.models.load_tokenizer, which also knows the tiny model's tokenizer.
             skip_tokenizer_init=True,
+            # In-flight updates change weights under cached prefixes that live on; without a prefix
+            # cache no request can reuse keys/values of older weights than its own.
+            enable_prefix_caching=gen.update_mode == "drain",
         )
         self.tokenizer = load_tokenizer(model_path)
         self.weight_load = gen.weight_load
+        self.update_mode = gen.update_mode
         self.stop_ids = [self.tokenizer.eos_token_id]
 
     @staticmethod
@@ -91,14 +96,48 @@ class Engine:
             groups.append(group)
         return groups
 
+    def generate_inflight(self, requests: list[Request], between_steps) -> list[list[Completion]]:
+        """Like `generate`, but stepping the engine by hand: after every decode step
+        `between_steps()` runs (it may load new weights, keeping the running requests and their KV
+        cache) and returns the weight version the next step samples under; each token records it."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.llm.llm_engine
+        self._batch = getattr(self, "_batch", 0) + 1
+        acc: dict[str, Completion] = {}
+        for i, r in enumerate(requests):
+            params = SamplingParams(n=1, temperature=r.temperature, max_tokens=r.max_tokens, logprobs=0,
+                                    top_p=1.0, top_k=-1, stop_token_ids=self.stop_ids, detokenize=False,
+                                    output_kind=RequestOutputKind.DELTA)
+            for j in range(r.n):  # one request per sample: each streams its own tokens
+                rid = f"{self._batch}-{i}-{j}"
+                acc[rid] = Completion([], [], "", [])
+                engine.add_request(rid, TokensPrompt(prompt_token_ids=r.prompt_tokens), params)
+        version = between_steps()
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                c, dst = out.outputs[0], acc[out.request_id]
+                new = list(c.token_ids)
+                dst.tokens += new
+                dst.logprobs += [pos[tok].logprob for tok, pos in zip(new, c.logprobs or [])]
+                dst.versions += [version] * len(new)
+                if out.finished:
+                    dst.finish_reason = c.finish_reason or "stop"
+            version = between_steps()
+        return [[acc[f"{self._batch}-{i}-{j}"] for j in range(r.n)] for i, r in enumerate(requests)]
+
     def join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
         self.llm.collective_rpc("rl_join_weight_group", args=(backend, host, port, rank, world_size))
 
     def load_weights(self, update: WeightUpdate) -> None:
         metas = msgspec.to_builtins(update.tensors)
         self.llm.collective_rpc("rl_receive_weights", args=(metas, update.dtype, self.weight_load))
-        # Cached prefixes hold keys/values computed by the old weights: they must go.
-        self.llm.reset_prefix_cache()
+        # Cached prefixes hold keys/values computed by the old weights: they must go (in-flight mode
+        # runs without a prefix cache, and resetting it would fail with requests running).
+        if self.update_mode == "drain":
+            self.llm.reset_prefix_cache()
 
     def probe(self) -> list[float]:
         """Log-probs (T = 1) of each token of the fixed probe sequence given its prefix."""

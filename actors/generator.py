@@ -88,9 +88,11 @@ class Generator:
         self.heartbeat()
         version_first = self.version
         t0 = time.monotonic()
-        groups = self.engine.generate([
-            Request(unpack_ids(a.prompt_tokens).tolist(), a.n, a.temperature, a.max_tokens) for a in batch
-        ])
+        requests = [Request(unpack_ids(a.prompt_tokens).tolist(), a.n, a.temperature, a.max_tokens) for a in batch]
+        if self.cfg.generator.update_mode == "inflight":
+            groups = self.engine.generate_inflight(requests, self._between_steps)
+        else:
+            groups = self.engine.generate(requests)
         gen_seconds = time.monotonic() - t0
         for assignment, group in zip(batch, groups):
             self.endpoint.send_rollout(self._rollout(assignment, group, version_first, gen_seconds))
@@ -98,17 +100,28 @@ class Generator:
         self.inflight = []
         self.status = "ready"
 
+    def _between_steps(self) -> int:
+        """In-flight mode, between two decode steps: take in what the learner sent, load any new
+        weights now, keep beating; return the version the next step samples under."""
+        self._drain_messages(timeout_ms=0)
+        self._apply_updates()
+        self.status = "generating"
+        if time.monotonic() - self._last_beat >= self.cfg.generator.heartbeat_s:
+            self.heartbeat()
+        return self.version
+
     def _rollout(self, a: Assignment, group: list[Completion], version: int, gen_seconds: float) -> Rollout:
         t0 = time.monotonic()
         eos = self.tokenizer.eos_token_id
         texts = [self.tokenizer.decode([t for t in c.tokens if t != eos]) for c in group]
         scored = self.verifier.score(a.verifier, texts, a.answer, a.metadata)
-        samples = [
-            Sample(tokens=pack_ids(c.tokens), logprobs=pack_floats(c.logprobs), reward=reward,
-                   version_first=version, version_last=version, finish_reason=c.finish_reason,
-                   verify_status=status)
-            for c, (reward, status) in zip(group, scored)
-        ]
+        samples = []
+        for c, (reward, status) in zip(group, scored):
+            first, last = (min(c.versions), max(c.versions)) if c.versions else (version, version)
+            samples.append(Sample(
+                tokens=pack_ids(c.tokens), logprobs=pack_floats(c.logprobs), reward=reward,
+                version_first=first, version_last=last, finish_reason=c.finish_reason, verify_status=status,
+                token_versions=pack_ids(c.versions) if c.versions and first != last else b""))
         return Rollout(lease_id=a.lease_id, generator_id=self.id, prompt_id=a.prompt_id, epoch=a.epoch,
                        temperature=a.temperature, prompt_tokens=a.prompt_tokens, samples=samples,
                        gen_seconds=gen_seconds, verify_seconds=time.monotonic() - t0)

@@ -30,6 +30,7 @@ class Group:
     rewards: torch.Tensor  # [n] float32
     version_first: int  # oldest weight version any token was sampled under
     version_last: int
+    token_versions: list[torch.Tensor] | None = None  # n x [L_j] per-token versions (in-flight updates)
 
     @property
     def n(self) -> int:
@@ -61,13 +62,15 @@ class GroupState(msgspec.Struct, kw_only=True):
     rewards: list[float]
     version_first: int
     version_last: int
+    token_versions: list[bytes] = []
 
 
 def group_to_state(g: Group) -> GroupState:
     return GroupState(lease_id=g.lease_id, prompt_id=g.prompt_id, epoch=g.epoch, temperature=g.temperature,
                       prompt=pack_ids(g.prompt), responses=[pack_ids(r) for r in g.responses],
                       behaviour_logprobs=[pack_floats(m) for m in g.behaviour_logprobs],
-                      rewards=g.rewards.tolist(), version_first=g.version_first, version_last=g.version_last)
+                      rewards=g.rewards.tolist(), version_first=g.version_first, version_last=g.version_last,
+                      token_versions=[pack_ids(v) for v in g.token_versions or []])
 
 
 def group_from_state(raw) -> Group:
@@ -77,19 +80,25 @@ def group_from_state(raw) -> Group:
                  prompt=ids(d.prompt), responses=[ids(r) for r in d.responses],
                  behaviour_logprobs=[torch.from_numpy(unpack_floats(m).copy()) for m in d.behaviour_logprobs],
                  rewards=torch.tensor(d.rewards, dtype=torch.float32),
-                 version_first=d.version_first, version_last=d.version_last)
+                 version_first=d.version_first, version_last=d.version_last,
+                 token_versions=[ids(v) for v in d.token_versions] or None)
 
 
 def group_from_rollout(r: Rollout, group_size: int) -> Group:
     if len(r.samples) != group_size:
         raise BadRollout(f"lease {r.lease_id}: {len(r.samples)} samples, expected {group_size}")
-    responses, mus = [], []
+    responses, mus, versions = [], [], []
     for s in r.samples:
         tokens, lps = unpack_ids(s.tokens), unpack_floats(s.logprobs)
         if len(tokens) != len(lps) or len(tokens) == 0:
             raise BadRollout(f"lease {r.lease_id}: {len(tokens)} tokens but {len(lps)} log-probs")
+        tv = unpack_ids(s.token_versions) if s.token_versions else None
+        if tv is not None and (len(tv) != len(tokens) or tv.min() != s.version_first or tv.max() != s.version_last):
+            raise BadRollout(f"lease {r.lease_id}: per-token versions disagree with the sample's")
         responses.append(torch.from_numpy(tokens.astype("int64")))
         mus.append(torch.from_numpy(lps.copy()))
+        versions.append(torch.from_numpy(tv.astype("int64")) if tv is not None
+                        else torch.full((len(tokens),), s.version_first, dtype=torch.int64))
     if not r.temperature > 0:
         raise BadRollout(f"lease {r.lease_id}: temperature {r.temperature}")
     return Group(
@@ -99,6 +108,7 @@ def group_from_rollout(r: Rollout, group_size: int) -> Group:
         rewards=torch.tensor([s.reward for s in r.samples], dtype=torch.float32),
         version_first=min(s.version_first for s in r.samples),
         version_last=max(s.version_last for s in r.samples),
+        token_versions=versions,
     )
 
 

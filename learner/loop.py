@@ -276,24 +276,32 @@ class Learner:
     # ---- actions -------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Keep every live generator busy, but never lease more than can be trained within max_lag."""
+        """Keep every live generator busy, but never lease more than can be trained within max_lag.
+        Leases go one at a time to the generator that would get through its queue soonest at its
+        measured rate (groups per busy second), so a faster engine gets a larger share."""
         lc = self.cfg.learner
         budget = (lc.max_open_groups or (lc.max_lag + 1) * lc.groups_per_step) - self.dispatcher.open
         if lc.sample_budget:
             budget = min(budget, lc.sample_budget // lc.group_size - self.dispatcher.dispatched)
-        for gid, info in sorted(self.generators.items()):
-            if info.status not in ("ready", "generating", "updating"):
+        if budget <= 0:
+            return
+        queued = {gid: self.dispatcher.outstanding(gid) for gid, info in self.generators.items()
+                  if info.status in ("ready", "generating", "updating")
+                  and gid in self.links and self.links[gid].group is not None  # joined its weight group
+                  and info.version >= self.trainer.version - lc.max_lag}  # else it would only make stale samples
+        rate = {gid: (self.stats.rollouts_by_generator[gid] + 1) / (self.generators[gid].busy_s + 1)
+                for gid in queued}
+        while budget > 0:
+            open_slots = [gid for gid, q in queued.items() if q < self.cfg.generator.max_inflight]
+            if not open_slots:
+                return
+            gid = min(open_slots, key=lambda g: ((queued[g] + 1) / rate[g], g))
+            if not self.endpoint.send(gid, self.dispatcher.lease(gid, self.trainer.version)):
+                self.dispatcher.expire(generator_id=gid)
+                del queued[gid]
                 continue
-            if gid not in self.links or self.links[gid].group is None:
-                continue  # still joining its weight group
-            if info.version < self.trainer.version - lc.max_lag:
-                continue  # it would only produce stale samples: wait until it has loaded newer weights
-            while budget > 0 and self.dispatcher.outstanding(gid) < self.cfg.generator.max_inflight:
-                assignment = self.dispatcher.lease(gid, self.trainer.version)
-                if not self.endpoint.send(gid, assignment):
-                    self.dispatcher.expire(generator_id=gid)
-                    break
-                budget -= 1
+            queued[gid] += 1
+            budget -= 1
 
     def _announce(self) -> None:
         """Send the newest weights to every generator whose link is free and that lacks them.

@@ -26,7 +26,8 @@ class Batch:
     adv: torch.Tensor  # [N, S-1] token advantages (RL-ZVP rows are filled after the forward pass)
     zvp: torch.Tensor  # [N] +1 / -1 for rows of RL-ZVP zero-variance groups, else 0
     temperature: torch.Tensor  # [N]
-    lag: torch.Tensor  # [N]
+    lag: torch.Tensor  # [N] lag of each sample's oldest token
+    token_lag: torch.Tensor  # [N, S-1] lag of each response token (differs within a sample under in-flight updates)
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(**{k: v.to(device) for k, v in vars(self).items()})
@@ -39,15 +40,17 @@ def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> 
         ga = group_advantage(g.rewards, [len(r) for r in g.responses], cfg)
         for j, (resp, mu) in enumerate(zip(g.responses, g.behaviour_logprobs)):
             seqs.append(torch.cat([g.prompt, resp]))
+            tv = g.token_versions[j] if g.token_versions else torch.full((len(resp),), g.version_first)
             rows.append((len(g.prompt), resp, mu, float(ga.per_sample[j]), ga.zvp, g.temperature,
-                         g.lag(version)))
+                         g.lag(version), version - tv))
     n, s = len(seqs), max(len(x) for x in seqs)
     input_ids = torch.full((n, s), pad_id, dtype=torch.long)
     attention = torch.zeros((n, s), dtype=torch.long)
     resp_mask = torch.zeros((n, s - 1))
     mu = torch.zeros((n, s - 1))
     adv = torch.zeros((n, s - 1))
-    for i, (seq, (p, resp, m, a, *_)) in enumerate(zip(seqs, rows)):
+    token_lag = torch.zeros((n, s - 1), dtype=torch.long)
+    for i, (seq, (p, resp, m, a, *_, tl)) in enumerate(zip(seqs, rows)):
         input_ids[i, :len(seq)] = seq
         attention[i, :len(seq)] = 1
         # position t predicts token t+1: response token k (at p+k) is predicted at position p+k-1
@@ -55,9 +58,10 @@ def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> 
         resp_mask[i, span] = 1
         mu[i, span] = m
         adv[i, span] = a
+        token_lag[i, span] = tl
     return Batch(input_ids, attention, input_ids[:, 1:], resp_mask, mu, adv,
                  torch.tensor([r[4] for r in rows]), torch.tensor([r[5] for r in rows]),
-                 torch.tensor([r[6] for r in rows]))
+                 torch.tensor([r[6] for r in rows]), token_lag)
 
 
 class Trainer:
@@ -126,9 +130,9 @@ class Trainer:
         mask = batch.response_mask.bool()
         gap = (prox - batch.mu).abs()
         gap_by_lag = {}
-        for lag in batch.lag.unique().tolist():
-            rows = batch.lag == lag
-            gap_by_lag[f"prox_mu_gap/lag{lag}"] = float(gap[rows][mask[rows]].mean())
+        for lag in batch.token_lag[mask].unique().tolist():  # mean |pi_prox - mu| per token-lag bucket (§4)
+            at = mask & (batch.token_lag == lag)
+            gap_by_lag[f"prox_mu_gap/lag{lag}"] = float(gap[at].mean())
         return {**asdict(stats), "grad_norm": float(grad_norm), **gap_by_lag,
                 "entropy": float(entropy[mask].mean()), "tokens": int(mask.sum()),
                 "response_len": float(mask.sum(1).float().mean())}

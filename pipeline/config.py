@@ -100,6 +100,10 @@ class GeneratorConfig(Section):
     # How broadcast weights enter the engine: the model's load_weights into live parameters ("direct",
     # unquantized models) or vLLM's reload_weights with post-load processing ("reload", quantized).
     weight_load: Literal["direct", "reload"] = "direct"
+    # "drain": apply weight updates between generation batches (a group shares one version).
+    # "inflight": apply them between decode steps, keeping running requests and their KV cache; each
+    # token records the version it was sampled under, and lag counts from the oldest.
+    update_mode: Literal["drain", "inflight"] = "drain"
 
 
 class ScheduleConfig(Section):

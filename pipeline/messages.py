@@ -63,6 +63,7 @@ class Sample(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     version_last: int  # ... and when the last one was (differs only under in-flight updates)
     finish_reason: str
     verify_status: str = "ok"  # ok | timeout | error | unparsable
+    token_versions: bytes = b""  # int32 weight version per token; empty when the sample has one version
 
 
 class Rollout(Message, kw_only=True):

@@ -7,6 +7,7 @@ import pytest
 from actors.engine import Request
 from learner.broadcast import GeneratorLink, prepare
 from learner.groups import Group
+from learner.loss import token_logprobs
 from learner.trainer import Trainer, build_batch
 from pipeline.transport import free_port
 from tests.conftest import make_config
@@ -51,6 +52,60 @@ def test_learner_logprobs_match_vllm_behaviour_logprobs(engine, trainer, tempera
         g.temperature = 1.0
     wrong_gap, _, _ = _max_gap(trainer, groups)
     assert wrong_gap > 1e-2
+
+
+def test_inflight_update_records_per_token_versions(engine, trainer):
+    """Weights loaded between two decode steps: the running requests continue (KV cache kept), every
+    token records the version it was sampled under, and the tokens before the update are exactly the
+    old policy's while those after it come from the new weights."""
+    import copy
+
+    tok = engine.tokenizer
+    port = free_port()
+    link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=60)
+    engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
+    old_version, old_model = trainer.version, copy.deepcopy(trainer.model)
+    with torch.no_grad():  # a new version far enough from the old that every token's log-prob moves
+        for _, w in trainer.named_weights():
+            w.add_(0.05 * torch.randn_like(w))
+    trainer.version += 1
+    update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
+    calls = {"n": 0, "version": old_version}
+
+    def between_steps():
+        calls["n"] += 1
+        if calls["n"] == 3:  # after two decode steps
+            link.submit(trainer.version, flat)
+            engine.load_weights(update)
+            assert link.wait_idle(30)
+            calls["version"] = trainer.version
+        return calls["version"]
+
+    engine.update_mode = "inflight"
+    try:
+        prompts = [tok.encode(p) for p in PROMPTS]
+        groups = engine.generate_inflight([Request(p, 4, 1.0, 6) for p in prompts], between_steps)
+    finally:
+        engine.update_mode = "drain"
+        engine.llm.reset_prefix_cache()
+        link.close()
+    mixed = [c for g in groups for c in g if len(set(c.versions)) == 2]
+    assert mixed, "no sample spans the update"
+    before_gaps, after_gaps = [], []
+    for p, g in zip(prompts, groups):
+        for c in g:
+            assert len(c.versions) == len(c.tokens) == len(c.logprobs)
+            assert c.versions == sorted(c.versions) and set(c.versions) <= {old_version, trainer.version}
+            ids = torch.tensor([p + c.tokens])
+            with torch.no_grad():
+                old_lp = token_logprobs(old_model(input_ids=ids).logits[:, :-1], ids[:, 1:], torch.ones(1))[0]
+            old_lp = old_lp[len(p) - 1:]
+            for t, v in enumerate(c.versions):
+                (before_gaps if v == old_version else after_gaps).append(abs(c.logprobs[t] - float(old_lp[t])))
+    assert max(before_gaps) < 1e-4  # sampled under the old weights: exactly the old policy
+    assert max(after_gaps) > 1e-3  # sampled after the update: not the old policy any more
+    # the engine now holds the new weights for new requests
+    assert max(abs(a - b) for a, b in zip(engine.probe(), trainer.probe_logprobs())) < 1e-4
 
 
 def test_broadcast_updates_the_running_engine(engine, trainer):

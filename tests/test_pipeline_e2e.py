@@ -79,3 +79,39 @@ def test_two_generator_processes_share_the_work(tiny_model, tmp_path):
     assert stats.weights_verified >= 2 * 2  # every broadcast version checked on each engine (v0 and the last at least)
     assert stats.trained_lags_max <= cfg.learner.max_lag
     assert balanced(learner)
+
+
+def test_inflight_update_mode_end_to_end(tiny_model, tmp_path):
+    cfg = make_config(tmp_path, "--learner.steps", "5", "--learner.groups_per_step", "4",
+                      "--generator.update_mode", "inflight", "--eval.final", "false")
+    learner, stats = _run(cfg, tiny_model)
+    assert len(stats.step_rewards) == 5
+    assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
+    assert stats.trained_lags_max <= cfg.learner.max_lag  # lag counted from each sample's oldest token
+    assert balanced(learner)
+
+
+def test_dispatch_balances_leases_by_measured_throughput(tiny_model, tmp_path):
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from learner.loop import GeneratorInfo
+
+    cfg = make_config(tmp_path, "--generator.count", "2", "--generator.max_inflight", "100",
+                      "--learner.max_open_groups", "40")
+    cfg.run_dir.mkdir(parents=True)
+    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+    try:
+        for gid in (0, 1):  # two joined, ready generators with equal busy time ...
+            learner.generators[gid] = GeneratorInfo(status="ready", busy_s=10.0)
+            learner.links[gid] = SimpleNamespace(group=object())
+        learner.stats.rollouts_by_generator.update({0: 300, 1: 100})  # ... but generator 0 is 3x faster
+        sent = []
+        learner.endpoint.send = lambda gid, msg: sent.append(gid) or True
+        learner._dispatch()
+        counts = Counter(sent)
+        assert sum(counts.values()) == 40 == learner.dispatcher.open
+        assert counts[0] == pytest.approx(30, abs=1) and counts[1] == pytest.approx(10, abs=1)
+    finally:
+        learner.links = {}
+        learner.close()
