@@ -7,6 +7,7 @@ Read `Learner.run` top to bottom for the whole asynchronous step.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import time
 from pathlib import Path
@@ -149,6 +150,9 @@ class Learner:
         self._finishing = False
         self._snapshot = None  # (version, announce, flat weights) of the newest broadcast
         self._first_rollout_at: float | None = None
+        # the optimiser step runs on this one worker thread; (future, groups, version, lags, start)
+        self._stepper = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="optimiser")
+        self._pending = None
         self._last_rollout_version: dict[int, int] = {}
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
                                   wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name,
@@ -306,6 +310,8 @@ class Learner:
     def _announce(self) -> None:
         """Send the newest weights to every generator whose link is free and that lacks them.
         A generator that restarted gets them at once; the others every `sync_every` steps."""
+        if self._pending is not None:
+            return  # a step is changing the weights: snapshot them once it is done
         v = self.trainer.version
         due = v % self.cfg.learner.sync_every == 0 or v >= self.cfg.learner.steps or self._finishing
         latest = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
@@ -327,20 +333,39 @@ class Learner:
                 self.links[gid].submit(v, flat)
 
     def _train_if_ready(self) -> dict | None:
+        """Start an optimiser step in the background when a batch is ready; finish the running one
+        when it is done (its metrics are returned then). While a step runs, this thread keeps
+        receiving rollouts and leasing prompts, so generators never wait on the optimiser."""
         lc = self.cfg.learner
+        if self._pending is not None:
+            if not self._pending[0].done():
+                return None
+            return self._finish_step()
         for g in self.buffer.drop_stale(self.trainer.version, lc.max_lag):
             self.dispatcher.close(g.lease_id, "dropped_stale")
-        if len(self.buffer) < lc.groups_per_step:
-            return None
-        return self._train(self.buffer.take(lc.groups_per_step))
+        if len(self.buffer) >= lc.groups_per_step:
+            self._start_step(self.buffer.take(lc.groups_per_step))
+        return None
 
     def _train(self, groups) -> dict:
-        lc = self.cfg.learner
+        """One step, start to finish (for a last partial batch)."""
+        if self._pending is not None:
+            self._pending[0].result()
+            self._finish_step()
+        self._start_step(groups)
+        self._pending[0].result()
+        return self._finish_step()
+
+    def _start_step(self, groups) -> None:
         version = self.trainer.version
         lags = [g.lag(version) for g in groups]
-        assert max(lags) <= lc.max_lag, "a stale group reached the optimiser"
-        t0 = time.monotonic()
-        metrics = self.trainer.step(groups)
+        assert max(lags) <= self.cfg.learner.max_lag, "a stale group reached the optimiser"
+        self._pending = (self._stepper.submit(self.trainer.step, groups), groups, version, lags, time.monotonic())
+
+    def _finish_step(self) -> dict:
+        future, groups, version, lags, t0 = self._pending
+        self._pending = None
+        metrics = future.result()  # re-raises a failure of the step here, in the learner's thread
         self.stats.train_seconds += time.monotonic() - t0
         for g, lag in zip(groups, lags):
             self.dispatcher.close(g.lease_id, "trained")
@@ -403,7 +428,8 @@ class Learner:
                 self._start_generator(launcher, gid)
         start = time.monotonic()
         last_progress = time.monotonic()
-        while self.trainer.version < lc.steps and not self._budget_spent() and not self.stop_requested:
+        while self._pending is not None or (  # a started step is always finished
+                self.trainer.version < lc.steps and not self.stop_requested and not self._budget_spent()):
             if launcher is not None:
                 self._supervise(launcher)
             self._dispatch()
@@ -489,6 +515,7 @@ class Learner:
             self.endpoint.send(gid, Stop(reason="run finished"))
 
     def close(self) -> None:
+        self._stepper.shutdown(wait=True)
         for link in self.links.values():
             link.close()
         self.metrics.close()
