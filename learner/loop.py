@@ -293,6 +293,8 @@ class Learner:
                   if info.status in ("ready", "generating", "updating")
                   and gid in self.links and self.links[gid].group is not None  # joined its weight group
                   and info.version >= self.trainer.version - lc.max_lag}  # else it would only make stale samples
+        if self._first_rollout_at is None and len(queued) < self.cfg.generator.count:
+            return  # at the start, wait until every generator is ready, so the first wave is spread over all
         rate = {gid: (self.stats.rollouts_by_generator[gid] + 1) / (self.generators[gid].busy_s + 1)
                 for gid in queued}
         while budget > 0:
