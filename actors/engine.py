@@ -67,6 +67,14 @@ class Engine:
         self.weight_load = gen.weight_load
         self.update_mode = gen.update_mode
         self.stop_ids = [self.tokenizer.eos_token_id]
+        self._batch = 0  # request-id prefix for in-flight batches
+
+    def _sampling(self, r: Request, **extra):
+        """Plain sampling at the learner's temperature (no top-p/top-k: mu must be softmax(logits / T))."""
+        from vllm import SamplingParams
+
+        return SamplingParams(temperature=r.temperature, max_tokens=r.max_tokens, logprobs=0, top_p=1.0,
+                              top_k=-1, stop_token_ids=self.stop_ids, detokenize=False, **extra)
 
     @staticmethod
     def _max_model_len(cfg: Config, model_path: str) -> int | None:
@@ -77,15 +85,10 @@ class Engine:
         return self.llm.llm_engine.model_config.max_model_len
 
     def generate(self, requests: list[Request]) -> list[list[Completion]]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=r.prompt_tokens) for r in requests]
-        params = [
-            SamplingParams(n=r.n, temperature=r.temperature, max_tokens=r.max_tokens, logprobs=0,
-                           top_p=1.0, top_k=-1, stop_token_ids=self.stop_ids, detokenize=False)
-            for r in requests
-        ]
+        params = [self._sampling(r, n=r.n) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         groups = []
         for out in outputs:
@@ -100,17 +103,14 @@ class Engine:
         """Like `generate`, but stepping the engine by hand: after every decode step
         `between_steps()` runs (it may load new weights, keeping the running requests and their KV
         cache) and returns the weight version the next step samples under; each token records it."""
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         engine = self.llm.llm_engine
-        self._batch = getattr(self, "_batch", 0) + 1
+        self._batch += 1
         acc: dict[str, Completion] = {}
         for i, r in enumerate(requests):
-            params = SamplingParams(n=1, temperature=r.temperature, max_tokens=r.max_tokens, logprobs=0,
-                                    top_p=1.0, top_k=-1, stop_token_ids=self.stop_ids, detokenize=False,
-                                    output_kind=RequestOutputKind.DELTA)
+            params = self._sampling(r, n=1, output_kind=RequestOutputKind.DELTA)
             for j in range(r.n):  # one request per sample: each streams its own tokens
                 rid = f"{self._batch}-{i}-{j}"
                 acc[rid] = Completion([], [], "", [])

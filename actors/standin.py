@@ -7,10 +7,8 @@ from __future__ import annotations
 import random
 import time
 
-import torch
-
 from actors.engine import Completion, Request
-from pipeline.collective import WeightGroup
+from pipeline.collective import WeightGroup, empty_buffer
 from pipeline.messages import WeightUpdate
 from pipeline.models import load_tokenizer
 
@@ -38,8 +36,7 @@ class StandInEngine:
         self.group = WeightGroup(backend, host, port, rank, world_size)
 
     def load_weights(self, update: WeightUpdate) -> None:
-        numel = sum(int(torch.tensor(m.shape).prod()) for m in update.tensors)
-        self.group.broadcast(torch.empty(numel, dtype=getattr(torch, update.dtype)))
+        self.group.broadcast(empty_buffer(update.tensors, update.dtype, self.group.device))
 
     def probe(self) -> list[float]:
         return []  # no model: nothing to verify

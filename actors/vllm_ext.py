@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.collective import WeightGroup, unflatten
+from pipeline.collective import WeightGroup, empty_buffer, unflatten
 from pipeline.messages import TensorMeta
 
 
@@ -25,8 +25,7 @@ class WeightReceiver:
         mode "reload": vLLM's in-place `reload_weights`, which re-runs post-load processing; needed
         when that processing transforms weights (quantized checkpoints)."""
         tensor_metas = [TensorMeta(*m) for m in metas]
-        numel = sum(int(torch.tensor(m.shape).prod()) if m.shape else 1 for m in tensor_metas)
-        flat = torch.empty(numel, dtype=getattr(torch, dtype), device=self._rl_group.device)
+        flat = empty_buffer(tensor_metas, dtype, self._rl_group.device)
         self._rl_group.broadcast(flat)
         if mode == "direct":
             self.model_runner.get_model().load_weights(unflatten(flat, tensor_metas))

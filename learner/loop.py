@@ -48,7 +48,7 @@ class GeneratorInfo:
     version: int = 0
     last_seen: float = 0.0
     pid: int = 0
-    checked: int = -1  # newest version whose weight digest was compared
+    checked: int = -1  # newest version whose probe log-probs were compared
     busy_s: float = 0.0  # its cumulative generating time, as it last reported
 
 
@@ -350,13 +350,10 @@ class Learner:
         return None
 
     def _train(self, groups) -> dict:
-        """One step, start to finish (for a last partial batch)."""
-        if self._pending is not None:
-            self._pending[0].result()
-            self._finish_step()
+        """One step, start to finish (for a last partial batch; the loop calls it with none running)."""
+        assert self._pending is None, "a step is already running"
         self._start_step(groups)
-        self._pending[0].result()
-        return self._finish_step()
+        return self._finish_step()  # waits for it
 
     def _start_step(self, groups) -> None:
         version = self.trainer.version
@@ -439,8 +436,8 @@ class Learner:
                 last_progress = time.monotonic()
             self.dispatcher.expire()
             metrics = self._train_if_ready()
+            self._announce()
             if metrics is not None:
-                self._announce()
                 if lc.checkpoint_every and self.trainer.version % lc.checkpoint_every == 0:
                     self.checkpoint()
                 every = self.cfg.eval.every
@@ -450,8 +447,6 @@ class Learner:
                     progress.update(1)
                     progress.set_postfix(reward=f"{metrics['reward']:.2f}", T=f"{metrics['temperature_mean']:.2f}",
                                          lag=f"{metrics['lag_mean']:.1f}")
-            else:
-                self._announce()
             if time.monotonic() - last_progress > lc.idle_timeout_s:
                 raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s)")
         # throughput clock: from the first rollout, so generator start-up (loading vLLM) is not in it
@@ -488,8 +483,7 @@ class Learner:
 
     def _final_eval(self, timeout_s: float = 600.0) -> None:
         """A held-out round on the final weights (the generators hold them after _finish_broadcasts)."""
-        while self.evaluator.busy:  # a mid-run round still out: let it finish first
-            self._pump(timeout_s)
+        self._pump(timeout_s)  # a mid-run round still out: let it finish first
         self._start_eval()
         self._pump(timeout_s)
 

@@ -56,12 +56,22 @@ def flatten(named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> to
     return torch.cat([t.detach().reshape(-1).to(dtype) for _, t in named])
 
 
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def empty_buffer(metas: list[TensorMeta], dtype: str, device: torch.device) -> torch.Tensor:
+    """The receiving side's flat buffer for an update described by `metas`."""
+    return torch.empty(sum(_numel(m.shape) for m in metas), dtype=getattr(torch, dtype), device=device)
+
+
 def unflatten(flat: torch.Tensor, metas: list[TensorMeta]) -> Iterator[tuple[str, torch.Tensor]]:
     offset = 0
     for m in metas:
-        numel = 1
-        for d in m.shape:
-            numel *= d
+        numel = _numel(m.shape)
         yield m.name, flat[offset:offset + numel].view(m.shape).to(getattr(torch, m.dtype))
         offset += numel
     if offset != flat.numel():
