@@ -67,7 +67,8 @@ class Engine:
         self.weight_load = gen.weight_load
         self.update_mode = gen.update_mode
         self.stop_ids = [self.tokenizer.eos_token_id]
-        self._batch = 0  # request-id prefix for in-flight batches
+        self._open: dict[int, list[Completion]] = {}  # streaming groups by key, filled as tokens come
+        self._left: dict[int, int] = {}  # their samples not finished yet
 
     def _sampling(self, r: Request, **extra):
         """Plain sampling at the learner's temperature (no top-p/top-k: mu must be softmax(logits / T))."""
@@ -99,34 +100,44 @@ class Engine:
             groups.append(group)
         return groups
 
-    def generate_inflight(self, requests: list[Request], between_steps) -> list[list[Completion]]:
-        """Like `generate`, but stepping the engine by hand: after every decode step
-        `between_steps()` runs (it may load new weights, keeping the running requests and their KV
-        cache) and returns the weight version the next step samples under; each token records it."""
+    # ---- streaming: groups join and leave a running batch (continuous batching) ----------------
+
+    def submit(self, key: int, r: Request) -> None:
+        """Start sampling a group of `r.n` beside whatever is running; `step` hands it back when all
+        its samples are done. One vLLM request per sample, so each streams its own tokens."""
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        engine = self.llm.llm_engine
-        self._batch += 1
-        acc: dict[str, Completion] = {}
-        for i, r in enumerate(requests):
-            params = self._sampling(r, n=1, output_kind=RequestOutputKind.DELTA)
-            for j in range(r.n):  # one request per sample: each streams its own tokens
-                rid = f"{self._batch}-{i}-{j}"
-                acc[rid] = Completion([], [], "", [])
-                engine.add_request(rid, TokensPrompt(prompt_token_ids=r.prompt_tokens), params)
-        version = between_steps()
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                c, dst = out.outputs[0], acc[out.request_id]
-                new = list(c.token_ids)
-                dst.tokens += new
-                dst.logprobs += [pos[tok].logprob for tok, pos in zip(new, c.logprobs or [])]
-                dst.versions += [version] * len(new)
-                if out.finished:
-                    dst.finish_reason = c.finish_reason or "stop"
-            version = between_steps()
-        return [[acc[f"{self._batch}-{i}-{j}"] for j in range(r.n)] for i, r in enumerate(requests)]
+        params = self._sampling(r, n=1, output_kind=RequestOutputKind.DELTA)
+        self._open[key] = [Completion([], [], "", []) for _ in range(r.n)]
+        self._left[key] = r.n
+        for j in range(r.n):
+            self.llm.llm_engine.add_request(f"{key}-{j}", TokensPrompt(prompt_token_ids=r.prompt_tokens), params)
+
+    @property
+    def running(self) -> int:
+        """Groups submitted and not yet handed back."""
+        return len(self._open)
+
+    def step(self, version: int) -> list[tuple[int, list[Completion]]]:
+        """One engine step (a decode step of every running sequence, prefills of new ones), its tokens
+        recorded as sampled under weight `version`; returns the groups that finished in it. Between
+        two steps the caller may load new weights: running requests keep their KV cache."""
+        finished = []
+        for out in self.llm.llm_engine.step():
+            key, j = map(int, out.request_id.rsplit("-", 1))
+            c, dst = out.outputs[0], self._open[key][j]
+            new = list(c.token_ids)
+            dst.tokens += new
+            dst.logprobs += [pos[tok].logprob for tok, pos in zip(new, c.logprobs or [])]
+            dst.versions += [version] * len(new)
+            if out.finished:
+                dst.finish_reason = c.finish_reason or "stop"
+                self._left[key] -= 1
+                if self._left[key] == 0:
+                    del self._left[key]
+                    finished.append((key, self._open.pop(key)))
+        return finished
 
     def join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
         self.llm.collective_rpc("rl_join_weight_group", args=(backend, host, port, rank, world_size))

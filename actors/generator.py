@@ -1,8 +1,10 @@
 """The generator process: take leases, sample groups with vLLM, verify, stream rollouts back.
 
 It is stateless: everything it knows came in an Assignment, and everything it learns leaves in a
-Rollout. Weight updates are applied between generation batches (drain-then-update), so all `n`
-samples of a group share one weight version.
+Rollout. Groups join the running vLLM batch as their leases arrive and leave it as soon as their last
+sample ends (continuous batching), so the engine never waits for a whole batch to finish. Weight
+updates are applied either once the running groups have drained (`update_mode = "drain"`: all `n`
+samples of a group share one version) or between two decode steps (`"inflight"`: per-token versions).
 
 One Rollout per completed group (not per sample): the group is the unit the learner trains on, so a
 dead generator can only lose whole leases (which the learner re-issues), never leave half a group.
@@ -36,7 +38,8 @@ class Generator:
         self.version = initial_version  # the weights in model_path (0 = the initial model, else a checkpoint)
         self.probe: tuple[int, list[float]] = (-1, [])
         self.status = "starting"
-        self.inflight: list[int] = []
+        self.running: dict[int, tuple[Assignment, float]] = {}  # engine key -> (lease, submit time)
+        self._key = 0
         self.busy_s = 0.0  # time spent generating and verifying, for idle-fraction figures
         self.heartbeat()
         self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id)
@@ -53,7 +56,8 @@ class Generator:
     def heartbeat(self) -> None:
         self.endpoint.send_control(Heartbeat(
             generator_id=self.id, pid=os.getpid(), status=self.status, version=self.version,
-            inflight=list(self.inflight), probe_version=self.probe[0], probe_logprobs=self.probe[1],
+            inflight=[a.lease_id for a, _ in self.running.values()], probe_version=self.probe[0],
+            probe_logprobs=self.probe[1],
             busy_s=self.busy_s,
         ))
         self._last_beat = time.monotonic()
@@ -68,6 +72,8 @@ class Generator:
                 self.stopping = True
 
     def _apply_updates(self) -> None:
+        if self.cfg.generator.update_mode == "drain" and self.running:
+            return  # drain first: every sample of a running group stays on one version
         while self.updates:
             update = self.updates.popleft()
             if update.version <= self.version:
@@ -80,35 +86,28 @@ class Generator:
             self.probe = (update.version, self.engine.probe())
             self.heartbeat()
 
-    def _generate(self) -> None:
-        batch = list(self.pending)
-        self.pending.clear()
-        self.status = "generating"
-        self.inflight = [a.lease_id for a in batch]
-        self.heartbeat()
-        version_first = self.version
-        t0 = time.monotonic()
-        requests = [Request(unpack_ids(a.prompt_tokens).tolist(), a.n, a.temperature, a.max_tokens) for a in batch]
-        if self.cfg.generator.update_mode == "inflight":
-            groups = self.engine.generate_inflight(requests, self._between_steps)
-        else:
-            groups = self.engine.generate(requests)
-        gen_seconds = time.monotonic() - t0
-        for assignment, group in zip(batch, groups):
-            self.endpoint.send_rollout(self._rollout(assignment, group, version_first, gen_seconds))
-        self.busy_s += time.monotonic() - t0
-        self.inflight = []
-        self.status = "ready"
+    def _admit(self) -> None:
+        """Start the leases that wait, up to max_inflight running groups. In drain mode a waiting
+        weight update closes the door: the running groups finish, the update lands, then new ones start."""
+        if self.cfg.generator.update_mode == "drain" and self.updates:
+            return
+        while self.pending and self.engine.running < self.cfg.generator.max_inflight:
+            a = self.pending.popleft()
+            self._key += 1
+            self.running[self._key] = (a, time.monotonic())
+            self.engine.submit(self._key, Request(unpack_ids(a.prompt_tokens).tolist(), a.n, a.temperature,
+                                                  a.max_tokens))
 
-    def _between_steps(self) -> int:
-        """In-flight mode, between two decode steps: take in what the learner sent, load any new
-        weights now, keep beating; return the version the next step samples under."""
-        self._drain_messages(timeout_ms=0)
-        self._apply_updates()
+    def _step(self) -> None:
+        """One engine step; each group that finished in it is verified and sent at once."""
+        t0 = time.monotonic()
         self.status = "generating"
-        if time.monotonic() - self._last_beat >= self.cfg.generator.heartbeat_s:
-            self.heartbeat()
-        return self.version
+        for key, group in self.engine.step(self.version):
+            a, submitted = self.running.pop(key)
+            self.endpoint.send_rollout(self._rollout(a, group, self.version, time.monotonic() - submitted))
+        self.busy_s += time.monotonic() - t0
+        if not self.running:
+            self.status = "ready"
 
     def _rollout(self, a: Assignment, group: list[Completion], version: int, gen_seconds: float) -> Rollout:
         t0 = time.monotonic()
@@ -131,12 +130,14 @@ class Generator:
         self.heartbeat()
         try:
             while not self.stopping:
-                self._drain_messages(timeout_ms=0 if self.pending else 50)
+                idle = not self.pending and not self.running
+                self._drain_messages(timeout_ms=50 if idle else 0)
                 if self.stopping:
                     break
                 self._apply_updates()
-                if self.pending:
-                    self._generate()
+                self._admit()
+                if self.running:
+                    self._step()
                 if time.monotonic() - self._last_beat >= self.cfg.generator.heartbeat_s:
                     self.heartbeat()
         finally:

@@ -1,6 +1,8 @@
 """Benchmark-only stand-in for the vLLM engine (`run.py bench pipeline`): it returns pre-recorded
-completions after a fixed delay per batch, so the orchestration around it can be measured alone.
-It joins the real weight group and receives every real broadcast; only sampling is replaced."""
+completions a fixed delay after each group was submitted, any number of groups at once (as vLLM's
+continuous batching does, with throughput max_inflight / delay), so the orchestration around it can be
+measured alone. It joins the real weight group and receives every real broadcast; only sampling is
+replaced. Tests may use it as a test double for the generator loop."""
 
 from __future__ import annotations
 
@@ -25,12 +27,35 @@ class StandInEngine:
         for c in self.recorded:
             c.logprobs = [-0.5] * len(c.tokens)
         self.group: WeightGroup | None = None
+        self.tick_s = 0.005  # a decode step's length: how often the generator loop gets control back
+        self._due: dict[int, tuple[float, int]] = {}  # key -> (time it is done, n)
+        self.peak_running = 0  # most groups running at once (tests check that groups overlap)
         self.max_model_len = 1 << 20
 
-    def generate(self, requests: list[Request]) -> list[list[Completion]]:
-        time.sleep(self.delay_s)
-        return [[self.recorded[(i * 7 + j) % len(self.recorded)] for j in range(r.n)]
-                for i, r in enumerate(requests)]
+    def submit(self, key: int, r: Request) -> None:
+        self._due[key] = (time.monotonic() + self.delay_s, r.n)
+        self.peak_running = max(self.peak_running, len(self._due))
+
+    @property
+    def running(self) -> int:
+        return len(self._due)
+
+    def step(self, version: int) -> list[tuple[int, list[Completion]]]:
+        """Wait one 'decode step' (at most `tick_s`, less if a group is due sooner); hand back the
+        groups whose delay is over."""
+        now = time.monotonic()
+        time.sleep(max(0.0, min(self.tick_s, min(t for t, _ in self._due.values()) - now)))
+        now = time.monotonic()
+        done = [key for key, (t, _) in self._due.items() if t <= now]
+        out = []
+        for key in done:
+            _, n = self._due.pop(key)
+            out.append((key, [self._recorded(key, j, version) for j in range(n)]))
+        return out
+
+    def _recorded(self, key: int, j: int, version: int) -> Completion:
+        c = self.recorded[(key * 7 + j) % len(self.recorded)]
+        return Completion(c.tokens, c.logprobs, c.finish_reason, [version] * len(c.tokens))
 
     def join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
         self.group = WeightGroup(backend, host, port, rank, world_size)

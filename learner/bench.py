@@ -81,10 +81,12 @@ class StandInTrainer:
     def version(self, value: int) -> None:
         self._trainer.version = value
 
-    def step(self, groups) -> dict:
+    def step(self, groups, before_update=None) -> dict:
         import time
 
         time.sleep(self.cost_s)
+        if before_update is not None:
+            before_update()
         self._trainer.version += 1
         return {}
 

@@ -152,6 +152,7 @@ class Learner:
         self._first_rollout_at: float | None = None
         # the optimiser step runs on this one worker thread; (future, groups, version, lags, start)
         self._stepper = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="optimiser")
+        self._snapshotter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
         self._pending = None
         self._last_rollout_version: dict[int, int] = {}
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
@@ -312,60 +313,87 @@ class Learner:
     def _announce(self) -> None:
         """Send the newest weights to every generator whose link is free and that lacks them.
         A generator that restarted gets them at once; the others every `sync_every` steps."""
-        if self._pending is not None:
-            return  # a step is changing the weights: snapshot them once it is done
         v = self.trainer.version
-        due = v % self.cfg.learner.sync_every == 0 or v >= self.cfg.learner.steps or self._finishing
+        due = self._due(v)
         latest = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
         # a generator behind the newest announced version (it restarted) is brought up to date at once
         targets = [gid for gid, link in self.links.items()
                    if gid in self.generators and link.ready and link.version < v and (due or link.version < latest)]
         if not targets:
             return
-        if self._snapshot is None or self._snapshot[0] != v:
-            update, flat = prepare(v, self.trainer.named_weights(), self.cfg.model.dtype)
-            self._snapshot = (v, update, flat)
-            self.probes[v] = self.trainer.probe_logprobs()
-            for old in [k for k in self.probes if k < v - 64]:  # generators report recent versions only
-                del self.probes[old]
-            self.stats.versions_announced.append(v)
-        _, update, flat = self._snapshot
+        if self._snapshot is None or (due and self._snapshot[0] != v):
+            if self._pending is not None:
+                return  # a step is changing the weights: its worker snapshots them once it is done
+            self._take_snapshot()
+        v, update, flat = self._snapshot
         for gid in targets:
-            if self.endpoint.send(gid, update):
+            if self.links[gid].version < v and self.endpoint.send(gid, update):
                 self.links[gid].submit(v, flat)
 
-    def _train_if_ready(self) -> dict | None:
-        """Start an optimiser step in the background when a batch is ready; finish the running one
-        when it is done (its metrics are returned then). While a step runs, this thread keeps
-        receiving rollouts and leasing prompts, so generators never wait on the optimiser."""
+    def _due(self, version: int) -> bool:
+        return version % self.cfg.learner.sync_every == 0 or version >= self.cfg.learner.steps or self._finishing
+
+    def _take_snapshot(self) -> None:
+        """Copy the weights as they are now (training may go on) and the probe log-probs the
+        generators must match for them. Runs on the loop's thread when no step is running, else on
+        the snapshot thread beside the next step (see `_step_job`)."""
+        v = self.trainer.version
+        update, flat = prepare(v, self.trainer.named_weights(), self.cfg.model.dtype)
+        self.probes[v] = self.trainer.probe_logprobs()
+        for old in [k for k in self.probes if k < v - 64]:  # generators report recent versions only
+            del self.probes[old]
+        self._snapshot = (v, update, flat)
+        self.stats.versions_announced.append(v)
+        self.endpoint.wake()  # the loop sends it now
+
+    def _collect(self):
+        """Take the running optimiser step if it is done (None while it runs, or if none)."""
+        if self._pending is None or not self._pending[0].done():
+            return None
+        done, self._pending = (*self._pending, time.monotonic()), None
+        return done
+
+    def _start_if_ready(self) -> None:
+        """Start an optimiser step in the background when a batch is ready. While it runs, this thread
+        keeps receiving rollouts and leasing prompts, so generators never wait on the optimiser."""
         lc = self.cfg.learner
-        if self._pending is not None:
-            if not self._pending[0].done():
-                return None
-            return self._finish_step()
+        if self._pending is not None or self.trainer.version >= lc.steps or self.stop_requested:
+            return
         for g in self.buffer.drop_stale(self.trainer.version, lc.max_lag):
             self.dispatcher.close(g.lease_id, "dropped_stale")
         if len(self.buffer) >= lc.groups_per_step:
             self._start_step(self.buffer.take(lc.groups_per_step))
-        return None
 
     def _train(self, groups) -> dict:
         """One step, start to finish (for a last partial batch; the loop calls it with none running)."""
         assert self._pending is None, "a step is already running"
         self._start_step(groups)
-        return self._finish_step()  # waits for it
+        self._pending[0].result()  # waits for it
+        return self._finish_step(self._collect())
 
     def _start_step(self, groups) -> None:
         version = self.trainer.version
         lags = [g.lag(version) for g in groups]
         assert max(lags) <= self.cfg.learner.max_lag, "a stale group reached the optimiser"
-        self._pending = (self._stepper.submit(self.trainer.step, groups), groups, version, lags, time.monotonic())
+        future = self._stepper.submit(self._step_job, groups)
+        future.add_done_callback(lambda _: self.endpoint.wake())  # the loop picks the result up at once
+        self._pending = (future, groups, version, lags, time.monotonic())
 
-    def _finish_step(self) -> dict:
-        future, groups, version, lags, t0 = self._pending
-        self._pending = None
+    def _step_job(self, groups) -> dict:
+        """On the optimiser thread. If the weights as they are now are due to go out and not yet
+        copied, a second thread copies them while this step's forward and backward run; the
+        optimiser update waits for the copy. So the snapshot costs the step next to nothing."""
+        v = self.trainer.version
+        snap = None
+        if self._due(v) and (self._snapshot is None or self._snapshot[0] != v):
+            snap = self._snapshotter.submit(self._take_snapshot)
+        return self.trainer.step(groups, before_update=snap.result if snap is not None else None)
+
+    def _finish_step(self, done) -> dict:
+        """The bookkeeping of a step collected by `_collect` (the next one may be running already)."""
+        future, groups, version, lags, t0, t1 = done
         metrics = future.result()  # re-raises a failure of the step here, in the learner's thread
-        self.stats.train_seconds += time.monotonic() - t0
+        self.stats.train_seconds += t1 - t0
         for g, lag in zip(groups, lags):
             self.dispatcher.close(g.lease_id, "trained")
             self.tracker.record_trained(g.prompt_id, version)
@@ -383,7 +411,7 @@ class Learner:
             **window, "reward": float(rewards.mean()),
             "temperature_mean": sum(g.temperature for g in groups) / len(groups),
             "trained_residual_frac": sum(g.kind == "positive" for g in groups) / len(groups),
-            "lag_mean": sum(lags) / len(lags), "lag_max": max(lags), "step_seconds": time.monotonic() - t0,
+            "lag_mean": sum(lags) / len(lags), "lag_max": max(lags), "step_seconds": t1 - t0,
             "buffered": len(self.buffer), "open_leases": self.dispatcher.open,
             **{f"leases/{k}": v for k, v in self.dispatcher.outcomes.items()},
             "leases/dispatched": self.dispatcher.dispatched,
@@ -435,7 +463,9 @@ class Learner:
             if self._poll(timeout_ms=20):
                 last_progress = time.monotonic()
             self.dispatcher.expire()
-            metrics = self._train_if_ready()
+            done = self._collect()
+            self._start_if_ready()  # first: the optimiser never waits on the bookkeeping below
+            metrics = self._finish_step(done) if done is not None else None
             self._announce()
             if metrics is not None:
                 if lc.checkpoint_every and self.trainer.version % lc.checkpoint_every == 0:
@@ -512,6 +542,7 @@ class Learner:
 
     def close(self) -> None:
         self._stepper.shutdown(wait=True)
+        self._snapshotter.shutdown(wait=True)
         for link in self.links.values():
             link.close()
         self.metrics.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -80,6 +81,7 @@ class Trainer:
         return list(self.model.named_parameters())
 
     @torch.no_grad()
+    @torch.no_grad()
     def probe_logprobs(self) -> list[float]:
         """Log-probs (T = 1) of the fixed probe sequence, to compare with what a generator reports."""
         tokens = torch.tensor([probe_tokens(self.model.config.vocab_size)], device=self.device)
@@ -112,7 +114,9 @@ class Trainer:
             pos = batch.response_mask[i].bool()
             batch.adv[i, pos] = zvp_token_advantages(entropy[k][pos], bool(batch.zvp[i] > 0), self.cfg.zvp.alpha)
 
-    def step(self, groups: list[Group]) -> dict:
+    def step(self, groups: list[Group], before_update: Callable[[], object] | None = None) -> dict:
+        """One optimiser step on `groups`; `before_update` runs after the backward pass, just before
+        the weights change (the learner uses it to wait for a copy of the previous weights)."""
         batch = build_batch(groups, self.version, self.cfg, self.pad_id).to(self.device)
         logits, logp = self.forward(batch)
         entropy = token_entropy(logits, torch.ones_like(batch.temperature))  # T = 1, for RL-ZVP and metrics
@@ -124,6 +128,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.grad_clip)
+        if before_update is not None:
+            before_update()
         self.optimizer.step()
         self.version += 1
 

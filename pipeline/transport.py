@@ -136,7 +136,21 @@ class LearnerEndpoint:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.rollouts, zmq.POLLIN)
+        # A local socket pair that other threads write to, so a blocked recv() returns at once when,
+        # e.g., the optimiser step ends, instead of after its timeout (ZeroMQ sockets are not
+        # thread-safe; a plain socket's send is).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
         self.identities: dict[int, bytes] = {}  # generator id -> ROUTER identity
+
+    def wake(self) -> None:
+        """Make a recv() that is waiting, or the next one, return without waiting (thread-safe)."""
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already woken many times over, or closed: nothing is lost
 
     def send(self, generator_id: int, msg: Message) -> bool:
         ident = self.identities.get(generator_id)
@@ -153,6 +167,11 @@ class LearnerEndpoint:
         """Every valid message waiting (after at most `timeout_ms`), in arrival order per socket."""
         out = []
         events = dict(self.poller.poll(timeout_ms))
+        if self._wake_r.fileno() in events:
+            try:
+                self._wake_r.recv(4096)
+            except BlockingIOError:
+                pass
         if self.control in events:
             while True:
                 try:
@@ -192,6 +211,8 @@ class LearnerEndpoint:
     def close(self) -> None:
         self.control.close(0)
         self.rollouts.close(0)
+        self._wake_r.close()
+        self._wake_w.close()
         if self.auth is not None:
             self.auth.stop()
         self.ctx.term()

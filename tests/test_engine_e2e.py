@@ -70,25 +70,26 @@ def test_inflight_update_records_per_token_versions(engine, trainer):
             w.add_(0.05 * torch.randn_like(w))
     trainer.version += 1
     update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
-    calls = {"n": 0, "version": old_version}
-
-    def between_steps():
-        calls["n"] += 1
-        if calls["n"] == 3:  # after two decode steps
-            link.submit(trainer.version, flat)
-            engine.load_weights(update)
-            assert link.wait_idle(30)
-            calls["version"] = trainer.version
-        return calls["version"]
-
     engine.update_mode = "inflight"
+    prompts = [tok.encode(p) for p in PROMPTS]
+    finished = {}
     try:
-        prompts = [tok.encode(p) for p in PROMPTS]
-        groups = engine.generate_inflight([Request(p, 4, 1.0, 6) for p in prompts], between_steps)
+        for key, p in enumerate(prompts):  # streamed: groups submitted, then stepped by hand
+            engine.submit(key, Request(p, 4, 1.0, 6))
+        version, steps = old_version, 0
+        while engine.running:
+            if steps == 2:  # after two decode steps, with every request running
+                link.submit(trainer.version, flat)
+                engine.load_weights(update)
+                assert link.wait_idle(30)
+                version = trainer.version
+            finished.update(engine.step(version))
+            steps += 1
     finally:
         engine.update_mode = "drain"
         engine.llm.reset_prefix_cache()
         link.close()
+    groups = [finished[key] for key in range(len(prompts))]
     mixed = [c for g in groups for c in g if len(set(c.versions)) == 2]
     assert mixed, "no sample spans the update"
     before_gaps, after_gaps = [], []
