@@ -28,12 +28,13 @@ class StandInEngine:
             c.logprobs = [-0.5] * len(c.tokens)
         self.group: WeightGroup | None = None
         self.tick_s = 0.005  # a decode step's length: how often the generator loop gets control back
-        self._due: dict[int, tuple[float, int]] = {}  # key -> (time it is done, n)
+        self._due: dict[int, tuple[float, int, int]] = {}  # key -> (time it is done, n, version at submit)
+        self._version = 0  # the weights the last step sampled under
         self.peak_running = 0  # most groups running at once (tests check that groups overlap)
         self.max_model_len = 1 << 20
 
     def submit(self, key: int, r: Request) -> None:
-        self._due[key] = (time.monotonic() + self.delay_s, r.n)
+        self._due[key] = (time.monotonic() + self.delay_s, r.n, self._version)
         self.peak_running = max(self.peak_running, len(self._due))
 
     @property
@@ -43,25 +44,29 @@ class StandInEngine:
     def step(self, version: int) -> list[tuple[int, list[Completion]]]:
         """Wait one 'decode step' (at most `tick_s`, less if a group is due sooner); hand back the
         groups whose delay is over."""
+        self._version = version
         now = time.monotonic()
-        time.sleep(max(0.0, min(self.tick_s, min(t for t, _ in self._due.values()) - now)))
+        time.sleep(max(0.0, min(self.tick_s, min(t for t, _, _ in self._due.values()) - now)))
         now = time.monotonic()
-        done = [key for key, (t, _) in self._due.items() if t <= now]
+        done = [key for key, (t, _, _) in self._due.items() if t <= now]
         out = []
         for key in done:
-            _, n = self._due.pop(key)
-            out.append((key, [self._recorded(key, j, version) for j in range(n)]))
+            _, n, first = self._due.pop(key)
+            out.append((key, [self._recorded(key, j, first, version) for j in range(n)]))
         return out
 
-    def _recorded(self, key: int, j: int, version: int) -> Completion:
+    def _recorded(self, key: int, j: int, first: int, last: int) -> Completion:
+        """A recorded completion whose first token was sampled under the weights current at submit
+        time and the rest under those current now, so an in-flight update shows in the lag as it would."""
         c = self.recorded[(key * 7 + j) % len(self.recorded)]
-        return Completion(c.tokens, c.logprobs, c.finish_reason, [version] * len(c.tokens))
+        return Completion(c.tokens, c.logprobs, c.finish_reason, [first] + [last] * (len(c.tokens) - 1))
 
     def join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
         self.group = WeightGroup(backend, host, port, rank, world_size)
 
     def load_weights(self, update: WeightUpdate) -> None:
         self.group.broadcast(empty_buffer(update.tensors, update.dtype, self.group.device))
+        self._version = update.version
 
     def probe(self) -> list[float]:
         return []  # no model: nothing to verify

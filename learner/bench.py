@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import statistics
 
+import msgspec
+
 from pipeline.bench import median_time, print_table
 
 
@@ -12,7 +14,6 @@ def bench_learner(cfg, model_path: str, trials: int = 20, quiet: bool = False) -
     step with plain GRPO's clipped loss at T = 1, on the same batch and the same starting weights."""
     import copy
 
-    import msgspec
     import torch
 
     from learner.groups import Group
@@ -92,8 +93,6 @@ class StandInTrainer:
 
 
 def _pipeline_run(cfg, model_path: str, name: str, max_lag: int, standin: tuple[float, float] | None) -> dict:
-    import msgspec
-
     from learner.loop import Learner
     from learner.trainer import Trainer
     from pipeline.data import load_problems
@@ -118,7 +117,7 @@ def _pipeline_run(cfg, model_path: str, name: str, max_lag: int, standin: tuple[
         launcher.stop()
         learner.close()
     # measured from the first optimiser step on: the generators' start-up is not the pipeline's rate
-    return {"samples_s": stats.samples_trained / stats.seconds,
+    return {"samples_s": stats.samples_trained / stats.seconds, "dropped_stale": learner.dispatcher.outcomes["dropped_stale"],
             "learner_idle": 1 - stats.train_seconds / stats.seconds,
             "generator_idle": max(0.0, 1 - busy / stats.seconds), "seconds": stats.seconds}
 
@@ -160,20 +159,29 @@ def bench_pipeline(cfg, model_path: str) -> dict:
     out["speedup"] = real["async"]["samples_s"] / real["sync"]["samples_s"]
     out["efficiency"] = real["async"]["samples_s"] / min(gen_rate, train_rate)
 
-    delay = cost = 0.1  # stand-ins: a batch of max_inflight groups per 0.1 s; a step of B groups per 0.1 s
+    # Stand-ins: each group takes 0.1 s (up to max_inflight at once), a step of B groups takes 0.1 s.
+    # Generation latency equal to a step is the tightest case: with max_lag = k the lease for a step
+    # must go out k - 1 steps ahead, so every millisecond of messaging shows as learner idle time.
+    delay = cost = 0.1
+    other = "inflight" if g.update_mode == "drain" else "drain"
     stand = {mode: _pipeline_run(cfg, model_path, f"bench-standin-{mode}", lag, (delay, cost))
              for mode, lag in (("sync", 0), ("async", k))}
+    # the other weight-update mode, for comparison (the RESULT line reports the config's own)
+    stand[f"async, {other} updates"] = _pipeline_run(
+        msgspec.structs.replace(cfg, generator=msgspec.structs.replace(g, update_mode=other)),
+        model_path, "bench-standin-other", k, (delay, cost))
     s_gen = g.max_inflight * lc.group_size / delay
     s_train = lc.groups_per_step * lc.group_size / cost
     out["standin_speedup"] = stand["async"]["samples_s"] / stand["sync"]["samples_s"]
     out["standin_efficiency"] = stand["async"]["samples_s"] / min(s_gen, s_train)
+    out[f"standin_efficiency_{other}"] = stand[f"async, {other} updates"]["samples_s"] / min(s_gen, s_train)
 
     for label, runs in (("real", real), ("stand-in", stand)):
-        for mode in ("sync", "async"):
-            m = runs[mode]
-            rows.append((f"{label} {mode} (max_lag={0 if mode == 'sync' else k})",
+        for mode, m in runs.items():
+            lag = 0 if mode == "sync" else k
+            rows.append((f"{label} {mode} (max_lag={lag}{', ' + g.update_mode + ' updates' if mode == 'async' else ''})",
                          f"{m['samples_s']:.0f} samples/s   learner idle {m['learner_idle']:.0%}   "
-                         f"generator idle {m['generator_idle']:.0%}"))
+                         f"generator idle {m['generator_idle']:.0%}   stale drops {m['dropped_stale']}"))
     rows += [("real standalone generation / training", f"{gen_rate:.0f} / {train_rate:.0f} samples/s"),
              ("stand-in standalone generation / training", f"{s_gen:.0f} / {s_train:.0f} samples/s"),
              ("real speedup, efficiency", f"{out['speedup']:.2f}x, {out['efficiency']:.2f}"),

@@ -284,22 +284,36 @@ class Learner:
         """Keep every live generator busy, but never lease more than can be trained within max_lag.
         Leases go one at a time to the generator that would get through its queue soonest at its
         measured rate (groups per busy second), so a faster engine gets a larger share."""
-        lc = self.cfg.learner
-        budget = (lc.max_open_groups or (lc.max_lag + 1) * lc.groups_per_step) - self.dispatcher.open
+        lc, B = self.cfg.learner, self.cfg.learner.groups_per_step
+        budget = (lc.max_open_groups or (lc.max_lag + 1) * B) - self.dispatcher.open
         if lc.sample_budget:
             budget = min(budget, lc.sample_budget // lc.group_size - self.dispatcher.dispatched)
         if budget <= 0:
             return
-        queued = {gid: self.dispatcher.outstanding(gid) for gid, info in self.generators.items()
-                  if info.status in ("ready", "generating", "updating")
-                  and gid in self.links and self.links[gid].group is not None  # joined its weight group
-                  and info.version >= self.trainer.version - lc.max_lag}  # else it would only make stale samples
+        # When can a new lease be trained? Groups are trained in arrival order, B per step, and the
+        # `ahead` leases open outside the running step go first: at the soonest in the step starting
+        # at version `soonest + ahead // B`. It starts under the newest weights handed to its
+        # generator (the update goes first on the same socket and is loaded before any later lease
+        # starts), so a generator holding version g may take leases while that lag stays within
+        # max_lag; past it the lease would be stale before it began (with max_open_groups set, the
+        # user over-provisions on purpose and only the cap applies).
+        soonest = self.trainer.version + (self._pending is not None)
+        ahead = self.dispatcher.open - (len(self._pending[1]) if self._pending is not None else 0)
+        weights = {gid: max(info.version, self.links[gid].version) for gid, info in self.generators.items()
+                   if info.status in ("ready", "generating", "updating")
+                   and gid in self.links and self.links[gid].group is not None}  # joined its weight group
+
+        def in_time(gid: int) -> bool:
+            return lc.max_open_groups > 0 or soonest + ahead // B - weights[gid] <= lc.max_lag
+
+        queued = {gid: self.dispatcher.outstanding(gid) for gid in weights
+                  if soonest - weights[gid] <= lc.max_lag}  # else it could only make stale samples
         if self._first_rollout_at is None and len(queued) < self.cfg.generator.count:
             return  # at the start, wait until every generator is ready, so the first wave is spread over all
         rate = {gid: (self.stats.rollouts_by_generator[gid] + 1) / (self.generators[gid].busy_s + 1)
                 for gid in queued}
         while budget > 0:
-            open_slots = [gid for gid, q in queued.items() if q < self.cfg.generator.max_inflight]
+            open_slots = [gid for gid, q in queued.items() if q < self.cfg.generator.max_inflight and in_time(gid)]
             if not open_slots:
                 return
             gid = min(open_slots, key=lambda g: ((queued[g] + 1) / rate[g], g))
@@ -308,6 +322,7 @@ class Learner:
                 del queued[gid]
                 continue
             queued[gid] += 1
+            ahead += 1
             budget -= 1
 
     def _announce(self) -> None:

@@ -91,6 +91,48 @@ def test_inflight_update_mode_end_to_end(tiny_model, tmp_path):
     assert balanced(learner)
 
 
+def test_dispatch_leases_only_what_can_be_trained_within_max_lag(tiny_model, tmp_path):
+    """A lease is trained B per step behind the open ones, under the newest weights its generator was
+    handed; the dispatcher stops where the next lease would exceed max_lag (it would only be dropped
+    as stale, wasting generation), and a generator whose weights are too old gets none."""
+    from types import SimpleNamespace
+
+    from learner.loop import GeneratorInfo
+
+    cfg = make_config(tmp_path, "--generator.max_inflight", "100", "--learner.max_lag", "2",
+                      "--learner.groups_per_step", "8")
+    cfg.run_dir.mkdir(parents=True)
+    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+
+    def dispatch(trainer_version: int, handed: int, reported: int, in_step: int = 0) -> int:
+        learner.trainer.version = trainer_version
+        learner.generators[0] = GeneratorInfo(status="ready", version=reported)
+        learner.links[0] = SimpleNamespace(group=object(), version=handed)
+        learner._pending = (None, [None] * in_step) if in_step else None
+        before = learner.dispatcher.open
+        learner._dispatch()
+        return learner.dispatcher.open - before
+
+    try:
+        learner.endpoint.send = lambda gid, msg: True
+        learner._first_rollout_at = 0.0
+        # generator up to date, nothing open: three steps' worth (versions 5, 6, 7: lag <= 2)
+        assert dispatch(5, handed=5, reported=4) == 24
+        learner.dispatcher.expire(now=float("inf"))
+        # weights handed are one behind: only the next two steps can take its groups in time
+        assert dispatch(5, handed=4, reported=4) == 16
+        learner.dispatcher.expire(now=float("inf"))
+        # a step is running on 8 open leases: the soonest a new lease trains is at version 6
+        for _ in range(8):
+            learner.dispatcher.lease(0, 5)
+        assert dispatch(5, handed=4, reported=4, in_step=8) == 8
+        # weights three behind that soonest step: nothing it makes could be trained in time
+        assert dispatch(5, handed=3, reported=3, in_step=8) == 0
+    finally:
+        learner.links, learner._pending = {}, None
+        learner.close()
+
+
 def test_dispatch_balances_leases_by_measured_throughput(tiny_model, tmp_path):
     from collections import Counter
     from types import SimpleNamespace
@@ -104,7 +146,7 @@ def test_dispatch_balances_leases_by_measured_throughput(tiny_model, tmp_path):
     try:
         for gid in (0, 1):  # two joined, ready generators with equal busy time ...
             learner.generators[gid] = GeneratorInfo(status="ready", busy_s=10.0)
-            learner.links[gid] = SimpleNamespace(group=object())
+            learner.links[gid] = SimpleNamespace(group=object(), version=-1)
         learner.stats.rollouts_by_generator.update({0: 300, 1: 100})  # ... but generator 0 is 3x faster
         sent = []
         learner.endpoint.send = lambda gid, msg: sent.append(gid) or True
