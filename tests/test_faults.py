@@ -148,6 +148,12 @@ def test_training_survives_generator_kills(tiny_model, tmp_path):
         return [p for p in psutil.Process().children(recursive=True)
                 if "generate" in " ".join(p.cmdline())]
 
+    def holding_leases() -> bool:
+        try:
+            return learner.dispatcher.outstanding() > 0
+        except RuntimeError:  # the lease table changed under this thread's read: look again
+            return False
+
     def killer():
         for _ in range(3):
             target = learner.trainer.version + 2
@@ -155,6 +161,9 @@ def test_training_survives_generator_kills(tiny_model, tmp_path):
             while learner.trainer.version < target and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(rng.uniform(0.0, 0.3))  # a random point: mid-batch, mid-update or idle
+            busy_by = time.monotonic() + 10  # ... but holding leases, so there is something to re-issue
+            while not holding_leases() and time.monotonic() < busy_by:
+                time.sleep(0.002)
             procs = generator_procs()
             if not procs or learner.trainer.version >= steps - 1:
                 return
