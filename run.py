@@ -99,8 +99,11 @@ def cmd_generate(args, overrides: list[str]) -> int:
         from actors.standin import StandInEngine
 
         engine = StandInEngine(args.model_path, args.standin_delay)
-    Generator(cfg, args.generator_id, addresses, args.weights_port, args.model_path, backend,
-              args.initial_version, engine).run()
+    generator = Generator(cfg, args.generator_id, addresses, args.weights_port, args.model_path, backend,
+                          args.initial_version, engine)
+    # SIGTERM: leave the run cleanly (the learner re-issues this generator's leases at once)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(generator, "stopping", True))
+    generator.run()
     return 0
 
 
@@ -192,13 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
                        help="continue from a checkpoint folder, or the newest under DIR (default: the run folder)")
-    gen = sub.add_parser("generate", help="a generator process (started by the launcher)")
+    gen = sub.add_parser("generate", help="a generator process: started by the launcher, or by hand "
+                         "(on this host or another) to join a run that is going on")
     gen.add_argument("--config-json", required=True)
     gen.add_argument("--generator-id", type=int, required=True)
     gen.add_argument("--host", default="127.0.0.1")
     gen.add_argument("--control-port", type=int, required=True)
     gen.add_argument("--rollout-port", type=int, required=True)
-    gen.add_argument("--weights-port", type=int, required=True)
+    gen.add_argument("--weights-port", type=int, default=0,
+                     help="the weight group's port; 0 (joining by hand): the learner assigns one")
     gen.add_argument("--model-path", required=True)
     gen.add_argument("--initial-version", type=int, default=0)
     gen.add_argument("--standin-delay", type=float, default=None, help=argparse.SUPPRESS)

@@ -21,7 +21,7 @@ from actors.engine import Completion, Engine, Request
 from actors.reward import Verifier
 from pipeline.config import Config
 from pipeline.messages import (
-    Assignment, Heartbeat, Rollout, Sample, Stop, WeightUpdate, pack_floats, pack_ids, unpack_ids,
+    Assignment, Heartbeat, Rollout, Sample, Stop, WeightUpdate, Welcome, pack_floats, pack_ids, unpack_ids,
 )
 from pipeline.transport import Addresses, GeneratorEndpoint
 
@@ -33,6 +33,7 @@ class Generator:
                  model_path: str, backend: str = "gloo", initial_version: int = 0, engine=None):
         self.cfg = cfg
         self.id = generator_id
+        self.addresses = addresses
         self.endpoint = GeneratorEndpoint(addresses, generator_id, cfg.transport.max_frame_bytes,
                                           cfg.transport.curve_dir)
         self.version = initial_version  # the weights in model_path (0 = the initial model, else a checkpoint)
@@ -41,17 +42,20 @@ class Generator:
         self.running: dict[int, tuple[Assignment, float]] = {}  # engine key -> (lease, submit time)
         self._key = 0
         self.busy_s = 0.0  # time spent generating and verifying, for idle-fraction figures
-        self.heartbeat()
-        self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id)
-        self.verifier = Verifier(cfg.generator.verifier_timeout_s)
-        self.tokenizer = self.engine.tokenizer
-        # Its own two-rank group with the learner (rank 0); blocks until the learner's side is up.
-        self.engine.join_weight_group(backend, addresses.host, weights_port, rank=1, world_size=2)
-        self.probe = (self.version, self.engine.probe())
         self.pending: deque[Assignment] = deque()
         self.updates: deque[WeightUpdate] = deque()
         self.stopping = False
         self._last_beat = 0.0
+        if weights_port:
+            self.heartbeat()  # the learner that started it learns it is loading
+        self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id)
+        self.verifier = Verifier(cfg.generator.verifier_timeout_s)
+        self.tokenizer = self.engine.tokenizer
+        if not weights_port:
+            weights_port = self._await_welcome(cfg.generator.heartbeat_timeout_s)
+        # Its own two-rank group with the learner (rank 0); blocks until the learner's side is up.
+        self.engine.join_weight_group(backend, addresses.host, weights_port, rank=1, world_size=2)
+        self.probe = (self.version, self.engine.probe())
 
     def heartbeat(self) -> None:
         self.endpoint.send_control(Heartbeat(
@@ -61,6 +65,20 @@ class Generator:
             busy_s=self.busy_s,
         ))
         self._last_beat = time.monotonic()
+
+    def _await_welcome(self, timeout_s: float) -> int:
+        """Joining a run that did not start this process: the learner answers its heartbeat with the
+        port of a weight group of its own (then sends it the newest weights at once)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.heartbeat()
+            for msg in self.endpoint.recv(200):
+                if isinstance(msg, Welcome):
+                    return msg.weights_port
+                if isinstance(msg, Stop):
+                    raise SystemExit(f"generator {self.id}: the learner refused it ({msg.reason})")
+        raise TimeoutError(f"generator {self.id}: no answer from the learner at {self.addresses.control()} "
+                           f"in {timeout_s:.0f} s (generator.heartbeat_timeout_s); is a run going on there, and is --generator-id {self.id} free?")
 
     def _drain_messages(self, timeout_ms: int) -> None:
         for msg in self.endpoint.recv(timeout_ms):

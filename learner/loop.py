@@ -27,7 +27,7 @@ from learner.tracker import Tracker
 from learner.trainer import Trainer
 from pipeline.config import Config, to_toml_dict
 from pipeline.data import Problem
-from pipeline.messages import Heartbeat, Rollout, Stop, WireError
+from pipeline.messages import Heartbeat, Rollout, Stop, Welcome, WireError
 from pipeline.models import load_tokenizer
 from pipeline.transport import LearnerEndpoint, free_port
 
@@ -201,6 +201,10 @@ class Learner:
     # ---- messages in -------------------------------------------------------------------------
 
     def _on_heartbeat(self, hb: Heartbeat) -> None:
+        if hb.generator_id not in self.links:
+            if hb.status == "stopping":
+                return  # the last word of one that has already been let go
+            self._welcome(hb.generator_id)
         info = self.generators.setdefault(hb.generator_id, GeneratorInfo())
         info.status, info.version, info.pid, info.busy_s = hb.status, hb.version, hb.pid, hb.busy_s
         info.last_seen = time.monotonic()
@@ -442,24 +446,42 @@ class Learner:
         self.links[gid].version = self.initial_version
         launcher.start(gid, port)
 
+    def _welcome(self, gid: int) -> None:
+        """A generator this learner did not start (`run.py generate` by hand, here or on another
+        host) joins: it gets a weight group of its own, then the newest weights at once (its link is
+        behind every announced version), then leases like the others."""
+        port = free_port(self.cfg.transport.host)
+        self.links[gid] = GeneratorLink(self.backend, self.cfg.transport.host, port, self.cfg.learner.lease_timeout_s)
+        self.endpoint.send(gid, Welcome(weights_port=port))
+        log.info("generator %d joined: its weight group is on port %d", gid, port)
+
+    def _forget(self, gid: int, why: str) -> None:
+        """A generator is gone: re-issue its leases and drop its weight link."""
+        expired = self.dispatcher.expire(generator_id=gid)
+        log.warning("generator %d %s; %d leases re-issued", gid, why, len(expired))
+        if self.evaluator is not None and self.evaluator.busy:
+            self.evaluator.abandon()  # its share of the round is gone; the next round starts afresh
+        self.generators.pop(gid, None)
+        self.links.pop(gid).close()
+
     def _supervise(self, launcher) -> None:
-        """Restart generators that died, went silent, or lost their weight link; re-issue their leases."""
+        """Restart the generators it launched that died, went silent, or lost their weight link; let
+        the ones that joined by themselves leave (cleanly, or by going silent)."""
         now = time.monotonic()
         timeout = self.cfg.generator.heartbeat_timeout_s
         for gid, link in list(self.links.items()):
             info = self.generators.get(gid)
-            if (info is not None and now - info.last_seen > timeout) or link.error is not None:
-                launcher.kill(gid)  # silent, or its weight link failed (e.g. it never joined): dead
-        for gid, code in launcher.dead().items():
+            silent = info is not None and now - info.last_seen > timeout
+            if launcher is not None and launcher.manages(gid):
+                if silent or link.error is not None:
+                    launcher.kill(gid)  # dead to us (e.g. it never joined its weight group): restarted below
+            elif silent or link.error is not None or (info is not None and info.status == "stopping"):
+                self._forget(gid, "left")
+        for gid, code in (launcher.dead() if launcher is not None else {}).items():
             if self.restarts >= self.cfg.generator.max_restarts:
                 raise LearnerError(f"generator {gid} exited with code {code} after {self.restarts} restarts "
                                    f"(generator.max_restarts):\n{launcher.log_tail(gid)}")
-            expired = self.dispatcher.expire(generator_id=gid)
-            log.warning("generator %d exited (code %s): restarting; %d leases re-issued", gid, code, len(expired))
-            if self.evaluator is not None and self.evaluator.busy:
-                self.evaluator.abandon()  # its share of the round is gone; the next round starts afresh
-            self.generators.pop(gid, None)
-            self.links.pop(gid).close()
+            self._forget(gid, f"exited (code {code}): restarting")
             self.restarts += 1
             self._start_generator(launcher, gid)
 
@@ -472,8 +494,7 @@ class Learner:
         last_progress = time.monotonic()
         while self._pending is not None or (  # a started step is always finished
                 self.trainer.version < lc.steps and not self.stop_requested and not self._budget_spent()):
-            if launcher is not None:
-                self._supervise(launcher)
+            self._supervise(launcher)
             self._dispatch()
             if self._poll(timeout_ms=20):
                 last_progress = time.monotonic()

@@ -70,6 +70,10 @@ class Launcher:
                 pass
             p.wait(timeout=10)
 
+    def manages(self, generator_id: int) -> bool:
+        """Started by this launcher (else it joined the run by itself)."""
+        return generator_id in self.procs
+
     def dead(self) -> dict[int, int]:
         """Generators that have exited, with their exit codes."""
         return {i: p.returncode for i, p in self.procs.items() if p.poll() is not None}

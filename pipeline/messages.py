@@ -109,7 +109,13 @@ class Stop(Message, kw_only=True):
     reason: str = ""
 
 
-ToGenerator = Union[Assignment, WeightUpdate, Stop]
+class Welcome(Message, kw_only=True):
+    """To a generator that joined a running run by itself: the port of its weight group."""
+
+    weights_port: int
+
+
+ToGenerator = Union[Assignment, WeightUpdate, Stop, Welcome]
 ToLearner = Union[Heartbeat, Rollout]
 
 

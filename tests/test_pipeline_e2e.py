@@ -1,9 +1,12 @@
 """The real pipeline: learner in this process, a vLLM generator process, ZeroMQ, gloo broadcast."""
 
 import os
+import signal
 import re
 import subprocess
 import sys
+import threading
+import time
 
 import psutil
 import pytest
@@ -157,3 +160,57 @@ def test_dispatch_balances_leases_by_measured_throughput(tiny_model, tmp_path):
     finally:
         learner.links = {}
         learner.close()
+
+
+def test_a_generator_joins_and_leaves_a_running_run(tiny_model, tmp_path):
+    """`run.py generate` started by hand (as on another node) while a run goes on: the learner gives
+    it a weight group and the newest weights, it is leased to and its groups are trained; on SIGTERM
+    it leaves cleanly, its leases are re-issued, and the run goes on without it (not a restart)."""
+    cfg = make_config(tmp_path, "--learner.steps", "100000", "--eval.final", "false",
+                      "--learner.checkpoint_every", "0")
+    cfg.run_dir.mkdir(parents=True)
+    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+    seen: dict = {}
+
+    def wait(cond, what, timeout=240.0):
+        end = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > end:
+                seen["timeout"] = what
+                return False
+            time.sleep(0.05)
+        return True
+
+    def by_hand():
+        try:
+            if not wait(lambda: learner.trainer.version >= 3, "training to start"):
+                return
+            a = learner.endpoint.addresses
+            log = open(cfg.run_dir / "joiner.log", "wb")
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "run.py"), "generate", "--config-json",
+                 str(cfg.run_dir / "resolved_config.json"), "--generator-id", "7", "--host", a.host,
+                 "--control-port", str(a.control_port), "--rollout-port", str(a.rollout_port),
+                 "--model-path", learner.model_path], stdout=log, stderr=subprocess.STDOUT)
+            seen["joined_at"] = learner.trainer.version
+            if wait(lambda: learner.stats.rollouts_by_generator[7] >= 20, "the joiner's rollouts"):
+                seen["checked"] = learner.generators[7].checked
+            proc.send_signal(signal.SIGTERM)
+            seen["rc"] = proc.wait(60)
+            if wait(lambda: 7 not in learner.links, "the joiner to be let go", 30):
+                v = learner.trainer.version
+                wait(lambda: learner.trainer.version >= v + 3, "training to go on without it", 60)
+        finally:
+            learner.stop_requested = True
+
+    t = threading.Thread(target=by_hand, daemon=True)
+    t.start()
+    stats = run_pipeline(learner, cfg)
+    t.join(10)
+    assert "timeout" not in seen, (seen, (cfg.run_dir / "joiner.log").read_text()[-3000:])
+    assert seen["rc"] == 0  # SIGTERM is a clean leave
+    assert stats.rollouts_by_generator[7] >= 20 and stats.rollouts_by_generator[0] > 0
+    assert seen["checked"] >= seen["joined_at"]  # it got the newest weights, not its model folder's
+    assert stats.weights_mismatch == 0
+    assert learner.restarts == 0 and 7 not in learner.links and 7 not in learner.generators
+    assert balanced(learner)
