@@ -47,53 +47,80 @@ def realistic_rollout(samples: int = 16, tokens: int = 1024, seed: int = 0):
         gen_seconds=1.0, verify_seconds=0.1)
 
 
-def bench_transport(messages: int = 2000, trials: int = 5) -> dict:
-    """Rollouts/s through encode -> PUSH -> PULL -> decode (the learner's path, with its checks),
-    beside raw ZeroMQ moving the same bytes PUSH -> PULL."""
+def _transport_sender(host: str, control_port: int, rollout_port: int, raw: bool, messages: int) -> None:
+    """A generator-side process: the real GeneratorEndpoint.send_rollout, or a bare PUSH socket sending
+    the same frame (already encoded, zero-copy) to the same learner socket."""
     import zmq
 
-    from pipeline.messages import Decoder, Encoder, ToLearner
+    from pipeline.messages import Encoder
+    from pipeline.transport import Addresses, GeneratorEndpoint
 
     rollout = realistic_rollout()
-    encoder = Encoder()
-    frame = bytes(encoder.encode(rollout))
-    decoder = Decoder(ToLearner, 64 << 20)
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{port}")
-    for s in (push, pull):
-        s.setsockopt(zmq.SNDHWM, 0)
-        s.setsockopt(zmq.RCVHWM, 0)
-
-    def run(send_one, recv_one):
-        def sender():
-            for _ in range(messages):
-                send_one()
-        t = threading.Thread(target=sender)
-        t.start()
+    if raw:
+        frame = bytes(Encoder().encode(rollout))
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(Addresses(host, control_port, rollout_port).rollouts())
         for _ in range(messages):
-            recv_one()
-        t.join()
+            push.send(frame, copy=False)
+        push.close(linger=-1)
+        ctx.term()
+    else:
+        ep = GeneratorEndpoint(Addresses(host, control_port, rollout_port), 0, 64 << 20)
+        for _ in range(messages):
+            ep.send_rollout(rollout)
+        ep.close(linger_ms=-1)
 
-    def real():
-        # the generator's send and the learner's receive, as in pipeline/transport.py
-        run(lambda: push.send(encoder.encode(rollout), copy=False), lambda: decoder.decode(pull.recv()))
 
-    def raw():
-        run(lambda: push.send(frame, copy=False), lambda: pull.recv())
+def bench_transport(messages: int = 2000, trials: int = 5) -> dict:
+    """Rollouts/s from a generator process to the learner, as the pipeline moves them: encode and
+    GeneratorEndpoint.send_rollout there, LearnerEndpoint.recv (with its checks) and decode here;
+    beside a bare PUSH in the same kind of process sending the same bytes to the same socket, read
+    with a bare recv. Sender and receiver are separate processes, as in a run (in one process the two
+    ends would mostly measure their contention for the GIL)."""
+    import multiprocessing
 
-    t_real = median_time(real, trials)
-    t_raw = median_time(raw, trials)
-    push.close(0), pull.close(0), ctx.term()
-    mb = len(frame) / 1e6
-    out = {"frame_mb": mb, "real_rollouts_s": messages / t_real, "raw_rollouts_s": messages / t_raw,
-           "real_mb_s": messages * mb / t_real, "raw_mb_s": messages * mb / t_raw, "ratio": t_raw / t_real}
+    from pipeline.messages import Encoder, Rollout
+    from pipeline.transport import LearnerEndpoint
+
+    frame_mb = len(Encoder().encode(realistic_rollout())) / 1e6
+    ep = LearnerEndpoint("127.0.0.1", 0, 0, 64 << 20)
+    a = ep.addresses
+
+    def measure(raw: bool) -> float:
+        """Seconds per `messages` rollouts, over a stream of `trials` times as many (the first
+        message, which carries the sender's start-up, starts the clock)."""
+        sender = multiprocessing.get_context("spawn").Process(
+            target=_transport_sender, args=(a.host, a.control_port, a.rollout_port, raw, messages * trials + 1))
+        sender.start()
+
+        received = 0
+
+        def receive_until(total: int) -> None:  # one recv() may return several rollouts
+            nonlocal received
+            while received < total:
+                if raw:
+                    ep.rollouts.recv()
+                    received += 1
+                else:
+                    received += sum(isinstance(m, Rollout) for m in ep.recv(1000))
+
+        receive_until(1)
+        t0 = time.perf_counter()
+        receive_until(1 + trials * messages)
+        elapsed = time.perf_counter() - t0
+        sender.join()
+        return elapsed * messages / (received - 1)
+
+    t_real, t_raw = measure(raw=False), measure(raw=True)
+    ep.close()
+    out = {"frame_mb": frame_mb, "real_rollouts_s": messages / t_real, "raw_rollouts_s": messages / t_raw,
+           "real_mb_s": messages * frame_mb / t_real, "raw_mb_s": messages * frame_mb / t_raw,
+           "ratio": t_raw / t_real, "rejected": ep.rejected.total}
     print_table([
-        ("rollout (16 samples x 1024 tokens + log-probs)", f"{mb * 1000:.1f} kB per frame"),
-        ("msgspec + ZeroMQ (learner path)", f"{out['real_rollouts_s']:.0f} rollouts/s  {out['real_mb_s']:.0f} MB/s"),
-        ("raw ZeroMQ, same bytes", f"{out['raw_rollouts_s']:.0f} rollouts/s  {out['raw_mb_s']:.0f} MB/s"),
+        ("rollout (16 samples x 1024 tokens + log-probs)", f"{frame_mb * 1000:.1f} kB per frame"),
+        ("generator process -> learner (msgspec + ZeroMQ)", f"{out['real_rollouts_s']:.0f} rollouts/s  {out['real_mb_s']:.0f} MB/s"),
+        ("bare PUSH -> PULL, same bytes", f"{out['raw_rollouts_s']:.0f} rollouts/s  {out['raw_mb_s']:.0f} MB/s"),
     ])
     print(f"RESULT ratio={out['ratio']:.3f}")
     return out

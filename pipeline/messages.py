@@ -132,12 +132,20 @@ class Encoder:
     def __init__(self):
         self._encoder = msgspec.msgpack.Encoder()
         self._hint = 4096
+        self._reused = bytearray()
 
     def encode(self, msg: Message) -> bytearray:
         buf = bytearray(self._hint)
         self._encoder.encode_into(msg, buf)
         self._hint = max(4096, len(buf) + len(buf) // 8)
         return buf
+
+    def encode_reused(self, msg: Message) -> bytearray:
+        """Encodes into one buffer kept for the next call: valid only until then, so send it with
+        copy=True. For a stream of large messages this skips an allocation, its zero-filling and its
+        page faults per message (a fresh 150 kB buffer each time cost more than the encoding)."""
+        self._encoder.encode_into(msg, self._reused)
+        return self._reused
 
 
 def encode(msg: Message) -> bytes:

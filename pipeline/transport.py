@@ -189,14 +189,18 @@ class LearnerEndpoint:
                     out.append(msg)
         if self.rollouts in events:
             while True:
-                try:
-                    frames = self.rollouts.recv_multipart(flags=zmq.NOBLOCK)
+                try:  # recv, not recv_multipart: one frame is the norm, so skip building a list per rollout
+                    frame = self.rollouts.recv(flags=zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if len(frames) != 1:
-                    self.rejected.add(WireError("malformed", f"{len(frames)} frames"))
+                if self.rollouts.rcvmore:  # a rollout is one frame; drop the whole multipart message
+                    count = 1
+                    while self.rollouts.getsockopt(zmq.RCVMORE):
+                        self.rollouts.recv()
+                        count += 1
+                    self.rejected.add(WireError("malformed", f"{count} frames"))
                     continue
-                msg = self._decode(frames[0])
+                msg = self._decode(frame)
                 if msg is not None:
                     out.append(msg)
         return out
@@ -242,7 +246,7 @@ class GeneratorEndpoint:
         self.control.send(self.encoder.encode(msg), copy=False)
 
     def send_rollout(self, msg: Message) -> None:
-        self.rollouts.send(self.encoder.encode(msg), copy=False)
+        self.rollouts.send(self.encoder.encode_reused(msg), copy=True)  # ZeroMQ copies it before returning
 
     def recv(self, timeout_ms: int) -> list:
         out = []
@@ -259,7 +263,9 @@ class GeneratorEndpoint:
                 self.rejected.add(err)
         return out
 
-    def close(self) -> None:
-        self.control.close(0)
-        self.rollouts.close(0)
+    def close(self, linger_ms: int = 1000) -> None:
+        """Close, giving queued messages (the last rollouts, the 'stopping' heartbeat that tells the
+        learner this generator left) up to `linger_ms` to go out; -1 waits for all of them."""
+        self.control.close(linger_ms)
+        self.rollouts.close(linger_ms)
         self.ctx.term()

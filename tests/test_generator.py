@@ -56,6 +56,17 @@ class Harness:
     def wait_rollouts(self, *lease_ids: int) -> None:
         self._wait(lambda: all(i in self.arrived for i in lease_ids), f"rollouts {lease_ids}")
 
+    def two_leases(self, update_between: bool):
+        """Lease 1; 0.2 s later (it is running) optionally announce weights 1; lease 2. Returns
+        (arrival time, rollout) of each."""
+        self.lease(1)
+        time.sleep(0.2)
+        if update_between:
+            self.update(1)
+        self.lease(2)
+        self.wait_rollouts(1, 2)
+        return self.arrived[1], self.arrived[2]
+
     def close(self) -> None:
         self.ep.send(0, Stop(reason="test"))
         self.thread.join(10)
@@ -78,11 +89,7 @@ def _versions(r: Rollout) -> set[tuple[int, int]]:
 def test_groups_join_a_running_batch(harness):
     """A lease that arrives while another group runs starts at once beside it (continuous batching),
     so it comes back about its own delay after it was sent, not after the first group's."""
-    harness.lease(1)
-    time.sleep(0.2)
-    harness.lease(2)
-    harness.wait_rollouts(1, 2)
-    (t1, r1), (t2, r2) = harness.arrived[1], harness.arrived[2]
+    (t1, r1), (t2, r2) = harness.two_leases(update_between=False)
     assert harness.engine.peak_running == 2
     assert t2 - t1 < DELAY * 0.75  # it waited for nothing: ~0.2 s behind the first
     assert len(r1.samples) == len(r2.samples) == 4
@@ -93,12 +100,7 @@ def test_groups_join_a_running_batch(harness):
 def test_drain_mode_keeps_a_group_on_one_version(harness):
     """An update waiting closes admission: the running group finishes under the old weights, the
     update lands, and the lease that came after it starts under the new ones."""
-    harness.lease(1)
-    time.sleep(0.2)
-    harness.update(1)
-    harness.lease(2)
-    harness.wait_rollouts(1, 2)
-    (t1, r1), (t2, r2) = harness.arrived[1], harness.arrived[2]
+    (t1, r1), (t2, r2) = harness.two_leases(update_between=True)
     assert _versions(r1) == {(0, 0)} and _versions(r2) == {(1, 1)}
     assert harness.engine.peak_running == 1  # the second group did not start beside the first
     assert t2 - t1 >= DELAY * 0.9
@@ -109,12 +111,7 @@ def test_drain_mode_keeps_a_group_on_one_version(harness):
 def test_inflight_mode_updates_under_running_groups(harness):
     """The update lands between two steps while the first group runs: that group's tokens record
     both versions, and the next lease starts at once under the new weights."""
-    harness.lease(1)
-    time.sleep(0.2)
-    harness.update(1)
-    harness.lease(2)
-    harness.wait_rollouts(1, 2)
-    (t1, r1), (t2, r2) = harness.arrived[1], harness.arrived[2]
+    (t1, r1), (t2, r2) = harness.two_leases(update_between=True)
     assert _versions(r1) == {(0, 1)} and _versions(r2) == {(1, 1)}
     for s in r1.samples:
         tv = unpack_ids(s.token_versions).tolist()
