@@ -72,12 +72,13 @@ def _transport_sender(host: str, control_port: int, rollout_port: int, raw: bool
         ep.close(linger_ms=-1)
 
 
-def bench_transport(messages: int = 2000, trials: int = 5) -> dict:
+def bench_transport(messages: int = 3000, trials: int = 5) -> dict:
     """Rollouts/s from a generator process to the learner, as the pipeline moves them: encode and
     GeneratorEndpoint.send_rollout there, LearnerEndpoint.recv (with its checks) and decode here;
     beside a bare PUSH in the same kind of process sending the same bytes to the same socket, read
     with a bare recv. Sender and receiver are separate processes, as in a run (in one process the two
-    ends would mostly measure their contention for the GIL)."""
+    ends would mostly measure their contention for the GIL). Real and bare trials alternate, and the
+    ratio is of their medians, so a drift in the machine's speed hits both alike."""
     import multiprocessing
 
     from pipeline.messages import Encoder, Rollout
@@ -87,13 +88,12 @@ def bench_transport(messages: int = 2000, trials: int = 5) -> dict:
     ep = LearnerEndpoint("127.0.0.1", 0, 0, 64 << 20)
     a = ep.addresses
 
-    def measure(raw: bool) -> float:
-        """Seconds per `messages` rollouts, over a stream of `trials` times as many (the first
-        message, which carries the sender's start-up, starts the clock)."""
+    def trial(raw: bool) -> float:
+        """Seconds for `messages` rollouts (the first message, which carries the sender's start-up,
+        starts the clock)."""
         sender = multiprocessing.get_context("spawn").Process(
-            target=_transport_sender, args=(a.host, a.control_port, a.rollout_port, raw, messages * trials + 1))
+            target=_transport_sender, args=(a.host, a.control_port, a.rollout_port, raw, messages + 1))
         sender.start()
-
         received = 0
 
         def receive_until(total: int) -> None:  # one recv() may return several rollouts
@@ -107,12 +107,17 @@ def bench_transport(messages: int = 2000, trials: int = 5) -> dict:
 
         receive_until(1)
         t0 = time.perf_counter()
-        receive_until(1 + trials * messages)
+        receive_until(messages + 1)
         elapsed = time.perf_counter() - t0
         sender.join()
         return elapsed * messages / (received - 1)
 
-    t_real, t_raw = measure(raw=False), measure(raw=True)
+    trial(raw=False), trial(raw=True)  # warm-up: the first of each pays for allocations and page faults
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(trials):
+        for raw in (False, True):
+            times[raw].append(trial(raw))
+    t_real, t_raw = statistics.median(times[False]), statistics.median(times[True])
     ep.close()
     out = {"frame_mb": frame_mb, "real_rollouts_s": messages / t_real, "raw_rollouts_s": messages / t_raw,
            "real_mb_s": messages * frame_mb / t_real, "raw_mb_s": messages * frame_mb / t_raw,
@@ -121,6 +126,7 @@ def bench_transport(messages: int = 2000, trials: int = 5) -> dict:
         ("rollout (16 samples x 1024 tokens + log-probs)", f"{frame_mb * 1000:.1f} kB per frame"),
         ("generator process -> learner (msgspec + ZeroMQ)", f"{out['real_rollouts_s']:.0f} rollouts/s  {out['real_mb_s']:.0f} MB/s"),
         ("bare PUSH -> PULL, same bytes", f"{out['raw_rollouts_s']:.0f} rollouts/s  {out['raw_mb_s']:.0f} MB/s"),
+        ("ratio per trial", "  ".join(f"{r / t:.2f}" for t, r in zip(times[False], times[True]))),
     ])
     print(f"RESULT ratio={out['ratio']:.3f}")
     return out
