@@ -43,6 +43,7 @@ def cmd_train(args, overrides: list[str]) -> int:
     import torch
     from tqdm import tqdm
 
+    from learner import sharded
     from learner.loop import Learner
     from learner.metrics import summarize
     from learner.warmstart import prepare_model
@@ -56,10 +57,27 @@ def cmd_train(args, overrides: list[str]) -> int:
 
         resume = resolve(Path(args.resume or cfg.run_dir))
         print(f"resuming from {resume}")
+    trainer = None
+    if sharded.launched():  # torchrun: rank 0 is the learner, the other ranks hold shards and follow
+        rank = sharded.join_training_group()
+        if resume is not None:
+            raise ConfigError("--resume: resuming a sharded (torchrun) run is not built yet; resume "
+                              "its checkpoint on one training device (they are the same format)")
+        model_path = sharded.share_string(prepare_model(cfg, progress=cfg.log.progress) if rank == 0 else None)
+        trainer = sharded.ShardedTrainer(cfg, model_path)
+        if rank != 0:
+            trainer.follow()
+            return 0
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     problems = load_problems(cfg.data)  # fails here, before any process starts, on a bad source
-    model_path = prepare_model(cfg, progress=cfg.log.progress) if resume is None else str(resume)
-    learner = Learner(cfg, model_path, problems, resume=resume)
+    if trainer is None:
+        model_path = prepare_model(cfg, progress=cfg.log.progress) if resume is None else str(resume)
+    try:
+        learner = Learner(cfg, model_path, problems, resume=resume, trainer=trainer)
+    except BaseException:
+        if trainer is not None:
+            trainer.stop_followers()
+        raise
     launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version)
 
     def request_stop(signum, frame):  # finish the current step, checkpoint, stop generators, exit 0
@@ -77,6 +95,8 @@ def cmd_train(args, overrides: list[str]) -> int:
     finally:
         launcher.stop()
         learner.close()
+        if trainer is not None:
+            trainer.stop_followers()
     learner.tracker.dump(cfg.run_dir / "tracker.jsonl")
     print(text)
     print(result)

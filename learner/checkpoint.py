@@ -43,8 +43,8 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = opt.state_dict()
+def optimizer_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer state dict (parameters numbered as in torch's own) as flat named tensors."""
     tensors = {}
     for pid, state in sd["state"].items():
         for key, value in state.items():
@@ -63,19 +63,21 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save(root: Path, step: int, model, optimizer, state: dict, tokenizer_dir: str, keep: int) -> Path:
-    """Write checkpoint `step` under `root` atomically; prune to the newest `keep`."""
+def save(root: Path, step: int, model, optimizer_state: dict, state: dict, tokenizer_dir: str, keep: int,
+         model_state: dict | None = None) -> Path:
+    """Write checkpoint `step` under `root` atomically; prune to the newest `keep`. `model_state`
+    (a full state dict) stands in for the model's own, e.g. when the model is sharded."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f"step-{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        model.save_pretrained(tmp)  # handles tied embeddings; writes config.json beside the weights
+        model.save_pretrained(tmp, state_dict=model_state)  # handles tied embeddings; writes config.json
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).exists():
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
-        tensors, groups = optimizer_tensors(optimizer)
+        tensors, groups = optimizer_tensors(optimizer_state)
         tensors["rng.torch"] = torch.get_rng_state()
         (tmp / "trainer").mkdir()
         save_file(tensors, tmp / "trainer" / "optimizer.safetensors")

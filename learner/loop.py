@@ -187,9 +187,10 @@ class Learner:
 
     def checkpoint(self) -> Path | None:
         try:
+            model_state, optimizer_state = self.trainer.full_state()
             path = checkpoint.save(self.cfg.run_dir / "checkpoints", self.trainer.version, self.trainer.model,
-                                   self.trainer.optimizer, self.state_dict(), self.model_path,
-                                   self.cfg.learner.keep_checkpoints)
+                                   optimizer_state, self.state_dict(), self.model_path,
+                                   self.cfg.learner.keep_checkpoints, model_state)
         except checkpoint.CheckpointError as exc:
             # Training goes on: losing the run to a full disk would be worse than a missed checkpoint.
             self.checkpoint_failures += 1
@@ -405,7 +406,10 @@ class Learner:
         v = self.trainer.version
         snap = None
         if self._due(v) and (self._snapshot is None or self._snapshot[0] != v):
-            snap = self._snapshotter.submit(self._take_snapshot)
+            if not self.trainer.concurrent_snapshot:
+                self._take_snapshot()  # here, before the step: a sharded copy is a collective
+            else:
+                snap = self._snapshotter.submit(self._take_snapshot)
         return self.trainer.step(groups, before_update=snap.result if snap is not None else None)
 
     def _finish_step(self, done) -> dict:

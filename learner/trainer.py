@@ -66,6 +66,10 @@ def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> 
 
 
 class Trainer:
+    # The learner may copy the weights on another thread while a step runs (see Learner._step_job);
+    # a sharded trainer may not, as the copy is a collective.
+    concurrent_snapshot = True
+
     def __init__(self, cfg: Config, model_path: str):
         self.cfg = cfg
         self.device = torch.device(cfg.learner.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -80,7 +84,6 @@ class Trainer:
         # named_parameters() lists tied embeddings once, which is what the engine's loader expects
         return list(self.model.named_parameters())
 
-    @torch.no_grad()
     @torch.no_grad()
     def probe_logprobs(self) -> list[float]:
         """Log-probs (T = 1) of the fixed probe sequence, to compare with what a generator reports."""
@@ -114,10 +117,19 @@ class Trainer:
             pos = batch.response_mask[i].bool()
             batch.adv[i, pos] = zvp_token_advantages(entropy[k][pos], bool(batch.zvp[i] > 0), self.cfg.zvp.alpha)
 
+    def full_state(self) -> tuple[dict | None, dict]:
+        """(model state dict, or None for the model's own; optimizer state dict) for a checkpoint."""
+        return None, self.optimizer.state_dict()
+
     def step(self, groups: list[Group], before_update: Callable[[], object] | None = None) -> dict:
         """One optimiser step on `groups`; `before_update` runs after the backward pass, just before
         the weights change (the learner uses it to wait for a copy of the previous weights)."""
-        batch = build_batch(groups, self.version, self.cfg, self.pad_id).to(self.device)
+        return self._update(build_batch(groups, self.version, self.cfg, self.pad_id).to(self.device),
+                            before_update)
+
+    def _update(self, batch: Batch, before_update: Callable[[], object] | None = None,
+                loss_scale: float = 1.0) -> dict:
+        """The step itself; `loss_scale` lets a shard of the batch weigh in as its share of the whole."""
         logits, logp = self.forward(batch)
         entropy = token_entropy(logits, torch.ones_like(batch.temperature))  # T = 1, for RL-ZVP and metrics
         self._fill_zvp(batch, entropy, logits)
@@ -126,8 +138,10 @@ class Trainer:
         prox = logp.detach()
         loss, stats = policy_loss(logp, prox, batch.mu, batch.adv, batch.response_mask, self.cfg.loss)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * loss_scale).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over every shard
+            grad_norm = grad_norm.full_tensor()
         if before_update is not None:
             before_update()
         self.optimizer.step()

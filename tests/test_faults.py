@@ -63,14 +63,14 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tiny_model, tmp_path
     model = load_causal_lm(tiny_model, "float32")
     opt = torch.optim.AdamW(model.parameters())
     root = tmp_path / "ckpts"
-    good = checkpoint.save(root, 1, model, opt, {"version": 1}, tiny_model, keep=2)
+    good = checkpoint.save(root, 1, model, opt.state_dict(), {"version": 1}, tiny_model, keep=2)
 
     def disk_full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "save_file", disk_full)
     with pytest.raises(checkpoint.CheckpointError, match="No space left.*step-00000001 is intact"):
-        checkpoint.save(root, 2, model, opt, {"version": 2}, tiny_model, keep=2)
+        checkpoint.save(root, 2, model, opt.state_dict(), {"version": 2}, tiny_model, keep=2)
     assert checkpoint.list_checkpoints(root) == [good]
     assert not any(p.name.endswith(".tmp") for p in root.iterdir())
     assert checkpoint.load_state(good)[0]["version"] == 1

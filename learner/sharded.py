@@ -1,0 +1,168 @@
+"""The learner's model sharded across several training processes with FSDP2, under `torchrun`.
+
+Rank 0 is the learner: it runs the whole loop (dispatcher, generators, broadcasts, checkpoints) as
+on one device. The other ranks only hold their shard of the weights and optimiser state and follow:
+before each collective, rank 0 broadcasts what comes next (a step on this batch, gather the weights,
+score the probe, gather a checkpoint, stop) and every rank takes part. Each rank trains every
+world-th row of the batch; its loss is scaled by its share of the batch's response tokens, so FSDP's
+averaged gradient is the one-device gradient of the token-normalised loss (ALGORITHMS.md §5).
+
+Collectives must run in the same order on every rank, so each operation holds one lock from its
+announcement to its end, whichever of the learner's threads calls it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+from learner.groups import Group
+from learner.trainer import Batch, Trainer, build_batch
+from pipeline.config import Config
+from pipeline.models import load_causal_lm
+
+STEP, WEIGHTS, PROBE, STATE, STOP = range(1, 6)
+
+# Batch fields as they cross the training group (targets is input_ids shifted, rebuilt on arrival).
+_FIELDS = [("input_ids", torch.long, 0), ("attention_mask", torch.long, 0), ("response_mask", torch.float32, 1),
+           ("mu", torch.float32, 1), ("adv", torch.float32, 1), ("zvp", torch.float32, None),
+           ("temperature", torch.float32, None), ("lag", torch.long, None), ("token_lag", torch.long, 1)]
+
+
+def launched() -> bool:
+    """Started by torchrun with more than one training process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def join_training_group() -> int:
+    """Join the training processes' group (torchrun's env://); returns this process's rank."""
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
+
+
+def share_string(text: str | None) -> str:
+    """Rank 0's `text` on every rank (as bytes in a tensor: nothing pickled)."""
+    data = torch.tensor(list(text.encode()) if dist.get_rank() == 0 else [], dtype=torch.uint8)
+    size = torch.tensor([len(data)])
+    dist.broadcast(size, 0)
+    if dist.get_rank() != 0:
+        data = torch.empty(int(size), dtype=torch.uint8)
+    dist.broadcast(data, 0)
+    return bytes(data.tolist()).decode()
+
+
+class ShardedTrainer(Trainer):
+    concurrent_snapshot = False  # the weight copy is a collective: never beside a step
+
+    def __init__(self, cfg: Config, model_path: str):
+        from torch.distributed.fsdp import fully_shard
+
+        self.cfg = cfg
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+        self._comm = self.device if self.device.type == "cuda" else torch.device("cpu")
+        model = load_causal_lm(model_path, cfg.model.dtype).to(self.device)
+        for layer in model.model.layers:  # one all-gather per decoder layer, then the rest
+            fully_shard(layer)
+        fully_shard(model)
+        self.model = model
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learner.lr,
+                                           weight_decay=cfg.learner.weight_decay)
+        self.version = 0
+        self.pad_id = self.model.config.pad_token_id or 0
+        self._lock = threading.Lock()
+
+    # ---- rank 0: the learner's calls, each announced to the followers --------------------------
+
+    def _announce(self, op: int, *args: int) -> None:
+        dist.broadcast(torch.tensor([op, *args, 0, 0][:3], device=self._comm), 0)
+
+    def step(self, groups: list[Group], before_update: Callable[[], object] | None = None) -> dict:
+        batch = build_batch(groups, self.version, self.cfg, self.pad_id)
+        with self._lock:
+            self._announce(STEP, *batch.input_ids.shape)
+            for name, dtype, _ in _FIELDS:
+                dist.broadcast(getattr(batch, name).to(self._comm, dtype).contiguous(), 0)
+            return self._train(batch, before_update)
+
+    def named_weights(self) -> list[tuple[str, torch.Tensor]]:
+        with self._lock:
+            self._announce(WEIGHTS)
+            return self._gather()
+
+    def probe_logprobs(self) -> list[float]:
+        with self._lock:
+            self._announce(PROBE)
+            return super().probe_logprobs()
+
+    def full_state(self) -> tuple[dict | None, dict]:
+        with self._lock:
+            self._announce(STATE)
+            return self._full_state()
+
+    def stop_followers(self) -> None:
+        with self._lock:
+            self._announce(STOP)
+
+    # ---- every rank ----------------------------------------------------------------------------
+
+    def _train(self, batch: Batch, before_update) -> dict:
+        """This rank's rows of the batch, weighted by their share of its response tokens."""
+        n, _ = batch.input_ids.shape
+        if n < self.world:
+            raise ValueError(f"a batch of {n} samples cannot be split over {self.world} training processes")
+        rows = slice(self.rank, None, self.world)
+        mine = Batch(**{k: v[rows] for k, v in vars(batch).items()}).to(self.device)
+        share = float(mine.response_mask.sum()) * self.world / max(float(batch.response_mask.sum()), 1.0)
+        return self._update(mine, before_update, loss_scale=share)
+
+    def _gather(self) -> list[tuple[str, torch.Tensor]]:
+        return [(name, p.full_tensor() if hasattr(p, "full_tensor") else p)
+                for name, p in self.model.named_parameters()]
+
+    def _full_state(self) -> tuple[dict, dict]:
+        """Full (unsharded) model and optimiser state, numbered like a one-device optimizer's, so
+        the checkpoint reads like any other (and resumes on one device)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.model, options=options)
+        optim = get_optimizer_state_dict(self.model, self.optimizer, options=options)
+        if self.rank != 0:
+            return model_state, optim  # gathered on rank 0 only (cpu_offload)
+        index = {name: i for i, (name, _) in enumerate(self.model.named_parameters())}
+        state = {index[name]: s for name, s in optim["state"].items()}
+        groups = [{**g, "params": [index[name] for name in g["params"]]} for g in optim["param_groups"]]
+        return model_state, {"state": state, "param_groups": groups}
+
+    def follow(self) -> None:
+        """Ranks > 0: take part in whatever rank 0 announces, until it says stop."""
+        while True:
+            head = torch.zeros(3, dtype=torch.long, device=self._comm)
+            dist.broadcast(head, 0)
+            op, n, s = head.tolist()
+            if op == STEP:
+                fields = {}
+                for name, dtype, tail in _FIELDS:
+                    shape = (n, s) if tail == 0 else (n, s - 1) if tail == 1 else (n,)
+                    fields[name] = torch.empty(shape, dtype=dtype, device=self._comm)
+                    dist.broadcast(fields[name], 0)
+                fields = {k: v.cpu() for k, v in fields.items()}
+                self._train(Batch(targets=fields["input_ids"][:, 1:], **fields), None)
+            elif op == WEIGHTS:
+                self._gather()
+            elif op == PROBE:
+                super().probe_logprobs()
+            elif op == STATE:
+                self._full_state()
+            elif op == STOP:
+                return
+            else:
+                raise RuntimeError(f"training rank {self.rank}: unknown operation {op} from rank 0")

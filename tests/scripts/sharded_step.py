@@ -1,0 +1,61 @@
+"""Run under torchrun by tests/test_sharded.py: two optimiser steps of the sharded trainer on fixed
+groups, beside the one-device trainer on the same groups; rank 0 writes the largest differences."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from learner import sharded  # noqa: E402
+from learner.groups import Group  # noqa: E402
+from learner.trainer import Trainer  # noqa: E402
+from pipeline import config as config_mod  # noqa: E402
+
+
+def groups(vocab: int, count: int = 4, size: int = 4) -> list[Group]:
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(count):
+        responses = [torch.randint(3, vocab, (int(torch.randint(2, 7, (1,), generator=gen)),), generator=gen)
+                     for _ in range(size)]
+        out.append(Group(lease_id=i, prompt_id=i, epoch=0, temperature=1.0 + 0.1 * i,
+                         prompt=torch.randint(3, vocab, (5,), generator=gen), responses=responses,
+                         behaviour_logprobs=[-torch.rand(len(r), generator=gen) for r in responses],
+                         rewards=torch.tensor([float((i + j) % 2) for j in range(size)]),
+                         version_first=0, version_last=0))
+    return out
+
+
+def main(config_json: str, model_path: str, out: str) -> None:
+    cfg = config_mod.loads(Path(config_json).read_bytes())
+    rank = sharded.join_training_group()
+    trainer = sharded.ShardedTrainer(cfg, model_path)
+    if rank != 0:
+        trainer.follow()
+        return
+    one = Trainer(cfg, model_path)
+    batch = groups(one.model.config.vocab_size)
+    for _ in range(2):
+        a, b = trainer.step(batch), one.step(batch)
+    weights = dict(trainer.named_weights())
+    diff = max(float((weights[n] - p).abs().max()) for n, p in one.named_weights())
+    probe = max(abs(x - y) for x, y in zip(trainer.probe_logprobs(), one.probe_logprobs()))
+    model_state, optim = trainer.full_state()
+    state_diff = max(float((model_state[n] - p).abs().max()) for n, p in one.model.state_dict().items())
+    one_optim = one.optimizer.state_dict()
+    optim_diff = max(float((optim["state"][i]["exp_avg"] - s["exp_avg"]).abs().max())
+                     for i, s in one_optim["state"].items())
+    trainer.stop_followers()
+    Path(out).write_text(json.dumps({
+        "weights": diff, "probe": probe, "state": state_diff, "optim": optim_diff,
+        "grad_norm": [a["grad_norm"], b["grad_norm"]], "version": trainer.version,
+        "moved": max(float((p - q).abs().max()) for (_, p), (_, q) in
+                     zip(one.named_weights(), Trainer(cfg, model_path).named_weights())),
+        "param_groups": optim["param_groups"][0]["params"] == one_optim["param_groups"][0]["params"]}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
