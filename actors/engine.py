@@ -68,7 +68,6 @@ class Engine:
         self.update_mode = gen.update_mode
         self.stop_ids = [self.tokenizer.eos_token_id]
         self._open: dict[int, list[Completion]] = {}  # streaming groups by key, filled as tokens come
-        self._left: dict[int, int] = {}  # their samples not finished yet
 
     def _sampling(self, r: Request, **extra):
         """Plain sampling at the learner's temperature (no top-p/top-k: mu must be softmax(logits / T))."""
@@ -109,8 +108,7 @@ class Engine:
         from vllm.sampling_params import RequestOutputKind
 
         params = self._sampling(r, n=1, output_kind=RequestOutputKind.DELTA)
-        self._open[key] = [Completion([], [], "", []) for _ in range(r.n)]
-        self._left[key] = r.n
+        self._open[key] = [Completion([], [], "", []) for _ in range(r.n)]  # finish_reason "": running
         for j in range(r.n):
             self.llm.llm_engine.add_request(f"{key}-{j}", TokensPrompt(prompt_token_ids=r.prompt_tokens), params)
 
@@ -133,9 +131,7 @@ class Engine:
             dst.versions += [version] * len(new)
             if out.finished:
                 dst.finish_reason = c.finish_reason or "stop"
-                self._left[key] -= 1
-                if self._left[key] == 0:
-                    del self._left[key]
+                if all(s.finish_reason for s in self._open[key]):
                     finished.append((key, self._open.pop(key)))
         return finished
 

@@ -23,7 +23,6 @@ import torch.distributed as dist
 from learner.groups import Group
 from learner.trainer import Batch, Trainer, build_batch
 from pipeline.config import Config
-from pipeline.models import load_causal_lm
 
 STEP, WEIGHTS, PROBE, STATE, STOP = range(1, 6)
 
@@ -59,36 +58,34 @@ class ShardedTrainer(Trainer):
     concurrent_snapshot = False  # the weight copy is a collective: never beside a step
 
     def __init__(self, cfg: Config, model_path: str):
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self._lock = threading.Lock()
+        super().__init__(cfg, model_path)
+
+    def _pick_device(self) -> torch.device:
+        # torchrun gives each process its own GPU; on CPU (gloo) every rank uses the CPU
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+
+    def _distribute(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.distributed.fsdp import fully_shard
 
-        self.cfg = cfg
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-        self._comm = self.device if self.device.type == "cuda" else torch.device("cpu")
-        model = load_causal_lm(model_path, cfg.model.dtype).to(self.device)
         for layer in model.model.layers:  # one all-gather per decoder layer, then the rest
             fully_shard(layer)
         fully_shard(model)
-        self.model = model
-        self.model.train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learner.lr,
-                                           weight_decay=cfg.learner.weight_decay)
-        self.version = 0
-        self.pad_id = self.model.config.pad_token_id or 0
-        self._lock = threading.Lock()
+        return model
 
     # ---- rank 0: the learner's calls, each announced to the followers --------------------------
 
     def _announce(self, op: int, *args: int) -> None:
-        dist.broadcast(torch.tensor([op, *args, 0, 0][:3], device=self._comm), 0)
+        dist.broadcast(torch.tensor([op, *args, 0, 0][:3], device=self.device), 0)
 
     def step(self, groups: list[Group], before_update: Callable[[], object] | None = None) -> dict:
         batch = build_batch(groups, self.version, self.cfg, self.pad_id)
         with self._lock:
             self._announce(STEP, *batch.input_ids.shape)
             for name, dtype, _ in _FIELDS:
-                dist.broadcast(getattr(batch, name).to(self._comm, dtype).contiguous(), 0)
+                dist.broadcast(getattr(batch, name).to(self.device, dtype).contiguous(), 0)
             return self._train(batch, before_update)
 
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
@@ -145,14 +142,14 @@ class ShardedTrainer(Trainer):
     def follow(self) -> None:
         """Ranks > 0: take part in whatever rank 0 announces, until it says stop."""
         while True:
-            head = torch.zeros(3, dtype=torch.long, device=self._comm)
+            head = torch.zeros(3, dtype=torch.long, device=self.device)
             dist.broadcast(head, 0)
             op, n, s = head.tolist()
             if op == STEP:
                 fields = {}
                 for name, dtype, tail in _FIELDS:
                     shape = (n, s) if tail == 0 else (n, s - 1) if tail == 1 else (n,)
-                    fields[name] = torch.empty(shape, dtype=dtype, device=self._comm)
+                    fields[name] = torch.empty(shape, dtype=dtype, device=self.device)
                     dist.broadcast(fields[name], 0)
                 fields = {k: v.cpu() for k, v in fields.items()}
                 self._train(Batch(targets=fields["input_ids"][:, 1:], **fields), None)

@@ -72,13 +72,20 @@ class Trainer:
 
     def __init__(self, cfg: Config, model_path: str):
         self.cfg = cfg
-        self.device = torch.device(cfg.learner.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_causal_lm(model_path, cfg.model.dtype).to(self.device)
+        self.device = self._pick_device()
+        self.model = self._distribute(load_causal_lm(model_path, cfg.model.dtype).to(self.device))
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learner.lr,
                                            weight_decay=cfg.learner.weight_decay)
         self.version = 0  # number of optimiser steps taken: the weights' version
         self.pad_id = self.model.config.pad_token_id or 0
+
+    def _pick_device(self) -> torch.device:
+        return torch.device(self.cfg.learner.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def _distribute(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model as this trainer holds it: whole here; sharded in learner/sharded.py."""
+        return model
 
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
         # named_parameters() lists tied embeddings once, which is what the engine's loader expects

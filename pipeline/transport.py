@@ -193,7 +193,7 @@ class LearnerEndpoint:
                     frame = self.rollouts.recv(flags=zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if self.rollouts.rcvmore:  # a rollout is one frame; drop the whole multipart message
+                if self.rollouts.getsockopt(zmq.RCVMORE):  # a rollout is one frame: drop a multipart message
                     count = 1
                     while self.rollouts.getsockopt(zmq.RCVMORE):
                         self.rollouts.recv()
