@@ -315,13 +315,16 @@ class Learner:
                   if soonest - weights[gid] <= lc.max_lag}  # else it could only make stale samples
         if self._first_rollout_at is None and len(queued) < self.cfg.generator.count:
             return  # at the start, wait until every generator is ready, so the first wave is spread over all
-        rate = {gid: (self.stats.rollouts_by_generator[gid] + 1) / (self.generators[gid].busy_s + 1)
-                for gid in queued}
+        rate = self._rates(queued)
         while budget > 0:
             open_slots = [gid for gid, q in queued.items() if q < self.cfg.generator.max_inflight and in_time(gid)]
             if not open_slots:
                 return
-            gid = min(open_slots, key=lambda g: ((queued[g] + 1) / rate[g], g))
+            # An idle engine starts a lease at once, so it goes first. Otherwise, when the learner is
+            # the bottleneck and only a few leases free up per step, the engine that batches most
+            # would take them all. A generator held at one group at a time looks slow per busy
+            # second, so it would never get more (a joiner starved this way).
+            gid = min(open_slots, key=lambda g: (queued[g] > 0, (queued[g] + 1) / rate[g], g))
             if not self.endpoint.send(gid, self.dispatcher.lease(gid, self.trainer.version)):
                 self.dispatcher.expire(generator_id=gid)
                 del queued[gid]
@@ -329,6 +332,17 @@ class Learner:
             queued[gid] += 1
             ahead += 1
             budget -= 1
+
+    def _rates(self, gids) -> dict[int, float]:
+        """Each generator's throughput in groups per busy second, shrunk towards the pool's rate by a
+        few pseudo-groups. A newcomer thus starts at the pool's rate, not at an arbitrary prior: with
+        a fixed prior of 1 group/s, a joiner beside an engine measured at ~100 groups/s never won a
+        lease, so it was never measured and starved for good."""
+        n = {gid: self.stats.rollouts_by_generator[gid] for gid in gids}
+        busy = {gid: self.generators[gid].busy_s for gid in gids}
+        pool = sum(n.values()) / sum(busy.values()) if sum(busy.values()) > 0 and sum(n.values()) > 0 else 1.0
+        prior_groups = 4.0
+        return {gid: (n[gid] + prior_groups) / (busy[gid] + prior_groups / pool) for gid in gids}
 
     def _announce(self) -> None:
         """Send the newest weights to every generator whose link is free and that lacks them.

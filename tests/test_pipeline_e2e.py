@@ -136,30 +136,46 @@ def test_dispatch_leases_only_what_can_be_trained_within_max_lag(tiny_model, tmp
         learner.close()
 
 
-def test_dispatch_balances_leases_by_measured_throughput(tiny_model, tmp_path):
+def lease_split(tiny_model, tmp_path, measured: dict[int, tuple[int, float]], leases: int = 40):
+    """How `leases` leases are spread over joined, ready generators with (groups returned, busy seconds)."""
     from collections import Counter
     from types import SimpleNamespace
 
     from learner.loop import GeneratorInfo
 
-    cfg = make_config(tmp_path, "--generator.count", "2", "--generator.max_inflight", "100",
-                      "--learner.max_open_groups", "40")
+    cfg = make_config(tmp_path, "--generator.count", str(len(measured)), "--generator.max_inflight", "100",
+                      "--learner.max_open_groups", str(leases))
     cfg.run_dir.mkdir(parents=True)
     learner = Learner(cfg, tiny_model, load_problems(cfg.data))
     try:
-        for gid in (0, 1):  # two joined, ready generators with equal busy time ...
-            learner.generators[gid] = GeneratorInfo(status="ready", busy_s=10.0)
+        for gid, (groups, busy_s) in measured.items():
+            learner.generators[gid] = GeneratorInfo(status="ready", busy_s=busy_s)
             learner.links[gid] = SimpleNamespace(group=object(), version=-1)
-        learner.stats.rollouts_by_generator.update({0: 300, 1: 100})  # ... but generator 0 is 3x faster
+            learner.stats.rollouts_by_generator[gid] = groups
         sent = []
         learner.endpoint.send = lambda gid, msg: sent.append(gid) or True
         learner._dispatch()
-        counts = Counter(sent)
-        assert sum(counts.values()) == 40 == learner.dispatcher.open
-        assert counts[0] == pytest.approx(30, abs=1) and counts[1] == pytest.approx(10, abs=1)
+        assert len(sent) == leases == learner.dispatcher.open
+        return Counter(sent)
     finally:
         learner.links = {}
         learner.close()
+
+
+def test_dispatch_balances_leases_by_measured_throughput(tiny_model, tmp_path):
+    counts = lease_split(tiny_model, tmp_path, {0: (300, 10.0), 1: (100, 10.0)})  # generator 0 is 3x faster
+    assert counts[0] == pytest.approx(30, abs=1) and counts[1] == pytest.approx(10, abs=1)
+
+
+def test_a_newcomer_is_leased_to_beside_a_fast_generator(tiny_model, tmp_path):
+    """A generator with nothing measured yet starts at the pool's rate. (With a fixed prior of one
+    group per second, a newcomer beside an engine doing 100 never won a lease, so was never measured.)"""
+    counts = lease_split(tiny_model, tmp_path / "a", {0: (1000, 10.0), 7: (0, 0.0)})
+    assert counts[7] == pytest.approx(20, abs=2)
+    # Learner-bound, few leases free up at a time. A newcomer measured while it ran one group at a
+    # time (so slow per busy second) still gets one lease while it is idle; it is not starved.
+    counts = lease_split(tiny_model, tmp_path / "b", {0: (1000, 10.0), 7: (6, 1.7)}, leases=8)
+    assert counts[7] >= 1
 
 
 def test_a_generator_joins_and_leaves_a_running_run(tiny_model, tmp_path):
