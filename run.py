@@ -60,10 +60,9 @@ def cmd_train(args, overrides: list[str]) -> int:
     trainer = None
     if sharded.launched():  # torchrun: rank 0 is the learner, the other ranks hold shards and follow
         rank = sharded.join_training_group()
-        if resume is not None:
-            raise ConfigError("--resume: resuming a sharded (torchrun) run is not built yet; resume "
-                              "its checkpoint on one training device (they are the same format)")
-        model_path = sharded.share_string(prepare_model(cfg, progress=cfg.log.progress) if rank == 0 else None)
+        # every rank builds its shard from the same model folder (a checkpoint's, when resuming)
+        start = (str(resume) if resume is not None else prepare_model(cfg, progress=cfg.log.progress)) if rank == 0 else None
+        model_path = sharded.share_string(start)
         trainer = sharded.ShardedTrainer(cfg, model_path)
         if rank != 0:
             trainer.follow()

@@ -53,14 +53,16 @@ def optimizer_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
     return tensors, sd["param_groups"]
 
 
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    state: dict[int, dict] = {}
+def optimizer_state(ckpt: Path) -> dict:
+    """A checkpoint's optimizer state dict, parameters numbered as in torch's own (one device)."""
+    state, tensors = load_state(ckpt)
+    per_param: dict[int, dict] = {}
     for name, t in tensors.items():
         if not name.startswith("state."):
             continue
         _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = t
-    opt.load_state_dict({"state": state, "param_groups": groups})
+        per_param.setdefault(int(pid), {})[key] = t
+    return {"state": per_param, "param_groups": state["optimizer_param_groups"]}
 
 
 def save(root: Path, step: int, model, optimizer_state: dict, state: dict, tokenizer_dir: str, keep: int,

@@ -170,7 +170,7 @@ class Learner:
     def _restore(self, ckpt: Path) -> None:
         state, tensors = checkpoint.load_state(ckpt)
         self.trainer.version = state["version"]
-        checkpoint.load_optimizer(self.trainer.optimizer, tensors, state["optimizer_param_groups"])
+        self.trainer.load_optimizer(ckpt)
         torch.set_rng_state(tensors["rng.torch"])
         self.tracker.load_state_dict(state["tracker"])
         self.dispatcher.load_state_dict(state["dispatcher"])

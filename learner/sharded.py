@@ -3,7 +3,8 @@
 Rank 0 is the learner: it runs the whole loop (dispatcher, generators, broadcasts, checkpoints) as
 on one device. The other ranks only hold their shard of the weights and optimiser state and follow:
 before each collective, rank 0 broadcasts what comes next (a step on this batch, gather the weights,
-score the probe, gather a checkpoint, stop) and every rank takes part. Each rank trains every
+score the probe, gather a checkpoint, load a checkpoint's optimiser state, stop) and every rank
+takes part. Each rank trains every
 world-th row of the batch; its loss is scaled by its share of the batch's response tokens, so FSDP's
 averaged gradient is the one-device gradient of the token-normalised loss (ALGORITHMS.md §5).
 
@@ -16,15 +17,17 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from learner import checkpoint
 from learner.groups import Group
 from learner.trainer import Batch, Trainer, build_batch
 from pipeline.config import Config
 
-STEP, WEIGHTS, PROBE, STATE, STOP = range(1, 6)
+STEP, WEIGHTS, PROBE, STATE, LOAD, STOP = range(1, 7)
 
 # Batch fields as they cross the training group (targets is input_ids shifted, rebuilt on arrival).
 _FIELDS = [("input_ids", torch.long, 0), ("attention_mask", torch.long, 0), ("response_mask", torch.float32, 1),
@@ -103,6 +106,13 @@ class ShardedTrainer(Trainer):
             self._announce(STATE)
             return self._full_state()
 
+    def load_optimizer(self, ckpt: Path) -> None:
+        """Resuming: every rank reads the checkpoint (in the one-device format) and keeps its shard.
+        The folder must be readable on every node, as the model folder it was built from is."""
+        with self._lock:
+            self._announce(LOAD)
+            self._load_optimizer(Path(share_string(str(ckpt))))
+
     def stop_followers(self) -> None:
         with self._lock:
             self._announce(STOP)
@@ -139,6 +149,16 @@ class ShardedTrainer(Trainer):
         groups = [{**g, "params": [index[name] for name in g["params"]]} for g in optim["param_groups"]]
         return model_state, {"state": state, "param_groups": groups}
 
+    def _load_optimizer(self, ckpt: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        full = checkpoint.optimizer_state(ckpt)
+        names = [name for name, _ in self.model.named_parameters()]  # the one-device numbering
+        by_name = {"state": {names[i]: s for i, s in full["state"].items()},
+                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in full["param_groups"]]}
+        # Each rank slices its own shard from the full tensors (no broadcast: that would pickle).
+        set_optimizer_state_dict(self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
     def follow(self) -> None:
         """Ranks > 0: take part in whatever rank 0 announces, until it says stop."""
         while True:
@@ -159,6 +179,8 @@ class ShardedTrainer(Trainer):
                 super().probe_logprobs()
             elif op == STATE:
                 self._full_state()
+            elif op == LOAD:
+                self._load_optimizer(Path(share_string(None)))
             elif op == STOP:
                 return
             else:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
+from learner import checkpoint
 from learner.advantages import group_advantage, zvp_token_advantages
 from learner.groups import Group
 from learner.loss import policy_loss, token_entropy, token_logprobs
@@ -86,6 +88,10 @@ class Trainer:
     def _distribute(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model as this trainer holds it: whole here; sharded in learner/sharded.py."""
         return model
+
+    def load_optimizer(self, ckpt: Path) -> None:
+        """The optimiser state saved in checkpoint folder `ckpt` (resuming a run)."""
+        self.optimizer.load_state_dict(checkpoint.optimizer_state(ckpt))
 
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
         # named_parameters() lists tied embeddings once, which is what the engine's loader expects

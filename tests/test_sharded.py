@@ -19,7 +19,9 @@ def _torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_sharded_step_is_the_one_device_step(tiny_model, tmp_path):
     """Two steps on the same groups: the sharded weights, gradient norm, probe, and the gathered
-    checkpoint state (model and optimizer, numbered like one device's) match the one-device trainer."""
+    checkpoint state (model and optimizer, numbered like one device's) match the one-device trainer.
+    A sharded trainer resumed from that checkpoint takes the third step as the one-device one does
+    (which needs Adam's moments back in every shard)."""
     cfg = make_config(tmp_path)
     (tmp_path / "cfg.json").write_text(dumps(cfg))
     out = tmp_path / "out.json"
@@ -31,12 +33,13 @@ def test_sharded_step_is_the_one_device_step(tiny_model, tmp_path):
     assert res["weights"] < 1e-5 and res["state"] < 1e-5  # ... exactly as on one device
     assert res["probe"] < 1e-4 and res["optim"] < 1e-6 and res["param_groups"]
     assert res["grad_norm"][0] == pytest.approx(res["grad_norm"][1], rel=1e-4)
+    assert res["resumed"] < 1e-5
 
 
-def test_train_under_torchrun_then_resume_on_one_device(tiny_model, tmp_path):
+def test_train_under_torchrun_resume_under_torchrun_then_on_one_device(tiny_model, tmp_path):
     """`run.py train` under torchrun: rank 0 runs the learner with a real generator, rank 1 follows;
-    every broadcast version passes the probe check, and the checkpoint (gathered from the shards)
-    resumes on one training device."""
+    every broadcast version passes the probe check. Its checkpoint (gathered from the shards)
+    resumes under torchrun, and that one's on one training device."""
     common = ["--run.out_dir", str(tmp_path), "--run.cache_dir", str(ROOT / "runs" / "test-cache"),
               "--run.name", "run", "--log.wandb", "false", "--log.progress", "false", "--eval.final", "false",
               "--learner.checkpoint_every", "0"]
@@ -47,7 +50,11 @@ def test_train_under_torchrun_then_resume_on_one_device(tiny_model, tmp_path):
     assert verified >= 2  # the gathered weights reached the engine intact, more than once
     ckpt = tmp_path / "run" / "checkpoints" / "step-00000004"
     assert (ckpt / "trainer" / "optimizer.safetensors").exists()
+    again = _torchrun(str(ROOT / "run.py"), "train", "--resume", str(ckpt), "--learner.steps", "6", *common)
+    assert again.returncode == 0, (again.stdout[-2000:], again.stderr[-3000:])
+    assert "RESULT steps=6" in again.stdout and "'weights_mismatch': 0" in again.stdout
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000006"
     one = subprocess.run([sys.executable, str(ROOT / "run.py"), "train", "--resume", str(ckpt),
-                          "--learner.steps", "6", *common], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                          "--learner.steps", "8", *common], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert one.returncode == 0, one.stderr[-3000:]
-    assert "RESULT steps=6" in one.stdout and "'weights_mismatch': 0" in one.stdout
+    assert "RESULT steps=8" in one.stdout and "'weights_mismatch': 0" in one.stdout

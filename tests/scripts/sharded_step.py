@@ -1,5 +1,6 @@
 """Run under torchrun by tests/test_sharded.py: two optimiser steps of the sharded trainer on fixed
-groups, beside the one-device trainer on the same groups; rank 0 writes the largest differences."""
+groups, beside the one-device trainer on the same groups; then a checkpoint of the sharded one, a
+fresh sharded trainer resumed from it, and a third step on each. Rank 0 writes the largest differences."""
 
 import json
 import sys
@@ -9,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from learner import sharded  # noqa: E402
+from learner import checkpoint, sharded  # noqa: E402
 from learner.groups import Group  # noqa: E402
 from learner.trainer import Trainer  # noqa: E402
 from pipeline import config as config_mod  # noqa: E402
@@ -34,7 +35,8 @@ def main(config_json: str, model_path: str, out: str) -> None:
     rank = sharded.join_training_group()
     trainer = sharded.ShardedTrainer(cfg, model_path)
     if rank != 0:
-        trainer.follow()
+        trainer.follow()  # the first trainer, until rank 0 stops it ...
+        sharded.ShardedTrainer(cfg, sharded.share_string(None)).follow()  # ... then the resumed one
         return
     one = Trainer(cfg, model_path)
     batch = groups(one.model.config.vocab_size)
@@ -48,8 +50,17 @@ def main(config_json: str, model_path: str, out: str) -> None:
     one_optim = one.optimizer.state_dict()
     optim_diff = max(float((optim["state"][i]["exp_avg"] - s["exp_avg"]).abs().max())
                      for i, s in one_optim["state"].items())
+    ckpt = checkpoint.save(Path(out).parent / "ckpt", trainer.version, trainer.model, optim, {"version": 2},
+                           model_path, keep=1, model_state=model_state)
     trainer.stop_followers()
+    resumed = sharded.ShardedTrainer(cfg, sharded.share_string(str(ckpt)))
+    resumed.load_optimizer(ckpt)
+    resumed.step(batch), one.step(batch)
+    weights = dict(resumed.named_weights())
+    resumed_diff = max(float((weights[n] - p).abs().max()) for n, p in one.named_weights())
+    resumed.stop_followers()
     Path(out).write_text(json.dumps({
+        "resumed": resumed_diff,
         "weights": diff, "probe": probe, "state": state_diff, "optim": optim_diff,
         "grad_norm": [a["grad_norm"], b["grad_norm"]], "version": trainer.version,
         "moved": max(float((p - q).abs().max()) for (_, p), (_, q) in
