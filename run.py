@@ -57,12 +57,15 @@ def cmd_train(args, overrides: list[str]) -> int:
 
         resume = resolve(Path(args.resume or cfg.run_dir))
         print(f"resuming from {resume}")
+
+    def start_model() -> str:  # the model folder training starts from: the checkpoint's when resuming
+        return str(resume) if resume is not None else prepare_model(cfg, progress=cfg.log.progress)
+
     trainer = None
     if sharded.launched():  # torchrun: rank 0 is the learner, the other ranks hold shards and follow
         rank = sharded.join_training_group()
-        # every rank builds its shard from the same model folder (a checkpoint's, when resuming)
-        start = (str(resume) if resume is not None else prepare_model(cfg, progress=cfg.log.progress)) if rank == 0 else None
-        model_path = sharded.share_string(start)
+        # every rank builds its shard from the same model folder, named by rank 0
+        model_path = sharded.share_string(start_model() if rank == 0 else None)
         trainer = sharded.ShardedTrainer(cfg, model_path)
         if rank != 0:
             trainer.follow()
@@ -70,7 +73,7 @@ def cmd_train(args, overrides: list[str]) -> int:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     problems = load_problems(cfg.data)  # fails here, before any process starts, on a bad source
     if trainer is None:
-        model_path = prepare_model(cfg, progress=cfg.log.progress) if resume is None else str(resume)
+        model_path = start_model()
     try:
         learner = Learner(cfg, model_path, problems, resume=resume, trainer=trainer)
     except BaseException:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def optimizer_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
 
 def optimizer_state(ckpt: Path) -> dict:
     """A checkpoint's optimizer state dict, parameters numbered as in torch's own (one device)."""
-    state, tensors = load_state(ckpt)
+    state = msgspec.json.decode((ckpt / "state.json").read_bytes())
+    tensors = load_file(ckpt / "trainer" / "optimizer.safetensors")
     per_param: dict[int, dict] = {}
     for name, t in tensors.items():
         if not name.startswith("state."):
@@ -120,6 +122,9 @@ def resolve(path: Path) -> Path:
     raise CheckpointError(f"no checkpoint found at {path}")
 
 
-def load_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def load_state(ckpt: Path) -> tuple[dict, torch.Tensor]:
+    """A checkpoint's learner state and torch RNG state. The optimizer state, the bulk of the file
+    beside the RNG state, is left on disk for `optimizer_state` (the trainer reads it once)."""
     state = msgspec.json.decode((ckpt / "state.json").read_bytes())
-    return state, load_file(ckpt / "trainer" / "optimizer.safetensors")
+    with safe_open(ckpt / "trainer" / "optimizer.safetensors", framework="pt") as f:
+        return state, f.get_tensor("rng.torch")

@@ -168,10 +168,10 @@ class Learner:
                 "config": msgspec.to_builtins(self.cfg)}
 
     def _restore(self, ckpt: Path) -> None:
-        state, tensors = checkpoint.load_state(ckpt)
+        state, rng = checkpoint.load_state(ckpt)
         self.trainer.version = state["version"]
         self.trainer.load_optimizer(ckpt)
-        torch.set_rng_state(tensors["rng.torch"])
+        torch.set_rng_state(rng)
         self.tracker.load_state_dict(state["tracker"])
         self.dispatcher.load_state_dict(state["dispatcher"])
         for raw in state["buffer"]:
@@ -340,7 +340,8 @@ class Learner:
         lease, so it was never measured and starved for good."""
         n = {gid: self.stats.rollouts_by_generator[gid] for gid in gids}
         busy = {gid: self.generators[gid].busy_s for gid in gids}
-        pool = sum(n.values()) / sum(busy.values()) if sum(busy.values()) > 0 and sum(n.values()) > 0 else 1.0
+        n_all, busy_all = sum(n.values()), sum(busy.values())
+        pool = n_all / busy_all if n_all > 0 and busy_all > 0 else 1.0
         prior_groups = 4.0
         return {gid: (n[gid] + prior_groups) / (busy[gid] + prior_groups / pool) for gid in gids}
 

@@ -133,6 +133,10 @@ class ShardedTrainer(Trainer):
         return [(name, p.full_tensor() if hasattr(p, "full_tensor") else p)
                 for name, p in self.model.named_parameters()]
 
+    def _names(self) -> list[str]:
+        """Parameter names in the order a one-device optimizer numbers them."""
+        return [name for name, _ in self.model.named_parameters()]
+
     def _full_state(self) -> tuple[dict, dict]:
         """Full (unsharded) model and optimiser state, numbered like a one-device optimizer's, so
         the checkpoint reads like any other (and resumes on one device)."""
@@ -144,18 +148,13 @@ class ShardedTrainer(Trainer):
         optim = get_optimizer_state_dict(self.model, self.optimizer, options=options)
         if self.rank != 0:
             return model_state, optim  # gathered on rank 0 only (cpu_offload)
-        index = {name: i for i, (name, _) in enumerate(self.model.named_parameters())}
-        state = {index[name]: s for name, s in optim["state"].items()}
-        groups = [{**g, "params": [index[name] for name in g["params"]]} for g in optim["param_groups"]]
-        return model_state, {"state": state, "param_groups": groups}
+        index = {name: i for i, name in enumerate(self._names())}
+        return model_state, _renumber(optim, index.__getitem__)
 
     def _load_optimizer(self, ckpt: Path) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        full = checkpoint.optimizer_state(ckpt)
-        names = [name for name, _ in self.model.named_parameters()]  # the one-device numbering
-        by_name = {"state": {names[i]: s for i, s in full["state"].items()},
-                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in full["param_groups"]]}
+        by_name = _renumber(checkpoint.optimizer_state(ckpt), self._names().__getitem__)
         # Each rank slices its own shard from the full tensors (no broadcast: that would pickle).
         set_optimizer_state_dict(self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
@@ -185,3 +184,10 @@ class ShardedTrainer(Trainer):
                 return
             else:
                 raise RuntimeError(f"training rank {self.rank}: unknown operation {op} from rank 0")
+
+
+def _renumber(sd: dict, key: Callable) -> dict:
+    """An optimizer state dict with each parameter key mapped by `key`: FSDP's names to a
+    one-device optimizer's numbers, or back."""
+    return {"state": {key(k): s for k, s in sd["state"].items()},
+            "param_groups": [{**g, "params": [key(k) for k in g["params"]]} for g in sd["param_groups"]]}
