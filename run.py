@@ -113,6 +113,10 @@ def cmd_generate(args, overrides: list[str]) -> int:
     from pipeline.transport import Addresses
 
     cfg = config_mod.loads(Path(args.config_json).read_bytes())
+    if args.parent_pid:  # launched by a learner: die with it
+        from pipeline.launcher import die_with_parent
+
+        die_with_parent(args.parent_pid)
     torch.set_num_threads(cfg.run.torch_threads)
     addresses = Addresses(args.host, args.control_port, args.rollout_port)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -188,17 +192,18 @@ def cmd_bench(args, overrides: list[str]) -> int:
     cfg = config_mod.load(args.config, ["--log.wandb", "false", *preset, *overrides])
     torch.set_num_threads(cfg.run.torch_threads)
     if args.what == "transport":
-        from pipeline.bench import bench_transport
+        from benchmarks.transport import bench_transport
 
         bench_transport()
     elif args.what == "weights":
-        from actors.bench import bench_weights
+        from benchmarks.weights import bench_weights
 
         bench_weights(cfg, prepare_model(cfg, progress=False))
     else:
-        from learner import bench
+        from benchmarks.learner import bench_learner
+        from benchmarks.pipeline import bench_pipeline
 
-        run = bench.bench_learner if args.what == "learner" else bench.bench_pipeline
+        run = bench_learner if args.what == "learner" else bench_pipeline
         run(cfg, prepare_model(cfg, progress=False))
     return 0
 
@@ -228,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="the weight group's port; 0 (joining by hand): the learner assigns one")
     gen.add_argument("--model-path", required=True)
     gen.add_argument("--initial-version", type=int, default=0)
+    gen.add_argument("--parent-pid", type=int, default=0,
+                     help="the launching learner's pid: this generator exits when that process dies")
     gen.add_argument("--standin-delay", type=float, default=None, help=argparse.SUPPRESS)
     ev = sub.add_parser("eval", help="mean@k / pass@k of a model on held-out datasets")
     ev.add_argument("--config", default=str(DEFAULT_CONFIG))

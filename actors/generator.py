@@ -46,6 +46,7 @@ class Generator:
         self.updates: deque[WeightUpdate] = deque()
         self.stopping = False
         self._last_beat = 0.0
+        self._heard = time.monotonic()  # last message from the learner
         if weights_port:
             self.heartbeat()  # the learner that started it learns it is loading
         self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id)
@@ -82,6 +83,7 @@ class Generator:
 
     def _drain_messages(self, timeout_ms: int) -> None:
         for msg in self.endpoint.recv(timeout_ms):
+            self._heard = time.monotonic()
             if isinstance(msg, Assignment):
                 self.pending.append(msg)
             elif isinstance(msg, WeightUpdate):
@@ -145,6 +147,7 @@ class Generator:
 
     def run(self) -> None:
         self.status = "ready"
+        self._heard = time.monotonic()
         self.heartbeat()
         try:
             while not self.stopping:
@@ -158,6 +161,10 @@ class Generator:
                     self._step()
                 if time.monotonic() - self._last_beat >= self.cfg.generator.heartbeat_s:
                     self.heartbeat()
+                if time.monotonic() - self._heard > self.cfg.generator.learner_timeout_s:
+                    log.error("generator %d: no word from the learner for %.0f s (generator.learner_timeout_s); "
+                              "exiting to release the engine", self.id, self.cfg.generator.learner_timeout_s)
+                    break
         finally:
             self.status = "stopping"
             self.heartbeat()

@@ -22,6 +22,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from learner.groups import group_from_state
+from learner.stats import RunStats
+
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -128,3 +131,42 @@ def load_state(ckpt: Path) -> tuple[dict, torch.Tensor]:
     state = msgspec.json.decode((ckpt / "state.json").read_bytes())
     with safe_open(ckpt / "trainer" / "optimizer.safetensors", framework="pt") as f:
         return state, f.get_tensor("rng.torch")
+
+
+# How far the probe log-probs of a checkpoint's weights, loaded again, may be from those recorded when
+# it was written (the same weights, so only the arithmetic of another process may differ).
+RESUME_PROBE_TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 2e-3}
+
+
+def verify_weights(ckpt: Path, state: dict, probe_now: list[float], dtype: str) -> None:
+    """A checkpoint proves its weights: the probe log-probs recorded when it was written must come
+    back from the weights loaded from it."""
+    saved = state.get("probe_logprobs")
+    if saved is None:
+        log.warning("%s records no probe log-probs (written by an older version): weights not verified", ckpt)
+        return
+    diff = max((abs(a - b) for a, b in zip(saved, probe_now)), default=0.0)
+    if len(saved) != len(probe_now) or diff > RESUME_PROBE_TOLERANCE[dtype]:
+        raise CheckpointError(f"checkpoint {ckpt}: its weights do not give the probe log-probs recorded when it "
+                              f"was written (largest difference {diff:.2e}); the model files and state.json "
+                              f"do not belong together")
+    log.info("checkpoint %s: weights verified by the probe (largest difference %.1e)", ckpt, diff)
+
+
+def restore(ckpt: Path, trainer, tracker, dispatcher, buffer) -> RunStats:
+    """Put a run's state back as checkpoint `ckpt` saved it (the model itself is loaded from the
+    folder by the trainer); returns the run statistics to continue from."""
+    state, rng = load_state(ckpt)
+    trainer.version = state["version"]
+    trainer.load_optimizer(ckpt)  # first: under FSDP2 a forward (the probe) must not come before it
+    verify_weights(ckpt, state, trainer.probe_logprobs(), trainer.cfg.model.dtype)
+    torch.set_rng_state(rng)
+    tracker.load_state_dict(state["tracker"])
+    dispatcher.load_state_dict(state["dispatcher"])
+    for raw in state["buffer"]:
+        buffer.add(group_from_state(raw))
+    stats = RunStats.from_state(state["stats"])
+    stats.versions_announced = [trainer.version]  # the generators start from this one
+    log.info("resumed from %s at version %d (epoch %d, cursor %d)", ckpt, trainer.version,
+             dispatcher.epoch, dispatcher.cursor)
+    return stats

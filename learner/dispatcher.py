@@ -20,6 +20,10 @@ from pipeline.config import Config
 from pipeline.data import Problem
 from pipeline.messages import Assignment, pack_ids
 
+class LeaseIdentityError(RuntimeError):
+    pass
+
+
 OUTCOMES = ("trained", "dropped_stale", "dropped_filtered", "failed", "reissued")
 
 
@@ -122,6 +126,21 @@ class Dispatcher:
     @property
     def open(self) -> int:
         return len(self.leases)
+
+    def check_identity(self, buffered: list[int], in_step: list[int]) -> None:
+        """Every open lease is out at a generator (not yet returned), or returned with its group in
+        the buffer or in the running step; every buffered or training group holds an open lease.
+        Raises LeaseIdentityError naming the leases that break it."""
+        held = collections.Counter(buffered) + collections.Counter(in_step)
+        returned = {i for i, l in self.leases.items() if l.returned}
+        lost = sorted(returned - set(held))
+        orphans = sorted(i for i in held if i not in returned)
+        doubled = sorted(i for i, c in held.items() if c > 1)
+        if lost or orphans or doubled or not self.balanced():
+            raise LeaseIdentityError(
+                f"lease identity broken: returned leases with no group anywhere {lost[:20]}, groups without "
+                f"an open lease {orphans[:20]}, groups held twice {doubled[:20]}; dispatched {self.dispatched}, "
+                f"outcomes {dict(self.outcomes)}, open {self.open}")
 
     def balanced(self) -> bool:
         return self.dispatched == sum(self.outcomes.values()) + self.open

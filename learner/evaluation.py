@@ -46,6 +46,13 @@ class Evaluator:
         self.current = EvalRound(step, pending)
         return assignments
 
+    def start_round(self, version: int, new_lease_id, generators: list[int], send) -> None:
+        """Lease the held-out set once, spread over `generators` (skipped while a round is still out)."""
+        if self.busy or not generators:
+            return
+        for i, a in enumerate(self.start(version, new_lease_id, version)):
+            send(generators[i % len(generators)], a)
+
     def owns(self, lease_id: int) -> bool:
         return self.current is not None and lease_id in self.current.pending
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import msgspec
 import torch
 
+from learner.advantages import GroupAdvantage, group_advantage
+from pipeline.config import Config
 from pipeline.messages import Rollout, pack_floats, pack_ids, unpack_floats, unpack_ids
 
 
@@ -31,6 +33,7 @@ class Group:
     version_first: int  # oldest weight version any token was sampled under
     version_last: int
     token_versions: list[torch.Tensor] | None = None  # n x [L_j] per-token versions (in-flight updates)
+    _advantage: GroupAdvantage | None = None  # computed once, by `advantage`
 
     @property
     def n(self) -> int:
@@ -38,6 +41,13 @@ class Group:
 
     def lag(self, version: int) -> int:
         return version - self.version_first
+
+    def advantage(self, cfg: Config) -> GroupAdvantage:
+        """The group's advantage over its complete set of rewards, computed on first use (by the
+        intake's dynamic-sampling filter, or else by the batch builder) and then kept."""
+        if self._advantage is None:
+            self._advantage = group_advantage(self.rewards, [len(r) for r in self.responses], cfg)
+        return self._advantage
 
     @property
     def kind(self) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from learner import checkpoint
-from learner.advantages import group_advantage, zvp_token_advantages
+from learner.advantages import zvp_token_advantages
 from learner.groups import Group
 from learner.loss import policy_loss, token_entropy, token_logprobs
 from pipeline.collective import probe_tokens
@@ -39,8 +39,7 @@ class Batch:
 def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> Batch:
     seqs, rows = [], []
     for g in groups:
-        # over the complete group, before any sample is looked at alone
-        ga = group_advantage(g.rewards, [len(r) for r in g.responses], cfg)
+        ga = g.advantage(cfg)  # over the complete group, before any sample is looked at alone
         for j, (resp, mu) in enumerate(zip(g.responses, g.behaviour_logprobs)):
             seqs.append(torch.cat([g.prompt, resp]))
             tv = g.token_versions[j] if g.token_versions else torch.full((len(resp),), g.version_first)

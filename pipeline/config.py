@@ -94,6 +94,9 @@ class GeneratorConfig(Section):
     # A generator silent for this long is killed and restarted (it beats between generation batches,
     # so this must exceed the longest batch).
     heartbeat_timeout_s: PosFloat = 300.0
+    # A generator that hears nothing from its learner for this long exits, releasing its engine (the
+    # learner answers every heartbeat, except while it writes a checkpoint: this must exceed that).
+    learner_timeout_s: PosFloat = 600.0
     max_restarts: NonNegInt = 20  # generator restarts allowed in one run before the learner gives up
     verifier_timeout_s: PosFloat = 10.0
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.5

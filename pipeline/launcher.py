@@ -23,6 +23,24 @@ log = logging.getLogger(__name__)
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a launched generator: ask the kernel to send SIGTERM when the learner that started it dies,
+    however it dies (SIGKILL, out-of-memory kill), so no engine outlives its run. Needs nothing of the
+    dead process. If the learner is already gone, exit now."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); generator.learner_timeout_s still applies",
+                        ctypes.get_errno())
+    if os.getppid() != parent_pid:  # it died before the request above took effect
+        raise SystemExit(f"the learner (pid {parent_pid}) that launched this generator is gone")
+
+
 class Launcher:
     def __init__(self, cfg: Config, addresses: Addresses, model_path: str, initial_version: int = 0,
                  extra_args: list[str] | None = None):
@@ -43,7 +61,7 @@ class Launcher:
                 "--control-port", str(a.control_port), "--rollout-port", str(a.rollout_port),
                 "--weights-port", str(weights_port),
                 "--model-path", self.model_path, "--initial-version", str(self.initial_version),
-                *self.extra_args]
+                "--parent-pid", str(os.getpid()), *self.extra_args]
 
     def start(self, generator_id: int, weights_port: int) -> None:
         env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",

@@ -13,7 +13,7 @@ from typing import Union
 import msgspec
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the learner answers heartbeats (Alive)
 
 _IDS = np.dtype("<i4")
 _FLOATS = np.dtype("<f4")
@@ -115,7 +115,12 @@ class Welcome(Message, kw_only=True):
     weights_port: int
 
 
-ToGenerator = Union[Assignment, WeightUpdate, Stop, Welcome]
+class Alive(Message, kw_only=True):
+    """The learner's answer to a heartbeat: a generator that hears nothing from its learner for
+    `generator.learner_timeout_s` exits by itself, releasing its engine."""
+
+
+ToGenerator = Union[Assignment, WeightUpdate, Stop, Welcome, Alive]
 ToLearner = Union[Heartbeat, Rollout]
 
 

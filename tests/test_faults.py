@@ -176,7 +176,7 @@ def test_training_survives_generator_kills(tiny_model, tmp_path):
     stats = run_pipeline(learner, cfg)
     t.join(timeout=5)
     assert len(kills) >= 2, kills
-    assert learner.restarts == len(kills)
+    assert learner.supervisor.restarts == len(kills)
     assert learner.trainer.version == steps and len(stats.step_rewards) == steps
     assert learner.dispatcher.outcomes["reissued"] > 0
     assert balanced(learner)

@@ -1,6 +1,5 @@
 """The real pipeline: learner in this process, a vLLM generator process, ZeroMQ, gloo broadcast."""
 
-import os
 import signal
 import re
 import subprocess
@@ -9,7 +8,6 @@ import threading
 import time
 
 import psutil
-import pytest
 
 from learner.loop import Learner
 from pipeline.data import load_problems
@@ -94,90 +92,6 @@ def test_inflight_update_mode_end_to_end(tiny_model, tmp_path):
     assert balanced(learner)
 
 
-def test_dispatch_leases_only_what_can_be_trained_within_max_lag(tiny_model, tmp_path):
-    """A lease is trained B per step behind the open ones, under the newest weights its generator was
-    handed; the dispatcher stops where the next lease would exceed max_lag (it would only be dropped
-    as stale, wasting generation), and a generator whose weights are too old gets none."""
-    from types import SimpleNamespace
-
-    from learner.loop import GeneratorInfo
-
-    cfg = make_config(tmp_path, "--generator.max_inflight", "100", "--learner.max_lag", "2",
-                      "--learner.groups_per_step", "8")
-    cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
-
-    def dispatch(trainer_version: int, handed: int, reported: int, in_step: int = 0) -> int:
-        learner.trainer.version = trainer_version
-        learner.generators[0] = GeneratorInfo(status="ready", version=reported)
-        learner.links[0] = SimpleNamespace(group=object(), version=handed)
-        learner._pending = (None, [None] * in_step) if in_step else None
-        before = learner.dispatcher.open
-        learner._dispatch()
-        return learner.dispatcher.open - before
-
-    try:
-        learner.endpoint.send = lambda gid, msg: True
-        learner._first_rollout_at = 0.0
-        # generator up to date, nothing open: three steps' worth (versions 5, 6, 7: lag <= 2)
-        assert dispatch(5, handed=5, reported=4) == 24
-        learner.dispatcher.expire(now=float("inf"))
-        # weights handed are one behind: only the next two steps can take its groups in time
-        assert dispatch(5, handed=4, reported=4) == 16
-        learner.dispatcher.expire(now=float("inf"))
-        # a step is running on 8 open leases: the soonest a new lease trains is at version 6
-        for _ in range(8):
-            learner.dispatcher.lease(0, 5)
-        assert dispatch(5, handed=4, reported=4, in_step=8) == 8
-        # weights three behind that soonest step: nothing it makes could be trained in time
-        assert dispatch(5, handed=3, reported=3, in_step=8) == 0
-    finally:
-        learner.links, learner._pending = {}, None
-        learner.close()
-
-
-def lease_split(tiny_model, tmp_path, measured: dict[int, tuple[int, float]], leases: int = 40):
-    """How `leases` leases are spread over joined, ready generators with (groups returned, busy seconds)."""
-    from collections import Counter
-    from types import SimpleNamespace
-
-    from learner.loop import GeneratorInfo
-
-    cfg = make_config(tmp_path, "--generator.count", str(len(measured)), "--generator.max_inflight", "100",
-                      "--learner.max_open_groups", str(leases))
-    cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
-    try:
-        for gid, (groups, busy_s) in measured.items():
-            learner.generators[gid] = GeneratorInfo(status="ready", busy_s=busy_s)
-            learner.links[gid] = SimpleNamespace(group=object(), version=-1)
-            learner.stats.rollouts_by_generator[gid] = groups
-        sent = []
-        learner.endpoint.send = lambda gid, msg: sent.append(gid) or True
-        learner._dispatch()
-        assert len(sent) == leases == learner.dispatcher.open
-        return Counter(sent)
-    finally:
-        learner.links = {}
-        learner.close()
-
-
-def test_dispatch_balances_leases_by_measured_throughput(tiny_model, tmp_path):
-    counts = lease_split(tiny_model, tmp_path, {0: (300, 10.0), 1: (100, 10.0)})  # generator 0 is 3x faster
-    assert counts[0] == pytest.approx(30, abs=1) and counts[1] == pytest.approx(10, abs=1)
-
-
-def test_a_newcomer_is_leased_to_beside_a_fast_generator(tiny_model, tmp_path):
-    """A generator with nothing measured yet starts at the pool's rate. (With a fixed prior of one
-    group per second, a newcomer beside an engine doing 100 never won a lease, so was never measured.)"""
-    counts = lease_split(tiny_model, tmp_path / "a", {0: (1000, 10.0), 7: (0, 0.0)})
-    assert counts[7] == pytest.approx(20, abs=2)
-    # Learner-bound, few leases free up at a time. A newcomer measured while it ran one group at a
-    # time (so slow per busy second) still gets one lease while it is idle; it is not starved.
-    counts = lease_split(tiny_model, tmp_path / "b", {0: (1000, 10.0), 7: (6, 1.7)}, leases=8)
-    assert counts[7] >= 1
-
-
 def test_a_generator_joins_and_leaves_a_running_run(tiny_model, tmp_path):
     """`run.py generate` started by hand (as on another node) while a run goes on: the learner gives
     it a weight group and the newest weights, it is leased to and its groups are trained; on SIGTERM
@@ -210,10 +124,10 @@ def test_a_generator_joins_and_leaves_a_running_run(tiny_model, tmp_path):
                  "--model-path", learner.model_path], stdout=log, stderr=subprocess.STDOUT)
             seen["joined_at"] = learner.trainer.version
             if wait(lambda: learner.stats.rollouts_by_generator[7] >= 20, "the joiner's rollouts"):
-                seen["checked"] = learner.generators[7].checked
+                seen["checked"] = learner.supervisor.generators[7].checked
             proc.send_signal(signal.SIGTERM)
             seen["rc"] = proc.wait(60)
-            if wait(lambda: 7 not in learner.links, "the joiner to be let go", 30):
+            if wait(lambda: 7 not in learner.supervisor.links, "the joiner to be let go", 30):
                 v = learner.trainer.version
                 wait(lambda: learner.trainer.version >= v + 3, "training to go on without it", 60)
         finally:
@@ -228,5 +142,5 @@ def test_a_generator_joins_and_leaves_a_running_run(tiny_model, tmp_path):
     assert stats.rollouts_by_generator[7] >= 20 and stats.rollouts_by_generator[0] > 0
     assert seen["checked"] >= seen["joined_at"]  # it got the newest weights, not its model folder's
     assert stats.weights_mismatch == 0
-    assert learner.restarts == 0 and 7 not in learner.links and 7 not in learner.generators
+    assert learner.supervisor.restarts == 0 and 7 not in learner.supervisor.links and 7 not in learner.supervisor.generators
     assert balanced(learner)

@@ -1,38 +1,15 @@
-"""`run.py bench transport | weights | learner | pipeline`: each measures the real path beside its
-bare baseline in one run and prints a table, then one `RESULT name=value ...` line.
-
-Timings are medians of repeated trials, taken side by side in the same process, so that the ratio
-means something on a shared, noisy machine.
-"""
+"""`run.py bench transport`: a generator process streaming rollouts to the learner's endpoint, beside a
+bare ZeroMQ PUSH of the same bytes to the same socket."""
 
 from __future__ import annotations
 
 import statistics
-import threading
 import time
-from typing import Callable
 
 import numpy as np
 
+from benchmarks.timing import print_table
 
-def median_time(fn: Callable[[], None], trials: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(trials):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def print_table(rows: list[tuple[str, str]]) -> None:
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-
-
-# ---- transport --------------------------------------------------------------------------------
 
 def realistic_rollout(samples: int = 16, tokens: int = 1024, seed: int = 0):
     from pipeline.messages import Rollout, Sample, pack_floats, pack_ids

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from pipeline.bench import median_time, print_table
+from benchmarks.timing import median_time, print_table
 
 
 def bench_weights(cfg, model_path: str, trials: int = 5) -> dict:

@@ -1,0 +1,98 @@
+"""Weight publication: snapshot the learner's weights, announce them to the generators, and check
+that each generator really holds them by comparing its probe log-probs with the learner's.
+
+A snapshot is a copy of the weights (so training may go on) plus the probe log-probs that a
+generator must report back for that version (`pipeline/collective.py` defines the probe sequence).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from learner.broadcast import GeneratorLink, prepare
+from learner.stats import RunStats
+from pipeline.messages import Heartbeat, WeightUpdate
+
+log = logging.getLogger(__name__)
+
+# How far a generator's probe log-probs may be from the learner's for the same weights.
+PROBE_TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 2e-2}
+# Generators report recent versions only: older probes are pruned, so the table stays small.
+PROBES_KEPT = 64
+
+
+@dataclass
+class Snapshot:
+    version: int
+    update: WeightUpdate
+    flat: torch.Tensor
+
+
+def probe_matches(reported: list[float], expected: list[float], dtype: str) -> tuple[bool, float]:
+    """(match, largest difference) of a generator's probe log-probs against the learner's."""
+    diff = max((abs(a - b) for a, b in zip(reported, expected)), default=0.0)
+    return len(reported) == len(expected) and diff <= PROBE_TOLERANCE[dtype], diff
+
+
+class Publisher:
+    def __init__(self, trainer, dtype: str, stats: RunStats, wake: Callable[[], None]):
+        self.trainer = trainer
+        self.dtype = dtype
+        self.stats = stats  # versions announced, verified and mismatched are counted there
+        self.wake = wake  # tells the loop a snapshot is ready to go out
+        self.probes: dict[int, list[float]] = {trainer.version: trainer.probe_logprobs()}
+        self.snapshot: Snapshot | None = None
+
+    def take_snapshot(self) -> None:
+        """Copy the weights as they are now and compute their probe log-probs. Runs on the loop's
+        thread when no step is running, else on the snapshot thread beside the next step."""
+        v = self.trainer.version
+        update, flat = prepare(v, self.trainer.named_weights(), self.dtype)
+        self.probes[v] = self.trainer.probe_logprobs()
+        for old in [k for k in self.probes if k < v - PROBES_KEPT]:
+            del self.probes[old]
+        self.snapshot = Snapshot(v, update, flat)
+        self.stats.versions_announced.append(v)
+        self.wake()
+
+    def needs_snapshot(self, version: int) -> bool:
+        return self.snapshot is None or self.snapshot.version != version
+
+    def announce(self, links: dict[int, GeneratorLink], joined: set[int], due: bool, step_running: bool,
+                 send: Callable[[int, WeightUpdate], bool]) -> None:
+        """Send the newest weights to every joined generator whose link is free and that lacks them.
+        A generator behind the newest announced version (it restarted or joined) gets them at once;
+        the others when `due` (every `learner.sync_every` steps)."""
+        v = self.trainer.version
+        latest = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
+        targets = [gid for gid, link in links.items()
+                   if gid in joined and link.ready and link.version < v and (due or link.version < latest)]
+        if not targets:
+            return
+        if self.snapshot is None or (due and self.snapshot.version != v):
+            if step_running:
+                return  # a step is changing the weights: its worker snapshots them once it is done
+            self.take_snapshot()
+        snap = self.snapshot
+        for gid in targets:
+            if links[gid].version < snap.version and send(gid, snap.update):
+                links[gid].submit(snap.version, snap.flat)
+
+    def check(self, gid: int, info, hb: Heartbeat) -> None:
+        """Compare the probe log-probs a generator reports with the learner's for that version."""
+        expected = self.probes.get(hb.probe_version)
+        if not hb.probe_logprobs or expected is None or hb.probe_version <= info.checked:
+            return
+        info.checked = hb.probe_version
+        ok, diff = probe_matches(hb.probe_logprobs, expected, self.dtype)
+        self.stats.probe_max_diff = max(self.stats.probe_max_diff, diff)
+        if ok:
+            self.stats.weights_verified += 1
+        else:
+            self.stats.weights_mismatch += 1
+            log.error("generator %d: weights of version %d differ from the learner's (probe log-probs "
+                      "differ by up to %.2e)", gid, hb.probe_version, diff)
