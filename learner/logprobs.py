@@ -17,15 +17,19 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 logits go to fp32 before the softmax
+
+
 def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                     temperature: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float() / temperature.unsqueeze(-1)
+    logits = _at_least_fp32(F.linear(hidden, weight)) / temperature.unsqueeze(-1)
     return torch.gather(F.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 @torch.no_grad()
 def _chunk_entropy(hidden: torch.Tensor, weight: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    logp = F.log_softmax(F.linear(hidden, weight).float() / temperature.unsqueeze(-1), dim=-1)
+    logp = F.log_softmax(_at_least_fp32(F.linear(hidden, weight)) / temperature.unsqueeze(-1), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -46,7 +50,7 @@ def response_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
             logps.append(_chunk_logprobs(h, weight, t, T))
         if entropy_temperature is not None:
             ents.append(_chunk_entropy(h.detach(), weight.detach(), entropy_temperature[s:s + chunk]))
-    empty = hidden.new_zeros(0, dtype=torch.float32)
+    empty = _at_least_fp32(hidden.new_zeros(0))
     logp = torch.cat(logps) if logps else empty
     entropy = (torch.cat(ents) if ents else empty) if entropy_temperature is not None else None
     return logp, entropy

@@ -34,7 +34,7 @@ from learner.stepper import RunningStep, Stepper
 from learner.supervisor import Supervisor
 from learner.tracker import Tracker
 from learner.trainer import Trainer
-from pipeline.config import Config, to_toml_dict
+from pipeline.config import Config, ConfigError, to_toml_dict
 from pipeline.data import Problem
 from pipeline.messages import Heartbeat, Rollout
 from pipeline.models import load_tokenizer
@@ -47,6 +47,14 @@ class LearnerError(RuntimeError):
     pass
 
 
+def _check_fits(cfg: Config, longest_prompt: int) -> None:
+    """Every sample must fit one micro-batch: say so at start-up, not at the first step that meets it."""
+    budget, max_tokens = cfg.learner.micro_batch_tokens, cfg.generator.max_tokens
+    if budget and longest_prompt + max_tokens > budget:
+        raise ConfigError(f"learner.micro_batch_tokens = {budget} cannot hold the longest sample: a prompt of "
+                          f"{longest_prompt} tokens + generator.max_tokens = {max_tokens}; raise the one or lower the other")
+
+
 class Learner:
     def __init__(self, cfg: Config, model_path: str, problems: list[Problem], resume: Path | None = None,
                  trainer: Trainer | None = None):
@@ -57,6 +65,7 @@ class Learner:
         tokenizer = load_tokenizer(self.model_path)
         prompt_tokens = [tokenizer.encode(cfg.data.prompt_template.format(question=p.question))
                          for p in problems]
+        _check_fits(cfg, max(len(t) for t in prompt_tokens))
         self.tracker = Tracker(len(problems), cfg.tracker.reset_on_mixed)
         self.dispatcher = Dispatcher(cfg, problems, prompt_tokens, self.tracker)
         torch.manual_seed(cfg.run.seed)

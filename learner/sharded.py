@@ -4,9 +4,9 @@ Rank 0 is the learner: it runs the whole loop (dispatcher, generators, broadcast
 on one device. The other ranks only hold their shard of the weights and optimiser state and follow:
 before each collective, rank 0 broadcasts what comes next (a step on this batch, gather the weights,
 score the probe, gather a checkpoint, load a checkpoint's optimiser state, stop) and every rank
-takes part. Each rank trains every
-world-th row of the batch; its loss is scaled by its share of the batch's response tokens, so FSDP's
-averaged gradient is the one-device gradient of the token-normalised loss (ALGORITHMS.md §5).
+takes part. Micro-batches are planned over the whole batch, the same on every rank, and each rank
+trains every world-th row of each; the loss coefficients are the whole update's, and the loss is
+scaled by the world size, so FSDP's averaged gradient is the one-device gradient (ALGORITHMS.md §5).
 
 Collectives must run in the same order on every rank, so each operation holds one lock from its
 announcement to its end, whichever of the learner's threads calls it.
@@ -32,7 +32,8 @@ STEP, WEIGHTS, PROBE, STATE, LOAD, STOP = range(1, 7)
 # Batch fields as they cross the training group (targets is input_ids shifted, rebuilt on arrival).
 _FIELDS = [("input_ids", torch.long, 0), ("attention_mask", torch.long, 0), ("response_mask", torch.float32, 1),
            ("mu", torch.float32, 1), ("adv", torch.float32, 1), ("zvp", torch.float32, None),
-           ("temperature", torch.float32, None), ("lag", torch.long, None), ("token_lag", torch.long, 1)]
+           ("temperature", torch.float32, None), ("lag", torch.long, None), ("token_lag", torch.long, 1),
+           ("group", torch.long, None)]
 
 
 def launched() -> bool:
@@ -64,6 +65,9 @@ class ShardedTrainer(Trainer):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self._lock = threading.Lock()
         super().__init__(cfg, model_path)
+        # Each rank sums its rows' loss terms with coefficients taken over the whole update, and
+        # FSDP averages the ranks' gradients: scaled by the world size, the average is the sum.
+        self.loss_scale = float(self.world)
 
     def _pick_device(self) -> torch.device:
         # torchrun gives each process its own GPU; on CPU (gloo) every rank uses the CPU
@@ -89,7 +93,7 @@ class ShardedTrainer(Trainer):
             self._announce(STEP, *batch.input_ids.shape)
             for name, dtype, _ in _FIELDS:
                 dist.broadcast(getattr(batch, name).to(self.device, dtype).contiguous(), 0)
-            return self._train(batch, before_update)
+            return self.train_batch(batch, before_update)
 
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
         with self._lock:
@@ -119,15 +123,17 @@ class ShardedTrainer(Trainer):
 
     # ---- every rank ----------------------------------------------------------------------------
 
-    def _train(self, batch: Batch, before_update) -> dict:
-        """This rank's rows of the batch, weighted by their share of its response tokens."""
-        n, _ = batch.input_ids.shape
-        if n < self.world:
-            raise ValueError(f"a batch of {n} samples cannot be split over {self.world} training processes")
-        rows = slice(self.rank, None, self.world)
-        mine = Batch(**{k: v[rows] for k, v in vars(batch).items()}).to(self.device)
-        share = float(mine.response_mask.sum()) * self.world / max(float(batch.response_mask.sum()), 1.0)
-        return self._update(mine, before_update, loss_scale=share)
+    def _share(self, rows: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Every world-th row of a micro-batch. A rank with none still runs one row, weighted zero:
+        each forward and backward is a collective that every rank must join."""
+        mine = rows[self.rank::self.world]
+        return (mine, True) if len(mine) else (rows[:1], False)
+
+    def _gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        # each rank filled its own rows and left the others zero: the sum is every row, on every rank
+        rows = rows.to(self.device)
+        dist.all_reduce(rows)
+        return rows.cpu()
 
     def _gather(self) -> list[tuple[str, torch.Tensor]]:
         return [(name, p.full_tensor() if hasattr(p, "full_tensor") else p)
@@ -171,7 +177,7 @@ class ShardedTrainer(Trainer):
                     fields[name] = torch.empty(shape, dtype=dtype, device=self.device)
                     dist.broadcast(fields[name], 0)
                 fields = {k: v.cpu() for k, v in fields.items()}
-                self._train(Batch(targets=fields["input_ids"][:, 1:], **fields), None)
+                self.train_batch(Batch(targets=fields["input_ids"][:, 1:], **fields), None)
             elif op == WEIGHTS:
                 self._gather()
             elif op == PROBE:

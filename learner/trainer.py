@@ -1,7 +1,17 @@
-"""The policy model, its optimiser, and one gradient step on a batch of complete groups."""
+"""The policy model, its optimiser, and one optimiser step on a rollout batch of complete groups.
+
+One step (one weight version) is `learner.updates_per_batch` = k optimiser updates. The rollout batch is
+shuffled by group and split into k parts; each update accumulates gradients over micro-batches of at
+most `learner.micro_batch_tokens` padded tokens. The loss's normaliser is the update's, never a
+micro-batch's (`learner/loss.py`, `aggregation_coef`), so however the samples are cut, the gradient is
+that of the update in one piece (DESIGN.md §3, "the split never changes the step"). The learner's
+peak memory is thus set by the token budget and the logits chunk (`learner/logprobs.py`), not by the
+batch.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,7 +21,8 @@ import torch
 from learner import checkpoint
 from learner.advantages import zvp_token_advantages
 from learner.groups import Group
-from learner.loss import policy_loss, token_entropy, token_logprobs
+from learner.logprobs import response_logprobs
+from learner.loss import LossSums, aggregation_coef, policy_loss, token_logprobs
 from pipeline.collective import probe_tokens
 from pipeline.config import Config
 from pipeline.models import load_causal_lm
@@ -31,20 +42,34 @@ class Batch:
     temperature: torch.Tensor  # [N]
     lag: torch.Tensor  # [N] lag of each sample's oldest token
     token_lag: torch.Tensor  # [N, S-1] lag of each response token (differs within a sample under in-flight updates)
+    group: torch.Tensor  # [N] index of the sample's group in the rollout batch
+    prox: torch.Tensor | None = None  # [N, S-1] log pi_prox, when computed before the first of k updates
+    coef: torch.Tensor | None = None  # [N] the loss-aggregation coefficient of each row in its update
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(**{k: v.to(device) for k, v in vars(self).items()})
+        return Batch(**{k: (v.to(device) if v is not None else None) for k, v in vars(self).items()})
+
+    def select(self, rows: torch.Tensor) -> "Batch":
+        """These rows, trimmed to their longest sequence (padding is on the right)."""
+        length = int(self.attention_mask[rows].sum(1).max())
+        out = {}
+        for k, v in vars(self).items():
+            if v is None or v.dim() == 1:
+                out[k] = v[rows] if v is not None else None
+            else:
+                out[k] = v[rows, :length if k in ("input_ids", "attention_mask") else length - 1]
+        return Batch(**out)
 
 
 def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> Batch:
     seqs, rows = [], []
-    for g in groups:
+    for gi, g in enumerate(groups):
         ga = g.advantage(cfg)  # over the complete group, before any sample is looked at alone
         for j, (resp, mu) in enumerate(zip(g.responses, g.behaviour_logprobs)):
             seqs.append(torch.cat([g.prompt, resp]))
             tv = g.token_versions[j] if g.token_versions else torch.full((len(resp),), g.version_first)
             rows.append((len(g.prompt), resp, mu, float(ga.per_sample[j]), ga.zvp, g.temperature,
-                         g.lag(version), version - tv))
+                         g.lag(version), version - tv, gi))
     n, s = len(seqs), max(len(x) for x in seqs)
     input_ids = torch.full((n, s), pad_id, dtype=torch.long)
     attention = torch.zeros((n, s), dtype=torch.long)
@@ -52,7 +77,7 @@ def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> 
     mu = torch.zeros((n, s - 1))
     adv = torch.zeros((n, s - 1))
     token_lag = torch.zeros((n, s - 1), dtype=torch.long)
-    for i, (seq, (p, resp, m, a, *_, tl)) in enumerate(zip(seqs, rows)):
+    for i, (seq, (p, resp, m, a, *_, tl, _g)) in enumerate(zip(seqs, rows)):
         input_ids[i, :len(seq)] = seq
         attention[i, :len(seq)] = 1
         # position t predicts token t+1: response token k (at p+k) is predicted at position p+k-1
@@ -61,25 +86,56 @@ def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> 
         mu[i, span] = m
         adv[i, span] = a
         token_lag[i, span] = tl
-    return Batch(input_ids, attention, input_ids[:, 1:], resp_mask, mu, adv,
-                 torch.tensor([r[4] for r in rows]), torch.tensor([r[5] for r in rows]),
-                 torch.tensor([r[6] for r in rows]), token_lag)
+    col = lambda k, dtype=None: torch.tensor([r[k] for r in rows], dtype=dtype)  # noqa: E731
+    return Batch(input_ids, attention, input_ids[:, 1:], resp_mask, mu, adv, col(4, torch.float32),
+                 col(5, torch.float32), col(6), token_lag, col(8))
+
+
+def pack(lengths: list[int], budget: int) -> list[list[int]]:
+    """Row indices grouped into micro-batches of at most `budget` padded tokens (rows x longest),
+    longest first, so that rows of like length share a micro-batch and padding stays small.
+    `budget` 0: one micro-batch."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if not budget:
+        return [order] if order else []
+    out: list[list[int]] = []
+    for i in order:
+        if lengths[i] > budget:
+            raise ValueError(f"a sample of {lengths[i]} tokens exceeds learner.micro_batch_tokens = {budget}")
+        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= budget:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def split_updates(groups: int, k: int, seed: int) -> list[torch.Tensor]:
+    """The rollout batch's group indices shuffled and cut into k nearly equal parts (one per update)."""
+    order = torch.randperm(groups, generator=torch.Generator().manual_seed(seed))
+    return [part for part in torch.tensor_split(order, k) if len(part)]
+
+
+PRECISION_DTYPE = {"fp32": "float32", "bf16-mixed": "float32", "bf16": "bfloat16"}
 
 
 class Trainer:
-    # The learner may copy the weights on another thread while a step runs (see Learner._step_job);
+    # The learner may copy the weights on another thread while a step runs (see learner/stepper.py);
     # a sharded trainer may not, as the copy is a collective.
     concurrent_snapshot = True
 
     def __init__(self, cfg: Config, model_path: str):
         self.cfg = cfg
         self.device = self._pick_device()
-        self.model = self._distribute(load_causal_lm(model_path, cfg.model.dtype).to(self.device))
+        lc = cfg.learner
+        model = load_causal_lm(model_path, PRECISION_DTYPE[lc.precision])
+        if lc.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = self._distribute(model.to(self.device))
         self.model.train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learner.lr,
-                                           weight_decay=cfg.learner.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
         self.version = 0  # number of optimiser steps taken: the weights' version
         self.pad_id = self.model.config.pad_token_id or 0
+        self.loss_scale = 1.0  # a sharded trainer's rows weigh in as their share of the whole
 
     def _pick_device(self) -> torch.device:
         return torch.device(self.cfg.learner.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -100,71 +156,144 @@ class Trainer:
     def probe_logprobs(self) -> list[float]:
         """Log-probs (T = 1) of the fixed probe sequence, to compare with what a generator reports."""
         tokens = torch.tensor([probe_tokens(self.model.config.vocab_size)], device=self.device)
-        logits = self.model(input_ids=tokens).logits[:, :-1]
-        return token_logprobs(logits, tokens[:, 1:], torch.ones(1, device=self.device))[0].tolist()
+        with self._autocast():
+            logits = self.model(input_ids=tokens).logits[:, :-1]
+        return token_logprobs(logits.float(), tokens[:, 1:], torch.ones(1, device=self.device))[0].tolist()
+
+    def full_state(self) -> tuple[dict | None, dict]:
+        """(model state dict, or None for the model's own; optimizer state dict) for a checkpoint."""
+        return None, self.optimizer.state_dict()
+
+    # ---- the forward pass --------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.cfg.learner.precision == "bf16-mixed":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _sample_temperature(self, batch: Batch) -> torch.Tensor:
         if self.cfg.loss.logprob_temperature == "sample":
             return batch.temperature
         return torch.ones_like(batch.temperature)
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits at the predicting positions, log pi_theta of the targets at each sample's T)."""
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
-        return logits, token_logprobs(logits, batch.targets, self._sample_temperature(batch))
+    def forward(self, batch: Batch, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(log pi_theta of the targets at each sample's T, entropy at T = 1 or, under
+        `zvp.entropy_temperature = "sample"`, at the sample's T), both [N, S-1] and zero off the
+        response. Only response positions meet the output layer, `learner.logit_chunk_tokens` at a time."""
+        with self._autocast():
+            # The whole model runs (so a sharded root gathers its parameters as usual), but the output
+            # layer only at one position; the last hidden state then meets it chunk by chunk below.
+            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1,
+                             output_hidden_states=True)
+        hidden = out.hidden_states[-1]  # after the final norm: what the output layer reads
+        mask = batch.response_mask.bool()
+        per_token = lambda t: t.unsqueeze(1).expand_as(mask)[mask]  # noqa: E731 - [N] -> [tokens]
+        t_entropy = batch.temperature if self.cfg.zvp.entropy_temperature == "sample" else torch.ones_like(batch.temperature)
+        lp, ent = response_logprobs(hidden[:, :-1][mask], self.model.lm_head.weight, batch.targets[mask],
+                                    per_token(self._sample_temperature(batch)),
+                                    per_token(t_entropy) if entropy else None, self.cfg.learner.logit_chunk_tokens)
+        logp = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        logp = logp.masked_scatter(mask, lp)
+        if ent is None:
+            return logp, None
+        return logp, torch.zeros_like(logp).masked_scatter(mask, ent)
 
     def logprobs(self, batch: Batch) -> torch.Tensor:
-        return self.forward(batch)[1]
+        return self.forward(batch, entropy=False)[0]
 
-    def _fill_zvp(self, batch: Batch, entropy_one: torch.Tensor, logits: torch.Tensor) -> None:
+    def _fill_zvp(self, batch: Batch, entropy: torch.Tensor) -> None:
         """RL-ZVP token advantages from the detached entropy of the training policy (§3)."""
-        rows = (batch.zvp != 0).nonzero().flatten()
-        if len(rows) == 0:
-            return
-        if self.cfg.zvp.entropy_temperature == "sample":
-            entropy = token_entropy(logits[rows], batch.temperature[rows])
-        else:
-            entropy = entropy_one[rows]
-        for k, i in enumerate(rows.tolist()):
+        for i in (batch.zvp != 0).nonzero().flatten().tolist():
             pos = batch.response_mask[i].bool()
-            batch.adv[i, pos] = zvp_token_advantages(entropy[k][pos], bool(batch.zvp[i] > 0), self.cfg.zvp.alpha)
+            batch.adv[i, pos] = zvp_token_advantages(entropy[i][pos], bool(batch.zvp[i] > 0), self.cfg.zvp.alpha)
 
-    def full_state(self) -> tuple[dict | None, dict]:
-        """(model state dict, or None for the model's own; optimizer state dict) for a checkpoint."""
-        return None, self.optimizer.state_dict()
+    # ---- the step ----------------------------------------------------------------------------------
 
     def step(self, groups: list[Group], before_update: Callable[[], object] | None = None) -> dict:
-        """One optimiser step on `groups`; `before_update` runs after the backward pass, just before
-        the weights change (the learner uses it to wait for a copy of the previous weights)."""
-        return self._update(build_batch(groups, self.version, self.cfg, self.pad_id).to(self.device),
-                            before_update)
+        """One optimiser step (k updates) on `groups`; `before_update` runs after the first backward
+        pass, just before the weights change (the learner uses it to wait for a copy of them)."""
+        return self.train_batch(build_batch(groups, self.version, self.cfg, self.pad_id), before_update)
 
-    def _update(self, batch: Batch, before_update: Callable[[], object] | None = None,
-                loss_scale: float = 1.0) -> dict:
-        """The step itself; `loss_scale` lets a shard of the batch weigh in as its share of the whole."""
-        logits, logp = self.forward(batch)
-        entropy = token_entropy(logits, torch.ones_like(batch.temperature))  # T = 1, for RL-ZVP and metrics
-        self._fill_zvp(batch, entropy, logits)
-        # One optimiser step per batch: pi_prox is pi_theta at the start of the step, so no extra
-        # forward pass is needed; detaching gives it exactly.
-        prox = logp.detach()
-        loss, stats = policy_loss(logp, prox, batch.mu, batch.adv, batch.response_mask, self.cfg.loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss * loss_scale).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.grad_clip)
-        if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over every shard
-            grad_norm = grad_norm.full_tensor()
-        if before_update is not None:
-            before_update()
-        self.optimizer.step()
+    def micro_batches(self, batch: Batch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """`rows` of `batch` cut into micro-batches by the token budget (whole rows, never split)."""
+        lengths = batch.attention_mask[rows].sum(1).tolist()
+        return [rows[mb] for mb in pack(lengths, self.cfg.learner.micro_batch_tokens)]
+
+    def _share(self, rows: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(the rows of a micro-batch this process runs, whether they count): all of them here."""
+        return rows, True
+
+    @torch.no_grad()
+    def proximal(self, batch: Batch) -> torch.Tensor:
+        """log pi_prox of every row: the policy at the start of the rollout batch, one forward pass
+        without gradient (needed when k > 1: from the second update on, pi_theta has moved)."""
+        prox = torch.zeros_like(batch.mu)
+        for mb in self.micro_batches(batch, torch.arange(len(batch.group))):
+            mine, counts = self._share(mb)
+            logp = self.logprobs(batch.select(mine).to(self.device)).cpu()
+            if counts:
+                prox[mine, :logp.shape[1]] = logp
+        return self._gather_rows(prox)
+
+    def _gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per-row values each process filled for its own rows, completed for all rows (one device: as they are)."""
+        return rows
+
+    def train_batch(self, batch: Batch, before_update: Callable[[], object] | None = None) -> dict:
+        """k optimiser updates on the rollout batch, one weight version (ALGORITHMS.md §5, mini-batches)."""
+        n_groups = int(batch.group.max()) + 1
+        k = min(self.cfg.learner.updates_per_batch, n_groups)
+        if k > 1:
+            batch.prox = self.proximal(batch)  # pi_prox: the policy at the start of the batch, fixed for all k
+        metrics: dict = {}
+        total = LossSums()
+        for u, groups in enumerate(split_updates(n_groups, k, self.cfg.run.seed + self.version)):
+            sums = self.gradients(batch, torch.isin(batch.group, groups).nonzero().flatten())
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over every shard
+                grad_norm = grad_norm.full_tensor()
+            if u == 0 and before_update is not None:
+                before_update()
+            self.optimizer.step()
+            total += sums
+            if k > 1:
+                metrics[f"update/{u}/clip_frac"] = sums.clip_frac
+                metrics[f"update/{u}/grad_norm"] = float(grad_norm)
         self.version += 1
+        padded = sum(len(mb) * int(batch.attention_mask[mb].sum(1).max())
+                     for mb in self.micro_batches(batch, torch.arange(len(batch.group))))
+        metrics.update(asdict(total.stats()), **total.gap_by_lag())
+        metrics.update(loss=total.loss / k, grad_norm=float(grad_norm), updates=k, entropy=total.entropy_mean,
+                       tokens=int(total.tokens), response_len=float(batch.response_mask.sum(1).mean()),
+                       padding_frac=1.0 - float(batch.attention_mask.sum()) / max(padded, 1))
+        return metrics
 
-        mask = batch.response_mask.bool()
-        gap = (prox - batch.mu).abs()
-        gap_by_lag = {}
-        for lag in batch.token_lag[mask].unique().tolist():  # mean |pi_prox - mu| per token-lag bucket (§4)
-            at = mask & (batch.token_lag == lag)
-            gap_by_lag[f"prox_mu_gap/lag{lag}"] = float(gap[at].mean())
-        return {**asdict(stats), "grad_norm": float(grad_norm), **gap_by_lag,
-                "entropy": float(entropy[mask].mean()), "tokens": int(mask.sum()),
-                "response_len": float(mask.sum(1).float().mean())}
+    def gradients(self, batch: Batch, rows: torch.Tensor) -> LossSums:
+        """The gradient of one update (`rows` of the batch) in the parameters' .grad, accumulated
+        over micro-batches; the loss coefficients are the update's (`aggregation_coef`)."""
+        lengths = batch.response_mask.sum(1)
+        batch.coef = torch.zeros(len(batch.group))
+        batch.coef[rows] = aggregation_coef(lengths[rows], self.cfg.loss.aggregation,
+                                            self.cfg.loss.norm_tokens or self.cfg.generator.max_tokens)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = LossSums()
+        for mb in self.micro_batches(batch, rows):
+            mine, counts = self._share(mb)
+            sub = batch.select(mine)
+            if not counts:
+                sub.coef = torch.zeros_like(sub.coef)  # takes part in the collectives, adds nothing
+            part = self._accumulate(sub.to(self.device))
+            if counts:
+                sums += part
+        return sums
+
+    def _accumulate(self, batch: Batch) -> LossSums:
+        """Forward and backward of one micro-batch; its gradient adds to the update's."""
+        logp, entropy = self.forward(batch)
+        self._fill_zvp(batch, entropy)
+        # With one update per batch, pi_prox is pi_theta at the start of the step: detaching gives it.
+        prox = batch.prox if batch.prox is not None else logp.detach()
+        loss, sums = policy_loss(logp, prox, batch.mu, batch.adv, batch.response_mask, self.cfg.loss,
+                                 coef=batch.coef, token_lag=batch.token_lag, entropy=entropy)
+        (loss * self.loss_scale).backward()
+        return sums

@@ -82,7 +82,7 @@ class TransportConfig(Section):
 
 
 class GeneratorConfig(Section):
-    count: PosInt = 1
+    count: NonNegInt = 1  # generators the learner launches; 0: all join by themselves (scripts/slurm-train.sbatch)
     # GPUs for generators, one entry per generator in turn (CUDA_VISIBLE_DEVICES values, e.g. "0" or
     # "0,1" for a tensor-parallel engine); empty: leave the environment as it is (CPU, or one GPU).
     devices: list[str] = msgspec.field(default_factory=list)
@@ -129,6 +129,10 @@ class LossConfig(Section):
     eps_high: NonNegFloat = 0.28  # clip-higher (DAPO); set to eps_low for symmetric GRPO clipping
     is_cap: Annotated[float, Meta(ge=1)] = 2.0  # C: truncate w at C (tis) or mask outside [1/C, C] (mis)
     logprob_temperature: Literal["sample", "one"] = "sample"
+    # token_mean (DAPO): / the update's response tokens; seq_mean_token_mean (GRPO): mean over each
+    # response, then over responses; seq_mean_token_sum_norm (Dr. GRPO): token sums / (N * norm_tokens)
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    norm_tokens: NonNegInt = 0  # Dr. GRPO's constant; 0: generator.max_tokens
 
 
 class AdvantageConfig(Section):
@@ -183,6 +187,19 @@ class LearnerConfig(Section):
     keep_checkpoints: PosInt = 2
     lease_timeout_s: PosFloat = 120.0
     idle_timeout_s: PosFloat = 300.0  # give up when no rollout arrives for this long
+    # Memory is set by these, never by the batch: a step's samples are packed into micro-batches of at
+    # most this many padded tokens (prompt + response) with gradient accumulation (0: one piece) ...
+    micro_batch_tokens: NonNegInt = 16384
+    # ... and the output layer meets at most this many positions at once (x vocabulary logits alive).
+    logit_chunk_tokens: PosInt = 2048
+    activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass
+    # fp32: weights, compute and optimiser state in fp32 (16 bytes per parameter with AdamW);
+    # bf16-mixed: bf16 compute, fp32 weights and optimiser state (16 B/param + bf16 activations);
+    # bf16: everything in bf16 (8 B/param; AdamW moments in bf16 lose precision at small lr).
+    precision: Literal["fp32", "bf16-mixed", "bf16"] = "fp32"
+    # k optimiser updates per rollout batch (one weight version): the batch is shuffled by group and
+    # split in k; pi_prox is the policy at the start of the batch (ALGORITHMS.md §5, mini-batches).
+    updates_per_batch: PosInt = 1
 
 
 class EvalConfig(Section):
@@ -272,6 +289,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def _check_semantics(cfg: Config) -> None:
+    lc = cfg.learner
+    if lc.updates_per_batch > lc.groups_per_step:
+        raise ConfigError(f"learner.updates_per_batch ({lc.updates_per_batch}) must be <= learner.groups_per_step "
+                          f"({lc.groups_per_step}): an update is at least one whole group")
     if cfg.schedule.tmax < cfg.schedule.t0:
         raise ConfigError(f"schedule.tmax ({cfg.schedule.tmax}) must be >= schedule.t0 ({cfg.schedule.t0})")
     if cfg.learner.group_size < 2:

@@ -17,12 +17,14 @@ def _torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                            *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
-def test_sharded_step_is_the_one_device_step(tiny_model, tmp_path):
+@pytest.mark.parametrize("split", [[], ["--learner.micro_batch_tokens", "24", "--learner.updates_per_batch", "2"]],
+                         ids=["one-piece", "micro-batches-and-2-updates"])
+def test_sharded_step_is_the_one_device_step(tiny_model, tmp_path, split):
     """Two steps on the same groups: the sharded weights, gradient norm, probe, and the gathered
     checkpoint state (model and optimizer, numbered like one device's) match the one-device trainer.
     A sharded trainer resumed from that checkpoint takes the third step as the one-device one does
     (which needs Adam's moments back in every shard)."""
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, *split)
     (tmp_path / "cfg.json").write_text(dumps(cfg))
     out = tmp_path / "out.json"
     r = _torchrun(str(ROOT / "tests" / "scripts" / "sharded_step.py"), str(tmp_path / "cfg.json"),
