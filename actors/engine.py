@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.collective import probe_tokens
 from pipeline.messages import WeightUpdate
-from pipeline.models import load_tokenizer
+from pipeline.models import is_tiny, load_tokenizer, stop_token_ids
 
 
 @dataclass
@@ -44,12 +44,31 @@ class Engine:
             keep_cpu_weights_reloadable()
 
         gen = cfg.generator
-        self.llm = LLM(
+        max_model_len = self._max_model_len(cfg, model_path)
+        try:
+            self.llm = self._start(LLM, cfg, model_path, seed, max_model_len, worker_extension)
+        except (ValueError, RuntimeError) as exc:
+            if "KV cache" not in str(exc) and "max_model_len" not in str(exc):
+                raise
+            raise ConfigError(
+                f"the vLLM engine cannot hold the model's context: {exc}\nEither raise "
+                f"generator.kv_cache_bytes (now {gen.kv_cache_bytes}) or lower generator.max_model_len "
+                f"(now {gen.max_model_len or 'the model’s own'}).") from None
+        self.tokenizer = load_tokenizer(model_path)
+        self.weight_load = gen.weight_load
+        self.update_mode = gen.update_mode
+        self.stop_ids = stop_token_ids(model_path, self.tokenizer)
+        self._open: dict[int, list[Completion]] = {}  # streaming groups by key, filled as tokens come
+
+    @staticmethod
+    def _start(LLM, cfg: Config, model_path: str, seed: int, max_model_len: int | None, worker_extension: str):
+        gen = cfg.generator
+        return LLM(
             model=model_path,
             dtype=cfg.model.dtype,
             seed=seed,
             enforce_eager=True,
-            max_model_len=self._max_model_len(cfg, model_path),
+            max_model_len=max_model_len,
             kv_cache_memory_bytes=gen.kv_cache_bytes,
             tensor_parallel_size=gen.tensor_parallel_size,
             gpu_memory_utilization=gen.gpu_memory_utilization,
@@ -63,11 +82,6 @@ class Engine:
             # cache no request can reuse keys/values of older weights than its own.
             enable_prefix_caching=gen.update_mode == "drain",
         )
-        self.tokenizer = load_tokenizer(model_path)
-        self.weight_load = gen.weight_load
-        self.update_mode = gen.update_mode
-        self.stop_ids = [self.tokenizer.eos_token_id]
-        self._open: dict[int, list[Completion]] = {}  # streaming groups by key, filled as tokens come
 
     def _sampling(self, r: Request, **extra):
         """Plain sampling at the learner's temperature (no top-p/top-k: mu must be softmax(logits / T))."""
@@ -78,7 +92,11 @@ class Engine:
 
     @staticmethod
     def _max_model_len(cfg: Config, model_path: str) -> int | None:
-        return cfg.model.tiny.max_position_embeddings if not cfg.model.path else None
+        """generator.max_model_len if set, else the model's own context (read by vLLM from the model
+        folder; the tiny model's from its settings). Never the tiny model's for a real model."""
+        if cfg.generator.max_model_len:
+            return cfg.generator.max_model_len
+        return cfg.model.tiny.max_position_embeddings if is_tiny(model_path) else None
 
     @property
     def max_model_len(self) -> int:

@@ -131,9 +131,11 @@ class Generator:
 
     def _rollout(self, a: Assignment, group: list[Completion], version: int, gen_seconds: float) -> Rollout:
         t0 = time.monotonic()
-        eos = self.tokenizer.eos_token_id
-        texts = [self.tokenizer.decode([t for t in c.tokens if t != eos]) for c in group]
-        scored = self.verifier.score(a.verifier, texts, a.answer, a.metadata)
+        # decoded for the verifier only (the learner trains on the token ids); end-of-turn and other
+        # special tokens are not part of the answer
+        texts = [self.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in group]
+        scored = self.verifier.score(a.verifier, texts, a.answer, a.metadata,
+                                     [c.finish_reason == "length" for c in group])
         samples = []
         for c, (reward, status) in zip(group, scored):
             first, last = (min(c.versions), max(c.versions)) if c.versions else (version, version)

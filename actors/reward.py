@@ -17,17 +17,22 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 
-def _math_verify_batch(items: list[tuple[str, str]]) -> list[tuple[float, str]]:
+def _math_verify_batch(items: list[tuple[str, str, str, bool]]) -> list[tuple[float, str]]:
+    """(response, gold answer, answer style, truncated) -> (reward, status). The final answer is
+    extracted first (actors/answers.py); math-verify then compares it, and only it, with the gold."""
     from math_verify import parse, verify
 
+    from actors.answers import extract_answer, gold_answer
+
     out = []
-    for response, answer in items:
+    for response, answer, style, truncated in items:
         try:
-            gold = parse(f"\\boxed{{{answer}}}")
-            pred = parse(response)
+            extracted, _ = extract_answer(response, style, truncated)
+            pred = parse(f"\\boxed{{{extracted}}}") if extracted is not None else []
             if not pred:
                 out.append((0.0, "unparsable"))
                 continue
+            gold = parse(f"\\boxed{{{gold_answer(answer)}}}")
             out.append((1.0 if verify(gold, pred) else 0.0, "ok"))
         except Exception:  # noqa: BLE001 - a verifier error is a wrong answer, recorded as such
             out.append((0.0, "error"))
@@ -41,10 +46,15 @@ class Verifier:
     _pool: cf.ProcessPoolExecutor | None = None
     _scorers: dict = field(default_factory=dict)
 
-    def score(self, verifier: str, responses: list[str], answer: str, metadata: str) -> list[tuple[float, str]]:
-        """(reward, status) per response; status is ok | timeout | error | unparsable."""
-        if verifier == "math":
-            results = self._math(responses, answer)
+    def score(self, verifier: str, responses: list[str], answer: str, metadata: str,
+              truncated: list[bool] | None = None) -> list[tuple[float, str]]:
+        """(reward, status) per response; status is ok | timeout | error | unparsable (no final answer).
+        `verifier`: "math" (answer style boxed), "math:<style>" (actors/answers.py), or
+        "reasoning_gym:<task>". `truncated`: which responses were cut at max_tokens."""
+        truncated = truncated or [False] * len(responses)
+        if verifier == "math" or verifier.startswith("math:"):
+            style = verifier.split(":", 1)[1] if ":" in verifier else "boxed"
+            results = self._math(responses, answer, style, truncated)
         elif verifier.startswith("reasoning_gym:"):
             results = self._reasoning_gym(verifier.split(":", 1)[1], responses, answer, metadata)
         else:
@@ -73,11 +83,11 @@ class Verifier:
                 out.append((0.0, "error"))
         return out
 
-    def _math(self, responses: list[str], answer: str):
+    def _math(self, responses: list[str], answer: str, style: str, truncated: list[bool]):
         if self._pool is None:
             # spawn: a fork of a process holding vLLM and torch threads is not safe
             self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-        future = self._pool.submit(_math_verify_batch, [(r, answer) for r in responses])
+        future = self._pool.submit(_math_verify_batch, [(r, answer, style, t) for r, t in zip(responses, truncated)])
         try:
             return future.result(timeout=self.timeout_s)
         except cf.TimeoutError:

@@ -31,11 +31,13 @@ class StandInEngine:
         self._due: dict[int, tuple[float, int, int]] = {}  # key -> (time it is done, n, version at submit)
         self._version = 0  # the weights the last step sampled under
         self.peak_running = 0  # most groups running at once (tests check that groups overlap)
+        self.events: list[tuple[str, int]] = []  # ("submit", key), ("done", key), ("load", version), in order
         self.max_model_len = 1 << 20
 
     def submit(self, key: int, r: Request) -> None:
         self._due[key] = (time.monotonic() + self.delay_s, r.n, self._version)
         self.peak_running = max(self.peak_running, len(self._due))
+        self.events.append(("submit", key))
 
     @property
     def running(self) -> int:
@@ -52,6 +54,7 @@ class StandInEngine:
         out = []
         for key in done:
             _, n, first = self._due.pop(key)
+            self.events.append(("done", key))
             out.append((key, [self._recorded(key, j, first, version) for j in range(n)]))
         return out
 
@@ -67,6 +70,7 @@ class StandInEngine:
     def load_weights(self, update: WeightUpdate) -> None:
         self.group.broadcast(empty_buffer(update.tensors, update.dtype, self.group.device))
         self._version = update.version
+        self.events.append(("load", update.version))
 
     def probe(self) -> list[float]:
         return []  # no model: nothing to verify

@@ -74,9 +74,10 @@ def _standalone_generation(cfg, model_path: str, seconds: float = 10.0) -> float
     from actors.engine import Engine, Request  # the bench process may hold an engine; the learner never does
     from pipeline.data import load_problems
     from pipeline.models import load_tokenizer
+    from pipeline.prompts import render
 
     tok = load_tokenizer(model_path)
-    prompts = [tok.encode(cfg.data.prompt_template.format(question=p.question)) for p in load_problems(cfg.data)]
+    prompts = [render(tok, p.question, cfg.data) for p in load_problems(cfg.data)]
     engine = Engine(cfg, model_path, seed=0)
     g = cfg.generator
     batch = [Request(prompts[i % len(prompts)], cfg.learner.group_size, 1.0, g.max_tokens) for i in range(g.max_inflight)]

@@ -14,25 +14,28 @@ import torch
 from pipeline.config import Config
 
 
-def grpo(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def grpo(rewards: torch.Tensor, eps: float = 1e-6, unbiased: bool = True) -> torch.Tensor:
     """GRPO, ALGORITHMS.md §1:  A_j = (R_j - mean(R)) / (std(R) + eps).
 
-    Population std (over the n rewards actually in the group), the reading under which ALGORITHMS.md's
-    Reactivation Advantage gives 1/sqrt(n). A zero-variance group gets A = 0 exactly.
+    `unbiased` (default, `advantage.std = "unbiased"`): std divides by n - 1, as verl and TRL compute it
+    and so as the DAPO, ERPO and RL-ZVP experiments ran; else by n (population). A zero-variance group
+    gets A = 0 exactly.
     """
     if rewards.dim() != 1 or rewards.numel() < 2:
         raise ValueError("grpo needs a 1-D tensor of at least two rewards (one complete group)")
     centred = rewards - rewards.mean()
-    return centred / (rewards.std(unbiased=False) + eps)
+    return centred / (rewards.std(unbiased=unbiased) + eps)
 
 
-def reactivation(rewards: torch.Tensor, m: int, r_virtual: float, eps: float = 1e-6) -> torch.Tensor:
+def reactivation(rewards: torch.Tensor, m: int, r_virtual: float, eps: float = 1e-6,
+                 unbiased: bool = True) -> torch.Tensor:
     """ERPO Reactivation Advantage, ALGORITHMS.md §2: normalise each real reward against the group
     extended by m virtual responses of reward r_virtual,
         A_j = (R_j - mean(R ∪ V)) / (std(R ∪ V) + eps),   V = {r_virtual} x m.
-    For n ones, m = 1, r_virtual = 0:  A_j = 1/sqrt(n)."""
+    For n ones, m = 1, r_virtual = 0:  A_j = 1/sqrt(n + 1) with the unbiased std, 1/sqrt(n) with the
+    population std."""
     extended = torch.cat([rewards, torch.full((m,), float(r_virtual), dtype=rewards.dtype)])
-    return (rewards - extended.mean()) / (extended.std(unbiased=False) + eps)
+    return (rewards - extended.mean()) / (extended.std(unbiased=unbiased) + eps)
 
 
 def zvp_token_advantages(entropy: torch.Tensor, positive: bool, alpha: float) -> torch.Tensor:
@@ -66,20 +69,24 @@ class GroupAdvantage:
 
 
 def group_advantage(rewards: torch.Tensor, lengths: list[int], cfg: Config) -> GroupAdvantage:
-    """The advantage of one complete group; `rewards` are the verifier's {0, 1}."""
+    """The advantage of one complete group; `rewards` are the verifier's {0, 1}.
+
+    Whether the group is zero-variance (and so its kind, and what RA / RL-ZVP / dynamic sampling do
+    with it) is decided on the verifier's rewards, before overlong shaping (ALGORITHMS.md §5): a
+    correct answer that ran long must not turn a mixed group into an "all-wrong" one."""
     shaped = rewards
     if cfg.dapo.overlong_shaping:
         shaped = rewards + torch.tensor(
             [overlong_penalty(n, cfg.generator.max_tokens, cfg.dapo.overlong_cache) for n in lengths],
             dtype=rewards.dtype)
-    eps = cfg.advantage.eps
-    if bool((shaped != shaped[0]).any()):
-        return GroupAdvantage(grpo(shaped, eps))
+    eps, unbiased = cfg.advantage.eps, cfg.advantage.std == "unbiased"
+    if bool((rewards != rewards[0]).any()):
+        return GroupAdvantage(grpo(shaped, eps, unbiased))
     positive = bool((rewards >= 1).all())
     zero = torch.zeros_like(rewards)
     if cfg.advantage.kind == "rlzvp":
         return GroupAdvantage(zero, zvp=1 if positive else -1)
     if cfg.ra.enabled and (positive or cfg.ra.negative):
         r_virtual = cfg.ra.r_virtual if positive else 1.0 - cfg.ra.r_virtual
-        return GroupAdvantage(reactivation(shaped, cfg.ra.m, r_virtual, eps))
+        return GroupAdvantage(reactivation(shaped, cfg.ra.m, r_virtual, eps, unbiased))
     return GroupAdvantage(zero)

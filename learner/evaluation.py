@@ -13,6 +13,7 @@ from pipeline.config import Config
 from pipeline.data import heldout_problems
 from pipeline.messages import Assignment, Rollout, pack_ids
 from pipeline.scoring import DatasetScore, score
+from pipeline.prompts import render
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Evaluator:
     def __init__(self, cfg: Config, tokenizer):
         self.cfg = cfg
         self.name, self.problems = heldout_problems(cfg.data, cfg.eval)
-        self.prompts = [pack_ids(tokenizer.encode(cfg.data.prompt_template.format(question=p.question)))
+        self.prompts = [pack_ids(render(tokenizer, p.question, cfg.data))
                         for p in self.problems]
         self.current: EvalRound | None = None
         self.results: list[tuple[int, DatasetScore]] = []

@@ -21,16 +21,16 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 logits go to fp32 before the softmax
 
 
-def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                    temperature: torch.Tensor) -> torch.Tensor:
-    logits = _at_least_fp32(F.linear(hidden, weight)) / temperature.unsqueeze(-1)
-    return torch.gather(F.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
-
-
-@torch.no_grad()
-def _chunk_entropy(hidden: torch.Tensor, weight: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    logp = F.log_softmax(_at_least_fp32(F.linear(hidden, weight)) / temperature.unsqueeze(-1), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def _chunk(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor,
+           entropy_temperature: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk: the logits once, then log p of the targets at T and (detached) the entropy at T_e."""
+    logits = _at_least_fp32(F.linear(hidden, weight))
+    logp = torch.gather(F.log_softmax(logits / temperature.unsqueeze(-1), dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
+    if entropy_temperature is None:
+        return logp, logp.new_zeros(0)
+    with torch.no_grad():
+        full = F.log_softmax(logits.detach() / entropy_temperature.unsqueeze(-1), dim=-1)
+        return logp, -(full.exp() * full).sum(-1)
 
 
 def response_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -40,17 +40,22 @@ def response_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
     softmax(h W^T / T_e), `chunk` positions at a time.
 
     hidden [P, H] (the selected positions' last hidden states), weight [V, H] (the output layer),
-    targets [P], temperature [P] and entropy_temperature [P] or None (no entropy wanted)."""
+    targets [P], temperature [P] and entropy_temperature [P] or None (no entropy wanted).
+
+    When every position fits one chunk, the logits are kept for the backward pass as autograd does;
+    otherwise each chunk is recomputed in the backward pass (one more matmul with the output layer:
+    the price of holding only `chunk` x vocabulary logits)."""
+    chunk = max(chunk, 1)
+    recompute = hidden.shape[0] > chunk and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     logps, ents = [], []
-    for s in range(0, hidden.shape[0], max(chunk, 1)):
-        h, t, T = hidden[s:s + chunk], targets[s:s + chunk], temperature[s:s + chunk]
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            logps.append(checkpoint(_chunk_logprobs, h, weight, t, T, use_reentrant=False))
-        else:
-            logps.append(_chunk_logprobs(h, weight, t, T))
-        if entropy_temperature is not None:
-            ents.append(_chunk_entropy(h.detach(), weight.detach(), entropy_temperature[s:s + chunk]))
+    for s in range(0, hidden.shape[0], chunk):
+        part = (hidden[s:s + chunk], weight, targets[s:s + chunk], temperature[s:s + chunk],
+                entropy_temperature[s:s + chunk] if entropy_temperature is not None else None)
+        lp, ent = checkpoint(_chunk, *part, use_reentrant=False) if recompute else _chunk(*part)
+        logps.append(lp)
+        ents.append(ent)
     empty = _at_least_fp32(hidden.new_zeros(0))
     logp = torch.cat(logps) if logps else empty
-    entropy = (torch.cat(ents) if ents else empty) if entropy_temperature is not None else None
-    return logp, entropy
+    if entropy_temperature is None:
+        return logp, None
+    return logp, torch.cat(ents) if ents else empty

@@ -39,6 +39,7 @@ from pipeline.data import Problem
 from pipeline.messages import Heartbeat, Rollout
 from pipeline.models import load_tokenizer
 from pipeline.transport import LearnerEndpoint
+from pipeline.prompts import render
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Learner:
         self.cfg = cfg
         self.model_path = str(resume) if resume is not None else model_path
         tokenizer = load_tokenizer(self.model_path)
-        prompt_tokens = [tokenizer.encode(cfg.data.prompt_template.format(question=p.question))
+        prompt_tokens = [render(tokenizer, p.question, cfg.data)
                          for p in problems]
         _check_fits(cfg, max(len(t) for t in prompt_tokens))
         self.tracker = Tracker(len(problems), cfg.tracker.reset_on_mixed)

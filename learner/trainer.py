@@ -91,10 +91,10 @@ def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> 
                  col(5, torch.float32), col(6), token_lag, col(8))
 
 
-def pack(lengths: list[int], budget: int) -> list[list[int]]:
-    """Row indices grouped into micro-batches of at most `budget` padded tokens (rows x longest),
-    longest first, so that rows of like length share a micro-batch and padding stays small.
-    `budget` 0: one micro-batch."""
+def pack(lengths: list[int], budget: int, world: int = 1) -> list[list[int]]:
+    """Row indices grouped into micro-batches, longest first so that rows of like length share one and
+    padding stays small. Each of `world` processes takes every world-th row of a micro-batch, and its
+    share holds at most `budget` padded tokens (its rows x the longest). `budget` 0: one micro-batch."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     if not budget:
         return [order] if order else []
@@ -102,7 +102,7 @@ def pack(lengths: list[int], budget: int) -> list[list[int]]:
     for i in order:
         if lengths[i] > budget:
             raise ValueError(f"a sample of {lengths[i]} tokens exceeds learner.micro_batch_tokens = {budget}")
-        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= budget:
+        if out and -(-(len(out[-1]) + 1) // world) * lengths[out[-1][0]] <= budget:
             out[-1].append(i)
         else:
             out.append([i])
@@ -122,6 +122,7 @@ class Trainer:
     # The learner may copy the weights on another thread while a step runs (see learner/stepper.py);
     # a sharded trainer may not, as the copy is a collective.
     concurrent_snapshot = True
+    world = 1  # training processes that share each micro-batch (learner/sharded.py)
 
     def __init__(self, cfg: Config, model_path: str):
         self.cfg = cfg
@@ -217,7 +218,7 @@ class Trainer:
     def micro_batches(self, batch: Batch, rows: torch.Tensor) -> list[torch.Tensor]:
         """`rows` of `batch` cut into micro-batches by the token budget (whole rows, never split)."""
         lengths = batch.attention_mask[rows].sum(1).tolist()
-        return [rows[mb] for mb in pack(lengths, self.cfg.learner.micro_batch_tokens)]
+        return [rows[mb] for mb in pack(lengths, self.cfg.learner.micro_batch_tokens, self.world)]
 
     def _share(self, rows: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(the rows of a micro-batch this process runs, whether they count): all of them here."""

@@ -18,7 +18,8 @@ import torch
 
 from pipeline.config import Config
 from pipeline.data import load_problems
-from pipeline.models import build_tiny_model, load_causal_lm, load_tokenizer
+from pipeline.models import PACKAGED, build_tiny_model, load_causal_lm, load_tokenizer, packaged_model
+from pipeline.prompts import render
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,10 @@ def _cache_key(cfg: Config) -> str:
 
 
 def prepare_model(cfg: Config, progress: bool = True) -> str:
-    """Path of the model to train: `model.path` if given, else the cached warm-started tiny model."""
+    """Path of the model to train: `model.path` if given (a packaged model converted once into the
+    cache), else the cached warm-started tiny model."""
+    if cfg.model.path in PACKAGED:
+        return str(packaged_model(cfg.model.path, cfg.cache_dir, progress))
     if cfg.model.path:
         return cfg.model.path
     out = cfg.cache_dir / f"tiny-{_cache_key(cfg)}"
@@ -49,7 +53,7 @@ def _examples(cfg: Config, tokenizer, size: int, seed: int) -> list[tuple[list[i
     problems = load_problems(cfg.data, size=size, seed=seed)
     out = []
     for p in problems:
-        prompt = tokenizer.encode(cfg.data.prompt_template.format(question=p.question))
+        prompt = render(tokenizer, p.question, cfg.data)
         out.append((prompt, tokenizer.encode(p.answer) + [tokenizer.eos_token_id]))
     return out
 
@@ -93,7 +97,7 @@ def greedy_accuracy(model, tokenizer, cfg: Config, size: int) -> float:
     problems = load_problems(cfg.data, size=size)
     correct = 0
     for p in problems:
-        ids = torch.tensor([tokenizer.encode(cfg.data.prompt_template.format(question=p.question))])
+        ids = torch.tensor([render(tokenizer, p.question, cfg.data)])
         out = model.generate(ids, max_new_tokens=cfg.generator.max_tokens, do_sample=False,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()

@@ -45,6 +45,8 @@ class TinyModelConfig(Section):
 
 class ModelConfig(Section):
     # Empty path: build the tiny model (and its character tokenizer) under the run's cache folder.
+    # Else a Hugging Face model folder, or a packaged model's name (smollm2-135m-instruct: converted
+    # once into the cache folder), or a hub id on a machine that is online.
     path: str = ""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     tiny: TinyModelConfig = msgspec.field(default_factory=TinyModelConfig)
@@ -60,16 +62,35 @@ class WarmStartConfig(Section):
     examples: PosInt = 4000
 
 
+class DataFields(Section):
+    """The columns of a dataset that hold the problem and its gold answer."""
+
+    question: str = "problem"
+    answer: str = "answer"
+
+
 class DataConfig(Section):
-    # "reasoning_gym:<task>" for procedural tasks, or a dataset name of the registry (gsm8k, math500, ...).
+    # "reasoning_gym:<task>" for procedural tasks, a dataset name of the registry (gsm8k, math500, ...),
+    # a local .jsonl / .json / .parquet file or a folder of them (read with `datasets`), or a hub id
+    # ("owner/name") on a machine that is online.
     source: str = "reasoning_gym:basic_arithmetic"
+    fields: DataFields = msgspec.field(default_factory=DataFields)
     split: str = "train"
     size: PosInt = 256  # prompts drawn from a procedural source (ignored for fixed datasets)
     seed: int = 1234
     data_dir: str = ""  # overrides RLVR_DATA_DIR and the default ../shared/data
-    # How a row becomes the model's prompt; {question} is the row's problem text.
+    # How a row becomes the model's prompt. chat_template: through the tokenizer's chat template, as
+    # a user turn (the problem, then `instruction` on a new line) after an optional system turn;
+    # else `prompt_template`, where {question} is the row's problem text (base models, the tiny model).
+    chat_template: bool = False
+    system_prompt: str = ""
+    instruction: str = ""  # e.g. "Put the final answer in \\boxed{}."
     prompt_template: str = "{question}"
     task_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    # How the final answer is read from a response (actors/answers.py): "boxed" (the last \boxed{}),
+    # "marker" (boxed, else '#### x', else 'answer is x'), "last_number" (marker, else the last number
+    # of a response that was not cut off); "": the dataset's own (marker for gsm8k, boxed for others).
+    answer_style: Literal["", "boxed", "marker", "last_number"] = ""
 
 
 class TransportConfig(Section):
@@ -90,6 +111,9 @@ class GeneratorConfig(Section):
     max_tokens: PosInt = 8
     max_inflight: PosInt = 8  # assignments leased to one generator at a time (its vLLM batch)
     kv_cache_bytes: PosInt = 64 * 1024 * 1024
+    # The engine's context length; 0: the model's own (a real model's config, the tiny model's
+    # settings). The KV cache must hold at least one sequence of it.
+    max_model_len: NonNegInt = 0
     heartbeat_s: PosFloat = 1.0
     # A generator silent for this long is killed and restarted (it beats between generation batches,
     # so this must exceed the longest batch).
@@ -140,6 +164,8 @@ class AdvantageConfig(Section):
 
     kind: Literal["grpo", "rlzvp"] = "grpo"
     eps: PosFloat = 1e-6
+    # the group's reward std: n - 1 (verl, TRL, and so the DAPO / ERPO / RL-ZVP experiments) or n
+    std: Literal["unbiased", "population"] = "unbiased"
 
 
 class ReactivationConfig(Section):
@@ -188,7 +214,8 @@ class LearnerConfig(Section):
     lease_timeout_s: PosFloat = 120.0
     idle_timeout_s: PosFloat = 300.0  # give up when no rollout arrives for this long
     # Memory is set by these, never by the batch: a step's samples are packed into micro-batches of at
-    # most this many padded tokens (prompt + response) with gradient accumulation (0: one piece) ...
+    # most this many padded tokens (prompt + response) per training process, with gradient
+    # accumulation (0: one piece) ...
     micro_batch_tokens: NonNegInt = 16384
     # ... and the output layer meets at most this many positions at once (x vocabulary logits alive).
     logit_chunk_tokens: PosInt = 2048
@@ -251,6 +278,10 @@ class Config(Section):
         return Path(self.run.cache_dir or Path(self.run.out_dir) / "cache")
 
 
+# Real models that ship inside PyPI packages (pipeline/models.py converts them): `model.path` may name one.
+PACKAGED_MODELS = ("smollm2-135m-instruct",)
+
+
 class ConfigError(ValueError):
     """A configuration problem, with the dotted name of the field at fault."""
 
@@ -300,7 +331,7 @@ def _check_semantics(cfg: Config) -> None:
     if cfg.dapo.overlong_shaping and cfg.dapo.overlong_cache >= cfg.generator.max_tokens:
         raise ConfigError(f"dapo.overlong_cache ({cfg.dapo.overlong_cache}) must be < generator.max_tokens "
                           f"({cfg.generator.max_tokens}), the L_max of overlong shaping")
-    if cfg.model.path and not Path(cfg.model.path).exists():
+    if cfg.model.path and not Path(cfg.model.path).exists() and cfg.model.path not in PACKAGED_MODELS:
         raise ConfigError(f"model.path: no such file or folder: {cfg.model.path}")
 
 

@@ -54,8 +54,11 @@ def test_tracker_state_round_trip(tmp_path):
 
 def test_grpo_hand_computed():
     a = grpo(torch.tensor([1.0, 0.0, 0.0, 0.0]))
-    # mean 0.25, population std sqrt(0.1875) = 0.4330
-    assert a.tolist() == pytest.approx([0.75 / 0.4330127, -0.25 / 0.4330127] + [-0.25 / 0.4330127] * 2, rel=1e-5)
+    # mean 0.25, unbiased std sqrt(0.75 / 3) = 0.5 (verl, TRL: the default) ...
+    assert a.tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5], rel=1e-5)
+    # ... population std sqrt(0.1875) = 0.4330 as an option
+    p = grpo(torch.tensor([1.0, 0.0, 0.0, 0.0]), unbiased=False)
+    assert p.tolist() == pytest.approx([0.75 / 0.4330127, -0.25 / 0.4330127] + [-0.25 / 0.4330127] * 2, rel=1e-5)
     assert grpo(torch.tensor([1.0, 1.0, 1.0])).tolist() == [0.0, 0.0, 0.0]
     assert grpo(torch.tensor([0.0, 0.0])).tolist() == [0.0, 0.0]
     assert float(grpo(torch.tensor([1.0, 0.0, 1.0, 0.0])).sum()) == pytest.approx(0.0, abs=1e-6)
@@ -138,12 +141,15 @@ from learner.advantages import group_advantage, overlong_penalty, reactivation, 
 from pipeline.config import from_dict  # noqa: E402
 
 
-def test_reactivation_advantage_is_one_over_sqrt_n_for_an_all_correct_group():
+def test_reactivation_advantage_is_one_over_sqrt_n_plus_one_for_an_all_correct_group():
     for n in (2, 4, 8, 16):
-        a = reactivation(torch.ones(n), m=1, r_virtual=0.0)
-        assert a.tolist() == pytest.approx([1 / math.sqrt(n)] * n, rel=1e-5)
-    # m = 2 virtual zeros among 4 ones: mean 4/6, std sqrt(4/6 * 2/6) -> (1/3) / 0.4714
-    assert reactivation(torch.ones(4), m=2, r_virtual=0.0).tolist() == pytest.approx([0.70710678] * 4, rel=1e-5)
+        a = reactivation(torch.ones(n), m=1, r_virtual=0.0)  # unbiased std over the n + 1 rewards
+        assert a.tolist() == pytest.approx([1 / math.sqrt(n + 1)] * n, rel=1e-5)
+        p = reactivation(torch.ones(n), m=1, r_virtual=0.0, unbiased=False)
+        assert p.tolist() == pytest.approx([1 / math.sqrt(n)] * n, rel=1e-5)
+    # m = 2 virtual zeros among 4 ones: mean 4/6, population std sqrt(4/6 * 2/6) -> (1/3) / 0.4714
+    assert reactivation(torch.ones(4), m=2, r_virtual=0.0, unbiased=False).tolist() == pytest.approx(
+        [0.70710678] * 4, rel=1e-5)
 
 
 def test_group_advantage_policies_on_zero_variance_groups():
@@ -151,12 +157,15 @@ def test_group_advantage_policies_on_zero_variance_groups():
     lengths = [3] * 4
     grpo_cfg = from_dict({})
     assert group_advantage(ones, lengths, grpo_cfg).has_signal is False
-    assert group_advantage(mixed, lengths, grpo_cfg).per_sample.tolist() == pytest.approx([1, -1, -1, 1], rel=1e-5)
+    s3 = math.sqrt(3) / 2  # 0.5 / unbiased std sqrt(1/3)
+    assert group_advantage(mixed, lengths, grpo_cfg).per_sample.tolist() == pytest.approx([s3, -s3, -s3, s3], rel=1e-5)
+    population = from_dict({"advantage": {"std": "population"}})
+    assert group_advantage(mixed, lengths, population).per_sample.tolist() == pytest.approx([1, -1, -1, 1], rel=1e-5)
     erpo = from_dict({"ra": {"enabled": True}})
-    assert group_advantage(ones, lengths, erpo).per_sample.tolist() == pytest.approx([0.5] * 4, rel=1e-5)
+    assert group_advantage(ones, lengths, erpo).per_sample.tolist() == pytest.approx([1 / math.sqrt(5)] * 4, rel=1e-5)
     assert not group_advantage(zeros, lengths, erpo).has_signal  # negative groups keep A = 0 ...
     mirrored = group_advantage(zeros, lengths, from_dict({"ra": {"enabled": True, "negative": True}}))
-    assert mirrored.per_sample.tolist() == pytest.approx([-0.5] * 4, rel=1e-5)  # ... unless mirrored
+    assert mirrored.per_sample.tolist() == pytest.approx([-1 / math.sqrt(5)] * 4, rel=1e-5)  # ... unless mirrored
     zvp = from_dict({"advantage": {"kind": "rlzvp"}})
     assert group_advantage(ones, lengths, zvp).zvp == 1
     assert group_advantage(zeros, lengths, zvp).zvp == -1
@@ -179,9 +188,36 @@ def test_overlong_penalty_piecewise():
     assert overlong_penalty(16, 16, 4) == pytest.approx(-1.0)
     assert overlong_penalty(17, 16, 4) == -1.0
     cfg = from_dict({"generator": {"max_tokens": 16}, "dapo": {"overlong_shaping": True, "overlong_cache": 4}})
-    # all correct, but one response ran long: the shaped rewards differ, so the group has signal
-    ga = group_advantage(torch.ones(4), [5, 5, 5, 14], cfg)
-    assert ga.has_signal and ga.per_sample[3] < 0 < ga.per_sample[0]
+    # mixed by the verifier: GRPO on the shaped rewards, the long wrong answer pushed down further
+    ga = group_advantage(torch.tensor([1.0, 0.0, 1.0, 0.0]), [5, 5, 5, 14], cfg)
+    assert ga.per_sample[3] < ga.per_sample[1] < 0 < ga.per_sample[0]
+    # all correct, one ran long: still an all-correct (zero-variance) group, decided before shaping
+    assert not group_advantage(torch.ones(4), [5, 5, 5, 14], cfg).has_signal
+
+
+def test_zero_variance_is_decided_before_overlong_shaping():
+    """Rewards [1, 0], lengths [6, 3], L_max = 6, L_cache = 2 shape to [0, 0]. The group is mixed (the
+    verifier says so): RL-ZVP must not treat it as all-wrong and push the correct answer down, and
+    dynamic sampling must not drop it as signal-free because of the shaping."""
+    cfg = from_dict({"generator": {"max_tokens": 6}, "dapo": {"overlong_shaping": True, "overlong_cache": 2},
+                     "advantage": {"kind": "rlzvp"}})
+    ga = group_advantage(torch.tensor([1.0, 0.0]), [6, 3], cfg)
+    assert ga.zvp == 0  # not an RL-ZVP zero-variance group
+    assert ga.per_sample.tolist() == pytest.approx([0.0, 0.0], abs=1e-6)  # the shaped rewards tie
+
+
+def test_ppo_behaviour_is_bounded_for_a_stale_sample_with_negative_advantage():
+    """rho = pi_theta / mu of a very stale token can be huge; with A < 0 the pessimistic PPO term is
+    rho * A, unbounded. The dual clip (c = 3) bounds it at c * A, and the log-ratio clamp keeps rho finite."""
+    cfg = LossConfig(correction="ppo_behaviour")
+    logp = torch.tensor([[0.0, -0.1]], requires_grad=True)
+    mu = torch.tensor([[-60.0, -0.1]])  # token 0: log rho = 60 (clamped to 20)
+    adv = torch.full((1, 2), -1.0)
+    loss, _ = policy_loss(logp, logp.detach(), mu, adv, torch.ones(1, 2), cfg)
+    # token 0: max(min(rho A, clip(rho) A), 3 A) = -3 ; token 1: rho = 1 -> -1 ; J = -4 / 2
+    assert float(loss) == pytest.approx(2.0)
+    loss.backward()
+    assert torch.isfinite(logp.grad).all() and float(logp.grad[0, 0]) == 0.0  # the dual clip carries no gradient
 
 
 @pytest.mark.parametrize("correction", ["ppo_behaviour", "tis", "mis", "seq_mis"])

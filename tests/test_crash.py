@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from benchmarks.pipeline import StandInTrainer
 from learner import checkpoint
 from learner.dispatcher import LeaseIdentityError
 from learner.loop import Learner
@@ -20,30 +21,18 @@ from pipeline.data import load_problems
 from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
 
 
-class SlowStepTrainer:
+class SlowStepTrainer(StandInTrainer):
     """Test double around the real trainer: each step waits `delay_s` between its backward pass and
     its update (so a checkpoint taken beside a running step would catch it midway), and the weights
     after every step are kept by version, to compare with what a checkpoint holds."""
 
     def __init__(self, trainer, delay_s: float):
-        self._trainer = trainer
-        self.delay_s = delay_s
+        super().__init__(trainer, delay_s)
         self.after: dict[int, dict[str, torch.Tensor]] = {}
-
-    def __getattr__(self, name):
-        return getattr(self._trainer, name)
-
-    @property
-    def version(self) -> int:
-        return self._trainer.version
-
-    @version.setter
-    def version(self, value: int) -> None:
-        self._trainer.version = value
 
     def step(self, groups, before_update=None) -> dict:
         def slow():
-            time.sleep(self.delay_s)
+            time.sleep(self.cost_s)
             if before_update is not None:
                 before_update()
 

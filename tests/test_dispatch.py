@@ -8,7 +8,7 @@ from learner.dispatcher import Dispatcher
 from learner.groups import BadRollout, GroupBuffer, group_from_rollout
 from learner.schedule import temperature
 from learner.tracker import Tracker
-from pipeline.config import Config, from_dict
+from pipeline.config import from_dict
 from pipeline.data import Problem
 from pipeline.messages import Rollout, Sample, pack_floats, pack_ids
 
@@ -77,8 +77,15 @@ def test_group_must_be_complete_and_consistent():
     bad.samples[1].logprobs = pack_floats([-0.1])
     with pytest.raises(BadRollout, match="log-probs"):
         group_from_rollout(bad, 4)
-    g = group_from_rollout(_rollout(a, rewards=[1, 0, 1, 1]), 4)
+    r = _rollout(a, rewards=[1, 0, 1, 1])
+    r.samples[2].tokens = pack_ids([7, 8, 9])
+    r.samples[2].logprobs = pack_floats([-0.3, -0.2, -0.1])
+    g = group_from_rollout(r, 4)
     assert g.n == 4 and g.kind == "mixed" and g.temperature == a.temperature
+    # each sample's token ids and log-probs arrive as sent, in order, paired with its own reward
+    assert g.responses[2].tolist() == [7, 8, 9] and g.responses[0].tolist() == [5, 6]
+    assert g.behaviour_logprobs[2].tolist() == pytest.approx([-0.3, -0.2, -0.1])
+    assert g.rewards.tolist() == [1, 0, 1, 1] and g.prompt.tolist() == [1, 2, a.prompt_id]
 
 
 def test_stale_groups_are_dropped_not_trained():
@@ -88,4 +95,6 @@ def test_stale_groups_are_dropped_not_trained():
         buf.add(group_from_rollout(_rollout(d.lease(0, v), version=v), 4))
     stale = buf.drop_stale(version=4, max_lag=2)
     assert sorted(g.version_first for g in stale) == [0, 1]
-    assert all(g.lag(4) <= 2 for g in buf.take(10))
+    kept = buf.take(10)
+    assert [g.version_first for g in kept] == [2, 3]  # the fresh ones stay, in arrival order
+    assert len(buf) == 0

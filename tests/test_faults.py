@@ -1,7 +1,8 @@
 """Faults on the real pipeline: checkpoint + resume, SIGTERM, a flood of malformed frames, a full disk."""
 
+import dataclasses
 import errno
-import os
+import math
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 
 import psutil
 import pytest
+import torch
 import zmq
 
 from learner import checkpoint
@@ -23,6 +25,19 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     cfg = make_config(tmp_path, "--learner.steps", "6", *common)
     cfg.run_dir.mkdir(parents=True)
     first = Learner(cfg, tiny_model, load_problems(cfg.data))
+    captured = {}
+    write = first.checkpoint
+
+    def capture_then_write():  # the first learner's own state at the moment each checkpoint is written
+        d = first.dispatcher
+        captured.update(
+            prompts=[dataclasses.astuple(p) for p in first.tracker.prompts], epoch=d.epoch, cursor=d.cursor,
+            dispatched=d.dispatched, outcomes=dict(d.outcomes), rng=torch.get_rng_state().clone(),
+            optim={i: {k: v.clone() for k, v in st.items()} for i, st in first.trainer.optimizer.state_dict()["state"].items()},
+            buffered=sorted(g.lease_id for g in first.buffer.groups))
+        return write()
+
+    first.checkpoint = capture_then_write
     run_pipeline(first, cfg)
     ckpt = checkpoint.resolve(cfg.run_dir)
     assert ckpt.name == "step-00000006"
@@ -30,6 +45,21 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
 
     cfg2 = make_config(tmp_path, "--learner.steps", "9", *common)
     second = Learner(cfg2, tiny_model, load_problems(cfg2.data), resume=ckpt)
+    # the restored state is the first learner's when it wrote the checkpoint (not only the file's):
+    # the tracker with its NaN fields, the cursor, the counters, the optimizer tensors, the RNG
+    same = lambda a, b: a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))  # noqa: E731
+    restored = [dataclasses.astuple(p) for p in second.tracker.prompts]
+    assert any(math.isnan(p[2]) for p in restored)  # never-visited prompts: the NaN path is exercised
+    assert all(same(a, b) for r, c in zip(restored, captured["prompts"]) for a, b in zip(r, c))
+    assert (second.dispatcher.epoch, second.dispatcher.cursor) == (captured["epoch"], captured["cursor"])
+    assert second.dispatcher.dispatched == captured["dispatched"]
+    assert torch.equal(torch.get_rng_state(), captured["rng"])
+    optim = second.trainer.optimizer.state_dict()["state"]
+    assert optim.keys() == captured["optim"].keys()
+    for i, st in captured["optim"].items():
+        for k, v in st.items():
+            assert torch.equal(optim[i][k], v), (i, k)
+    assert sorted(g.lease_id for g in second.buffer.groups) == captured["buffered"]
     # the restored state is exactly what was saved
     assert second.trainer.version == 6 == saved["version"]
     assert second.tracker.state_dict() == saved["tracker"]
@@ -88,11 +118,9 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
         time.sleep(0.5)
     children = psutil.Process(proc.pid).children(recursive=True)
     assert children, "no generator process was running"
-    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=300)  # a hang fails here; how long it took is not asserted
     assert proc.returncode == 0, err[-3000:]
-    assert time.monotonic() - t0 < 60
     assert "stopped on request" in out
     assert checkpoint.resolve(tmp_path / "sig").name.startswith("step-")
     time.sleep(0.5)
@@ -100,49 +128,59 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
 
 
 def test_run_survives_a_flood_of_malformed_frames(tiny_model, tmp_path):
-    cfg = make_config(tmp_path, "--learner.steps", "6", "--learner.groups_per_step", "4", "--eval.final", "false")
+    cfg = make_config(tmp_path, "--learner.steps", "100000", "--learner.groups_per_step", "4", "--eval.final", "false",
+                      "--learner.checkpoint_every", "0")
     cfg.run_dir.mkdir(parents=True)
     learner = Learner(cfg, tiny_model, load_problems(cfg.data))
     addrs = learner.endpoint.addresses
     sent = {"n": 0}
 
     def flood():
-        ctx = zmq.Context()
-        push, dealer = ctx.socket(zmq.PUSH), ctx.socket(zmq.DEALER)
-        push.connect(addrs.rollouts())
-        dealer.connect(addrs.control())
-        rng = __import__("random").Random(0)
-        for i in range(1000):
-            junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
-            push.send(junk)
-            dealer.send(junk)
-            sent["n"] += 2
-            time.sleep(0.002)
-        push.close(1000), dealer.close(1000), ctx.term()
+        try:
+            ctx = zmq.Context()
+            push, dealer = ctx.socket(zmq.PUSH), ctx.socket(zmq.DEALER)
+            push.connect(addrs.rollouts())
+            dealer.connect(addrs.control())
+            rng = __import__("random").Random(0)
+            for i in range(1000):
+                junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+                push.send(junk)
+                dealer.send(junk)
+                sent["n"] += 2
+                time.sleep(0.002)
+            push.close(5000), dealer.close(5000), ctx.term()  # linger: every frame leaves
+            # the run goes on until every frame sent has been seen (and 6 steps are trained)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and (learner.endpoint.rejected.total < sent["n"]
+                                                   or learner.trainer.version < 6):
+                time.sleep(0.05)
+        finally:
+            learner.stop_requested = True
 
     t = threading.Thread(target=flood)
     t.start()
     stats = run_pipeline(learner, cfg)
     t.join()
-    assert len(stats.step_rewards) == 6 and stats.weights_mismatch == 0
+    assert len(stats.step_rewards) >= 6 and stats.weights_mismatch == 0
     assert balanced(learner)
-    assert learner.dispatcher.outcomes["trained"] == 24
-    # every junk frame that reached the learner before it closed was rejected and counted
-    assert 0 < learner.endpoint.rejected.total <= sent["n"] == 2000
+    assert learner.dispatcher.outcomes["trained"] == 4 * learner.trainer.version
+    # every junk frame sent was rejected and counted: none lost, none passed as a message
+    assert learner.endpoint.rejected.total == sent["n"] == 2000
 
 
 def test_training_survives_generator_kills(tiny_model, tmp_path):
-    """SIGKILL the generator mid-run, three times at random points: it is restarted with the current
-    weights, its leases are re-issued, training completes, and nothing is lost from the accounting."""
+    """SIGKILL the generator mid-run, three times at random points while it holds leases: it is
+    restarted with the current weights, its leases are re-issued, training goes on, and nothing is
+    lost from the accounting. Exactly three kills, whatever the machine's speed: the run is stopped
+    (as SIGTERM would) only after the third restarted generator has trained two more steps."""
     import random
 
-    steps = 14
-    cfg = make_config(tmp_path, "--learner.steps", str(steps), "--learner.groups_per_step", "4",
+    cfg = make_config(tmp_path, "--learner.steps", "100000", "--learner.groups_per_step", "4",
                       "--eval.final", "false", "--learner.checkpoint_every", "0")
     cfg.run_dir.mkdir(parents=True)
     learner = Learner(cfg, tiny_model, load_problems(cfg.data))
     rng = random.Random(7)
-    kills = []
+    kills, problems = [], []
 
     def generator_procs():
         return [p for p in psutil.Process().children(recursive=True)
@@ -154,30 +192,39 @@ def test_training_survives_generator_kills(tiny_model, tmp_path):
         except RuntimeError:  # the lease table changed under this thread's read: look again
             return False
 
+    def wait(cond, what: str) -> bool:
+        deadline = time.monotonic() + 240
+        while not cond():
+            if time.monotonic() > deadline:
+                problems.append(what)
+                return False
+            time.sleep(0.002)
+        return True
+
     def killer():
-        for _ in range(3):
+        try:
+            for _ in range(3):
+                target = learner.trainer.version + 2
+                if not wait(lambda: learner.trainer.version >= target, "training to go on"):
+                    return
+                time.sleep(rng.uniform(0.0, 0.3))  # a random point: mid-batch, mid-update or idle
+                if not wait(lambda: holding_leases() and generator_procs(), "a generator holding leases"):
+                    return
+                for p in generator_procs():
+                    p.kill()
+                kills.append(learner.trainer.version)
             target = learner.trainer.version + 2
-            deadline = time.monotonic() + 240
-            while learner.trainer.version < target and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 0.3))  # a random point: mid-batch, mid-update or idle
-            busy_by = time.monotonic() + 10  # ... but holding leases, so there is something to re-issue
-            while not holding_leases() and time.monotonic() < busy_by:
-                time.sleep(0.002)
-            procs = generator_procs()
-            if not procs or learner.trainer.version >= steps - 1:
-                return
-            for p in procs:
-                p.kill()
-            kills.append(learner.trainer.version)
+            wait(lambda: learner.trainer.version >= target, "training after the last restart")
+        finally:
+            learner.stop_requested = True
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     stats = run_pipeline(learner, cfg)
     t.join(timeout=5)
-    assert len(kills) >= 2, kills
-    assert learner.supervisor.restarts == len(kills)
-    assert learner.trainer.version == steps and len(stats.step_rewards) == steps
+    assert problems == [] and len(kills) == 3, (problems, kills)
+    assert learner.supervisor.restarts == 3
+    assert len(stats.step_rewards) == learner.trainer.version >= kills[-1] + 2
     assert learner.dispatcher.outcomes["reissued"] > 0
     assert balanced(learner)
     assert stats.weights_mismatch == 0

@@ -1,20 +1,17 @@
 """The learner at scale (issue 10): the split never changes the step (DESIGN.md §3). Micro-batches,
 chunked log-probs, mini-batch updates with a fixed pi_prox, and memory set by the token budget."""
 
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from benchmarks.learner import step_peak_memory
 from learner.groups import Group
 from learner.logprobs import response_logprobs
 from learner.loss import token_entropy, token_logprobs
 from learner.trainer import Trainer, build_batch, pack
 from pipeline.config import ConfigError
-from tests.conftest import ROOT, make_config
+from tests.conftest import make_config
 
 
 def _groups(vocab: int, count: int = 6, size: int = 4, seed: int = 0, rewards=None) -> list[Group]:
@@ -183,29 +180,6 @@ def test_a_sample_that_can_never_fit_the_budget_is_a_startup_error(tiny_model, t
         Learner(cfg, tiny_model, load_problems(cfg.data))
 
 
-MEMORY_SCRIPT = r"""
-import json, resource, sys, torch
-sys.path.insert(0, sys.argv[1])
-from transformers import Qwen2Config, Qwen2ForCausalLM
-from learner.trainer import Trainer, build_batch
-from learner.groups import Group
-from pipeline.config import from_dict
-torch.set_num_threads(1)
-scale, budget, path = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-cfg = from_dict({"learner": {"micro_batch_tokens": budget, "logit_chunk_tokens": 256, "groups_per_step": 4 * scale},
-                 "generator": {"max_tokens": 48}})
-trainer = Trainer(cfg, path)
-gen = torch.Generator().manual_seed(0)
-groups = [Group(lease_id=i, prompt_id=i, epoch=0, temperature=1.0, prompt=torch.randint(3, 32000, (16,), generator=gen),
-                responses=[torch.randint(3, 32000, (48,), generator=gen) for _ in range(4)],
-                behaviour_logprobs=[-torch.rand(48, generator=gen) for _ in range(4)],
-                rewards=torch.tensor([1.0, 0.0, 1.0, 0.0]), version_first=0, version_last=0) for i in range(4 * scale)]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-trainer.step(groups)
-print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "base_kb": base}))
-"""
-
-
 def test_memory_of_a_step_is_set_by_the_token_budget_not_the_batch(tmp_path):
     """16x the samples at a fixed budget: the step's peak memory (a child process's peak RSS) barely
     grows. The model has a 32k vocabulary, so one-piece logits of the 16x batch would take ~1.6 GB."""
@@ -217,17 +191,9 @@ def test_memory_of_a_step_is_set_by_the_token_budget_not_the_batch(tmp_path):
                                  pad_token_id=0)).save_pretrained(path)
 
     def peak(scale: int, budget: int) -> int:
-        # Large blocks straight from mmap, so that freed memory leaves the process: with glibc's
-        # adaptive threshold, freed activations stay in the heap and the peak RSS counts them again.
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(ROOT), str(scale), str(budget), str(path)],
-                             capture_output=True, text=True, timeout=600, env=env)
-        assert out.returncode == 0, out.stderr[-2000:]
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        return r["peak_kb"] - r["base_kb"]  # what the step itself added
+        return step_peak_memory(str(path), scale, budget)
 
     small, large = peak(1, 1024), peak(16, 1024)
     assert large < 1.3 * small + 50_000, (small, large)  # KB
     one_piece = peak(16, 0)
-    print("peak KB", small, large, one_piece)
     assert one_piece > 2 * large  # the same batch in one piece: the check is not vacuous
