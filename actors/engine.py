@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -29,6 +30,15 @@ class Completion:
     versions: list[int] | None = None  # weight version each token was sampled under (in-flight mode)
 
 
+class _NoChatWarmup(logging.Filter):
+    """vLLM renders a chat message at start-up to warm its template up; with `skip_tokenizer_init`
+    (prompts arrive as token ids, rendered by pipeline/prompts.py) that fails and logs a traceback
+    that means nothing here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Chat template warmup failed" not in record.getMessage()
+
+
 class Engine:
     def __init__(self, cfg: Config, model_path: str, seed: int,
                  worker_extension: str = "actors.vllm_ext.WeightReceiver"):
@@ -43,6 +53,7 @@ class Engine:
         if not torch.cuda.is_available():
             keep_cpu_weights_reloadable()
 
+        logging.getLogger("vllm.renderers.base").addFilter(_NoChatWarmup())
         gen = cfg.generator
         max_model_len = self._max_model_len(cfg, model_path)
         try:
@@ -59,6 +70,8 @@ class Engine:
         self.update_mode = gen.update_mode
         self.stop_ids = stop_token_ids(model_path, self.tokenizer)
         self._open: dict[int, list[Completion]] = {}  # streaming groups by key, filled as tokens come
+        self._finished_early: list[tuple[int, list[Completion]]] = []  # groups that finished during a probe
+        self._probes = 0
 
     @staticmethod
     def _start(LLM, cfg: Config, model_path: str, seed: int, max_model_len: int | None, worker_extension: str):
@@ -133,25 +146,29 @@ class Engine:
     @property
     def running(self) -> int:
         """Groups submitted and not yet handed back."""
-        return len(self._open)
+        return len(self._open) + len(self._finished_early)
 
     def step(self, version: int) -> list[tuple[int, list[Completion]]]:
         """One engine step (a decode step of every running sequence, prefills of new ones), its tokens
-        recorded as sampled under weight `version`; returns the groups that finished in it. Between
-        two steps the caller may load new weights: running requests keep their KV cache."""
-        finished = []
+        recorded as sampled under weight `version`; returns the groups that finished in it (and any
+        that finished during a probe since the last step). Between two steps the caller may load new
+        weights: running requests keep their KV cache."""
+        finished, self._finished_early = self._finished_early, []
         for out in self.llm.llm_engine.step():
-            key, j = map(int, out.request_id.rsplit("-", 1))
-            c, dst = out.outputs[0], self._open[key][j]
-            new = list(c.token_ids)
-            dst.tokens += new
-            dst.logprobs += [pos[tok].logprob for tok, pos in zip(new, c.logprobs or [])]
-            dst.versions += [version] * len(new)
-            if out.finished:
-                dst.finish_reason = c.finish_reason or "stop"
-                if all(s.finish_reason for s in self._open[key]):
-                    finished.append((key, self._open.pop(key)))
+            self._record(out, version, finished)
         return finished
+
+    def _record(self, out, version: int, finished: list) -> None:
+        key, j = map(int, out.request_id.rsplit("-", 1))
+        c, dst = out.outputs[0], self._open[key][j]
+        new = list(c.token_ids)
+        dst.tokens += new
+        dst.logprobs += [pos[tok].logprob for tok, pos in zip(new, c.logprobs or [])]
+        dst.versions += [version] * len(new)
+        if out.finished:
+            dst.finish_reason = c.finish_reason or "stop"
+            if all(s.finish_reason for s in self._open[key]):
+                finished.append((key, self._open.pop(key)))
 
     def join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
         self.llm.collective_rpc("rl_join_weight_group", args=(backend, host, port, rank, world_size))
@@ -164,12 +181,27 @@ class Engine:
         if self.update_mode == "drain":
             self.llm.reset_prefix_cache()
 
-    def probe(self) -> list[float]:
-        """Log-probs (T = 1) of each token of the fixed probe sequence given its prefix."""
+    def probe(self, version: int = 0) -> list[float]:
+        """Log-probs (T = 1) of each token of the fixed probe sequence given its prefix. With groups
+        streaming (in-flight updates), the probe joins the running batch instead of `generate`, which
+        would run every open request to its end; the tokens they gain meanwhile count as sampled
+        under `version`, and groups that finish are handed back by the next `step`."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         tokens = probe_tokens(self.llm.llm_engine.model_config.get_vocab_size())
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
-        (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)
+        if not self._open:
+            (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)
+        else:
+            self._probes += 1
+            rid = f"probe-{self._probes}"
+            self.llm.llm_engine.add_request(rid, TokensPrompt(prompt_token_ids=tokens), params)
+            out = None
+            while out is None:
+                for o in self.llm.llm_engine.step():
+                    if o.request_id != rid:
+                        self._record(o, version, self._finished_early)
+                    elif o.finished:
+                        out = o
         return [pos[tok].logprob for tok, pos in zip(tokens[1:], out.prompt_logprobs[1:])]

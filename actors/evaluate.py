@@ -19,6 +19,8 @@ from pipeline.prompts import render
 def _extracted(verifier: str, response: str, truncated: bool) -> tuple[str | None, str]:
     if verifier == "math" or verifier.startswith("math:"):
         return extract_answer(response, verifier.split(":", 1)[1] if ":" in verifier else "boxed", truncated)
+    if "@" in verifier:
+        return extract_answer(response, verifier.rsplit("@", 1)[1], truncated)
     return response.strip() or None, "whole"  # reasoning-gym scorers read the whole response
 
 

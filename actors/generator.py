@@ -103,7 +103,7 @@ class Generator:
             self.status = "updating"
             self.engine.load_weights(update)
             self.version = update.version
-            self.probe = (update.version, self.engine.probe())
+            self.probe = (update.version, self.engine.probe(update.version))
             self.heartbeat()
 
     def _admit(self) -> None:

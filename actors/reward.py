@@ -14,6 +14,8 @@ import logging
 import multiprocessing as mp
 from dataclasses import dataclass, field
 
+from actors.answers import extract_answer
+
 log = logging.getLogger(__name__)
 
 
@@ -50,13 +52,16 @@ class Verifier:
               truncated: list[bool] | None = None) -> list[tuple[float, str]]:
         """(reward, status) per response; status is ok | timeout | error | unparsable (no final answer).
         `verifier`: "math" (answer style boxed), "math:<style>" (actors/answers.py), or
-        "reasoning_gym:<task>". `truncated`: which responses were cut at max_tokens."""
+        "reasoning_gym:<task>[@<style>]". `truncated`: which responses were cut at max_tokens."""
         truncated = truncated or [False] * len(responses)
         if verifier == "math" or verifier.startswith("math:"):
             style = verifier.split(":", 1)[1] if ":" in verifier else "boxed"
             results = self._math(responses, answer, style, truncated)
         elif verifier.startswith("reasoning_gym:"):
-            results = self._reasoning_gym(verifier.split(":", 1)[1], responses, answer, metadata)
+            task, _, style = verifier.split(":", 1)[1].partition("@")
+            if style:  # "reasoning_gym:<task>@<style>": the scorer sees the extracted final answer
+                responses = [extract_answer(r, style, t)[0] or "" for r, t in zip(responses, truncated)]
+            results = self._reasoning_gym(task, responses, answer, metadata)
         else:
             results = [(0.0, "error")] * len(responses)
             log.warning("unknown verifier %r: rewards set to 0", verifier)

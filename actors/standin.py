@@ -72,5 +72,5 @@ class StandInEngine:
         self._version = update.version
         self.events.append(("load", update.version))
 
-    def probe(self) -> list[float]:
+    def probe(self, version: int = 0) -> list[float]:
         return []  # no model: nothing to verify

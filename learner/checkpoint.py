@@ -28,7 +28,10 @@ from learner.stats import RunStats
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Every tokenizer file a model folder may carry, the chat template included: a checkpoint must be a
+# model folder that prompts exactly as the one training started from.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model")
 
 
 class CheckpointError(RuntimeError):

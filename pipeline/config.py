@@ -354,8 +354,8 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_toml(path: str | Path, _seen: tuple = ()) -> dict[str, Any]:
-    """A TOML config; a top-level `extends = "other.toml"` (relative to this file) is read first and
-    this file's values override it, section by section."""
+    """A TOML config; a top-level `extends = "other.toml"` (or a list of files, merged in order),
+    relative to this file, is read first and this file's values override it, section by section."""
     p = Path(path).resolve()
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -365,16 +365,24 @@ def read_toml(path: str | Path, _seen: tuple = ()) -> dict[str, Any]:
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    parent = raw.pop("extends", None)
-    if parent is None:
-        return raw
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: extends must be a file name")
-    return _merge(read_toml(p.parent / parent, _seen + (p,)), raw)
+    parents = raw.pop("extends", [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(x, str) for x in parents):
+        raise ConfigError(f"{path}: extends must be a file name or a list of them")
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        merged = _merge(merged, read_toml(p.parent / parent, _seen + (p,)))
+    return _merge(merged, raw)
 
 
-def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    raw = read_toml(path) if path is not None else {}
+def load(path: str | Path | list | tuple | None, overrides: list[str] | None = None) -> Config:
+    """The config of one TOML file, or of several merged in order (a task or model config, then an
+    algorithm preset: `--config configs/default.toml configs/algos/erpo.toml`), then the overrides."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path or [])
+    raw: dict[str, Any] = {}
+    for p in paths:
+        raw = _merge(raw, read_toml(p))
     return from_dict(apply_overrides(raw, overrides or []))
 
 

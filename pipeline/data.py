@@ -195,8 +195,10 @@ def _reasoning_gym(cfg: DataConfig, size: int, seed: int) -> list[Problem]:
         dataset = reasoning_gym.create_dataset(task, size=size, seed=seed, **cfg.task_options)
     except Exception as exc:  # unknown task name or option: say which
         raise ConfigError(f"data.source={cfg.source!r} / data.task_options: {exc}") from None
+    # with an answer style, the scorer sees the extracted final answer, not the whole response
+    verifier = f"{cfg.source}@{cfg.answer_style}" if cfg.answer_style else cfg.source
     return [
-        Problem(i, e["question"], str(e["answer"]), cfg.source, json.dumps(e["metadata"], default=list))
+        Problem(i, e["question"], str(e["answer"]), verifier, json.dumps(e["metadata"], default=list))
         for i, e in enumerate(dataset)
     ]
 

@@ -1,6 +1,6 @@
 """`run.py study`: GRPO, DAPO, ERPO and RL-ZVP from the same warm start at the same sample budget.
 
-Each algorithm is `run.py train --config configs/algos/<name>.toml` plus the study's shared overrides,
+Each algorithm is `run.py train --config configs/default.toml configs/algos/<name>.toml` plus the study's shared overrides,
 run one after another (they would only fight over the cores), then `pipeline.report` draws the report.
 """
 
@@ -16,7 +16,8 @@ from pipeline.launcher import RUN_PY
 from pipeline.report import write_report
 
 ALGORITHMS = ["grpo", "dapo", "erpo", "rlzvp"]
-CONFIGS = RUN_PY.parent / "configs" / "algos"
+CONFIGS = RUN_PY.parent / "configs" / "algos"  # algorithm presets: algorithm settings only
+TASK = RUN_PY.parent / "configs" / "default.toml"  # the task, model and lengths they run on
 
 # A warm start strong enough that many prompts are residual at T = 1 (the regime ERPO targets), few
 # enough prompts that each is visited often enough for H_i to grow, and one generation budget for all.
@@ -31,7 +32,7 @@ def run_study(out_dir: Path, overrides: list[str], algorithms: list[str] = ALGOR
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in algorithms:
         config = CONFIGS / f"{name}.toml"
-        cmd = [sys.executable, str(RUN_PY), "train", "--config", str(config), *STUDY_OVERRIDES,
+        cmd = [sys.executable, str(RUN_PY), "train", "--config", str(TASK), str(config), *STUDY_OVERRIDES,
                "--run.out_dir", str(out_dir), "--run.name", name,
                "--run.cache_dir", str(out_dir.parent / "cache"), *overrides]
         t0 = time.monotonic()

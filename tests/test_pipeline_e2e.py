@@ -88,6 +88,7 @@ def test_inflight_update_mode_end_to_end(tiny_model, tmp_path):
     learner, stats = _run(cfg, tiny_model)
     assert len(stats.step_rewards) == 5
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
+    assert learner.supervisor.restarts == 0
     assert stats.trained_lags_max <= cfg.learner.max_lag  # lag counted from each sample's oldest token
     assert balanced(learner)
 
