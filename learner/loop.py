@@ -83,7 +83,8 @@ class Learner:
         self.intake = Intake(cfg, self.dispatcher, self.tracker, self.buffer, self.stats)
         self.publisher = Publisher(self.trainer, cfg.model.dtype, self.stats, self.endpoint.wake)
         self.stepper = Stepper(self.trainer, self.endpoint.wake)
-        self.evaluator = Evaluator(cfg, tokenizer) if cfg.eval.every or cfg.eval.final else None
+        self.evaluator = Evaluator(cfg, tokenizer) if cfg.eval.every or cfg.eval.final or cfg.eval.first else None
+        self._eval_first = cfg.eval.first and resume is None  # a round on the starting weights
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
                                   wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name, config=to_toml_dict(cfg))
         self.stop_requested = False  # set by a signal handler: finish the step, checkpoint, stop
@@ -101,6 +102,9 @@ class Learner:
         while self.stepper.running is not None or (  # a started step is always finished
                 self.trainer.version < lc.steps and not self.stop_requested and not self._budget_spent()):
             self.supervisor.check(launcher)             # 1. generators alive, restarted, or let go
+            if self._eval_first and len(self.supervisor.ready_weights()) >= max(self.cfg.generator.count, 1):
+                self._eval_first = False
+                self._start_eval()                      #    (a held-out round on the starting weights)
             self._dispatch()                            # 2. lease prompt visits to them
             if self._poll(timeout_ms=20):               # 3. rollouts -> groups -> buffer
                 last_rollout = time.monotonic()

@@ -58,7 +58,7 @@ def summarize(stats, counters: dict) -> tuple[str, str]:
         f"mean temperature of trained groups {mean_temp:.3f}   lag distribution (samples) {{{lags}}}",
         f"leases: {counters}",
         *[f"held-out (step {step}): {e['name']} mean@{e['k']} {e['mean_at_k']:.4f}  pass@{e['k']} {e['pass_at_k']:.4f}"
-          for step, e in stats.evals[-1:]],
+          for step, e in (stats.evals[:1] + stats.evals[-1:] if len(stats.evals) > 1 else stats.evals)],
     ])
     result = (f"RESULT steps={len(rewards)} samples={stats.samples_trained} reward_first={first:.4f} "
               f"reward_last={last:.4f} residual_frac={residual:.4f} mean_temp={mean_temp:.4f} "

@@ -55,7 +55,10 @@ class Tracker:
 
     def load_state_dict(self, state: dict) -> None:
         self.reset_on_mixed = state["reset_on_mixed"]
-        self.prompts = [PromptState(**p) for p in state["prompts"]]
+        # JSON has no NaN: a never-visited prompt's float fields come back as null, and go back to NaN
+        nan = lambda v: math.nan if v is None else v  # noqa: E731
+        self.prompts = [PromptState(**{**p, "last_reward_mean": nan(p["last_reward_mean"]),
+                                       "last_temperature": nan(p["last_temperature"])}) for p in state["prompts"]]
 
     def dump(self, path) -> None:
         """One JSON object per prompt, for analysis."""

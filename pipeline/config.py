@@ -242,6 +242,7 @@ class EvalConfig(Section):
     temperature: PosFloat = 1.0
     max_tokens: NonNegInt = 0  # 0: generator.max_tokens
     every: NonNegInt = 0  # evaluate every this many steps during training (0: never mid-run)
+    first: bool = False  # evaluate the starting weights too, once the generators are up (mean@k before)
     final: bool = True  # evaluate once more at the end of training
 
 

@@ -1,0 +1,142 @@
+"""A real pretrained model (SmolLM2-135M-Instruct, packaged on PyPI and converted offline) through the
+pipeline's parts: chat-templated prompts, learner vs vLLM log-probs at mixed temperatures, a
+broadcast verified by the probe, a training step, token ids as the truth, and `run.py eval` with its
+JSONL. `make test-real` (which installs what the conversion needs) runs them; CI runs it too."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, TEST_CACHE
+
+pytestmark = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("gguf") is None, reason="needs the real-model extras: make real")
+
+MODEL_CFG = ROOT / "configs" / "models" / "smollm2-135m-instruct.toml"
+QUESTIONS = ["Calculate 7 + 5.", "What is 9 minus 4?"]
+
+
+def _cfg(tmp_path, *extra):
+    from pipeline.config import load
+
+    return load([ROOT / "configs" / "default.toml", MODEL_CFG], [
+        "--run.out_dir", str(tmp_path), "--run.cache_dir", str(TEST_CACHE), "--run.name", "real",
+        "--log.wandb", "false", "--log.progress", "false", "--generator.max_tokens", "48",
+        "--data.instruction", "Give the final answer as a number.", *extra])
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    from learner.warmstart import prepare_model
+
+    return prepare_model(_cfg(tmp_path_factory.mktemp("m")), progress=False)
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2, tmp_path_factory):
+    from actors.engine import Engine
+
+    return Engine(_cfg(tmp_path_factory.mktemp("e")), smollm2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trainer(smollm2, tmp_path_factory):
+    from learner.trainer import Trainer
+
+    return Trainer(_cfg(tmp_path_factory.mktemp("t"), "--learner.lr", "1e-5"), smollm2)
+
+
+def _groups(engine, cfg, temperatures):
+    from actors.engine import Request
+    from learner.groups import Group
+    from pipeline.prompts import render
+
+    groups = []
+    for i, (q, t) in enumerate(zip(QUESTIONS, temperatures)):
+        prompt = render(engine.tokenizer, q, cfg.data)
+        (comps,) = engine.generate([Request(prompt, 2, t, 48)])
+        groups.append(Group(lease_id=i, prompt_id=i, epoch=0, temperature=t, prompt=torch.tensor(prompt),
+                            responses=[torch.tensor(c.tokens) for c in comps],
+                            behaviour_logprobs=[torch.tensor(c.logprobs) for c in comps],
+                            rewards=torch.tensor([1.0, 0.0]), version_first=0, version_last=0))
+    return groups
+
+
+def test_chat_template_prompt_and_model_derived_settings(engine, smollm2, tmp_path):
+    from pipeline.models import stop_token_ids
+    from pipeline.prompts import render
+
+    cfg = _cfg(tmp_path)
+    text = engine.tokenizer.decode(render(engine.tokenizer, QUESTIONS[0], cfg.data))
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+    assert "Calculate 7 + 5.\nGive the final answer as a number.<|im_end|>" in text
+    im_end = engine.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in stop_token_ids(smollm2, engine.tokenizer) and im_end in engine.stop_ids
+    assert engine.max_model_len == 1024  # generator.max_model_len of the model config, not the tiny model's 128
+
+
+def test_learner_logprobs_match_vllm_at_mixed_temperatures_in_one_batch(engine, trainer, tmp_path):
+    """T = 0.7 and 1.3 in one batch, on the model's own chat-templated responses; fp32 both sides."""
+    from learner.trainer import build_batch
+
+    groups = _groups(engine, _cfg(tmp_path), [0.7, 1.3])
+    batch = build_batch(groups, 0, trainer.cfg, trainer.pad_id)
+    with torch.no_grad():
+        logp = trainer.logprobs(batch)
+    mask = batch.response_mask.bool()
+    assert int(mask.sum()) >= 8
+    gap = float((logp - batch.mu)[mask].abs().max())
+    assert gap < 1e-3, gap
+    # token ids are the truth: the trained sequence is the prompt and exactly the sampled ids
+    for g, row in zip([g for g in groups for _ in g.responses], range(len(batch.group))):
+        j = row % 2
+        assert batch.input_ids[row, :len(g.prompt) + len(g.responses[j])].tolist() == \
+            g.prompt.tolist() + g.responses[j].tolist()
+    for g in groups:  # scored at T = 1 instead, the same samples are another distribution
+        g.temperature = 1.0
+    with torch.no_grad():
+        wrong = trainer.logprobs(build_batch(groups, 0, trainer.cfg, trainer.pad_id))
+    assert float((wrong - batch.mu)[mask].abs().max()) > 1e-2
+
+
+def test_a_step_then_a_broadcast_verified_by_the_probe(engine, trainer, tmp_path):
+    from learner.broadcast import GeneratorLink, prepare
+    from learner.publisher import probe_matches
+    from pipeline.transport import free_port
+
+    before = engine.probe()
+    assert probe_matches(before, trainer.probe_logprobs(), "float32")[0]
+    metrics = trainer.step(_groups(engine, _cfg(tmp_path), [1.0, 1.0]))
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["grad_norm"] > 0
+    port = free_port()
+    link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=120)
+    engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
+    update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
+    link.submit(trainer.version, flat)
+    engine.load_weights(update)
+    assert link.wait_idle(60) and link.error is None
+    link.close()
+    after, expected = engine.probe(), trainer.probe_logprobs()
+    assert probe_matches(after, expected, "float32")[0]
+    assert not probe_matches(before, expected, "float32")[1] < 1e-6  # the step moved the weights
+
+
+def test_eval_on_gsm8k_writes_every_response(smollm2, tmp_path):
+    out = tmp_path / "eval.json"
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), "eval", "--config", str(ROOT / "configs" / "default.toml"),
+                        str(MODEL_CFG), "--model", "smollm2-135m-instruct", "--data", "gsm8k", "--eval.size", "3",
+                        "--eval.k", "2", "--eval.max_tokens", "64", "--run.cache_dir", str(TEST_CACHE),
+                        "--log.progress", "false", "--out", str(out),
+                        "--data.instruction", "Solve step by step and end with '#### <answer>'."],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    (score,) = summary["scores"]
+    assert score["problems"] == 3 and score["k"] == 2 and score["too_long"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "eval.responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {(r["problem"], r["sample"]) for r in rows} == {(p, s) for p in range(3) for s in range(2)}
+    assert all(r["gold"] and "response" in r and r["reward"] in (0.0, 1.0) for r in rows)
+    assert sum(r["reward"] for r in rows) / 6 == pytest.approx(score["mean_at_k"])
