@@ -200,12 +200,20 @@ def cmd_bench(args, overrides: list[str]) -> int:
     from learner.warmstart import prepare_model
 
     preset = BENCH_WEIGHTS_MODEL if args.what == "weights" else []
+    if args.what == "generator":  # on the real model, every group in flight at once on both sides
+        preset = ["--generator.max_inflight", "32"]
+        if args.config == [str(DEFAULT_CONFIG)]:
+            args.config = [str(ROOT / "configs" / "real" / "smollm2-135m-arithmetic.toml")]
     cfg = config_mod.load(args.config, ["--log.wandb", "false", *preset, *overrides])
     torch.set_num_threads(cfg.run.torch_threads)
     if args.what == "transport":
         from benchmarks.transport import bench_transport
 
         bench_transport()
+    elif args.what == "generator":
+        from benchmarks.generator import bench_generator
+
+        bench_generator(cfg, prepare_model(cfg, progress=False))
     elif args.what == "weights":
         from benchmarks.weights import bench_weights
 
@@ -268,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ks = sub.add_parser("keys", help="make CURVE keys for non-loopback transport")
     ks.add_argument("--out", default="runs/keys")
     bn = sub.add_parser("bench", help="throughput benchmarks, each beside its bare baseline")
-    bn.add_argument("what", choices=["pipeline", "transport", "weights", "learner"])
+    bn.add_argument("what", choices=["pipeline", "transport", "weights", "learner", "generator"])
     bn.add_argument("--config", nargs="+", default=[str(DEFAULT_CONFIG)], metavar="TOML")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -107,6 +107,12 @@ def save(root: Path, step: int, model, optimizer_state: dict, state: dict, token
     return final
 
 
+def write(root: Path, trainer, state: dict, tokenizer_dir: str, keep: int) -> Path:
+    """Checkpoint the trainer's model and optimiser (gathered, if sharded) with the learner's `state`."""
+    model_state, optimizer_state = trainer.full_state()
+    return save(root, trainer.version, trainer.model, optimizer_state, state, tokenizer_dir, keep, model_state)
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
+
 from pipeline.config import Config
 from pipeline.data import heldout_problems
 from pipeline.messages import Assignment, Rollout, pack_ids
@@ -68,6 +70,13 @@ class Evaluator:
         self.results.append((rnd.step, result))
         self.current = None
         return result
+
+    def record(self, r: Rollout, stats, metrics, version: int) -> None:
+        """Take a held-out rollout; once its round is complete, into the run statistics and metrics."""
+        result = self.on_rollout(r)
+        if result is not None:
+            stats.evals.append((self.results[-1][0], msgspec.to_builtins(result)))
+            metrics.log(version, {"eval/mean_at_k": result.mean_at_k, "eval/pass_at_k": result.pass_at_k})
 
     def abandon(self) -> None:
         self.current = None

@@ -29,12 +29,12 @@ from learner.groups import GroupBuffer, group_to_state
 from learner.intake import Intake
 from learner.metrics import MetricsLog
 from learner.publisher import Publisher
-from learner.stats import RunStats
+from learner.stats import RunStats, run_counters
 from learner.stepper import RunningStep, Stepper
 from learner.supervisor import Supervisor
 from learner.tracker import Tracker
-from learner.trainer import Trainer
-from pipeline.config import Config, ConfigError, to_toml_dict
+from learner.trainer import Trainer, check_fits
+from pipeline.config import Config, to_toml_dict
 from pipeline.data import Problem
 from pipeline.messages import Heartbeat, Rollout
 from pipeline.models import load_tokenizer
@@ -48,14 +48,6 @@ class LearnerError(RuntimeError):
     pass
 
 
-def _check_fits(cfg: Config, longest_prompt: int) -> None:
-    """Every sample must fit one micro-batch: say so at start-up, not at the first step that meets it."""
-    budget, max_tokens = cfg.learner.micro_batch_tokens, cfg.generator.max_tokens
-    if budget and longest_prompt + max_tokens > budget:
-        raise ConfigError(f"learner.micro_batch_tokens = {budget} cannot hold the longest sample: a prompt of "
-                          f"{longest_prompt} tokens + generator.max_tokens = {max_tokens}; raise the one or lower the other")
-
-
 class Learner:
     def __init__(self, cfg: Config, model_path: str, problems: list[Problem], resume: Path | None = None,
                  trainer: Trainer | None = None):
@@ -66,7 +58,7 @@ class Learner:
         tokenizer = load_tokenizer(self.model_path)
         prompt_tokens = [render(tokenizer, p.question, cfg.data)
                          for p in problems]
-        _check_fits(cfg, max(len(t) for t in prompt_tokens))
+        check_fits(cfg, max(len(t) for t in prompt_tokens))
         self.tracker = Tracker(len(problems), cfg.tracker.reset_on_mixed)
         self.dispatcher = Dispatcher(cfg, problems, prompt_tokens, self.tracker)
         torch.manual_seed(cfg.run.seed)
@@ -141,7 +133,7 @@ class Learner:
                 self._first_rollout_at = self._first_rollout_at or time.monotonic()
                 got_rollout = True
                 if self.evaluator is not None and self.evaluator.owns(msg.lease_id):
-                    self._on_eval_rollout(msg)
+                    self.evaluator.record(msg, self.stats, self.metrics, self.trainer.version)
                 else:
                     self.intake.on_rollout(msg)
         return got_rollout
@@ -240,13 +232,6 @@ class Learner:
 
     # ---- held-out rounds ---------------------------------------------------------------------------
 
-    def _on_eval_rollout(self, r: Rollout) -> None:
-        result = self.evaluator.on_rollout(r)
-        if result is not None:
-            self.stats.evals.append((self.evaluator.results[-1][0], msgspec.to_builtins(result)))
-            self.metrics.log(self.trainer.version, {"eval/mean_at_k": result.mean_at_k,
-                                                    "eval/pass_at_k": result.pass_at_k})
-
     def _start_eval(self) -> None:
         self.evaluator.start_round(self.trainer.version, self.dispatcher.new_lease_id,
                                    sorted(self.supervisor.generators), self.endpoint.send)
@@ -294,10 +279,8 @@ class Learner:
             raise LearnerError("a checkpoint must not be taken while an optimiser step runs")
         self.check_leases()
         try:
-            model_state, optimizer_state = self.trainer.full_state()
-            path = checkpoint.save(self.cfg.run_dir / "checkpoints", self.trainer.version, self.trainer.model,
-                                   optimizer_state, self.state_dict(), self.model_path,
-                                   self.cfg.learner.keep_checkpoints, model_state)
+            path = checkpoint.write(self.cfg.run_dir / "checkpoints", self.trainer, self.state_dict(),
+                                    self.model_path, self.cfg.learner.keep_checkpoints)
         except checkpoint.CheckpointError as exc:
             # Training goes on: losing the run to a full disk would be worse than a missed checkpoint.
             self.checkpoint_failures += 1
@@ -316,12 +299,6 @@ class Learner:
         self.endpoint.close()
 
     def counters(self) -> dict:
-        d = self.dispatcher
-        return {"dispatched": d.dispatched, **dict(d.outcomes), "open": d.open,
-                "in_flight": d.outstanding(), "buffered": len(self.buffer),
-                "rejected_frames": dict(self.endpoint.rejected.counts),
-                "rejected_rollouts": dict(self.intake.rejected),
-                "weights_verified": self.stats.weights_verified,
-                "weights_mismatch": self.stats.weights_mismatch,
-                "probe_max_diff": self.stats.probe_max_diff,
-                "checkpoint_failures": self.checkpoint_failures, "generator_restarts": self.supervisor.restarts}
+        return run_counters(self.dispatcher, len(self.buffer), self.stats, rejected_frames=self.endpoint.rejected.counts,
+                            rejected_rollouts=self.intake.rejected, checkpoint_failures=self.checkpoint_failures,
+                            generator_restarts=self.supervisor.restarts)

@@ -105,3 +105,12 @@ class Window:
         out["h_positive_frac"] = sum(h > 0 for h in hs) / len(hs)
         out["dynamic_sampling_filtered"] = self.filtered
         return out
+
+
+def run_counters(dispatcher, buffered: int, stats: RunStats, **more) -> dict:
+    """Every lease outcome and the run's fault counters: the `leases:` line of the summary."""
+    d = dispatcher
+    return {"dispatched": d.dispatched, **dict(d.outcomes), "open": d.open, "in_flight": d.outstanding(),
+            "buffered": buffered, "weights_verified": stats.weights_verified,
+            "weights_mismatch": stats.weights_mismatch, "probe_max_diff": stats.probe_max_diff,
+            **{k: dict(v) if isinstance(v, dict) else v for k, v in more.items()}}

@@ -24,7 +24,7 @@ from learner.groups import Group
 from learner.logprobs import response_logprobs
 from learner.loss import LossSums, aggregation_coef, policy_loss, token_logprobs
 from pipeline.collective import probe_tokens
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.models import load_causal_lm
 
 
@@ -113,6 +113,14 @@ def split_updates(groups: int, k: int, seed: int) -> list[torch.Tensor]:
     """The rollout batch's group indices shuffled and cut into k nearly equal parts (one per update)."""
     order = torch.randperm(groups, generator=torch.Generator().manual_seed(seed))
     return [part for part in torch.tensor_split(order, k) if len(part)]
+
+
+def check_fits(cfg: Config, longest_prompt: int) -> None:
+    """Every sample must fit one micro-batch: say so at start-up, not at the first step that meets it."""
+    budget, max_tokens = cfg.learner.micro_batch_tokens, cfg.generator.max_tokens
+    if budget and longest_prompt + max_tokens > budget:
+        raise ConfigError(f"learner.micro_batch_tokens = {budget} cannot hold the longest sample: a prompt of "
+                          f"{longest_prompt} tokens + generator.max_tokens = {max_tokens}; raise the one or lower the other")
 
 
 PRECISION_DTYPE = {"fp32": "float32", "bf16-mixed": "float32", "bf16": "bfloat16"}

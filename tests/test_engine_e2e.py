@@ -54,6 +54,27 @@ def test_learner_logprobs_match_vllm_behaviour_logprobs(engine, trainer, tempera
     assert wrong_gap > 1e-2
 
 
+def test_streaming_path_at_mixed_temperatures_matches_the_learner(engine, trainer):
+    """The generator's own path (submit / step, continuous batching) at T = 0.7 and 1.3 side by side
+    in one engine batch and one learner batch: each sample's mu is the learner's log-prob at its T."""
+    tok = engine.tokenizer
+    prompts = [tok.encode(p) for p in PROMPTS]
+    temps = [0.7, 1.3, 1.3]
+    for key, (p, t) in enumerate(zip(prompts, temps)):
+        engine.submit(100 + key, Request(p, 4, t, 6))
+    done = {}
+    while len(done) < len(prompts):
+        done.update(engine.step(0))
+    groups = [Group(lease_id=i, prompt_id=i, epoch=0, temperature=t, prompt=torch.tensor(p),
+                    responses=[torch.tensor(c.tokens) for c in done[100 + i]],
+                    behaviour_logprobs=[torch.tensor(c.logprobs) for c in done[100 + i]],
+                    rewards=torch.tensor([1.0, 0.0, 1.0, 0.0]), version_first=0, version_last=0)
+              for i, (p, t) in enumerate(zip(prompts, temps))]
+    gap, batch, _ = _max_gap(trainer, groups)
+    assert sorted(set(batch.temperature.tolist())) == pytest.approx([0.7, 1.3])
+    assert gap < 1e-4, gap
+
+
 def test_inflight_update_records_per_token_versions(engine, trainer):
     """Weights loaded between two decode steps: the running requests continue (KV cache kept), every
     token records the version it was sampled under, and the tokens before the update are exactly the

@@ -20,6 +20,7 @@ import time
 import pytest
 import torch
 
+from benchmarks.learner import random_groups
 from tests.conftest import ROOT, make_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -52,18 +53,6 @@ def qwen05(tmp_path_factory):
     return str(path)
 
 
-def _groups(n_groups: int, size: int, prompt: int, response: int, vocab: int):
-    from learner.groups import Group
-
-    gen = torch.Generator().manual_seed(0)
-    return [Group(lease_id=i, prompt_id=i, epoch=0, temperature=1.0 + 0.02 * (i % 10),
-                  prompt=torch.randint(3, vocab, (prompt,), generator=gen),
-                  responses=[torch.randint(3, vocab, (response,), generator=gen) for _ in range(size)],
-                  behaviour_logprobs=[-torch.rand(response, generator=gen) for _ in range(size)],
-                  rewards=torch.tensor([float(j % 2) for j in range(size)]), version_first=0, version_last=0)
-            for i in range(n_groups)]
-
-
 @cuda
 def test_learner_step_memory_and_throughput_on_a_real_shape(qwen05, tmp_path):
     """bf16-mixed, activation checkpointing, budget 16k tokens, 64 samples of 1024 + 256 tokens."""
@@ -74,7 +63,7 @@ def test_learner_step_memory_and_throughput_on_a_real_shape(qwen05, tmp_path):
                       "--learner.micro_batch_tokens", str(budget), "--learner.logit_chunk_tokens", str(chunk),
                       "--generator.max_tokens", "1024", "--learner.groups_per_step", "4", "--learner.device", "cuda")
     trainer = Trainer(cfg, qwen05)
-    groups = _groups(4, 16, 256, 1024, QWEN05["vocab_size"])
+    groups = random_groups(4, 16, 256, 1024, QWEN05["vocab_size"])
     trainer.step(groups)  # warm-up
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
