@@ -100,6 +100,10 @@ def cmd_train(args, overrides: list[str]) -> int:
         if trainer is not None:
             trainer.stop_followers()
     learner.tracker.dump(cfg.run_dir / "tracker.jsonl")
+    if not learner.stop_requested:  # a finished run (what `run.py sweep` looks for to skip a cell)
+        (cfg.run_dir / "summary.json").write_bytes(msgspec.json.encode(
+            {"stats": stats.to_state(), "counters": learner.counters(), "result": result,
+             "config": msgspec.to_builtins(cfg)}))
     print(text)
     print(result)
     return 0
@@ -162,18 +166,32 @@ def cmd_model(args, overrides: list[str]) -> int:
 def cmd_study(args, overrides: list[str]) -> int:
     from pipeline.study import ALGORITHMS, run_study
 
-    print(run_study(Path(args.out), overrides, args.algorithms or ALGORITHMS))
+    print(run_study(Path(args.out), overrides, args.algorithms or ALGORITHMS, args.seeds, args.parallel))
     return 0
 
 
+def cmd_sweep(args, overrides: list[str]) -> int:
+    from pipeline.sweep import run_sweep
+    from pipeline.sweep_report import write_sweep_report
+
+    out = Path(args.out or Path("runs") / Path(args.grid).stem)
+    cells, failed = run_sweep(Path(args.grid), out, args.parallel, overrides, progress=True)
+    table, _ = write_sweep_report(out, f"Sweep {Path(args.grid).name}")
+    print(table)
+    print(f"{len(cells) - len(failed)} of {len(cells)} cells finished; report: {out / 'report.md'}")
+    return 1 if failed else 0
+
+
 def cmd_report(args, overrides: list[str]) -> int:
-    from pipeline.report import write_report
+    """Redraw the report of a study or a sweep folder."""
+    from pipeline.study import ALGORITHMS, study_report
+    from pipeline.sweep_report import write_sweep_report
 
-    from pipeline.study import ALGORITHMS
-
-    _, result = write_report(Path(args.study_dir), args.algorithms or ALGORITHMS)
-    print((Path(args.study_dir) / "report.md").read_text())
-    print(result)
+    out = Path(args.study_dir)
+    if (out / "study-grid.toml").exists():
+        print(study_report(out, args.algorithms or ALGORITHMS))
+    else:
+        print(write_sweep_report(out, f"Sweep {out.name}")[0])
     return 0
 
 
@@ -228,6 +246,7 @@ def cmd_bench(args, overrides: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "keys": cmd_keys, "model": cmd_model,
+            "sweep": cmd_sweep,
             "study": cmd_study, "report": cmd_report, "bench": cmd_bench}
 
 
@@ -270,7 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("study", help="GRPO vs DAPO vs ERPO vs RL-ZVP, same warm start and sample budget")
     st.add_argument("--out", default="runs/study")
     st.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")
-    rp = sub.add_parser("report", help="redraw a study's report from its run folders")
+    st.add_argument("--seeds", type=int, default=3)
+    st.add_argument("--parallel", type=int, default=1, help="cells run at once (where cores allow)")
+    sw = sub.add_parser("sweep", help="train every cell of a grid of config values (TOML); report mean and "
+                        "95%% CI over seeds; resumes where it stopped")
+    sw.add_argument("--grid", required=True)
+    sw.add_argument("--out", default="", help="default: runs/<grid name>")
+    sw.add_argument("--parallel", type=int, default=1)
+    rp = sub.add_parser("report", help="redraw the report of a study or sweep folder")
     rp.add_argument("study_dir")
     rp.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")
     ks = sub.add_parser("keys", help="make CURVE keys for non-loopback transport")

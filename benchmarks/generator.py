@@ -33,19 +33,17 @@ def bench_generator(cfg, model_path: str, prompts_n: int = 32, trials: int = 2) 
     ep = LearnerEndpoint("127.0.0.1", 0, 0, cfg.transport.max_frame_bytes)
     port = free_port()
     link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=120)
-    gen = Generator(cfg, 0, ep.addresses, port, model_path, engine=engine)
-    thread = threading.Thread(target=gen.run, daemon=True)
-    thread.start()
     lease_ids = iter(range(1, 1 << 30))
+    rates: dict[str, list[float]] = {"ours": [], "vllm": []}
 
     def ours() -> float:
         """Tokens per second through the generator loop: all leases out at once, up to max_inflight run."""
         ids = [next(lease_ids) for _ in problems]
         t0 = time.perf_counter()
         for i, (p, ptoks) in zip(ids, zip(problems, prompts)):
-            ep.send(0, Assignment(lease_id=i, prompt_id=p.prompt_id, epoch=0, temperature=T, n=n, policy_version=0,
-                                  prompt_tokens=pack_ids(ptoks), answer=p.answer, verifier=p.verifier,
-                                  metadata=p.metadata, max_tokens=max_tokens))
+            assert ep.send(0, Assignment(lease_id=i, prompt_id=p.prompt_id, epoch=0, temperature=T, n=n,
+                                         policy_version=0, prompt_tokens=pack_ids(ptoks), answer=p.answer,
+                                         verifier=p.verifier, metadata=p.metadata, max_tokens=max_tokens))
         tokens, waiting = 0, set(ids)
         while waiting:
             for msg in ep.recv(50):
@@ -63,16 +61,27 @@ def bench_generator(cfg, model_path: str, prompts_n: int = 32, trials: int = 2) 
                 tokens += sum(len(c.tokens) for c in group)
         return tokens / (time.perf_counter() - t0)
 
+    def feed() -> None:  # the learner's side, on its own thread: leases out, rollouts in, then Stop
+        try:
+            while 0 not in ep.identities:  # the generator's first heartbeat
+                ep.recv(50)
+            for _ in range(trials):
+                rates["ours"].append(ours())
+        finally:
+            ep.send(0, Stop(reason="bench done"))
+
+    # vLLM's CPU kernels must run on one thread throughout, so the engine stays on this one: the
+    # generator loop runs here, and the learner's side is the feeder thread.
     try:
-        while gen.status != "ready":  # the generator has joined and scored its probe
-            ep.recv(50)
-        rates = {"ours": [], "vllm": []}
-        for _ in range(trials):
+        rates["vllm"].append(vllms())
+        gen = Generator(cfg, 0, ep.addresses, port, model_path, engine=engine)
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        gen.run()  # until the feeder's Stop
+        feeder.join(30)
+        for _ in range(trials - 1):
             rates["vllm"].append(vllms())
-            rates["ours"].append(ours())
     finally:
-        ep.send(0, Stop(reason="bench done"))
-        thread.join(30)
         link.close()
         ep.close()
     a, b = statistics.median(rates["ours"]), statistics.median(rates["vllm"])

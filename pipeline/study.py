@@ -1,19 +1,19 @@
-"""`run.py study`: GRPO, DAPO, ERPO and RL-ZVP from the same warm start at the same sample budget.
+"""`run.py study`: GRPO, DAPO, ERPO and RL-ZVP at the same sample budget, over several seeds.
 
-Each algorithm is `run.py train --config configs/default.toml configs/algos/<name>.toml` plus the study's shared overrides,
-run one after another (they would only fight over the cores), then `pipeline.report` draws the report.
+A sweep (pipeline/sweep.py) over the four presets x seeds on the embedded task: each cell is
+`run.py train --config configs/default.toml configs/algos/<name>.toml` plus the study's overrides.
+The report gives every figure as mean ± 95 % interval over seeds and says whether ERPO's residual
+share and accuracy differ from DAPO's beyond them.
 """
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-import time
+import json
 from pathlib import Path
 
 from pipeline.launcher import RUN_PY
-from pipeline.report import write_report
+from pipeline.sweep import run_sweep
+from pipeline.sweep_report import grouped, write_sweep_report
 
 ALGORITHMS = ["grpo", "dapo", "erpo", "rlzvp"]
 CONFIGS = RUN_PY.parent / "configs" / "algos"  # algorithm presets: algorithm settings only
@@ -28,23 +28,45 @@ STUDY_OVERRIDES = [
 ]
 
 
-def run_study(out_dir: Path, overrides: list[str], algorithms: list[str] = ALGORITHMS) -> str:
+def study_grid(out_dir: Path, seeds: int) -> Path:
+    """The study as a sweep grid: the four presets x `seeds` seeds on the embedded task."""
+    lines = [f'base = ["{TASK}"]', "[fixed]"]
+    it = iter(STUDY_OVERRIDES)
+    lines += [f'"{k.lstrip("-")}" = {v if v.replace(".", "").isdigit() or v in ("true", "false") else json.dumps(v)}'
+              for k, v in zip(it, it)]
+    lines += ["[axes]", f'preset = {json.dumps([str(CONFIGS / (a + ".toml")) for a in ALGORITHMS])}',
+              f'"run.seed" = {list(range(seeds))}']
+    path = out_dir / "study-grid.toml"
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in algorithms:
-        config = CONFIGS / f"{name}.toml"
-        cmd = [sys.executable, str(RUN_PY), "train", "--config", str(TASK), str(config), *STUDY_OVERRIDES,
-               "--run.out_dir", str(out_dir), "--run.name", name,
-               "--run.cache_dir", str(out_dir.parent / "cache"), *overrides]
-        t0 = time.monotonic()
-        print(f"[study] {name}: training ...", flush=True)
-        with open(out_dir / f"{name}.log", "w") as log:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
-        (out_dir / f"{name}.out").write_text(proc.stdout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"study run {name} failed (exit {proc.returncode}); see {out_dir / (name + '.log')}")
-        result = re.findall(r"^RESULT .*$", proc.stdout, re.M)
-        print(f"[study] {name}: {time.monotonic() - t0:.0f}s  {result[-1] if result else ''}", flush=True)
-    summaries, result = write_report(out_dir, algorithms)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_study(out_dir: Path, overrides: list[str], algorithms: list[str] = ALGORITHMS, seeds: int = 3,
+              parallel: int = 1) -> str:
+    """GRPO, DAPO, ERPO and RL-ZVP over `seeds` seeds (pipeline/sweep.py), with 95 % intervals."""
+    grid = study_grid(out_dir, seeds)
+    cells, failed = run_sweep(grid, out_dir, parallel, overrides)
+    return study_report(out_dir, algorithms, seeds)
+
+
+def study_report(out_dir: Path, algorithms: list[str] = ALGORITHMS, seeds: int = 3) -> str:
+    table, stats = write_sweep_report(out_dir, "Residual-prompt study: GRPO, DAPO, ERPO, RL-ZVP")
+    by = {label.split("preset=")[1].split(",")[0]: figs for label, figs in stats.items()}
+
+    def differ(key: str) -> str:
+        (a, ca), (b, cb) = by["erpo"][key], by["dapo"][key]
+        verdict = "differ beyond" if abs(a - b) > ca + cb else "do not differ beyond"
+        return f"ERPO {a:.3f} ± {ca:.3f} vs DAPO {b:.3f} ± {cb:.3f}: they {verdict} their 95 % intervals"
+
+    if "erpo" in by and "dapo" in by:
+        verdicts = ["", "## ERPO against DAPO", "",
+                    f"- residual share, last quarter: {differ('residual_late')}",
+                    f"- held-out mean@k: {differ('heldout_mean')}", ""]
+        with open(out_dir / "report.md", "a") as f:
+            f.write("\n".join(verdicts))
     print((out_dir / "report.md").read_text())
-    print(f"report: {out_dir / 'report.md'}, plots: {out_dir / 'study.png'}")
-    return result
+    n = min(len(v) for v in grouped(out_dir).values())
+    return "RESULT " + " ".join(
+        [f"{a}_residual={by[a]['residual_late'][0]:.4f}" for a in algorithms if a in by]
+        + [f"{a}_acc={by[a]['heldout_mean'][0]:.4f}" for a in algorithms if a in by] + [f"seeds={n}"])

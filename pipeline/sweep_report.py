@@ -1,0 +1,138 @@
+"""The sweep report: every summary figure as mean and 95 % confidence interval over seeds, a markdown
+table and a PNG (`run.py report DIR` redraws it). Figures per cell come from its metrics.jsonl and
+summary.json (written by `run.py train` at the end of a finished run)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+# two-sided 95 % Student t quantiles by degrees of freedom (n seeds - 1)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+FIGURES = [  # (key, column title, format)
+    ("residual_early", "residual share, first quarter", ".3f"),
+    ("residual_late", "residual share, last quarter", ".3f"),
+    ("reactivated", "reactivated (leased > T0, came back mixed)", ".3f"),
+    ("heldout_mean", "held-out mean@k", ".3f"),
+    ("heldout_pass", "held-out pass@k", ".3f"),
+    ("ess", "ESS", ".3f"),
+    ("truncated", "truncated / masked share", ".4f"),
+    ("prox_mu_gap", "mean abs(pi_prox - mu)", ".2e"),
+    ("entropy", "entropy, last quarter", ".3f"),
+    ("lag_mean", "trained lag, mean", ".2f"),
+    ("leased_t_max", "leased T, max", ".3f"),
+]
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def cell_figures(run_dir: Path) -> dict:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval/mean_at_k" in r]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    q = max(1, len(steps) // 4)
+    lag_hist = {int(k): v for k, v in summary["stats"]["lag_hist"].items()}
+    total = sum(lag_hist.values()) or 1
+    gaps = [v for r in steps for k, v in r.items() if k.startswith("prox_mu_gap/")]
+    return {
+        "residual_early": _mean(r["residual_frac"] for r in steps[:q]),
+        "residual_late": _mean(r["residual_frac"] for r in steps[-q:]),
+        "reactivated": _mean(r.get("reactivated_rate") for r in steps),
+        "heldout_mean": evals[-1]["eval/mean_at_k"] if evals else float("nan"),
+        "heldout_pass": evals[-1]["eval/pass_at_k"] if evals else float("nan"),
+        "ess": _mean(r["ess"] for r in steps), "truncated": _mean(r["truncated_frac"] for r in steps),
+        "prox_mu_gap": _mean(gaps), "entropy": _mean(r["entropy"] for r in steps[-q:]),
+        "lag_mean": sum(k * v for k, v in lag_hist.items()) / total, "lag_max": max(lag_hist, default=0),
+        "lag_share": {k: v / total for k, v in sorted(lag_hist.items())},
+        "asked_max_lag": summary["config"]["learner"]["max_lag"],
+        "leased_t_max": max((r.get("leased_temp_max", float("nan")) for r in steps), default=float("nan")),
+        "residual_curve": [r["residual_frac"] for r in steps],
+    }
+
+
+def mean_ci(xs: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % confidence interval (0 with one seed)."""
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    if len(xs) == 1:
+        return xs[0], 0.0
+    return statistics.fmean(xs), T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def _label(group: tuple) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={Path(str(v)).stem if k == 'preset' else v}" for k, v in group)
+
+
+def grouped(sweep_dir: Path) -> dict[tuple, list[dict]]:
+    grid = json.loads((sweep_dir / "grid.json").read_text())
+    out: dict[tuple, list[dict]] = {}
+    for cell in grid["cells"]:
+        run_dir = sweep_dir / "cells" / cell["name"]
+        if not (run_dir / "summary.json").exists():
+            continue  # failed or not run yet: the report says how many seeds each row has
+        group = tuple((k, v) for k, v in cell["values"].items() if k != "run.seed")
+        out.setdefault(group, []).append(cell_figures(run_dir))
+    return out
+
+
+def write_sweep_report(sweep_dir: Path, title: str = "Sweep") -> tuple[str, dict]:
+    """report.md + sweep.png; returns the markdown table and {group label: {figure: (mean, ci)}}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = grouped(sweep_dir)
+    if not groups:
+        raise ValueError(f"{sweep_dir}: no finished cell to report")
+    stats = {_label(g): {k: mean_ci([c[k] for c in cells]) for k, _, _ in FIGURES} for g, cells in groups.items()}
+    head = "| cell | seeds | " + " | ".join(t for _, t, _ in FIGURES) + " |"
+    lines = [f"# {title}", "", "Each figure is the mean over seeds ± the half-width of its 95 % confidence "
+             "interval (Student t). Residual share: all-correct groups among those that arrived.", "", head,
+             "|" + "---|" * (len(FIGURES) + 2)]
+    notes = []
+    for g, cells in groups.items():
+        label = _label(g)
+        row = " | ".join(f"{stats[label][k][0]:{f}} ± {stats[label][k][1]:{f}}" for k, _, f in FIGURES)
+        lines.append(f"| {label} | {len(cells)} | {row} |")
+        asked, trained = cells[0]["asked_max_lag"], max(c["lag_max"] for c in cells)
+        if trained < asked:
+            notes.append(f"- {label}: asked for max_lag {asked}, trained at lag {trained} at most")
+    if notes:
+        lines += ["", "Lag actually trained (a cell may not reach the lag it allows):", *notes]
+    lines += ["", "![sweep](sweep.png)", ""]
+    (sweep_dir / "report.md").write_text("\n".join(lines))
+
+    fig, ax = plt.subplots(2, 2, figsize=(14, 9))
+    for g, cells in groups.items():
+        label = _label(g)
+        curves = [c["residual_curve"] for c in cells]
+        n = min(map(len, curves))
+        ax[0, 0].plot([statistics.fmean(c[i] for c in curves) for i in range(n)], label=label)
+        lags = sorted({k for c in cells for k in c["lag_share"]})
+        ax[1, 1].plot(lags, [statistics.fmean(c["lag_share"].get(k, 0.0) for c in cells) for k in lags], "o-",
+                      label=label)
+        m, ci = stats[label]["heldout_mean"]
+        ax[0, 1].errorbar([stats[label]["lag_mean"][0]], [m], yerr=[ci], fmt="o", capsize=4, label=label)
+        for key, marker in (("ess", "o"), ("truncated", "x")):
+            mm, cc = stats[label][key]
+            ax[1, 0].errorbar([stats[label]["lag_mean"][0]], [mm], yerr=[cc], fmt=marker, capsize=3)
+    titles = ["residual share of arriving groups over training (mean over seeds)",
+              "held-out mean@k (95 % CI) by the mean trained lag", "ESS (o) and truncated share (x) by mean lag",
+              "lag distribution of trained samples"]
+    for a, t in zip(ax.flat, titles):
+        a.set_title(t, fontsize=9)
+    ax[0, 0].legend(fontsize=6)
+    ax[0, 1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "sweep.png", dpi=90)
+    plt.close(fig)
+    return "\n".join(lines), stats
