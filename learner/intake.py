@@ -47,7 +47,7 @@ class Intake:
         self._last_version[r.generator_id] = group.version_last
         self.stats.rollouts_by_generator[r.generator_id] += 1
         self.tracker.record_visit(group.prompt_id, group.rewards.tolist(), group.temperature, group.version_first)
-        self.stats.group_kinds[group.kind] += 1
+        self.stats.record_arrival(group.kind, group.temperature, self.cfg.schedule.t0)
         self.window.add(group.kind, group.temperature)
         if self._filtered_out(group):
             self.dispatcher.close(r.lease_id, "dropped_filtered")

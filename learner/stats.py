@@ -36,6 +36,16 @@ class RunStats:
     version_regressions: int = 0  # a generator's rollouts going back in weight version (must stay 0)
     seconds: float = 0.0
     train_seconds: float = 0.0  # time inside optimiser steps (the rest of `seconds` the learner waited)
+    leased_temps: collections.Counter = field(default_factory=collections.Counter)  # T (2 decimals) -> groups
+    above_t0: int = 0  # groups leased above T0 (pushed to explore) ...
+    above_t0_mixed: int = 0  # ... that came back mixed: reactivated
+
+    def record_arrival(self, kind: str, temperature: float, t0: float) -> None:
+        self.group_kinds[kind] += 1
+        self.leased_temps[round(temperature, 2)] += 1
+        if temperature > t0 + 1e-9:
+            self.above_t0 += 1
+            self.above_t0_mixed += kind == "mixed"
 
     def to_state(self) -> dict:
         return msgspec.to_builtins(self)
@@ -47,6 +57,7 @@ class RunStats:
         for key in ("lag_hist", "rollouts_by_generator"):
             st[key] = collections.Counter({int(k): v for k, v in st[key].items()})
         st["group_kinds"] = collections.Counter(st["group_kinds"])
+        st["leased_temps"] = collections.Counter({float(k): v for k, v in st.get("leased_temps", {}).items()})
         st["evals"] = [tuple(e) for e in st["evals"]]
         return cls(**st)
 

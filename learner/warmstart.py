@@ -24,8 +24,12 @@ from pipeline.prompts import render
 log = logging.getLogger(__name__)
 
 
+def _seed(cfg: Config) -> int:
+    return cfg.warmstart.seed if cfg.warmstart.seed >= 0 else cfg.run.seed
+
+
 def _cache_key(cfg: Config) -> str:
-    shaped_by = [cfg.model, cfg.warmstart, cfg.data, cfg.run.seed]
+    shaped_by = [cfg.model, cfg.warmstart, cfg.data, _seed(cfg)]
     return hashlib.sha256(msgspec.json.encode(shaped_by)).hexdigest()[:12]
 
 
@@ -41,7 +45,7 @@ def prepare_model(cfg: Config, progress: bool = True) -> str:
         return str(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_model(tmp, cfg.model, cfg.run.seed)
+    build_tiny_model(tmp, cfg.model, _seed(cfg))
     if cfg.warmstart.enabled and cfg.warmstart.steps > 0:
         acc = supervised_warmstart(cfg, tmp, progress)
         log.info("warm start: greedy accuracy on the RL prompts %.2f", acc)
@@ -69,7 +73,7 @@ def supervised_warmstart(cfg: Config, model_dir: Path, progress: bool) -> float:
     model.train()
     examples = _examples(cfg, tokenizer, ws.examples, cfg.data.seed + 7919)
     opt = torch.optim.AdamW(model.parameters(), lr=ws.lr)
-    gen = torch.Generator().manual_seed(cfg.run.seed)
+    gen = torch.Generator().manual_seed(_seed(cfg))
     pad = tokenizer.pad_token_id
     for _ in tqdm(range(ws.steps), desc="warm start (supervised)", disable=not progress, leave=False):
         idx = torch.randint(len(examples), (ws.batch_size,), generator=gen).tolist()

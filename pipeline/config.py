@@ -60,6 +60,9 @@ class WarmStartConfig(Section):
     batch_size: PosInt = 64
     lr: PosFloat = 1e-3
     examples: PosInt = 4000
+    # -1: run.seed. Fix it (e.g. 0) so that the seeds of a sweep or study share one warm start and
+    # their spread measures the RL run's randomness, not the starting model's.
+    seed: int = -1
 
 
 class DataFields(Section):

@@ -22,7 +22,7 @@ TASK = RUN_PY.parent / "configs" / "default.toml"  # the task, model and lengths
 # A warm start strong enough that many prompts are residual at T = 1 (the regime ERPO targets), few
 # enough prompts that each is visited often enough for H_i to grow, and one generation budget for all.
 STUDY_OVERRIDES = [
-    "--warmstart.steps", "600", "--data.size", "128", "--learner.steps", "100000",
+    "--warmstart.steps", "600", "--warmstart.seed", "0", "--data.size", "128", "--learner.steps", "100000",
     "--learner.sample_budget", "12800", "--eval.size", "256", "--eval.k", "4", "--eval.final", "true",
     "--log.progress", "false",
 ]

@@ -1,5 +1,6 @@
 """The real pipeline: learner in this process, a vLLM generator process, ZeroMQ, gloo broadcast."""
 
+import json
 import signal
 import re
 import subprocess
@@ -65,6 +66,12 @@ def test_train_command_prints_summary_and_leaves_no_processes(tmp_path):
     assert m, last
     assert int(m.group(1)) == 4 and int(m.group(2)) == 4 * 8 * 8
     assert 1.0 <= float(m.group(6)) <= 1.2
+    # the mechanism's figures are in the summary, and the run left its machine-readable summary
+    assert re.search(r"residual share of arriving groups: first quarter [\d.]+ -> last quarter [\d.]+", out.stdout)
+    assert re.search(r"leased temperatures: min [\d.]+ / median [\d.]+ / max [\d.]+ +groups leased above T0 \d+",
+                     out.stdout)
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["result"] == last and summary["counters"]["weights_mismatch"] == 0
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if p.info["cmdline"] and "generate" in p.info["cmdline"]
                  and str(tmp_path) in " ".join(p.info["cmdline"])]
