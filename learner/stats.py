@@ -105,6 +105,8 @@ class Window:
         out["residual_frac"] = self.kinds["positive"] / total
         for t, c in sorted(self.by_temp.items()):
             out[f"residual_by_temp/{t:.2f}"] = c["positive"] / (sum(c.values()) or 1)
+            if t > self.t0 + 1e-9:  # leased above T0: the share that came back mixed (reactivated)
+                out[f"reactivated_by_temp/{t:.2f}"] = c["mixed"] / (sum(c.values()) or 1)
         if self.temps:  # a step may see no arrivals at all; then there is no temperature to report
             out["leased_temp_mean"] = sum(self.temps) / len(self.temps)
             out["leased_temp_max"] = max(self.temps)

@@ -54,6 +54,8 @@ def cell_figures(run_dir: Path) -> dict:
         "asked_max_lag": summary["config"]["learner"]["max_lag"],
         "leased_t_max": max((r.get("leased_temp_max", float("nan")) for r in steps), default=float("nan")),
         "residual_curve": [r["residual_frac"] for r in steps],
+        "reactivated_by_temp": {float(k.split("/")[1]): _mean(r.get(k) for r in steps)
+                                for k in sorted({k for r in steps for k in r if k.startswith("reactivated_by_temp/")})},
     }
 
 
@@ -111,7 +113,7 @@ def write_sweep_report(sweep_dir: Path, title: str = "Sweep") -> tuple[str, dict
     lines += ["", "![sweep](sweep.png)", ""]
     (sweep_dir / "report.md").write_text("\n".join(lines))
 
-    fig, ax = plt.subplots(2, 2, figsize=(14, 9))
+    fig, ax = plt.subplots(2, 3, figsize=(20, 9))
     for g, cells in groups.items():
         label = _label(g)
         curves = [c["residual_curve"] for c in cells]
@@ -125,11 +127,19 @@ def write_sweep_report(sweep_dir: Path, title: str = "Sweep") -> tuple[str, dict
         for key, marker in (("ess", "o"), ("truncated", "x")):
             mm, cc = stats[label][key]
             ax[1, 0].errorbar([stats[label]["lag_mean"][0]], [mm], yerr=[cc], fmt=marker, capsize=3)
-    titles = ["residual share of arriving groups over training (mean over seeds)",
-              "held-out mean@k (95 % CI) by the mean trained lag", "ESS (o) and truncated share (x) by mean lag",
-              "lag distribution of trained samples"]
-    for a, t in zip(ax.flat, titles):
-        a.set_title(t, fontsize=9)
+        mm, cc = stats[label]["prox_mu_gap"]
+        ax[1, 2].errorbar([stats[label]["lag_mean"][0]], [mm], yerr=[cc], fmt="o", capsize=3, label=label)
+        temps = sorted({t for c in cells for t in c["reactivated_by_temp"]})
+        if temps:
+            ax[0, 2].plot(temps, [_mean(c["reactivated_by_temp"].get(t) for c in cells) for t in temps], "o-",
+                          label=label)
+    titles = {(0, 0): "residual share of arriving groups over training (mean over seeds)",
+              (0, 1): "held-out mean@k (95 % CI) by the mean trained lag",
+              (0, 2): "reactivated: share of groups leased at T > T0 that came back mixed, by T",
+              (1, 0): "ESS (o) and truncated share (x) by mean lag", (1, 1): "lag distribution of trained samples",
+              (1, 2): "mean abs(pi_prox - mu) (95 % CI) by mean lag"}
+    for (i, j), t in titles.items():
+        ax[i, j].set_title(t, fontsize=9)
     ax[0, 0].legend(fontsize=6)
     ax[0, 1].legend(fontsize=6)
     fig.tight_layout()
