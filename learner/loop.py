@@ -113,8 +113,7 @@ class Learner:
         # throughput clock: from the first rollout, so generator start-up (loading vLLM) is not in it
         self.stats.seconds += time.monotonic() - (self._first_rollout_at or start)
         self._finishing = True
-        self.checkpoint()
-        self.check_leases()
+        self.checkpoint()  # which checks the lease identity in full first
         if not self.stop_requested:
             self._finish_broadcasts()
             if self.evaluator is not None and self.cfg.eval.final:
