@@ -5,6 +5,7 @@ batch, asynchrony, in-flight updates, and the dropped-filtered and failed outcom
 import json
 
 import pytest
+import torch
 import zmq
 
 from learner.loop import Learner
@@ -78,6 +79,33 @@ def test_erpo_temperature_path_asynchrony_and_every_outcome(tiny_model, tmp_path
         return step(groups, before_update)
 
     learner.trainer.step = move_the_tracker_then_step
+    # The weights of every version, so that each trained row can be scored by the weights that
+    # generated it, at the temperature the learner uses for it: that must give vLLM's mu back.
+    import copy
+
+    from learner.trainer import Trainer
+
+    checker = Trainer(cfg, tiny_model)
+    weights = {0: copy.deepcopy(learner.trainer.model.state_dict())}
+    gaps_hot = []  # |learner log-prob - mu| on rows sampled above T = 1
+    spied_train_batch = learner.trainer.train_batch
+
+    def score_then_train(batch, before_update=None):
+        v = learner.trainer.version
+        weights[v] = copy.deepcopy(learner.trainer.model.state_dict())
+        for gen_version in set((v - batch.lag).tolist()):
+            # (drain mode: all tokens of a sample share its generation version)
+            rows = ((v - batch.lag == gen_version) & (batch.temperature > 1.0)).nonzero().flatten()
+            if len(rows) and gen_version in weights:
+                checker.model.load_state_dict(weights[gen_version])
+                sub = batch.select(rows)
+                with torch.no_grad():
+                    lp = checker.logprobs(sub)
+                mask = sub.response_mask.bool()
+                gaps_hot.append(float((lp - sub.mu)[mask].abs().max()))
+        return spied_train_batch(batch, before_update)
+
+    learner.trainer.train_batch = score_then_train
     try:
         stats = run_pipeline(learner, cfg)
     finally:
@@ -98,7 +126,9 @@ def test_erpo_temperature_path_asynchrony_and_every_outcome(tiny_model, tmp_path
     first = seen[0]
     rows = [i for i, g in enumerate(first["group"]) if first["groups"][g][0] == moved["lease_id"]]
     assert rows and all(first["temperature"][i] == pytest.approx(moved["recorded"]) for i in rows)
-    # the learner's log-probs at the recorded T are vLLM's (lag 0: same weights); T = 1 would miss by ~1e-1
+    # the learner's log-probs at each row's recorded T, with the weights that generated it, are vLLM's
+    # mu, on rows sampled above T = 1 (a learner at T = 1 misses them by ~1e-1)
+    assert len(gaps_hot) > 0 and max(gaps_hot) < 1e-3, gaps_hot
     gaps = [m["prox_mu_gap/lag0"] for m in map(json.loads, (cfg.run_dir / "metrics.jsonl").read_text().splitlines())
             if "prox_mu_gap/lag0" in m]
     assert gaps and max(gaps) < 1e-3
