@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+from pipeline.data import parse_gold
+
 STYLES = ("boxed", "marker", "last_number")
 
 _PLAIN = r"-?(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"  # 42, -3, $1,000.50 (not the "- 5" of "10 - 5")
@@ -86,7 +88,5 @@ def _answer_is(text: str) -> str | None:
 def gold_answer(answer: str) -> str:
     """A dataset's gold answer as math-verify should read it: GSM8K's worked solution ending in
     '#### 42' gives '42'; thousands separators dropped."""
-    if "####" in answer:
-        answer = answer.rsplit("####", 1)[1]
-    answer = answer.strip()
+    answer = parse_gold(answer)
     return normalise_number(answer) if re.fullmatch(_NUMBER, answer) else answer

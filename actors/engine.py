@@ -39,6 +39,9 @@ class _NoChatWarmup(logging.Filter):
         return "Chat template warmup failed" not in record.getMessage()
 
 
+logging.getLogger("vllm.renderers.base").addFilter(_NoChatWarmup())
+
+
 class Engine:
     def __init__(self, cfg: Config, model_path: str, seed: int,
                  worker_extension: str = "actors.vllm_ext.WeightReceiver"):
@@ -53,7 +56,6 @@ class Engine:
         if not torch.cuda.is_available():
             keep_cpu_weights_reloadable()
 
-        logging.getLogger("vllm.renderers.base").addFilter(_NoChatWarmup())
         gen = cfg.generator
         max_model_len = self._max_model_len(cfg, model_path)
         try:

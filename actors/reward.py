@@ -14,7 +14,7 @@ import logging
 import multiprocessing as mp
 from dataclasses import dataclass, field
 
-from actors.answers import extract_answer
+from actors.answers import extract_answer, gold_answer
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,6 @@ def _math_verify_batch(items: list[tuple[str, str, str, bool]]) -> list[tuple[fl
     """(response, gold answer, answer style, truncated) -> (reward, status). The final answer is
     extracted first (actors/answers.py); math-verify then compares it, and only it, with the gold."""
     from math_verify import parse, verify
-
-    from actors.answers import extract_answer, gold_answer
 
     out = []
     for response, answer, style, truncated in items:

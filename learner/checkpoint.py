@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from learner.groups import group_from_state
+from learner.publisher import probe_matches
 from learner.stats import RunStats
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,8 @@ def verify_weights(ckpt: Path, state: dict, probe_now: list[float], dtype: str) 
     if saved is None:
         log.warning("%s records no probe log-probs (written by an older version): weights not verified", ckpt)
         return
-    diff = max((abs(a - b) for a, b in zip(saved, probe_now)), default=0.0)
-    if len(saved) != len(probe_now) or diff > RESUME_PROBE_TOLERANCE[dtype]:
+    ok, diff = probe_matches(probe_now, saved, dtype, RESUME_PROBE_TOLERANCE)
+    if not ok:
         raise CheckpointError(f"checkpoint {ckpt}: its weights do not give the probe log-probs recorded when it "
                               f"was written (largest difference {diff:.2e}); the model files and state.json "
                               f"do not belong together")

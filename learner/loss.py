@@ -33,13 +33,6 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: tor
     return torch.gather(logp, -1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-@torch.no_grad()
-def token_entropy(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary entropy H_t = -sum_v p log p of softmax(logits / T_j), detached."""
-    logp = F.log_softmax(_scale(logits.detach(), temperature).float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
 def aggregation_coef(lengths: torch.Tensor, mode: str, norm_tokens: int) -> torch.Tensor:
     """Each sample's weight in J = sum_j coef_j sum_t ell_{j,t}, over the N samples of one update
     with response lengths |o_j| (ALGORITHMS.md §1, `loss.aggregation`):
@@ -81,10 +74,11 @@ class LossSums:
     w2_sum: float = 0.0
     w_max: float = 0.0
     entropy_sum: float = 0.0
+    padded: float = 0.0  # positions the micro-batches held, padding included (the learner fills it in)
     gap: dict[int, list[float]] = field(default_factory=dict)  # token lag -> [sum |pi_prox - mu|, tokens]
 
     def __iadd__(self, o: "LossSums") -> "LossSums":
-        for k in ("loss", "tokens", "clipped", "cut", "w_sum", "w2_sum", "entropy_sum"):
+        for k in ("loss", "tokens", "clipped", "cut", "w_sum", "w2_sum", "entropy_sum", "padded"):
             setattr(self, k, getattr(self, k) + getattr(o, k))
         self.w_max = max(self.w_max, o.w_max)
         for lag, (s, n) in o.gap.items():

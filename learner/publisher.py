@@ -32,10 +32,12 @@ class Snapshot:
     flat: torch.Tensor
 
 
-def probe_matches(reported: list[float], expected: list[float], dtype: str) -> tuple[bool, float]:
-    """(match, largest difference) of a generator's probe log-probs against the learner's."""
+def probe_matches(reported: list[float], expected: list[float], dtype: str,
+                  tolerance: dict[str, float] = PROBE_TOLERANCE) -> tuple[bool, float]:
+    """(match, largest difference) of probe log-probs (a generator's, or a reloaded checkpoint's)
+    against the learner's, within `tolerance[dtype]`."""
     diff = max((abs(a - b) for a, b in zip(reported, expected)), default=0.0)
-    return len(reported) == len(expected) and diff <= PROBE_TOLERANCE[dtype], diff
+    return len(reported) == len(expected) and diff <= tolerance[dtype], diff
 
 
 class Publisher:

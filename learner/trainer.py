@@ -269,12 +269,10 @@ class Trainer:
                 metrics[f"update/{u}/clip_frac"] = sums.clip_frac
                 metrics[f"update/{u}/grad_norm"] = float(grad_norm)
         self.version += 1
-        padded = sum(len(mb) * int(batch.attention_mask[mb].sum(1).max())
-                     for mb in self.micro_batches(batch, torch.arange(len(batch.group))))
         metrics.update(asdict(total.stats()), **total.gap_by_lag())
         metrics.update(loss=total.loss / k, grad_norm=float(grad_norm), updates=k, entropy=total.entropy_mean,
                        tokens=int(total.tokens), response_len=float(batch.response_mask.sum(1).mean()),
-                       padding_frac=1.0 - float(batch.attention_mask.sum()) / max(padded, 1))
+                       padding_frac=1.0 - float(batch.attention_mask.sum()) / max(total.padded, 1.0))
         return metrics
 
     def gradients(self, batch: Batch, rows: torch.Tensor) -> LossSums:
@@ -287,6 +285,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums = LossSums()
         for mb in self.micro_batches(batch, rows):
+            sums.padded += len(mb) * int(batch.attention_mask[mb].sum(1).max())  # the whole micro-batch's
             mine, counts = self._share(mb)
             sub = batch.select(mine)
             if not counts:

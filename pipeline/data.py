@@ -61,7 +61,7 @@ def _rows_from_hub(name: str, split: str) -> list[dict]:
         answer = str(r.get("answer", ""))
         problem = r.get("problem") or r.get("question")
         if name == "gsm8k":  # GSM8K's answer field is a worked solution ending in '#### <n>'
-            answer = answer.split("####")[-1].strip()
+            answer = parse_gold(answer)
         if name == "dapo_math_17k":  # chat-formatted prompt, answer in reward_model.ground_truth
             problem = r["prompt"][0]["content"]
             answer = str(r["reward_model"]["ground_truth"])

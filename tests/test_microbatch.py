@@ -8,7 +8,7 @@ import torch
 from benchmarks.learner import step_peak_memory
 from learner.groups import Group
 from learner.logprobs import response_logprobs
-from learner.loss import token_entropy, token_logprobs
+from learner.loss import token_logprobs
 from learner.trainer import Trainer, build_batch, pack
 from pipeline.config import ConfigError
 from tests.conftest import make_config
@@ -120,7 +120,8 @@ def test_learner_forward_matches_full_logits_at_each_samples_temperature(tiny_mo
     logits = trainer.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     mask = batch.response_mask.bool()
     assert torch.allclose(logp[mask], token_logprobs(logits, batch.targets, batch.temperature)[mask], atol=1e-5)
-    assert torch.allclose(ent[mask], token_entropy(logits, torch.ones_like(batch.temperature))[mask], atol=1e-5)
+    full = torch.log_softmax(logits.detach(), -1)  # the entropy at T = 1 from the full logits
+    assert torch.allclose(ent[mask], -(full.exp() * full).sum(-1)[mask], atol=1e-5)
 
 
 def test_pi_prox_is_the_policy_at_the_start_of_the_batch_for_all_k_updates(tiny_model, tmp_path, monkeypatch):
