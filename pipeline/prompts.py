@@ -22,6 +22,3 @@ def render(tokenizer, question: str, data: DataConfig) -> list[int]:
         ids = ids["input_ids"]
     return list(ids)
 
-
-def render_all(tokenizer, questions: list[str], data: DataConfig) -> list[list[int]]:
-    return [render(tokenizer, q, data) for q in questions]
