@@ -40,72 +40,11 @@ def cmd_train(args, overrides: list[str]) -> int:
     if args.dry_run:
         print(msgspec.json.format(config_mod.dumps(cfg), indent=2))
         return 0
-    import torch
-    from tqdm import tqdm
+    from learner.training import train
 
-    from learner import sharded
-    from learner.loop import Learner
-    from learner.metrics import summarize
-    from learner.warmstart import prepare_model
-    from pipeline.data import load_problems
-    from pipeline.launcher import Launcher
-
-    torch.set_num_threads(cfg.run.torch_threads)
-    resume = None
-    if args.resume is not None:
-        from learner.checkpoint import resolve
-
-        resume = resolve(Path(args.resume or cfg.run_dir))
-        print(f"resuming from {resume}")
-
-    def start_model() -> str:  # the model folder training starts from: the checkpoint's when resuming
-        return str(resume) if resume is not None else prepare_model(cfg, progress=cfg.log.progress)
-
-    trainer = None
-    if sharded.launched():  # torchrun: rank 0 is the learner, the other ranks hold shards and follow
-        rank = sharded.join_training_group()
-        # every rank builds its shard from the same model folder, named by rank 0
-        model_path = sharded.share_string(start_model() if rank == 0 else None)
-        trainer = sharded.ShardedTrainer(cfg, model_path)
-        if rank != 0:
-            trainer.follow()
-            return 0
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    problems = load_problems(cfg.data)  # fails here, before any process starts, on a bad source
-    if trainer is None:
-        model_path = start_model()
-    try:
-        learner = Learner(cfg, model_path, problems, resume=resume, trainer=trainer)
-    except BaseException:
-        if trainer is not None:
-            trainer.stop_followers()
-        raise
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version)
-
-    def request_stop(signum, frame):  # finish the current step, checkpoint, stop generators, exit 0
-        learner.stop_requested = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    try:
-        with tqdm(total=cfg.learner.steps, desc="RL steps", disable=not cfg.log.progress) as bar:
-            stats = learner.run(launcher, bar)
-        learner.stop_generators()
-        text, result = summarize(stats, learner.counters())
-        if learner.stop_requested:
-            print("stopped on request; resume with: run.py train --config ... --resume", cfg.run_dir)
-    finally:
-        launcher.stop()
-        learner.close()
-        if trainer is not None:
-            trainer.stop_followers()
-    learner.tracker.dump(cfg.run_dir / "tracker.jsonl")
-    if not learner.stop_requested:  # a finished run (what `run.py sweep` looks for to skip a cell)
-        (cfg.run_dir / "summary.json").write_bytes(msgspec.json.encode(
-            {"stats": stats.to_state(), "counters": learner.counters(), "result": result,
-             "config": msgspec.to_builtins(cfg)}))
-    print(text)
-    print(result)
+    summary = train(cfg, None if args.resume is None else Path(args.resume or cfg.run_dir))
+    if summary is not None:
+        print(summary)
     return 0
 
 
@@ -142,9 +81,8 @@ def cmd_eval(args, overrides: list[str]) -> int:
     from actors.evaluate import evaluate
     from learner.warmstart import prepare_model
 
-    cfg = config_mod.load(args.config, overrides)
-    if args.model:  # the model evaluated is the one whose context, stop tokens and template count
-        cfg = config_mod.load(args.config, [*overrides, "--model.path", args.model])
+    # the model evaluated is the one whose context, stop tokens and template count
+    cfg = config_mod.load(args.config, [*overrides, *(["--model.path", args.model] if args.model else [])])
     model = prepare_model(cfg, progress=cfg.log.progress)
     if not Path(model).exists():
         raise ConfigError(f"--model: no such folder: {model}")
@@ -204,44 +142,11 @@ def cmd_keys(args, overrides: list[str]) -> int:
     return 0
 
 
-# `bench weights` moves a model big enough that the transfer, not fixed overheads, dominates (~120 M
-# parameters, ~480 MB in fp32), built locally like the tiny default.
-BENCH_WEIGHTS_MODEL = ["--model.tiny.hidden_size", "1024", "--model.tiny.intermediate_size", "4096",
-                       "--model.tiny.num_layers", "8", "--model.tiny.num_heads", "16",
-                       "--model.tiny.num_kv_heads", "4", "--warmstart.enabled", "false"]
-
-
 def cmd_bench(args, overrides: list[str]) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    import torch
+    from benchmarks import run_bench
 
-    from learner.warmstart import prepare_model
-
-    preset = BENCH_WEIGHTS_MODEL if args.what == "weights" else []
-    if args.what == "generator":  # on the real model, every group in flight at once on both sides
-        preset = ["--generator.max_inflight", "32"]
-        if args.config == [str(DEFAULT_CONFIG)]:
-            args.config = [str(ROOT / "configs" / "real" / "smollm2-135m-arithmetic.toml")]
-    cfg = config_mod.load(args.config, ["--log.wandb", "false", *preset, *overrides])
-    torch.set_num_threads(cfg.run.torch_threads)
-    if args.what == "transport":
-        from benchmarks.transport import bench_transport
-
-        bench_transport()
-    elif args.what == "generator":
-        from benchmarks.generator import bench_generator
-
-        bench_generator(cfg, prepare_model(cfg, progress=False))
-    elif args.what == "weights":
-        from benchmarks.weights import bench_weights
-
-        bench_weights(cfg, prepare_model(cfg, progress=False))
-    else:
-        from benchmarks.learner import bench_learner
-        from benchmarks.pipeline import bench_pipeline
-
-        run = bench_learner if args.what == "learner" else bench_pipeline
-        run(cfg, prepare_model(cfg, progress=False))
+    run_bench(args.what, args.config, overrides, default_config=args.config == [str(DEFAULT_CONFIG)])
     return 0
 
 

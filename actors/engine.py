@@ -135,7 +135,7 @@ class Engine:
     # ---- streaming: groups join and leave a running batch (continuous batching) ----------------
 
     def submit(self, key: int, r: Request) -> None:
-        """Start sampling a group of `r.n` beside whatever is running; `step` hands it back when all
+        """Start sampling a group of `r.n` beside whatever is running; `decode_step` hands it back when all
         its samples are done. One vLLM request per sample, so each streams its own tokens."""
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
@@ -150,11 +150,11 @@ class Engine:
         """Groups submitted and not yet handed back."""
         return len(self._open) + len(self._finished_early)
 
-    def step(self, version: int) -> list[tuple[int, list[Completion]]]:
-        """One engine step (a decode step of every running sequence, prefills of new ones), its tokens
-        recorded as sampled under weight `version`; returns the groups that finished in it (and any
-        that finished during a probe since the last step). Between two steps the caller may load new
-        weights: running requests keep their KV cache."""
+    def decode_step(self, version: int) -> list[tuple[int, list[Completion]]]:
+        """One decode step of the engine (a token for every running sequence, prefills of new ones),
+        its tokens recorded as sampled under weight `version`; returns the groups that finished in it
+        (and any that finished during a probe since the last decode step). Between two decode steps
+        the caller may load new weights: running requests keep their KV cache."""
         finished, self._finished_early = self._finished_early, []
         for out in self.llm.llm_engine.step():
             self._record(out, version, finished)
@@ -187,7 +187,7 @@ class Engine:
         """Log-probs (T = 1) of each token of the fixed probe sequence given its prefix. With groups
         streaming (in-flight updates), the probe joins the running batch instead of `generate`, which
         would run every open request to its end; the tokens they gain meanwhile count as sampled
-        under `version`, and groups that finish are handed back by the next `step`."""
+        under `version`, and groups that finish are handed back by the next `decode_step`."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

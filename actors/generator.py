@@ -118,11 +118,11 @@ class Generator:
             self.engine.submit(self._key, Request(unpack_ids(a.prompt_tokens).tolist(), a.n, a.temperature,
                                                   a.max_tokens))
 
-    def _step(self) -> None:
-        """One engine step; each group that finished in it is verified and sent at once."""
+    def _decode_step(self) -> None:
+        """One decode step; each group that finished in it is verified and sent at once."""
         t0 = time.monotonic()
         self.status = "generating"
-        for key, group in self.engine.step(self.version):
+        for key, group in self.engine.decode_step(self.version):
             a, submitted = self.running.pop(key)
             self.endpoint.send_rollout(self._rollout(a, group, self.version, time.monotonic() - submitted))
         self.busy_s += time.monotonic() - t0
@@ -160,7 +160,7 @@ class Generator:
                 self._apply_updates()
                 self._admit()
                 if self.running:
-                    self._step()
+                    self._decode_step()
                 if time.monotonic() - self._last_beat >= self.cfg.generator.heartbeat_s:
                     self.heartbeat()
                 if time.monotonic() - self._heard > self.cfg.generator.learner_timeout_s:

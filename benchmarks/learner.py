@@ -69,14 +69,16 @@ def random_groups(count: int, size: int, prompt: int, response: int, vocab: int,
     """`count` groups of `size` samples with fixed lengths and half the rewards correct."""
     import torch
 
+    from learner.advantages import GroupAdvantage, grpo
     from learner.groups import Group
 
     gen = torch.Generator().manual_seed(seed)
+    rewards = torch.tensor([float(j % 2) for j in range(size)])
     return [Group(lease_id=i, prompt_id=i, epoch=0, temperature=1.0 + 0.02 * (i % 10),
                   prompt=torch.randint(3, vocab, (prompt,), generator=gen),
                   responses=[torch.randint(3, vocab, (response,), generator=gen) for _ in range(size)],
                   behaviour_logprobs=[-torch.rand(response, generator=gen) for _ in range(size)],
-                  rewards=torch.tensor([float(j % 2) for j in range(size)]), version_first=0, version_last=0)
+                  rewards=rewards, version_first=0, version_last=0, advantage=GroupAdvantage(grpo(rewards)))
             for i in range(count)]
 
 
@@ -89,17 +91,17 @@ def bench_step_ratio(cfg, model_path: str, trials: int = 3) -> dict:
     r = msgspec.structs.replace
     c = r(cfg, learner=r(cfg.learner, micro_batch_tokens=budget, logit_chunk_tokens=budget),
           generator=r(cfg.generator, max_tokens=96))
-    trainer = Trainer(c, model_path)
+    trainer = Trainer.from_config(c, model_path)
     state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     groups = random_groups(8, 8, 32, 96, trainer.model.config.vocab_size)  # 64 samples, 8192 tokens
-    batch = build_batch(groups, 0, c, trainer.pad_id)
+    batch = build_batch(groups, 0, trainer.pad_id)
     micro = trainer.micro_batches(batch, torch.arange(len(batch.group)))
     tokens = int(batch.attention_mask.sum())
 
     def learner_step(chunk):
         def run():
             trainer.model.load_state_dict(state)
-            trainer.cfg = r(c, learner=r(c.learner, logit_chunk_tokens=chunk))
+            trainer.lc = r(c.learner, logit_chunk_tokens=chunk)
             trainer.step(groups)
         return run
 
@@ -150,7 +152,7 @@ def _memory_child(model_path: str, scale: int, budget: int, chunk: int) -> None:
     torch.set_num_threads(1)
     cfg = from_dict({"learner": {"micro_batch_tokens": budget, "logit_chunk_tokens": chunk,
                                  "groups_per_step": 4 * scale}, "generator": {"max_tokens": 48}})
-    trainer = Trainer(cfg, model_path)
+    trainer = Trainer.from_config(cfg, model_path)
     groups = random_groups(4 * scale, 4, 16, 48, trainer.model.config.vocab_size)
     try:  # Linux: reset the peak (VmHWM) to the current RSS, so loading the model does not count
         Path("/proc/self/clear_refs").write_text("5")
@@ -182,12 +184,13 @@ def bench_loss_overhead(cfg, model_path: str, trials: int = 20, quiet: bool = Fa
 
     import torch
 
+    from learner.advantages import GroupAdvantage, grpo
     from learner.groups import Group
     from learner.trainer import Trainer
 
     torch.manual_seed(0)
     lc = cfg.learner
-    trainer = Trainer(cfg, model_path)
+    trainer = Trainer.from_config(cfg, model_path)
     vocab = trainer.model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     groups = []
@@ -199,22 +202,22 @@ def bench_loss_overhead(cfg, model_path: str, trials: int = 20, quiet: bool = Fa
                             behaviour_logprobs=[-torch.rand(len(r), generator=gen) for r in responses],
                             rewards=torch.tensor([float(j % 2) for j in range(lc.group_size)]),
                             version_first=0, version_last=0))
+        groups[-1].advantage = GroupAdvantage(grpo(groups[-1].rewards))
     state = copy.deepcopy(trainer.model.state_dict())
-    plain_cfg = msgspec.structs.replace(cfg, loss=msgspec.structs.replace(
-        cfg.loss, correction="ppo_behaviour", logprob_temperature="one"))
+    plain_loss = msgspec.structs.replace(cfg.loss, correction="ppo_behaviour", logprob_temperature="one")
 
-    def step(c):
+    def step(loss):
         def run():
             trainer.model.load_state_dict(state)
-            trainer.cfg = c
+            trainer.loss = loss
             trainer.step(groups)
         return run
 
     # interleave the two so drift in machine load hits both alike
     t_tis, t_plain = [], []
     for _ in range(trials):
-        t_plain.append(median_time(step(plain_cfg), 1, warmup=0))
-        t_tis.append(median_time(step(cfg), 1, warmup=0))
+        t_plain.append(median_time(step(plain_loss), 1, warmup=0))
+        t_tis.append(median_time(step(cfg.loss), 1, warmup=0))
     tis, plain = statistics.median(t_tis), statistics.median(t_plain)
     out = {"tis_step_s": tis, "plain_step_s": plain, "overhead": tis / plain}
     if quiet:

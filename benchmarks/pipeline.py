@@ -47,7 +47,7 @@ def _pipeline_run(cfg, model_path: str, name: str, max_lag: int, standin: tuple[
     c = r(cfg, learner=r(cfg.learner, max_lag=max_lag, checkpoint_every=0), eval=r(cfg.eval, final=False),
           run=r(cfg.run, name=name), log=r(cfg.log, progress=False, wandb=False))
     c.run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(c, model_path)
+    trainer = Trainer.from_config(c, model_path)
     extra = []
     if standin is not None:
         trainer = StandInTrainer(trainer, standin[1])
@@ -62,7 +62,7 @@ def _pipeline_run(cfg, model_path: str, name: str, max_lag: int, standin: tuple[
         launcher.stop()
         learner.close()
     # measured from the first optimiser step on: the generators' start-up is not the pipeline's rate
-    return {"samples_s": stats.samples_trained / stats.seconds, "dropped_stale": learner.dispatcher.outcomes["dropped_stale"],
+    return {"samples_s": stats.samples_trained / stats.seconds, "dropped_stale": learner.leases.outcomes["dropped_stale"],
             "learner_idle": 1 - stats.train_seconds / stats.seconds,
             "generator_idle": max(0.0, 1 - busy / stats.seconds), "seconds": stats.seconds}
 

@@ -8,7 +8,7 @@ from benchmarks.timing import median_time, print_table
 
 
 def bench_weights(cfg, model_path: str, trials: int = 5) -> dict:
-    """A full weight update into a running vLLM engine (announce metadata, broadcast over the group,
+    """A full weight update into a running vLLM engine (update message, broadcast over the group,
     in-place reload, prefix-cache reset), beside a bare broadcast of the same bytes on the same group."""
     import torch
 

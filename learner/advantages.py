@@ -1,17 +1,31 @@
 """Advantages over a complete group of n responses (ALGORITHMS.md §1-§3).
 
-`group_advantage` decides, per group, what signal it carries: GRPO's normalised reward for a group whose
-rewards differ; for a zero-variance group either nothing (GRPO/DAPO), ERPO's Reactivation Advantage,
-or RL-ZVP's entropy-shaped token advantages (filled in by the trainer once it has the entropies).
+`AdvantageRule.of` decides, per group, what signal it carries: GRPO's normalised reward for a mixed
+group; for a zero-variance group (all correct or all wrong) either nothing (GRPO/DAPO), ERPO's
+Reactivation Advantage, or RL-ZVP's entropy-shaped token advantages (filled in by the trainer once it
+has the entropies). The group's outcome is decided once, from the verifier's rewards (`outcome`), and
+every other part of the learner reads it from the group.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from pipeline.config import Config
+from pipeline.config import AdvantageConfig, DAPOConfig, ReactivationConfig
+
+# What a complete visit of a prompt came back as: every response correct (residual), none, or some.
+Outcome = Literal["positive", "negative", "mixed"]
+
+
+def outcome(rewards: torch.Tensor) -> Outcome:
+    """The group's outcome, from the verifier's {0, 1} rewards: the one definition in the learner.
+    Zero variance with every reward correct is positive, zero variance otherwise negative."""
+    if bool((rewards != rewards[0]).any()):
+        return "mixed"
+    return "positive" if float(rewards[0]) >= 1.0 else "negative"
 
 
 def grpo(rewards: torch.Tensor, eps: float = 1e-6, unbiased: bool = True) -> torch.Tensor:
@@ -68,25 +82,35 @@ class GroupAdvantage:
         return self.zvp != 0 or bool(self.per_sample.abs().max() > 0)
 
 
-def group_advantage(rewards: torch.Tensor, lengths: list[int], cfg: Config) -> GroupAdvantage:
-    """The advantage of one complete group; `rewards` are the verifier's {0, 1}.
+@dataclass(frozen=True)
+class AdvantageRule:
+    """The advantage policy of a run, from the config sections that define it."""
 
-    Whether the group is zero-variance (and so its kind, and what RA / RL-ZVP / dynamic sampling do
-    with it) is decided on the verifier's rewards, before overlong shaping (ALGORITHMS.md §5): a
-    correct answer that ran long must not turn a mixed group into an "all-wrong" one."""
-    shaped = rewards
-    if cfg.dapo.overlong_shaping:
-        shaped = rewards + torch.tensor(
-            [overlong_penalty(n, cfg.generator.max_tokens, cfg.dapo.overlong_cache) for n in lengths],
-            dtype=rewards.dtype)
-    eps, unbiased = cfg.advantage.eps, cfg.advantage.std == "unbiased"
-    if bool((rewards != rewards[0]).any()):
-        return GroupAdvantage(grpo(shaped, eps, unbiased))
-    positive = bool((rewards >= 1).all())
-    zero = torch.zeros_like(rewards)
-    if cfg.advantage.kind == "rlzvp":
-        return GroupAdvantage(zero, zvp=1 if positive else -1)
-    if cfg.ra.enabled and (positive or cfg.ra.negative):
-        r_virtual = cfg.ra.r_virtual if positive else 1.0 - cfg.ra.r_virtual
-        return GroupAdvantage(reactivation(shaped, cfg.ra.m, r_virtual, eps, unbiased))
-    return GroupAdvantage(zero)
+    adv: AdvantageConfig
+    ra: ReactivationConfig
+    overlong: tuple[int, int] | None = None  # DAPO overlong shaping: (L_max, L_cache), or off
+
+    @classmethod
+    def from_config(cls, adv: AdvantageConfig, ra: ReactivationConfig, dapo: DAPOConfig,
+                    max_tokens: int) -> "AdvantageRule":
+        return cls(adv, ra, (max_tokens, dapo.overlong_cache) if dapo.overlong_shaping else None)
+
+    def of(self, rewards: torch.Tensor, kind: Outcome, lengths: list[int]) -> GroupAdvantage:
+        """The advantage of one complete group: `rewards` are the verifier's {0, 1}, `kind` their
+        outcome. The outcome is decided on the verifier's rewards, before overlong shaping
+        (ALGORITHMS.md §5): a correct answer that ran long must not turn a mixed group into an
+        all-wrong one."""
+        shaped = rewards
+        if self.overlong is not None:
+            l_max, l_cache = self.overlong
+            shaped = rewards + torch.tensor([overlong_penalty(n, l_max, l_cache) for n in lengths], dtype=rewards.dtype)
+        eps, unbiased = self.adv.eps, self.adv.std == "unbiased"
+        if kind == "mixed":
+            return GroupAdvantage(grpo(shaped, eps, unbiased))
+        positive = kind == "positive"
+        if self.adv.kind == "rlzvp":
+            return GroupAdvantage(torch.zeros_like(rewards), zvp=1 if positive else -1)
+        if self.ra.enabled and (positive or self.ra.negative):
+            r_virtual = self.ra.r_virtual if positive else 1.0 - self.ra.r_virtual
+            return GroupAdvantage(reactivation(shaped, self.ra.m, r_virtual, eps, unbiased))
+        return GroupAdvantage(torch.zeros_like(rewards))

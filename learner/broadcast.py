@@ -1,4 +1,4 @@
-"""Sends new weights to the generators: an announce over ZeroMQ, then one flat buffer over
+"""Sends new weights to the generators: a WeightUpdate message over ZeroMQ, then one flat buffer over
 torch.distributed, in background threads so the learner keeps training while generators catch up.
 
 Each generator has its own two-rank group (learner = rank 0, generator = rank 1) on its own port.
@@ -42,7 +42,10 @@ class GeneratorLink:
 
     def _run(self, backend, host, port, timeout_s) -> None:
         try:
-            self.group = WeightGroup(backend, host, port, 0, 2, timeout_s)  # waits for the generator
+            group = WeightGroup(backend, host, port, 0, 2, timeout_s)  # waits for the generator
+            with self._cv:
+                self.group = group
+                self._cv.notify_all()
             while True:
                 with self._cv:
                     self._cv.wait_for(lambda: self._job is not None or self._closed)
@@ -54,7 +57,9 @@ class GeneratorLink:
                     self._job = None
                     self._cv.notify_all()
         except BaseException as exc:  # noqa: BLE001 - surfaced through .error; the learner restarts it
-            self.error = exc
+            with self._cv:
+                self.error = exc
+                self._cv.notify_all()
             log.warning("weight link on port %d ended: %s", port, exc)
 
     @property
@@ -62,8 +67,16 @@ class GeneratorLink:
         """Group formed, alive, and no broadcast in progress."""
         return self.group is not None and self._job is None and self.error is None
 
+    def wait_joined(self, timeout: float) -> bool:
+        """Block until the generator has joined the weight group (True), the link failed, or `timeout`."""
+        with self._cv:
+            self._cv.wait_for(lambda: self.group is not None or self.error is not None, timeout)
+            return self.group is not None and self.error is None
+
     def submit(self, version: int, flat: torch.Tensor) -> None:
         with self._cv:
+            if self.group is None:
+                raise RuntimeError(f"weight link on port {self.port}: no generator has joined yet (check `ready`)")
             assert self._job is None, "a broadcast is already in progress"
             self._job = flat.to(self.group.device)
             self.version = version
@@ -80,6 +93,6 @@ class GeneratorLink:
 
 
 def prepare(version: int, named: list[tuple[str, torch.Tensor]], dtype: str) -> tuple[WeightUpdate, torch.Tensor]:
-    """Snapshot the weights (so training may go on) and the announce that describes them."""
+    """Snapshot the weights (so training may go on) and the WeightUpdate message that describes them."""
     flat = flatten(named, getattr(torch, dtype))
     return WeightUpdate(version=version, tensors=tensor_metas(named), dtype=dtype), flat

@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from learner.advantages import AdvantageRule
 from learner.groups import group_from_state
 from learner.publisher import probe_matches
 from learner.stats import RunStats
@@ -163,20 +164,23 @@ def verify_weights(ckpt: Path, state: dict, probe_now: list[float], dtype: str) 
     log.info("checkpoint %s: weights verified by the probe (largest difference %.1e)", ckpt, diff)
 
 
-def restore(ckpt: Path, trainer, tracker, dispatcher, buffer) -> RunStats:
+def restore(ckpt: Path, trainer, tracker, leases, buffer, rule: AdvantageRule, t0: float) -> RunStats:
     """Put a run's state back as checkpoint `ckpt` saved it (the model itself is loaded from the
-    folder by the trainer); returns the run statistics to continue from."""
+    folder by the trainer); returns the run statistics to continue from. `rule` computes the
+    advantage of a buffered group saved without one (a checkpoint older than the stored advantage)."""
     state, rng = load_state(ckpt)
     trainer.version = state["version"]
     trainer.load_optimizer(ckpt)  # first: under FSDP2 a forward (the probe) must not come before it
-    verify_weights(ckpt, state, trainer.probe_logprobs(), trainer.cfg.model.dtype)
+    verify_weights(ckpt, state, trainer.probe_logprobs(), trainer.dtype)
     torch.set_rng_state(rng)
     tracker.load_state_dict(state["tracker"])
-    dispatcher.load_state_dict(state["dispatcher"])
+    leases.load_state_dict(state["leases"] if "leases" in state else state["dispatcher"])  # (older checkpoints)
     for raw in state["buffer"]:
-        buffer.add(group_from_state(raw))
-    stats = RunStats.from_state(state["stats"])
-    stats.versions_announced = [trainer.version]  # the generators start from this one
+        group = group_from_state(raw)
+        if group.advantage is None:
+            group.advantage = rule.of(group.rewards, group.outcome, [len(r) for r in group.responses])
+        buffer.add(group)
+    stats = RunStats.from_state(state["stats"], t0)
     log.info("resumed from %s at version %d (epoch %d, cursor %d)", ckpt, trainer.version,
-             dispatcher.epoch, dispatcher.cursor)
+             leases.epoch, leases.cursor)
     return stats

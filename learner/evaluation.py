@@ -1,7 +1,7 @@
 """Held-out evaluation during training, through the generators (the same vLLM engines that sample).
 
 A round leases every held-out problem once (n = k, temperature = eval.temperature) beside the training
-leases; these leases are not training dispatches and stay out of the dispatcher's accounting. When the
+leases; these leases are not training dispatches and stay out of the lease book's accounting. When the
 last result is in, the round is scored (mean@k, pass@k).
 """
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from pipeline.config import Config
+from learner.leases import assignment
+from pipeline.config import DataConfig, EvalConfig
 from pipeline.data import heldout_problems
 from pipeline.messages import Assignment, Rollout, pack_ids
 from pipeline.scoring import DatasetScore, score
@@ -26,27 +27,19 @@ class EvalRound:
 
 
 class Evaluator:
-    def __init__(self, cfg: Config, tokenizer):
-        self.cfg = cfg
-        self.name, self.problems = heldout_problems(cfg.data, cfg.eval)
-        self.prompts = [pack_ids(render(tokenizer, p.question, cfg.data))
-                        for p in self.problems]
+    def __init__(self, ev: EvalConfig, data: DataConfig, max_tokens: int, tokenizer):
+        """`max_tokens`: the generation length of a held-out sample, unless `eval.max_tokens` sets one."""
+        self.ev = ev
+        self.max_tokens = ev.max_tokens or max_tokens
+        self.name, self.problems = heldout_problems(data, ev)
+        self.prompts = [pack_ids(render(tokenizer, p.question, data)) for p in self.problems]
         self.current: EvalRound | None = None
         self.results: list[tuple[int, DatasetScore]] = []
 
     def start(self, step: int, new_lease_id, version: int) -> list[Assignment]:
-        ev = self.cfg.eval
-        assignments = []
-        pending = {}
-        for i, p in enumerate(self.problems):
-            lease_id = new_lease_id()
-            pending[lease_id] = i
-            assignments.append(Assignment(
-                lease_id=lease_id, prompt_id=i, epoch=-1, temperature=ev.temperature, n=ev.k,
-                policy_version=version, prompt_tokens=self.prompts[i], answer=p.answer,
-                verifier=p.verifier, metadata=p.metadata,
-                max_tokens=ev.max_tokens or self.cfg.generator.max_tokens))
-        self.current = EvalRound(step, pending)
+        assignments = [assignment(new_lease_id(), i, -1, p, self.prompts[i], self.ev.temperature, self.ev.k,
+                                  version, self.max_tokens) for i, p in enumerate(self.problems)]
+        self.current = EvalRound(step, {a.lease_id: a.prompt_id for a in assignments})
         return assignments
 
     def start_round(self, version: int, new_lease_id, generators: list[int], send) -> None:

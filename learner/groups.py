@@ -6,13 +6,12 @@ other count is refused (and its lease closed as failed), never normalised as if 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import torch
 
-from learner.advantages import GroupAdvantage, group_advantage
-from pipeline.config import Config
+from learner.advantages import GroupAdvantage, Outcome, outcome
 from pipeline.messages import Rollout, pack_floats, pack_ids, unpack_floats, unpack_ids
 
 
@@ -33,30 +32,20 @@ class Group:
     version_first: int  # oldest weight version any token was sampled under
     version_last: int
     token_versions: list[torch.Tensor] | None = None  # n x [L_j] per-token versions (in-flight updates)
-    _advantage: GroupAdvantage | None = None  # computed once, by `advantage`
+    # Over the complete group, set once by the intake (learner/intake.py) when the group arrives.
+    advantage: GroupAdvantage | None = None
+    outcome: Outcome = field(init=False)  # decided once, from the verifier's rewards
+
+    def __post_init__(self) -> None:
+        self.outcome = outcome(self.rewards)
 
     @property
     def n(self) -> int:
         return len(self.responses)
 
     def lag(self, version: int) -> int:
+        """Versions between the weights that sampled the group's oldest token and `version`."""
         return version - self.version_first
-
-    def advantage(self, cfg: Config) -> GroupAdvantage:
-        """The group's advantage over its complete set of rewards, computed on first use (by the
-        intake's dynamic-sampling filter, or else by the batch builder) and then kept."""
-        if self._advantage is None:
-            self._advantage = group_advantage(self.rewards, [len(r) for r in self.responses], cfg)
-        return self._advantage
-
-    @property
-    def kind(self) -> str:
-        """positive (all correct: residual), negative (all wrong) or mixed."""
-        if bool((self.rewards >= 1).all()):
-            return "positive"
-        if bool((self.rewards <= 0).all()):
-            return "negative"
-        return "mixed"
 
 
 class GroupState(msgspec.Struct, kw_only=True):
@@ -73,6 +62,8 @@ class GroupState(msgspec.Struct, kw_only=True):
     version_first: int
     version_last: int
     token_versions: list[bytes] = []
+    advantage: list[float] = []  # the group's advantage as computed at intake, and its RL-ZVP sign
+    zvp: int = 0
 
 
 def group_to_state(g: Group) -> GroupState:
@@ -80,7 +71,9 @@ def group_to_state(g: Group) -> GroupState:
                       prompt=pack_ids(g.prompt), responses=[pack_ids(r) for r in g.responses],
                       behaviour_logprobs=[pack_floats(m) for m in g.behaviour_logprobs],
                       rewards=g.rewards.tolist(), version_first=g.version_first, version_last=g.version_last,
-                      token_versions=[pack_ids(v) for v in g.token_versions or []])
+                      token_versions=[pack_ids(v) for v in g.token_versions or []],
+                      advantage=g.advantage.per_sample.tolist() if g.advantage is not None else [],
+                      zvp=g.advantage.zvp if g.advantage is not None else 0)
 
 
 def group_from_state(raw) -> Group:
@@ -91,7 +84,9 @@ def group_from_state(raw) -> Group:
                  behaviour_logprobs=[torch.from_numpy(unpack_floats(m).copy()) for m in d.behaviour_logprobs],
                  rewards=torch.tensor(d.rewards, dtype=torch.float32),
                  version_first=d.version_first, version_last=d.version_last,
-                 token_versions=[ids(v) for v in d.token_versions] or None)
+                 token_versions=[ids(v) for v in d.token_versions] or None,
+                 advantage=GroupAdvantage(torch.tensor(d.advantage, dtype=torch.float32), d.zvp)
+                 if d.advantage else None)
 
 
 def group_from_rollout(r: Rollout, group_size: int) -> Group:

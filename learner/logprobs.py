@@ -21,15 +21,27 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 logits go to fp32 before the softmax
 
 
+def log_softmax_at(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits / T) over the vocabulary (the one definition in the learner); `temperature`
+    has the shape of `logits` without its vocabulary axis: one T per position."""
+    return F.log_softmax(_at_least_fp32(logits) / temperature.unsqueeze(-1), dim=-1)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits / T_j)[target] at each position of [N, S, V] logits, one T_j per sample ([N])."""
+    per_position = temperature.view(-1, *([1] * (targets.dim() - 1))).expand_as(targets)
+    return torch.gather(log_softmax_at(logits, per_position), -1, targets.unsqueeze(-1)).squeeze(-1)
+
+
 def _chunk(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor,
            entropy_temperature: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk: the logits once, then log p of the targets at T and (detached) the entropy at T_e."""
     logits = _at_least_fp32(F.linear(hidden, weight))
-    logp = torch.gather(F.log_softmax(logits / temperature.unsqueeze(-1), dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
+    logp = torch.gather(log_softmax_at(logits, temperature), -1, targets.unsqueeze(-1)).squeeze(-1)
     if entropy_temperature is None:
         return logp, logp.new_zeros(0)
     with torch.no_grad():
-        full = F.log_softmax(logits.detach() / entropy_temperature.unsqueeze(-1), dim=-1)
+        full = log_softmax_at(logits.detach(), entropy_temperature)
         return logp, -(full.exp() * full).sum(-1)
 
 

@@ -3,13 +3,16 @@
 One thread owns the sockets and the bookkeeping; the optimiser step runs beside it (learner/stepper.py)
 and so do the weight broadcasts (learner/broadcast.py). Each job has its own module:
 
-  supervisor.py  generator processes: start, welcome, restart, forget
-  leasing.py     how many leases, to which generator        dispatcher.py  the lease book
+  supervisor.py  generator processes: start, welcome, restart, forget, their rates and probe checks
+  dispatch.py    how many leases, to which generator         leases.py      the lease book
   intake.py      rollout -> complete group -> buffer         groups.py      groups and their buffer
   stepper.py     the optimiser step on its thread            trainer.py     the step itself
-  publisher.py   weight snapshots, announces, probe checks   stats.py       run statistics
+  publisher.py   weight snapshots, their sending, probes     stats.py       run statistics (observe only)
   checkpoint.py  the files of a checkpoint                   evaluation.py  held-out rounds
+  events.py      what an observer may see
 
+Words: a *step* is an optimiser step (one weight version); one pass of `Learner.run`'s loop is a
+*tick*; the engine's forward over its running requests is a *decode step* (actors/engine.py).
 Read `Learner.run` top to bottom for the whole asynchronous step.
 """
 
@@ -22,14 +25,16 @@ from pathlib import Path
 import msgspec
 import torch
 
-from learner import checkpoint, leasing
-from learner.dispatcher import Dispatcher
+from learner import checkpoint, dispatch
+from learner.advantages import AdvantageRule
 from learner.evaluation import Evaluator
+from learner.events import BatchBuilt, Leased, Observer, StepStarted
 from learner.groups import GroupBuffer, group_to_state
 from learner.intake import Intake
+from learner.leases import LeaseBook
 from learner.metrics import MetricsLog
 from learner.publisher import Publisher
-from learner.stats import RunStats, run_counters
+from learner.stats import Arrivals, RunStats, run_counters, tracker_metrics
 from learner.stepper import RunningStep, Stepper
 from learner.supervisor import Supervisor
 from learner.tracker import Tracker
@@ -50,32 +55,40 @@ class LearnerError(RuntimeError):
 
 class Learner:
     def __init__(self, cfg: Config, model_path: str, problems: list[Problem], resume: Path | None = None,
-                 trainer: Trainer | None = None):
+                 trainer: Trainer | None = None, observer: Observer | None = None):
         """`resume`: a checkpoint folder; the run continues from it (model, optimiser, tracker, cursor,
-        counters, RNG) and its model folder becomes what generators load at start."""
+        counters, RNG) and its model folder becomes what generators load at start. `observer`: called
+        with each event of learner/events.py (it only records)."""
         self.cfg = cfg
+        lc, gc = cfg.learner, cfg.generator
+        self.observe = observer or (lambda event: None)
         self.model_path = str(resume) if resume is not None else model_path
         tokenizer = load_tokenizer(self.model_path)
-        prompt_tokens = [render(tokenizer, p.question, cfg.data)
-                         for p in problems]
-        check_fits(cfg, max(len(t) for t in prompt_tokens))
+        prompt_tokens = [render(tokenizer, p.question, cfg.data) for p in problems]
+        check_fits(lc.micro_batch_tokens, gc.max_tokens, max(len(t) for t in prompt_tokens))
         self.tracker = Tracker(len(problems), cfg.tracker.reset_on_mixed)
-        self.dispatcher = Dispatcher(cfg, problems, prompt_tokens, self.tracker)
+        self.leases = LeaseBook(problems, prompt_tokens, self.tracker, cfg.schedule, lc.group_size, gc.max_tokens,
+                                lc.lease_timeout_s, cfg.data.seed)
         torch.manual_seed(cfg.run.seed)
-        self.trainer = trainer or Trainer(cfg, self.model_path)
+        self.trainer = trainer or Trainer.from_config(cfg, self.model_path)
         self.buffer = GroupBuffer()
-        self.stats = RunStats()
+        rule = AdvantageRule.from_config(cfg.advantage, cfg.ra, cfg.dapo, gc.max_tokens)
+        self.stats = RunStats(Arrivals(cfg.schedule.t0))
         if resume is not None:
-            self.stats = checkpoint.restore(resume, self.trainer, self.tracker, self.dispatcher, self.buffer)
+            self.stats = checkpoint.restore(resume, self.trainer, self.tracker, self.leases, self.buffer, rule,
+                                            cfg.schedule.t0)
         t = cfg.transport
         self.endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes, t.curve_dir)
         self.initial_version = self.trainer.version
-        self.supervisor = Supervisor(cfg, "nccl" if torch.cuda.is_available() else "gloo", self.endpoint.send,
-                                     self._generator_gone, self.initial_version)
-        self.intake = Intake(cfg, self.dispatcher, self.tracker, self.buffer, self.stats)
+        self.supervisor = Supervisor(gc, t.host, cfg.weights.timeout_s, "nccl" if torch.cuda.is_available() else "gloo",
+                                     self.endpoint.send, self._generator_gone, self.initial_version)
+        self.intake = Intake(self.leases, self.tracker, self.buffer, self.stats, rule, cfg.dapo, lc.group_size,
+                             lc.groups_per_step, cfg.schedule.t0)
         self.publisher = Publisher(self.trainer, cfg.model.dtype, self.stats, self.endpoint.wake)
-        self.stepper = Stepper(self.trainer, self.endpoint.wake)
-        self.evaluator = Evaluator(cfg, tokenizer) if cfg.eval.every or cfg.eval.final or cfg.eval.first else None
+        self.stepper = Stepper(self.trainer, self.endpoint.wake,
+                               on_batch=(lambda v, b: self.observe(BatchBuilt(v, b))) if observer else None)
+        self.evaluator = (Evaluator(cfg.eval, cfg.data, gc.max_tokens, tokenizer)
+                          if cfg.eval.every or cfg.eval.final or cfg.eval.first else None)
         self._eval_first = cfg.eval.first and resume is None  # a round on the starting weights
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
                                   wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name, config=to_toml_dict(cfg))
@@ -93,6 +106,7 @@ class Learner:
         start = last_rollout = time.monotonic()
         while self.stepper.running is not None or (  # a started step is always finished
                 self.trainer.version < lc.steps and not self.stop_requested and not self._budget_spent()):
+            # one tick:
             self.supervisor.check(launcher)             # 1. generators alive, restarted, or let go
             if self._eval_first and len(self.supervisor.ready_weights()) >= max(self.cfg.generator.count, 1):
                 self._eval_first = False
@@ -100,18 +114,19 @@ class Learner:
             self._dispatch()                            # 2. lease prompt visits to them
             if self._poll(timeout_ms=20):               # 3. rollouts -> groups -> buffer
                 last_rollout = time.monotonic()
-            self.dispatcher.expire()                    # 4. overdue leases go back in the queue
+            self.leases.expire()                        # 4. overdue leases go back in the queue
             done = self.stepper.collect()               # 5. a finished step, if any
             if done is None or not self._checkpoint_due():
                 self._start_if_ready()                  # 6. the next step starts at once, before the bookkeeping
             if done is not None:                        # 7. bookkeeping; a checkpoint between two steps
                 self._after_step(self._finish_step(done), progress)
                 self._start_if_ready()
-            self._announce()                            # 8. new weights out to the generators
+            self._publish()                             # 8. new weights out to the generators
             if time.monotonic() - last_rollout > lc.idle_timeout_s:
                 raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s)")
         # throughput clock: from the first rollout, so generator start-up (loading vLLM) is not in it
         self.stats.seconds += time.monotonic() - (self._first_rollout_at or start)
+        self.intake.close_window()  # what arrived after the last step counts in the run's totals
         self._finishing = True
         self.checkpoint()  # which checks the lease identity in full first
         if not self.stop_requested:
@@ -125,50 +140,54 @@ class Learner:
         got_rollout = False
         for msg in self.endpoint.recv(timeout_ms):
             if isinstance(msg, Heartbeat):
-                info = self.supervisor.on_heartbeat(msg)
-                if info is not None:
-                    self.publisher.check(msg.generator_id, info, msg)
+                self.supervisor.on_heartbeat(msg, self.publisher.verify)
             elif isinstance(msg, Rollout):
                 self._first_rollout_at = self._first_rollout_at or time.monotonic()
                 got_rollout = True
                 if self.evaluator is not None and self.evaluator.owns(msg.lease_id):
                     self.evaluator.record(msg, self.stats, self.metrics, self.trainer.version)
-                else:
-                    self.intake.on_rollout(msg)
+                elif self.intake.on_rollout(msg) is not None:
+                    self.supervisor.count_group(msg.generator_id)
         return got_rollout
 
     def _dispatch(self) -> None:
         """Keep every live generator busy, but never lease more than can be trained within max_lag."""
-        budget = leasing.lease_budget(self.cfg.learner, self.dispatcher.open, self.dispatcher.dispatched)
+        budget = dispatch.lease_budget(self.cfg.learner, self.leases.open, self.leases.dispatched)
         if budget <= 0:
             return
         ready = self.supervisor.ready_weights()
         if self._first_rollout_at is None and len(ready) < self.cfg.generator.count:
             return  # at the start, wait until every generator is ready, so the first wave is spread over all
-        slots = {gid: leasing.Slot(w, self.dispatcher.outstanding(gid), self.stats.rollouts_by_generator[gid],
-                                   self.supervisor.generators[gid].busy_s) for gid, w in ready.items()}
+        info = self.supervisor.generators
+        slots = {gid: dispatch.Slot(w, self.leases.outstanding(gid), info[gid].groups, info[gid].busy_s)
+                 for gid, w in ready.items()}
         in_step = self.stepper.groups_in_step
-        for gid in leasing.plan(budget, slots, self.cfg.learner, self.cfg.generator.max_inflight,
-                                soonest=self.trainer.version + (self.stepper.running is not None),
-                                ahead=self.dispatcher.open - in_step):
-            if not self.endpoint.send(gid, self.dispatcher.lease(gid, self.trainer.version)):
-                self.dispatcher.expire(generator_id=gid)
-                return  # its socket is gone; the supervisor will notice, the next pass re-plans
+        for gid in dispatch.plan(budget, slots, self.cfg.learner, self.cfg.generator.max_inflight,
+                                 soonest=self.trainer.version + (self.stepper.running is not None),
+                                 ahead=self.leases.open - in_step):
+            a = self.leases.lease(gid, self.trainer.version)
+            self.observe(Leased(gid, a, self.tracker.h(a.prompt_id)))
+            if not self.endpoint.send(gid, a):
+                self.leases.expire(generator_id=gid)
+                return  # its socket is gone; the supervisor will notice, the next tick re-plans
 
     def _start_if_ready(self) -> None:
-        """Start an optimiser step when a batch is ready (dropping what went stale meanwhile)."""
+        """Start an optimiser step when a batch is ready (dropping what went stale meanwhile). Once
+        the sample budget is all back, the last groups train as a batch of their own (those samples
+        were paid for)."""
         lc = self.cfg.learner
         if self.stepper.running is not None or self.trainer.version >= lc.steps or self.stop_requested:
             return
         for g in self.buffer.drop_stale(self.trainer.version, lc.max_lag):
-            self.dispatcher.close(g.lease_id, "dropped_stale")
-        if len(self.buffer) >= lc.groups_per_step:
+            self.leases.close(g.lease_id, "dropped_stale")
+        if len(self.buffer) >= lc.groups_per_step or (len(self.buffer) and self._budget_returned()):
             self._start_step(self.buffer.take(lc.groups_per_step))
 
     def _start_step(self, groups) -> None:
         lags = [g.lag(self.trainer.version) for g in groups]
         assert max(lags) <= self.cfg.learner.max_lag, "a stale group reached the optimiser"
         v = self.trainer.version
+        self.observe(StepStarted(v, groups))
         copy = self.publisher.take_snapshot if self._due(v) and self.publisher.needs_snapshot(v) else None
         self.stepper.start(groups, lags, copy)
 
@@ -176,20 +195,22 @@ class Learner:
         """The bookkeeping of a finished step (the next one may be running already)."""
         metrics = done.future.result()  # re-raises a failure of the step here, in the learner's thread
         for g in done.groups:
-            self.dispatcher.close(g.lease_id, "trained")
+            self.leases.close(g.lease_id, "trained")
             self.tracker.record_trained(g.prompt_id, done.version)
         window = self.intake.close_window()
-        metrics.update(window, **self.stats.record_step(done.groups, done.lags, window["residual_frac"],
-                                                        done.finished - done.started))
-        metrics.update({"buffered": len(self.buffer), "open_leases": self.dispatcher.open,
-                        "leases/dispatched": self.dispatcher.dispatched,
-                        **{f"leases/{k}": v for k, v in self.dispatcher.outcomes.items()}})
+        arrived = window.metrics()
+        metrics.update(arrived, **tracker_metrics(self.tracker),
+                       **self.stats.record_step(done.groups, done.lags, arrived["residual_frac"],
+                                                done.finished - done.started))
+        metrics.update({"buffered": len(self.buffer), "open_leases": self.leases.open,
+                        "leases/dispatched": self.leases.dispatched,
+                        **{f"leases/{k}": v for k, v in self.leases.outcomes.items()}})
         self.metrics.log(self.trainer.version, metrics)
         return metrics
 
-    def _announce(self) -> None:
-        self.publisher.announce(self.supervisor.links, set(self.supervisor.generators), self._due(self.trainer.version),
-                                self.stepper.running is not None, self.endpoint.send)
+    def _publish(self) -> None:
+        self.publisher.publish(self.supervisor.links, set(self.supervisor.generators), self._due(self.trainer.version),
+                               self.stepper.running is not None, self.endpoint.send)
 
     def _due(self, version: int) -> bool:
         return version % self.cfg.learner.sync_every == 0 or version >= self.cfg.learner.steps or self._finishing
@@ -209,22 +230,18 @@ class Learner:
             progress.set_postfix(reward=f"{metrics['reward']:.2f}", T=f"{metrics['temperature_mean']:.2f}",
                                  lag=f"{metrics['lag_mean']:.1f}")
 
-    def _budget_spent(self) -> bool:
-        """True once the sample budget is generated and every group of it is trained or dropped
-        (a last partial batch is trained as it is: those samples were paid for)."""
+    def _budget_returned(self) -> bool:
+        """The sample budget is all leased and every lease of it has come back."""
         lc = self.cfg.learner
-        if not lc.sample_budget or self.dispatcher.dispatched * lc.group_size < lc.sample_budget:
-            return False
-        if self.dispatcher.outstanding():
-            return False
-        if len(self.buffer):
-            self._start_step(self.buffer.take(len(self.buffer)))
-            self._finish_step(self.stepper.wait())
-            self._announce()
-        return True
+        return (bool(lc.sample_budget) and self.leases.dispatched * lc.group_size >= lc.sample_budget
+                and not self.leases.outstanding())
+
+    def _budget_spent(self) -> bool:
+        """The sample budget is generated and every group of it is trained or dropped."""
+        return self._budget_returned() and not len(self.buffer)
 
     def _generator_gone(self, gid: int, why: str) -> None:
-        expired = self.dispatcher.expire(generator_id=gid)
+        expired = self.leases.expire(generator_id=gid)
         log.warning("generator %d %s; %d leases re-issued", gid, why, len(expired))
         if self.evaluator is not None and self.evaluator.busy:
             self.evaluator.abandon()  # its share of the round is gone; the next round starts afresh
@@ -232,7 +249,7 @@ class Learner:
     # ---- held-out rounds ---------------------------------------------------------------------------
 
     def _start_eval(self) -> None:
-        self.evaluator.start_round(self.trainer.version, self.dispatcher.new_lease_id,
+        self.evaluator.start_round(self.trainer.version, self.leases.new_lease_id,
                                    sorted(self.supervisor.generators), self.endpoint.send)
 
     def _final_eval(self, timeout_s: float = 600.0) -> None:
@@ -250,8 +267,8 @@ class Learner:
         """Let the last broadcast land and the generators report its probe, so it is verified."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self._announce()
-            last = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
+            self._publish()
+            last = self.publisher.latest
             if last == self.trainer.version and self.supervisor.all_hold(last):
                 return
             self._poll(timeout_ms=20)
@@ -261,19 +278,19 @@ class Learner:
     def state_dict(self) -> dict:
         return {"version": self.trainer.version, "probe_logprobs": self.trainer.probe_logprobs(),
                 "tracker": self.tracker.state_dict(),
-                "dispatcher": self.dispatcher.state_dict(), "stats": self.stats.to_state(),
+                "leases": self.leases.state_dict(), "stats": self.stats.to_state(),
                 "buffer": [group_to_state(g) for g in self.buffer.groups], "config": msgspec.to_builtins(self.cfg)}
 
     def check_leases(self) -> None:
         """The lease identity in full: each open lease is out at a generator, buffered with its
         group, or in the running step, and nothing is buffered or trained without an open lease."""
         running = self.stepper.running
-        self.dispatcher.check_identity([g.lease_id for g in self.buffer.groups],
+        self.leases.check_identity([g.lease_id for g in self.buffer.groups],
                                        [g.lease_id for g in running.groups] if running is not None else [])
 
     def checkpoint(self) -> Path | None:
         """A consistent cut, taken between two steps (the loop holds the next step until it is
-        written): model, optimiser, version, tracker, dispatcher and buffer describe one moment."""
+        written): model, optimiser, version, tracker, lease book and buffer describe one moment."""
         if self.stepper.running is not None:
             raise LearnerError("a checkpoint must not be taken while an optimiser step runs")
         self.check_leases()
@@ -298,6 +315,6 @@ class Learner:
         self.endpoint.close()
 
     def counters(self) -> dict:
-        return run_counters(self.dispatcher, len(self.buffer), self.stats, rejected_frames=self.endpoint.rejected.counts,
+        return run_counters(self.leases, len(self.buffer), self.stats, rejected_frames=self.endpoint.rejected.counts,
                             rejected_rollouts=self.intake.rejected, checkpoint_failures=self.checkpoint_failures,
                             generator_restarts=self.supervisor.restarts)

@@ -1,9 +1,8 @@
 """Clipped policy loss with lag correction and the references' loss aggregations (ALGORITHMS.md §1, §5).
 
-Inputs are padded [N, L] tensors over predicted positions (N samples):
-  logp  = log pi_theta   (with grad)      prox = log pi_prox (no grad, start of the rollout batch)
-  mu    = behaviour log-prob from vLLM    adv  = token advantage      mask = 1 on response tokens
-All three log-probs are of the same distribution: softmax(logits / T_j) at the sample's own T_j.
+The loss sees one micro-batch as `LossInputs`: padded [N, L] tensors over predicted positions (N
+samples) and per-sample scalars, and knows nothing of the pipeline. All three log-probs are of the
+same distribution: softmax(logits / T_j) at the sample's own T_j (learner/logprobs.py).
 
 The loss of a micro-batch is a plain sum, sum_j coef_j sum_t ell_{j,t}, with each sample's
 aggregation coefficient `coef_j` computed over the whole update (`aggregation_coef`). Summing the
@@ -12,10 +11,10 @@ micro-batches' losses therefore gives the update's loss exactly, however the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.config import LossConfig
 
@@ -23,14 +22,23 @@ LOG_RATIO_CLAMP = 20.0  # ppo_behaviour: |pi_theta - mu| beyond this is clamped 
 DUAL_CLIP = 3.0  # ppo_behaviour: c of the dual clip for A < 0 (verl's clip_ratio_c)
 
 
-def _scale(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    return logits / temperature.view(-1, *([1] * (logits.dim() - 1)))
+@dataclass
+class LossInputs:
+    """One micro-batch as the loss sees it."""
 
+    logp: torch.Tensor  # [N, L] log pi_theta (with grad)
+    prox: torch.Tensor  # [N, L] log pi_prox (no grad): the policy at the start of the rollout batch
+    mu: torch.Tensor  # [N, L] behaviour log-prob from vLLM
+    adv: torch.Tensor  # [N, L] token advantage
+    mask: torch.Tensor  # [N, L] 1 on response tokens
+    coef: torch.Tensor  # [N] each sample's aggregation coefficient over its whole update (`aggregation_coef`)
+    token_lag: torch.Tensor | None = None  # [N, L] versions between each token's weights and the step's
+    entropy: torch.Tensor | None = None  # [N, L] detached token entropy, for the metrics
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits / T_j)[target] per position; `temperature` is [N], one T per sample (§5)."""
-    logp = F.log_softmax(_scale(logits, temperature).float(), dim=-1)
-    return torch.gather(logp, -1, targets.unsqueeze(-1)).squeeze(-1)
+    @property
+    def log_w(self) -> torch.Tensor:
+        """log w = log pi_prox - log mu on response tokens (0 elsewhere), detached."""
+        return (self.prox - self.mu).detach() * self.mask
 
 
 def aggregation_coef(lengths: torch.Tensor, mode: str, norm_tokens: int) -> torch.Tensor:
@@ -112,6 +120,15 @@ class LossSums:
         return {f"prox_mu_gap/lag{lag}": s / n for lag, (s, n) in sorted(self.gap.items()) if n}
 
 
+@dataclass
+class TokenTerms:
+    """A correction's per-token objective ell_{j,t} (to be maximised), and what it did."""
+
+    ell: torch.Tensor
+    clipped: torch.Tensor  # bool: the PPO clip binds
+    cut: torch.Tensor  # bool: the IS weight was truncated (tis) or masked (mis, seq_mis)
+
+
 def _clipped(ratio: torch.Tensor, adv: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's pessimistic term min(r A, clip(r, 1 - eps_low, 1 + eps_high) A), and where the clip binds."""
     unclipped = ratio * adv
@@ -119,59 +136,73 @@ def _clipped(ratio: torch.Tensor, adv: torch.Tensor, cfg: LossConfig) -> tuple[t
     return torch.minimum(unclipped, clipped), clipped < unclipped
 
 
-def policy_loss(logp, prox, mu, adv, mask, cfg: LossConfig, coef: torch.Tensor | None = None,
-                token_lag: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, LossSums]:
-    """-J = -sum_j coef_j sum_t ell_{j,t}, with ell per `cfg.correction` (§5):
+def _decoupled(x: LossInputs, cfg: LossConfig, weight: torch.Tensor, cut: torch.Tensor) -> TokenTerms:
+    """AReaL's decoupled objective: ell = sg(weight) min(u A, clip(u) A),  u = pi_theta / pi_prox."""
+    term, clipped = _clipped(torch.exp(x.logp - x.prox.detach()), x.adv, cfg)
+    return TokenTerms(weight.detach() * term, clipped, cut)
 
-      ppo_behaviour:  ell = max(min(rho A, clip(rho) A), c A) if A < 0 else min(rho A, clip(rho) A),
-                      rho = exp(clamp(pi_theta - mu, -20, 20)), c = 3 (verl's dual clip)
-      tis:            ell = sg(min(w, C)) min(u A, clip(u) A),  w = exp(pi_prox - mu), u = exp(pi_theta - pi_prox)
-      mis:            as tis with sg(w * 1[1/C <= w <= C])
-      seq_mis:        as tis with sg(w * 1[1/C <= exp(mean_t log w) <= C]) per sequence
 
-    `coef` [N]: each sample's aggregation coefficient over its whole update (`aggregation_coef`);
-    None: token_mean over this batch alone (DAPO's token-level normalisation)."""
-    mask = mask.to(logp.dtype)
-    if coef is None:
-        coef = torch.full((mask.shape[0],), 1.0 / float(mask.sum().clamp(min=1.0)), device=mask.device)
-    log_w = (prox - mu).detach() * mask
-    w = torch.exp(log_w)
-    C = cfg.is_cap
-    if cfg.correction == "ppo_behaviour":
-        weight = torch.ones_like(w)
-        ratio = torch.exp(torch.clamp(logp - mu, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-        cut = torch.zeros_like(mask, dtype=torch.bool)
-    else:
-        ratio = torch.exp(logp - prox.detach())
-        if cfg.correction == "tis":
-            cut = w > C
-            weight = torch.clamp(w, max=C)
-        elif cfg.correction == "mis":
-            cut = (w < 1.0 / C) | (w > C)
-            weight = w * (~cut)
-        elif cfg.correction == "seq_mis":
-            seq_w = torch.exp(log_w.sum(-1) / mask.sum(-1).clamp(min=1.0))
-            cut = ((seq_w < 1.0 / C) | (seq_w > C)).unsqueeze(-1).expand_as(w)
-            weight = w * (~cut)
-        else:
-            raise ValueError(f"unknown loss.correction {cfg.correction!r}")
-    term, clip_active = _clipped(ratio, adv, cfg)
-    if cfg.correction == "ppo_behaviour":  # one stale sample cannot make the loss unbounded
-        term = torch.where(adv < 0, torch.maximum(term, DUAL_CLIP * adv), term)
-    loss = -(weight.detach() * term * mask * coef.view(-1, 1)).sum()
+def ppo_behaviour(x: LossInputs, cfg: LossConfig) -> TokenTerms:
+    """ell = max(min(rho A, clip(rho) A), c A) if A < 0 else min(rho A, clip(rho) A),
+    rho = exp(clamp(pi_theta - mu, -20, 20)), c = 3 (verl's dual clip): one stale sample cannot make
+    the loss unbounded."""
+    rho = torch.exp(torch.clamp(x.logp - x.mu, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    term, clipped = _clipped(rho, x.adv, cfg)
+    term = torch.where(x.adv < 0, torch.maximum(term, DUAL_CLIP * x.adv), term)
+    return TokenTerms(term, clipped, torch.zeros_like(clipped))
 
-    with torch.no_grad():
-        wm = w * mask
-        sums = LossSums(
-            loss=float(loss), tokens=float(mask.sum()), clipped=float((clip_active.to(mask.dtype) * mask).sum()),
-            cut=float((cut.to(mask.dtype) * mask).sum()), w_sum=float(wm.sum()), w2_sum=float((wm * wm).sum()),
-            w_max=float(wm.max()) if mask.any() else 0.0,
-            entropy_sum=float((entropy * mask).sum()) if entropy is not None else 0.0)
-        if token_lag is not None:
-            gap = (prox - mu).abs()
-            on = mask.bool()
-            for lag in token_lag[on].unique().tolist():
-                at = on & (token_lag == lag)
-                sums.gap[int(lag)] = [float(gap[at].sum()), float(at.sum())]
-    return loss, sums
+
+def tis(x: LossInputs, cfg: LossConfig) -> TokenTerms:
+    """ell = sg(min(w, C)) min(u A, clip(u) A),  w = pi_prox / mu (truncated importance sampling)."""
+    w = torch.exp(x.log_w)
+    return _decoupled(x, cfg, torch.clamp(w, max=cfg.is_cap), w > cfg.is_cap)
+
+
+def mis(x: LossInputs, cfg: LossConfig) -> TokenTerms:
+    """As tis with sg(w 1[1/C <= w <= C]): tokens whose weight leaves [1/C, C] are masked."""
+    w = torch.exp(x.log_w)
+    cut = (w < 1.0 / cfg.is_cap) | (w > cfg.is_cap)
+    return _decoupled(x, cfg, w * ~cut, cut)
+
+
+def seq_mis(x: LossInputs, cfg: LossConfig) -> TokenTerms:
+    """As tis with sg(w 1[1/C <= exp(mean_t log w) <= C]): whole sequences are masked by their
+    geometric-mean weight."""
+    log_w = x.log_w
+    seq_w = torch.exp(log_w.sum(-1) / x.mask.sum(-1).clamp(min=1.0))
+    cut = ((seq_w < 1.0 / cfg.is_cap) | (seq_w > cfg.is_cap)).unsqueeze(-1).expand_as(log_w)
+    return _decoupled(x, cfg, torch.exp(log_w) * ~cut, cut)
+
+
+# `loss.correction` -> the per-token objective (ALGORITHMS.md §5)
+CORRECTIONS: dict[str, Callable[[LossInputs, LossConfig], TokenTerms]] = {
+    "ppo_behaviour": ppo_behaviour, "tis": tis, "mis": mis, "seq_mis": seq_mis}
+
+
+def policy_loss(x: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, LossSums]:
+    """-J = -sum_j coef_j sum_t ell_{j,t}, with ell per `cfg.correction` (`CORRECTIONS`)."""
+    if cfg.correction not in CORRECTIONS:
+        raise ValueError(f"unknown loss.correction {cfg.correction!r}")
+    mask = x.mask.to(x.logp.dtype)
+    terms = CORRECTIONS[cfg.correction](x, cfg)
+    loss = -(terms.ell * mask * x.coef.view(-1, 1)).sum()
+    return loss, _sums(x, terms, loss, mask)
+
+
+@torch.no_grad()
+def _sums(x: LossInputs, terms: TokenTerms, loss: torch.Tensor, mask: torch.Tensor) -> LossSums:
+    """The token sums behind the step's metrics: clip and cut shares, the IS weights' ESS, entropy,
+    and |pi_prox - mu| per token lag."""
+    wm = torch.exp(x.log_w) * mask
+    sums = LossSums(
+        loss=float(loss), tokens=float(mask.sum()), clipped=float((terms.clipped.to(mask.dtype) * mask).sum()),
+        cut=float((terms.cut.to(mask.dtype) * mask).sum()), w_sum=float(wm.sum()), w2_sum=float((wm * wm).sum()),
+        w_max=float(wm.max()) if mask.any() else 0.0,
+        entropy_sum=float((x.entropy * mask).sum()) if x.entropy is not None else 0.0)
+    if x.token_lag is not None:
+        gap = (x.prox - x.mu).abs()
+        on = mask.bool()
+        for lag in x.token_lag[on].unique().tolist():
+            at = on & (x.token_lag == lag)
+            sums.gap[int(lag)] = [float(gap[at].sum()), float(at.sum())]
+    return sums

@@ -44,25 +44,27 @@ def summarize(stats, counters: dict) -> tuple[str, str]:
     q = max(1, len(rewards) // 4)
     first = sum(rewards[:q]) / q if rewards else 0.0
     last = sum(rewards[-q:]) / q if rewards else 0.0
-    groups = sum(stats.group_kinds.values())
-    residual = stats.group_kinds["positive"] / groups if groups else 0.0  # of all groups that arrived
+    kinds = stats.arrivals.outcomes
+    groups = sum(kinds.values())
+    residual = kinds["positive"] / groups if groups else 0.0  # of all groups that arrived
     mean_temp = stats.trained_temp_sum / stats.trained_groups if stats.trained_groups else 0.0
     sps = stats.samples_trained / stats.seconds if stats.seconds else 0.0
     res = stats.step_residual
     res_first, res_last = (sum(res[:q]) / len(res[:q]), sum(res[-q:]) / len(res[-q:])) if res else (0.0, 0.0)
-    temps = sorted(stats.leased_temps.elements())
+    temps = stats.arrivals.temperatures()
     t_min, t_med, t_max = (temps[0], temps[len(temps) // 2], temps[-1]) if temps else (0.0, 0.0, 0.0)
-    reactivated = stats.above_t0_mixed / stats.above_t0 if stats.above_t0 else 0.0
+    above, above_mixed = stats.arrivals.above_t0, stats.arrivals.above_t0_mixed
+    reactivated = above_mixed / above if above else 0.0
     lag_total = sum(stats.lag_hist.values()) or 1
     lags = ", ".join(f"{k}: {v / lag_total:.0%}" for k, v in sorted(stats.lag_hist.items()))
     text = "\n".join([
         f"steps {len(rewards)}   samples trained {stats.samples_trained}   {sps:.1f} samples/s",
         f"train reward: first quarter {first:.3f} -> last quarter {last:.3f}",
-        f"groups: {groups} complete ({stats.group_kinds['positive']} all-correct = {residual:.1%} residual, "
-        f"{stats.group_kinds['negative']} all-wrong, {stats.group_kinds['mixed']} mixed)",
+        f"groups: {groups} complete ({kinds['positive']} all-correct = {residual:.1%} residual, "
+        f"{kinds['negative']} all-wrong, {kinds['mixed']} mixed)",
         f"residual share of arriving groups: first quarter {res_first:.3f} -> last quarter {res_last:.3f}",
         f"leased temperatures: min {t_min:.3f} / median {t_med:.3f} / max {t_max:.3f}   groups leased above T0 "
-        f"{stats.above_t0}, came back mixed (reactivated) {stats.above_t0_mixed} = {reactivated:.1%}",
+        f"{above}, came back mixed (reactivated) {above_mixed} = {reactivated:.1%}",
         f"mean temperature of trained groups {mean_temp:.3f}   lag distribution (samples) {{{lags}}}",
         f"leases: {counters}",
         *[f"held-out (step {step}): {e['name']} mean@{e['k']} {e['mean_at_k']:.4f}  pass@{e['k']} {e['pass_at_k']:.4f}"

@@ -1,8 +1,10 @@
-"""Weight publication: snapshot the learner's weights, announce them to the generators, and check
-that each generator really holds them by comparing its probe log-probs with the learner's.
+"""Weight publication: snapshot the learner's weights, send them to the generators (a WeightUpdate
+message, then the tensors over the weight link), and check that each generator really holds them by
+comparing its probe log-probs with the learner's.
 
 A snapshot is a copy of the weights (so training may go on) plus the probe log-probs that a
 generator must report back for that version (`pipeline/collective.py` defines the probe sequence).
+The publisher owns the newest published version; the run statistics only count what it did.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from learner.broadcast import GeneratorLink, prepare
 from learner.stats import RunStats
-from pipeline.messages import Heartbeat, WeightUpdate
+from pipeline.messages import WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,11 @@ class Publisher:
     def __init__(self, trainer, dtype: str, stats: RunStats, wake: Callable[[], None]):
         self.trainer = trainer
         self.dtype = dtype
-        self.stats = stats  # versions announced, verified and mismatched are counted there
+        self.stats = stats  # versions published, verified and mismatched are counted there
         self.wake = wake  # tells the loop a snapshot is ready to go out
         self.probes: dict[int, list[float]] = {trainer.version: trainer.probe_logprobs()}
         self.snapshot: Snapshot | None = None
+        self.latest = trainer.version  # the newest version published (the generators start from this one)
 
     def take_snapshot(self) -> None:
         """Copy the weights as they are now and compute their probe log-probs. Runs on the loop's
@@ -58,21 +61,21 @@ class Publisher:
         for old in [k for k in self.probes if k < v - PROBES_KEPT]:
             del self.probes[old]
         self.snapshot = Snapshot(v, update, flat)
-        self.stats.versions_announced.append(v)
+        self.latest = v
+        self.stats.versions_published.append(v)
         self.wake()
 
     def needs_snapshot(self, version: int) -> bool:
         return self.snapshot is None or self.snapshot.version != version
 
-    def announce(self, links: dict[int, GeneratorLink], joined: set[int], due: bool, step_running: bool,
-                 send: Callable[[int, WeightUpdate], bool]) -> None:
+    def publish(self, links: dict[int, GeneratorLink], joined: set[int], due: bool, step_running: bool,
+                send: Callable[[int, WeightUpdate], bool]) -> None:
         """Send the newest weights to every joined generator whose link is free and that lacks them.
-        A generator behind the newest announced version (it restarted or joined) gets them at once;
+        A generator behind the newest published version (it restarted or joined) gets them at once;
         the others when `due` (every `learner.sync_every` steps)."""
         v = self.trainer.version
-        latest = self.stats.versions_announced[-1] if self.stats.versions_announced else 0
         targets = [gid for gid, link in links.items()
-                   if gid in joined and link.ready and link.version < v and (due or link.version < latest)]
+                   if gid in joined and link.ready and link.version < v and (due or link.version < self.latest)]
         if not targets:
             return
         if self.snapshot is None or (due and self.snapshot.version != v):
@@ -84,17 +87,18 @@ class Publisher:
             if links[gid].version < snap.version and send(gid, snap.update):
                 links[gid].submit(snap.version, snap.flat)
 
-    def check(self, gid: int, info, hb: Heartbeat) -> None:
-        """Compare the probe log-probs a generator reports with the learner's for that version."""
-        expected = self.probes.get(hb.probe_version)
-        if not hb.probe_logprobs or expected is None or hb.probe_version <= info.checked:
-            return
-        info.checked = hb.probe_version
-        ok, diff = probe_matches(hb.probe_logprobs, expected, self.dtype)
+    def verify(self, gid: int, version: int, reported: list[float]) -> bool | None:
+        """Whether the probe log-probs generator `gid` reports for `version` match the learner's
+        (counted either way); None when the learner has no probe of that version to compare."""
+        expected = self.probes.get(version)
+        if expected is None:
+            return None
+        ok, diff = probe_matches(reported, expected, self.dtype)
         self.stats.probe_max_diff = max(self.stats.probe_max_diff, diff)
         if ok:
             self.stats.weights_verified += 1
         else:
             self.stats.weights_mismatch += 1
             log.error("generator %d: weights of version %d differ from the learner's (probe log-probs "
-                      "differ by up to %.2e)", gid, hb.probe_version, diff)
+                      "differ by up to %.2e)", gid, version, diff)
+        return ok

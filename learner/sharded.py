@@ -1,15 +1,15 @@
 """The learner's model sharded across several training processes with FSDP2, under `torchrun`.
 
-Rank 0 is the learner: it runs the whole loop (dispatcher, generators, broadcasts, checkpoints) as
+Rank 0 is the learner: it runs the whole loop (leases, generators, broadcasts, checkpoints) as
 on one device. The other ranks only hold their shard of the weights and optimiser state and follow:
-before each collective, rank 0 broadcasts what comes next (a step on this batch, gather the weights,
+before each collective, rank 0 tells them what comes next (a step on this batch, gather the weights,
 score the probe, gather a checkpoint, load a checkpoint's optimiser state, stop) and every rank
 takes part. Micro-batches are planned over the whole batch, the same on every rank, and each rank
 trains every world-th row of each; the loss coefficients are the whole update's, and the loss is
 scaled by the world size, so FSDP's averaged gradient is the one-device gradient (ALGORITHMS.md §5).
 
-Collectives must run in the same order on every rank, so each operation holds one lock from its
-announcement to its end, whichever of the learner's threads calls it.
+Collectives must run in the same order on every rank, so each operation holds one lock from the
+moment rank 0 tells the followers to its end, whichever of the learner's threads calls it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,20 @@ def join_training_group() -> int:
     return dist.get_rank()
 
 
+def lead_or_follow(cfg: Config, start_model: Callable[[], str]) -> tuple["ShardedTrainer | None", str]:
+    """Under torchrun: join the training group and build this rank's shard from the model folder
+    rank 0 names (`start_model()`, called on rank 0 only). Rank 0 gets the trainer the learner
+    drives and that folder; the other ranks follow rank 0's collectives until it says stop, then
+    get None."""
+    rank = join_training_group()
+    model_path = share_string(start_model() if rank == 0 else None)
+    trainer = ShardedTrainer.from_config(cfg, model_path)
+    if rank == 0:
+        return trainer, model_path
+    trainer.follow()
+    return None, model_path
+
+
 def share_string(text: str | None) -> str:
     """Rank 0's `text` on every rank (as bytes in a tensor: nothing pickled)."""
     data = torch.tensor(list(text.encode()) if dist.get_rank() == 0 else [], dtype=torch.uint8)
@@ -61,10 +75,11 @@ def share_string(text: str | None) -> str:
 class ShardedTrainer(Trainer):
     concurrent_snapshot = False  # the weight copy is a collective: never beside a step
 
-    def __init__(self, cfg: Config, model_path: str):
+    def __init__(self, *args, **kwargs):
+        """As `Trainer`'s; every rank builds its shard from the same model folder."""
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self._lock = threading.Lock()
-        super().__init__(cfg, model_path)
+        super().__init__(*args, **kwargs)
         # Each rank sums its rows' loss terms with coefficients taken over the whole update, and
         # FSDP averages the ranks' gradients: scaled by the world size, the average is the sum.
         self.loss_scale = float(self.world)
@@ -82,44 +97,47 @@ class ShardedTrainer(Trainer):
         fully_shard(model)
         return model
 
-    # ---- rank 0: the learner's calls, each announced to the followers --------------------------
+    # ---- rank 0: the learner's calls, each told to the followers first --------------------------
 
-    def _announce(self, op: int, *args: int) -> None:
+    def _tell_followers(self, op: int, *args: int) -> None:
         dist.broadcast(torch.tensor([op, *args, 0, 0][:3], device=self.device), 0)
 
-    def step(self, groups: list[Group], before_update: Callable[[], object] | None = None) -> dict:
-        batch = build_batch(groups, self.version, self.cfg, self.pad_id)
+    def step(self, groups: list[Group], before_update: Callable[[], object] | None = None,
+             on_batch: Callable[[Batch], None] | None = None) -> dict:
+        batch = build_batch(groups, self.version, self.pad_id)
+        if on_batch is not None:
+            on_batch(batch)
         with self._lock:
-            self._announce(STEP, *batch.input_ids.shape)
+            self._tell_followers(STEP, *batch.input_ids.shape)
             for name, dtype, _ in _FIELDS:
                 dist.broadcast(getattr(batch, name).to(self.device, dtype).contiguous(), 0)
             return self.train_batch(batch, before_update)
 
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
         with self._lock:
-            self._announce(WEIGHTS)
+            self._tell_followers(WEIGHTS)
             return self._gather()
 
     def probe_logprobs(self) -> list[float]:
         with self._lock:
-            self._announce(PROBE)
+            self._tell_followers(PROBE)
             return super().probe_logprobs()
 
     def full_state(self) -> tuple[dict | None, dict]:
         with self._lock:
-            self._announce(STATE)
+            self._tell_followers(STATE)
             return self._full_state()
 
     def load_optimizer(self, ckpt: Path) -> None:
         """Resuming: every rank reads the checkpoint (in the one-device format) and keeps its shard.
         The folder must be readable on every node, as the model folder it was built from is."""
         with self._lock:
-            self._announce(LOAD)
+            self._tell_followers(LOAD)
             self._load_optimizer(Path(share_string(str(ckpt))))
 
     def stop_followers(self) -> None:
         with self._lock:
-            self._announce(STOP)
+            self._tell_followers(STOP)
 
     # ---- every rank ----------------------------------------------------------------------------
 
@@ -165,7 +183,7 @@ class ShardedTrainer(Trainer):
         set_optimizer_state_dict(self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
     def follow(self) -> None:
-        """Ranks > 0: take part in whatever rank 0 announces, until it says stop."""
+        """Ranks > 0: take part in whatever rank 0 tells them, until it says stop."""
         while True:
             head = torch.zeros(3, dtype=torch.long, device=self.device)
             dist.broadcast(head, 0)

@@ -27,9 +27,10 @@ class RunningStep:
 
 
 class Stepper:
-    def __init__(self, trainer, wake: Callable[[], None]):
+    def __init__(self, trainer, wake: Callable[[], None], on_batch: Callable[[int, object], None] | None = None):
         self.trainer = trainer
         self.wake = wake  # the loop picks a finished step up at once
+        self.on_batch = on_batch  # an observer of each step's batch: (version, batch)
         self._steps = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="optimiser")
         self._copies = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
         self.running: RunningStep | None = None
@@ -48,7 +49,9 @@ class Stepper:
                 snapshot()  # here, before the step: a sharded copy is a collective
             else:
                 copy = self._copies.submit(snapshot)
-        return self.trainer.step(groups, before_update=copy.result if copy is not None else None)
+        version = self.trainer.version
+        on_batch = (lambda batch: self.on_batch(version, batch)) if self.on_batch is not None else None
+        return self.trainer.step(groups, before_update=copy.result if copy is not None else None, on_batch=on_batch)
 
     def collect(self) -> RunningStep | None:
         """The running step if it is done (None while it runs, or if none). Its metrics are

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from learner.broadcast import GeneratorLink
-from pipeline.config import Config
+from pipeline.config import GeneratorConfig
 from pipeline.messages import Alive, Heartbeat, Stop, Welcome
 from pipeline.transport import free_port
 
@@ -32,13 +32,17 @@ class GeneratorInfo:
     last_seen: float = 0.0
     pid: int = 0
     checked: int = -1  # newest version whose probe log-probs were compared
-    busy_s: float = 0.0  # its cumulative generating time, as it last reported
+    busy_s: float = 0.0  # this process's cumulative generating time, as it last reported
+    groups: int = 0  # groups this process has returned (with busy_s: its measured rate)
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, backend: str, send: Callable[[int, object], bool],
-                 on_gone: Callable[[int, str], None], initial_version: int):
-        self.cfg = cfg
+    def __init__(self, gc: GeneratorConfig, host: str, weights_timeout_s: float, backend: str,
+                 send: Callable[[int, object], bool], on_gone: Callable[[int, str], None], initial_version: int,
+                 link: Callable[..., GeneratorLink] = GeneratorLink):
+        """`host`: where weight groups listen (transport.host); `weights_timeout_s`: a weight link's
+        timeout (weights.timeout_s); `link(backend, host, port, timeout_s)` opens one generator's link."""
+        self.gc, self.host, self.weights_timeout_s, self.make_link = gc, host, weights_timeout_s, link
         self.backend = backend
         self.send = send
         self.on_gone = on_gone
@@ -48,8 +52,8 @@ class Supervisor:
         self.restarts = 0
 
     def _link(self) -> tuple[GeneratorLink, int]:
-        port = free_port(self.cfg.transport.host)
-        return GeneratorLink(self.backend, self.cfg.transport.host, port, self.cfg.learner.lease_timeout_s), port
+        port = free_port(self.host)
+        return self.make_link(self.backend, self.host, port, self.weights_timeout_s), port
 
     def start(self, launcher, gid: int) -> None:
         self.links[gid], port = self._link()
@@ -57,18 +61,20 @@ class Supervisor:
         launcher.start(gid, port)
 
     def start_all(self, launcher) -> None:
-        for gid in range(self.cfg.generator.count):
+        for gid in range(self.gc.count):
             self.start(launcher, gid)
 
     def _welcome(self, gid: int) -> None:
         """A generator this learner did not start joins: it gets a weight group of its own, then the
-        newest weights at once (its link is behind every announced version), then leases."""
+        newest weights at once (its link is behind every published version), then leases."""
         self.links[gid], port = self._link()
         self.send(gid, Welcome(weights_port=port))
         log.info("generator %d joined: its weight group is on port %d", gid, port)
 
-    def on_heartbeat(self, hb: Heartbeat) -> GeneratorInfo | None:
-        """Record a heartbeat; None for the last word of a generator already let go."""
+    def on_heartbeat(self, hb: Heartbeat, verify: Callable[[int, int, list[float]], bool | None]) -> None:
+        """Record a heartbeat (nothing for the last word of a generator already let go), and have
+        `verify(generator, version, probe log-probs)` check a probe it reports for the first time
+        (None: nothing to compare it with yet)."""
         if hb.generator_id not in self.links:
             if hb.status == "stopping":
                 return None
@@ -77,7 +83,14 @@ class Supervisor:
         info = self.generators.setdefault(hb.generator_id, GeneratorInfo())
         info.status, info.version, info.pid, info.busy_s = hb.status, hb.version, hb.pid, hb.busy_s
         info.last_seen = time.monotonic()
-        return info
+        if hb.probe_logprobs and hb.probe_version > info.checked:
+            if verify(hb.generator_id, hb.probe_version, hb.probe_logprobs) is not None:
+                info.checked = hb.probe_version
+
+    def count_group(self, gid: int) -> None:
+        """A group came back from generator `gid` (its rate is measured from these)."""
+        if gid in self.generators:
+            self.generators[gid].groups += 1
 
     def _forget(self, gid: int, why: str) -> None:
         self.on_gone(gid, why)
@@ -88,7 +101,7 @@ class Supervisor:
         """Restart the launched generators that died, went silent, or lost their weight link; let
         the ones that joined by themselves leave."""
         now = time.monotonic()
-        timeout = self.cfg.generator.heartbeat_timeout_s
+        timeout = self.gc.heartbeat_timeout_s
         for gid, link in list(self.links.items()):
             info = self.generators.get(gid)
             silent = info is not None and now - info.last_seen > timeout
@@ -98,7 +111,7 @@ class Supervisor:
             elif silent or link.error is not None or (info is not None and info.status == "stopping"):
                 self._forget(gid, "left")
         for gid, code in (launcher.dead() if launcher is not None else {}).items():
-            if self.restarts >= self.cfg.generator.max_restarts:
+            if self.restarts >= self.gc.max_restarts:
                 raise SupervisorError(f"generator {gid} exited with code {code} after {self.restarts} restarts "
                                       f"(generator.max_restarts):\n{launcher.log_tail(gid)}")
             self._forget(gid, f"exited (code {code}): restarting")

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import msgspec
 
+from learner.advantages import Outcome
 
 @dataclass
 class PromptState:
@@ -34,16 +35,16 @@ class Tracker:
     def h(self, prompt_id: int) -> int:
         return self.prompts[prompt_id].h
 
-    def record_visit(self, prompt_id: int, rewards: list[float], temperature: float, version: int) -> None:
+    def record_visit(self, prompt_id: int, outcome: Outcome, reward_mean: float, temperature: float,
+                     version: int) -> None:
+        """A complete visit of `prompt_id`, whose group's `outcome` was decided when it arrived."""
         s = self.prompts[prompt_id]
-        all_correct = all(r >= 1.0 for r in rewards)
-        mixed = not all_correct and any(r >= 1.0 for r in rewards)
-        if all_correct:
+        if outcome == "positive":
             s.h += 1
-        elif mixed and self.reset_on_mixed:
+        elif outcome == "mixed" and self.reset_on_mixed:
             s.h = 0
         s.visits += 1
-        s.last_reward_mean = sum(rewards) / len(rewards)
+        s.last_reward_mean = reward_mean
         s.last_temperature = temperature
         s.last_sampled_version = version
 

@@ -21,10 +21,10 @@ import torch
 from learner import checkpoint
 from learner.advantages import zvp_token_advantages
 from learner.groups import Group
-from learner.logprobs import response_logprobs
-from learner.loss import LossSums, aggregation_coef, policy_loss, token_logprobs
+from learner.logprobs import response_logprobs, token_logprobs
+from learner.loss import LossInputs, LossSums, aggregation_coef, policy_loss
 from pipeline.collective import probe_tokens
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, LearnerConfig, LossConfig, ZVPConfig
 from pipeline.models import load_causal_lm
 
 
@@ -61,10 +61,12 @@ class Batch:
         return Batch(**out)
 
 
-def build_batch(groups: list[Group], version: int, cfg: Config, pad_id: int) -> Batch:
+def build_batch(groups: list[Group], version: int, pad_id: int) -> Batch:
     seqs, rows = [], []
     for gi, g in enumerate(groups):
-        ga = g.advantage(cfg)  # over the complete group, before any sample is looked at alone
+        ga = g.advantage  # over the complete group, computed once when it arrived (learner/intake.py)
+        if ga is None:
+            raise ValueError(f"group of lease {g.lease_id} reached the trainer without its advantage")
         for j, (resp, mu) in enumerate(zip(g.responses, g.behaviour_logprobs)):
             seqs.append(torch.cat([g.prompt, resp]))
             tv = g.token_versions[j] if g.token_versions else torch.full((len(resp),), g.version_first)
@@ -115,9 +117,9 @@ def split_updates(groups: int, k: int, seed: int) -> list[torch.Tensor]:
     return [part for part in torch.tensor_split(order, k) if len(part)]
 
 
-def check_fits(cfg: Config, longest_prompt: int) -> None:
-    """Every sample must fit one micro-batch: say so at start-up, not at the first step that meets it."""
-    budget, max_tokens = cfg.learner.micro_batch_tokens, cfg.generator.max_tokens
+def check_fits(budget: int, max_tokens: int, longest_prompt: int) -> None:
+    """Every sample must fit one micro-batch of `learner.micro_batch_tokens` = `budget`: say so at
+    start-up, not at the first step that meets it."""
     if budget and longest_prompt + max_tokens > budget:
         raise ConfigError(f"learner.micro_batch_tokens = {budget} cannot hold the longest sample: a prompt of "
                           f"{longest_prompt} tokens + generator.max_tokens = {max_tokens}; raise the one or lower the other")
@@ -132,10 +134,13 @@ class Trainer:
     concurrent_snapshot = True
     world = 1  # training processes that share each micro-batch (learner/sharded.py)
 
-    def __init__(self, cfg: Config, model_path: str):
-        self.cfg = cfg
+    def __init__(self, model_path: str, lc: LearnerConfig, loss: LossConfig, zvp: ZVPConfig, seed: int,
+                 max_tokens: int, dtype: str = "float32"):
+        """`max_tokens`: the generation length (Dr. GRPO's constant unless `loss.norm_tokens` sets it);
+        `dtype`: the weights' dtype on the generators (how closely their probe must match)."""
+        self.lc, self.loss, self.zvp, self.seed, self.dtype = lc, loss, zvp, seed, dtype
+        self.norm_tokens = loss.norm_tokens or max_tokens
         self.device = self._pick_device()
-        lc = cfg.learner
         model = load_causal_lm(model_path, PRECISION_DTYPE[lc.precision])
         if lc.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -146,8 +151,12 @@ class Trainer:
         self.pad_id = self.model.config.pad_token_id or 0
         self.loss_scale = 1.0  # a sharded trainer's rows weigh in as their share of the whole
 
+    @classmethod
+    def from_config(cls, cfg: Config, model_path: str) -> "Trainer":
+        return cls(model_path, cfg.learner, cfg.loss, cfg.zvp, cfg.run.seed, cfg.generator.max_tokens, cfg.model.dtype)
+
     def _pick_device(self) -> torch.device:
-        return torch.device(self.cfg.learner.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return torch.device(self.lc.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def _distribute(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model as this trainer holds it: whole here; sharded in learner/sharded.py."""
@@ -176,12 +185,12 @@ class Trainer:
     # ---- the forward pass --------------------------------------------------------------------------
 
     def _autocast(self):
-        if self.cfg.learner.precision == "bf16-mixed":
+        if self.lc.precision == "bf16-mixed":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _sample_temperature(self, batch: Batch) -> torch.Tensor:
-        if self.cfg.loss.logprob_temperature == "sample":
+        if self.loss.logprob_temperature == "sample":
             return batch.temperature
         return torch.ones_like(batch.temperature)
 
@@ -197,10 +206,10 @@ class Trainer:
         hidden = out.hidden_states[-1]  # after the final norm: what the output layer reads
         mask = batch.response_mask.bool()
         per_token = lambda t: t.unsqueeze(1).expand_as(mask)[mask]  # noqa: E731 - [N] -> [tokens]
-        t_entropy = batch.temperature if self.cfg.zvp.entropy_temperature == "sample" else torch.ones_like(batch.temperature)
+        t_entropy = batch.temperature if self.zvp.entropy_temperature == "sample" else torch.ones_like(batch.temperature)
         lp, ent = response_logprobs(hidden[:, :-1][mask], self.model.lm_head.weight, batch.targets[mask],
                                     per_token(self._sample_temperature(batch)),
-                                    per_token(t_entropy) if entropy else None, self.cfg.learner.logit_chunk_tokens)
+                                    per_token(t_entropy) if entropy else None, self.lc.logit_chunk_tokens)
         logp = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
         logp = logp.masked_scatter(mask, lp)
         if ent is None:
@@ -214,19 +223,24 @@ class Trainer:
         """RL-ZVP token advantages from the detached entropy of the training policy (§3)."""
         for i in (batch.zvp != 0).nonzero().flatten().tolist():
             pos = batch.response_mask[i].bool()
-            batch.adv[i, pos] = zvp_token_advantages(entropy[i][pos], bool(batch.zvp[i] > 0), self.cfg.zvp.alpha)
+            batch.adv[i, pos] = zvp_token_advantages(entropy[i][pos], bool(batch.zvp[i] > 0), self.zvp.alpha)
 
     # ---- the step ----------------------------------------------------------------------------------
 
-    def step(self, groups: list[Group], before_update: Callable[[], object] | None = None) -> dict:
+    def step(self, groups: list[Group], before_update: Callable[[], object] | None = None,
+             on_batch: Callable[[Batch], None] | None = None) -> dict:
         """One optimiser step (k updates) on `groups`; `before_update` runs after the first backward
-        pass, just before the weights change (the learner uses it to wait for a copy of them)."""
-        return self.train_batch(build_batch(groups, self.version, self.cfg, self.pad_id), before_update)
+        pass, just before the weights change (the learner uses it to wait for a copy of them);
+        `on_batch` sees the batch as built, before it trains (an observer: learner/events.py)."""
+        batch = build_batch(groups, self.version, self.pad_id)
+        if on_batch is not None:
+            on_batch(batch)
+        return self.train_batch(batch, before_update)
 
     def micro_batches(self, batch: Batch, rows: torch.Tensor) -> list[torch.Tensor]:
         """`rows` of `batch` cut into micro-batches by the token budget (whole rows, never split)."""
         lengths = batch.attention_mask[rows].sum(1).tolist()
-        return [rows[mb] for mb in pack(lengths, self.cfg.learner.micro_batch_tokens, self.world)]
+        return [rows[mb] for mb in pack(lengths, self.lc.micro_batch_tokens, self.world)]
 
     def _share(self, rows: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(the rows of a micro-batch this process runs, whether they count): all of them here."""
@@ -251,14 +265,14 @@ class Trainer:
     def train_batch(self, batch: Batch, before_update: Callable[[], object] | None = None) -> dict:
         """k optimiser updates on the rollout batch, one weight version (ALGORITHMS.md §5, mini-batches)."""
         n_groups = int(batch.group.max()) + 1
-        k = min(self.cfg.learner.updates_per_batch, n_groups)
+        k = min(self.lc.updates_per_batch, n_groups)
         if k > 1:
             batch.prox = self.proximal(batch)  # pi_prox: the policy at the start of the batch, fixed for all k
         metrics: dict = {}
         total = LossSums()
-        for u, groups in enumerate(split_updates(n_groups, k, self.cfg.run.seed + self.version)):
+        for u, groups in enumerate(split_updates(n_groups, k, self.seed + self.version)):
             sums = self.gradients(batch, torch.isin(batch.group, groups).nonzero().flatten())
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.lc.grad_clip)
             if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over every shard
                 grad_norm = grad_norm.full_tensor()
             if u == 0 and before_update is not None:
@@ -280,8 +294,7 @@ class Trainer:
         over micro-batches; the loss coefficients are the update's (`aggregation_coef`)."""
         lengths = batch.response_mask.sum(1)
         batch.coef = torch.zeros(len(batch.group))
-        batch.coef[rows] = aggregation_coef(lengths[rows], self.cfg.loss.aggregation,
-                                            self.cfg.loss.norm_tokens or self.cfg.generator.max_tokens)
+        batch.coef[rows] = aggregation_coef(lengths[rows], self.loss.aggregation, self.norm_tokens)
         self.optimizer.zero_grad(set_to_none=True)
         sums = LossSums()
         for mb in self.micro_batches(batch, rows):
@@ -301,7 +314,7 @@ class Trainer:
         self._fill_zvp(batch, entropy)
         # With one update per batch, pi_prox is pi_theta at the start of the step: detaching gives it.
         prox = batch.prox if batch.prox is not None else logp.detach()
-        loss, sums = policy_loss(logp, prox, batch.mu, batch.adv, batch.response_mask, self.cfg.loss,
-                                 coef=batch.coef, token_lag=batch.token_lag, entropy=entropy)
+        loss, sums = policy_loss(LossInputs(logp, prox, batch.mu, batch.adv, batch.response_mask, batch.coef,
+                                            batch.token_lag, entropy), self.loss)
         (loss * self.loss_scale).backward()
         return sums

@@ -5,7 +5,7 @@ The group is built directly from a TCPStore and a ProcessGroup object, not throu
 lives beside it. Gloo on CPU and NCCL on GPUs take the same code path (only the class differs).
 
 Weights travel as one flat buffer per update (one collective instead of one per tensor); the
-names, shapes and dtype travel in the WeightUpdate announce over ZeroMQ.
+names, shapes and dtype travel in the WeightUpdate message over ZeroMQ.
 """
 
 from __future__ import annotations

@@ -136,6 +136,14 @@ class GeneratorConfig(Section):
     update_mode: Literal["drain", "inflight"] = "drain"
 
 
+class WeightsConfig(Section):
+    """How new weights reach the generators (learner/broadcast.py)."""
+
+    # How long a weight link waits for its generator to join the weight group, and for one broadcast
+    # to finish, before it gives up (the generator is then restarted, or let go if it joined by hand).
+    timeout_s: PosFloat = 120.0
+
+
 class ScheduleConfig(Section):
     """ERPO temperature schedule T_i = min(T0 + Ts * H_i, Tmax) (ALGORITHMS.md §2)."""
 
@@ -262,6 +270,7 @@ class Config(Section):
     data: DataConfig = msgspec.field(default_factory=DataConfig)
     transport: TransportConfig = msgspec.field(default_factory=TransportConfig)
     generator: GeneratorConfig = msgspec.field(default_factory=GeneratorConfig)
+    weights: WeightsConfig = msgspec.field(default_factory=WeightsConfig)
     schedule: ScheduleConfig = msgspec.field(default_factory=ScheduleConfig)
     tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
     loss: LossConfig = msgspec.field(default_factory=LossConfig)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError
 from pipeline.launcher import RUN_PY
+from pipeline.rundir import finished
 
 SEED_AXIS = "run.seed"
 PRESET_AXIS = "preset"
@@ -105,7 +106,7 @@ def run_sweep(grid_file: Path, out_dir: Path, parallel: int = 1, extra: list[str
     cells = grid.cells()
     (out_dir / "grid.json").write_text(json.dumps(
         {"grid": str(grid_file), "cells": [{"name": c.name, "values": dict(c.values)} for c in cells]}, indent=1))
-    todo = [c for c in cells if not (cells_dir / c.name / "summary.json").exists()]
+    todo = [c for c in cells if not finished(cells_dir / c.name)]
     failed: dict[str, str] = {}
 
     def run(cell: Cell) -> tuple[Cell, int]:
@@ -118,7 +119,7 @@ def run_sweep(grid_file: Path, out_dir: Path, parallel: int = 1, extra: list[str
     with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep cells", disable=not progress) as bar, \
             concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
         for cell, rc in map(lambda f: f.result(), concurrent.futures.as_completed([pool.submit(run, c) for c in todo])):
-            if rc != 0 or not (cells_dir / cell.name / "summary.json").exists():
+            if rc != 0 or not finished(cells_dir / cell.name):
                 failed[cell.name] = f"exit {rc}; see {cells_dir / cell.name / 'train.log'}"
                 print(f"[sweep] cell {cell.name} failed ({failed[cell.name]}); going on", flush=True)
             bar.update(1)

@@ -9,6 +9,8 @@ import math
 import statistics
 from pathlib import Path
 
+from pipeline.rundir import finished, read_summary
+
 # two-sided 95 % Student t quantiles by degrees of freedom (n seeds - 1)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -36,9 +38,9 @@ def cell_figures(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "eval/mean_at_k" in r]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     q = max(1, len(steps) // 4)
-    lag_hist = {int(k): v for k, v in summary["stats"]["lag_hist"].items()}
+    lag_hist = {int(k): v for k, v in summary.stats["lag_hist"].items()}
     total = sum(lag_hist.values()) or 1
     gaps = [v for r in steps for k, v in r.items() if k.startswith("prox_mu_gap/")]
     return {
@@ -51,7 +53,7 @@ def cell_figures(run_dir: Path) -> dict:
         "prox_mu_gap": _mean(gaps), "entropy": _mean(r["entropy"] for r in steps[-q:]),
         "lag_mean": sum(k * v for k, v in lag_hist.items()) / total, "lag_max": max(lag_hist, default=0),
         "lag_share": {k: v / total for k, v in sorted(lag_hist.items())},
-        "asked_max_lag": summary["config"]["learner"]["max_lag"],
+        "asked_max_lag": summary.config["learner"]["max_lag"],
         "leased_t_max": max((r.get("leased_temp_max", float("nan")) for r in steps), default=float("nan")),
         "residual_curve": [r["residual_frac"] for r in steps],
         "reactivated_by_temp": {float(k.split("/")[1]): _mean(r.get(k) for r in steps)
@@ -78,7 +80,7 @@ def grouped(sweep_dir: Path) -> dict[tuple, list[dict]]:
     out: dict[tuple, list[dict]] = {}
     for cell in grid["cells"]:
         run_dir = sweep_dir / "cells" / cell["name"]
-        if not (run_dir / "summary.json").exists():
+        if not finished(run_dir):
             continue  # failed or not run yet: the report says how many seeds each row has
         group = tuple((k, v) for k, v in cell["values"].items() if k != "run.seed")
         out.setdefault(group, []).append(cell_figures(run_dir))

@@ -1,6 +1,6 @@
 """ZeroMQ endpoints for the two sides.
 
-Learner: a ROUTER (control: heartbeats in; assignments, weight announces, stop out, addressed per
+Learner: a ROUTER (control: heartbeats in; assignments, weight updates, stop out, addressed per
 generator) and a PULL (rollouts in). Generator: a DEALER and a PUSH connected to those. Rollouts get
 their own socket so a large group never queues behind control traffic.
 

@@ -115,7 +115,7 @@ def _generate(engine, request):
     engine.submit(1, request)
     out = []
     while not out:
-        out = engine.step(0)
+        out = engine.decode_step(0)
     return out
 
 

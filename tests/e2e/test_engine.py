@@ -64,7 +64,7 @@ def test_streaming_path_at_mixed_temperatures_matches_the_learner(engine, traine
         engine.submit(100 + key, Request(p, 4, t, 6))
     done = {}
     while len(done) < len(prompts):
-        done.update(engine.step(0))
+        done.update(engine.decode_step(0))
     groups = [Group(lease_id=i, prompt_id=i, epoch=0, temperature=t, prompt=torch.tensor(p),
                     responses=[torch.tensor(c.tokens) for c in done[100 + i]],
                     behaviour_logprobs=[torch.tensor(c.logprobs) for c in done[100 + i]],
@@ -104,7 +104,7 @@ def test_inflight_update_records_per_token_versions(engine, trainer):
                 engine.load_weights(update)
                 assert link.wait_idle(30)
                 version = trainer.version
-            finished.update(engine.step(version))
+            finished.update(engine.decode_step(version))
             steps += 1
     finally:
         engine.update_mode = "drain"

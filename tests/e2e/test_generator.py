@@ -33,6 +33,8 @@ class Harness:
         self.arrived: dict[int, tuple[float, Rollout]] = {}
         self.prompt = pack_ids(self.engine.tokenizer.encode("1+2="))
         self._wait(lambda: 0 in self.ep.identities, "the generator's first heartbeat")
+        # the generator joins its weight group as it starts; an update before that has nowhere to go
+        assert self.link.wait_joined(timeout=60), f"the generator never joined its weight group: {self.link.error}"
 
     def _wait(self, done, what: str, timeout: float = 30.0) -> None:
         end = time.monotonic() + timeout

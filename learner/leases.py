@@ -1,4 +1,6 @@
-"""Leases prompt visits to generators, with the temperature the tracker schedules, and accounts for them.
+"""The lease book: leases prompt visits to generators, with the temperature the tracker schedules,
+and accounts for every one of them. (Which generator gets the next lease is the dispatch policy's
+call: learner/dispatch.py.)
 
 Every dispatched lease ends as exactly one outcome (DESIGN.md §3, "no silent loss"):
 trained, dropped_stale, dropped_filtered, failed, or reissued (expired; the visit goes back in the
@@ -16,9 +18,10 @@ from dataclasses import dataclass
 
 from learner.schedule import temperature
 from learner.tracker import Tracker
-from pipeline.config import Config
+from pipeline.config import ScheduleConfig
 from pipeline.data import Problem
 from pipeline.messages import Assignment, pack_ids
+
 
 class LeaseIdentityError(RuntimeError):
     pass
@@ -39,10 +42,23 @@ class Lease:
     returned: bool = False
 
 
-class Dispatcher:
-    def __init__(self, cfg: Config, problems: list[Problem], prompt_tokens: list[list[int]], tracker: Tracker):
-        self.cfg = cfg
+def assignment(lease_id: int, prompt_id: int, epoch: int, problem: Problem, prompt: bytes, temperature: float,
+               n: int, version: int, max_tokens: int) -> Assignment:
+    """The message that hands one prompt visit to a generator (a training lease or a held-out one)."""
+    return Assignment(lease_id=lease_id, prompt_id=prompt_id, epoch=epoch, temperature=temperature, n=n,
+                      policy_version=version, prompt_tokens=prompt, answer=problem.answer,
+                      verifier=problem.verifier, metadata=problem.metadata, max_tokens=max_tokens)
+
+
+class LeaseBook:
+    """Open leases, the data cursor, and the outcome counters."""
+
+    def __init__(self, problems: list[Problem], prompt_tokens: list[list[int]], tracker: Tracker,
+                 schedule: ScheduleConfig, group_size: int, max_tokens: int, timeout_s: float, order_seed: int):
         self.problems = problems
+        self.schedule = schedule
+        self.group_size, self.max_tokens, self.timeout_s = group_size, max_tokens, timeout_s
+        self.order_seed = order_seed
         self.prompt_bytes = [pack_ids(t) for t in prompt_tokens]
         self.tracker = tracker
         self.epoch = 0
@@ -57,7 +73,7 @@ class Dispatcher:
 
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.problems)))
-        random.Random(self.cfg.data.seed * 1_000_003 + epoch).shuffle(order)
+        random.Random(self.order_seed * 1_000_003 + epoch).shuffle(order)
         return order
 
     def _next_visit(self) -> tuple[int, int]:
@@ -74,18 +90,12 @@ class Dispatcher:
     def lease(self, generator_id: int, version: int, now: float | None = None) -> Assignment:
         now = time.monotonic() if now is None else now
         prompt_id, epoch = self._next_visit()
-        temp = temperature(self.tracker.h(prompt_id), self.cfg.schedule)
-        lease = Lease(self.new_lease_id(), prompt_id, epoch, generator_id, temp, version,
-                      now + self.cfg.learner.lease_timeout_s)
+        temp = temperature(self.tracker.h(prompt_id), self.schedule)
+        lease = Lease(self.new_lease_id(), prompt_id, epoch, generator_id, temp, version, now + self.timeout_s)
         self.leases[lease.lease_id] = lease
         self.dispatched += 1
-        p = self.problems[prompt_id]
-        return Assignment(
-            lease_id=lease.lease_id, prompt_id=prompt_id, epoch=epoch, temperature=temp,
-            n=self.cfg.learner.group_size, policy_version=version, prompt_tokens=self.prompt_bytes[prompt_id],
-            answer=p.answer, verifier=p.verifier, metadata=p.metadata,
-            max_tokens=self.cfg.generator.max_tokens,
-        )
+        return assignment(lease.lease_id, prompt_id, epoch, self.problems[prompt_id], self.prompt_bytes[prompt_id],
+                          temp, self.group_size, version, self.max_tokens)
 
     def new_lease_id(self) -> int:
         """Lease ids are unique across training and evaluation leases."""

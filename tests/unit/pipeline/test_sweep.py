@@ -1,5 +1,4 @@
-"""`run.py sweep` and its report: the grid, resuming, failed cells, mean and 95 % intervals over seeds,
-and one real cell end to end."""
+"""Sweep grids, resumption and reports, with a test double for the training command."""
 
 import json
 import subprocess
@@ -9,8 +8,10 @@ import pytest
 
 from pipeline import sweep
 from pipeline.config import ConfigError
+from pipeline.rundir import RunSummary, write_summary
 from pipeline.sweep_report import mean_ci, write_sweep_report
 from tests.conftest import ROOT, TEST_CACHE
+
 
 DEFAULT = ROOT / "configs" / "default.toml"
 
@@ -19,6 +20,17 @@ def _grid(tmp_path, axes: str, fixed: str = "") -> object:
     path = tmp_path / "grid.toml"
     path.write_text(f'base = ["{DEFAULT}"]\n[fixed]\n{fixed}\n[axes]\n{axes}\n')
     return path
+
+
+def _fake_cell(run_dir, seed: int, max_lag: int, residual: list[float], heldout: float, lags: dict):
+    """What a finished `run.py train` leaves: metrics.jsonl and summary.json (a test double's)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"step": i + 1, "loss": 0.0, "residual_frac": r, "ess": 0.9, "truncated_frac": 0.01, "entropy": 1.0,
+             "reward": 0.5, "prox_mu_gap/lag0": 1e-6} for i, r in enumerate(residual)]
+    rows.append({"step": len(residual), "eval/mean_at_k": heldout, "eval/pass_at_k": heldout + 0.1})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_summary(run_dir, RunSummary(stats={"lag_hist": {str(k): v for k, v in lags.items()}}, counters={},
+                                      config={"learner": {"max_lag": max_lag}}, result=""))
 
 
 def test_grid_cells_are_the_cartesian_product_with_unique_names(tmp_path):
@@ -39,17 +51,6 @@ def test_bad_grids_name_what_is_wrong(tmp_path):
         sweep.read_grid(_grid(tmp_path, ""))
     with pytest.raises(ConfigError, match="no such config file"):
         sweep.read_grid(_grid(tmp_path, 'preset = ["nope.toml"]'))
-
-
-def _fake_cell(run_dir, seed: int, max_lag: int, residual: list[float], heldout: float, lags: dict):
-    """What a finished `run.py train` leaves: metrics.jsonl and summary.json (test double)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rows = [{"step": i + 1, "loss": 0.0, "residual_frac": r, "ess": 0.9, "truncated_frac": 0.01, "entropy": 1.0,
-             "reward": 0.5, "prox_mu_gap/lag0": 1e-6} for i, r in enumerate(residual)]
-    rows.append({"step": len(residual), "eval/mean_at_k": heldout, "eval/pass_at_k": heldout + 0.1})
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run_dir / "summary.json").write_text(json.dumps({"stats": {"lag_hist": {str(k): v for k, v in lags.items()}},
-                                                      "config": {"learner": {"max_lag": max_lag}}, "result": ""}))
 
 
 def test_sweep_resumes_and_reports_failed_cells_and_goes_on(tmp_path, monkeypatch):
@@ -79,14 +80,3 @@ def test_sweep_resumes_and_reports_failed_cells_and_goes_on(tmp_path, monkeypatc
     assert "| max_lag=4 | 2 |" in table
     assert "max_lag=4: asked for max_lag 4, trained at lag 1 at most" in table  # the lag really reached
     assert (out / "sweep.png").stat().st_size > 0
-
-
-def test_one_real_cell_end_to_end(tmp_path):
-    grid = tmp_path / "g.toml"
-    grid.write_text(f'base = ["{DEFAULT}", "{ROOT / "configs/algos/erpo.toml"}"]\n[fixed]\n"learner.steps" = 3\n'
-                    f'"eval.size" = 8\n"run.cache_dir" = "{TEST_CACHE}"\n[axes]\n"learner.max_lag" = [1]\n"run.seed" = [0]\n')
-    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", "--grid", str(grid), "--out",
-                          str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "1 of 1 cells finished" in out.stdout and "| max_lag=1 | 1 |" in out.stdout
-    assert (tmp_path / "out" / "report.md").exists()

@@ -1,7 +1,7 @@
-"""The lease policy: how many prompt visits to lease now, and to which generator each goes.
+"""The dispatch policy: how many prompt visits to lease now, and to which generator each goes.
 
-Pure functions of what the learner knows (no sockets): the dispatcher (learner/dispatcher.py) keeps
-the lease book, this module decides. Two rules:
+Pure functions of what the learner knows (no sockets): the lease book (learner/leases.py) records
+the leases, this module decides. Two rules:
 
 - Never lease more than can be trained within `max_lag`. Groups are trained in arrival order, B per
   step, and the `ahead` leases open outside the running step go first, so a new lease is trained at
@@ -28,7 +28,7 @@ PRIOR_GROUPS = 4.0
 class Slot:
     """What the policy knows of one joined, ready generator."""
 
-    weights: int  # newest weight version it holds or has been handed
+    version: int  # newest weight version it holds or has been handed
     queued: int  # leases out at it now
     groups: int = 0  # groups it has returned so far
     busy_s: float = 0.0  # its cumulative generating time, as it last reported
@@ -61,12 +61,12 @@ def plan(budget: int, slots: dict[int, Slot], lc: LearnerConfig, max_inflight: i
     `ahead`: leases open outside the running step, which are trained before a new one."""
     B = lc.groups_per_step
     queued = {gid: s.queued for gid, s in slots.items()
-              if soonest - s.weights <= lc.max_lag}  # else it could only make stale samples
+              if soonest - s.version <= lc.max_lag}  # else it could only make stale samples
     rate = rates(slots)
     out: list[int] = []
     while len(out) < budget:
         open_slots = [gid for gid, q in queued.items() if q < max_inflight and (
-            lc.max_open_groups > 0 or soonest + ahead // B - slots[gid].weights <= lc.max_lag)]
+            lc.max_open_groups > 0 or soonest + ahead // B - slots[gid].version <= lc.max_lag)]
         if not open_slots:
             break
         # An idle engine starts a lease at once, so it goes first. Otherwise, when the learner is

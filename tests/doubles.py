@@ -1,0 +1,120 @@
+"""Test doubles, each standing in for one real part in a test of something else. Nothing here is the
+thing a feature is tested on end to end."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from learner.trainer import Trainer
+
+
+class ProbeTrainer:
+    """Stands in for the trainer where only its version and probe log-probs matter (the publisher)."""
+
+    version = 3
+
+    def probe_logprobs(self) -> list[float]:
+        return [-1.0, -2.0, -0.5]
+
+
+class SlowStepTrainer(Trainer):
+    """The real trainer, except that each step waits `delay_s` between its backward pass and its
+    update (so a checkpoint taken beside a running step would catch it midway), and the weights
+    after every step are kept by version, to compare with what a checkpoint holds."""
+
+    def __init__(self, *args, delay_s: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.delay_s = delay_s
+        self.after: dict[int, dict[str, torch.Tensor]] = {}
+
+    @classmethod
+    def slow(cls, cfg, model_path: str, delay_s: float) -> "SlowStepTrainer":
+        return cls(model_path, cfg.learner, cfg.loss, cfg.zvp, cfg.run.seed, cfg.generator.max_tokens,
+                   cfg.model.dtype, delay_s=delay_s)
+
+    def step(self, groups, before_update=None, on_batch=None) -> dict:
+        def slow():
+            time.sleep(self.delay_s)
+            if before_update is not None:
+                before_update()
+
+        out = super().step(groups, before_update=slow, on_batch=on_batch)
+        self.after[self.version] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return out
+
+
+class RecordingSend:
+    """Stands in for the learner endpoint's `send`: records (generator id, message), says delivered."""
+
+    def __init__(self):
+        self.sent: list[tuple[int, object]] = []
+
+    def __call__(self, gid: int, msg) -> bool:
+        self.sent.append((gid, msg))
+        return True
+
+
+class ScriptedLauncher:
+    """Stands in for the launcher (pipeline/launcher.py) in supervisor tests: generators it "starts"
+    are processes of nobody; the test says which of them died, with what exit code."""
+
+    def __init__(self):
+        self.started: list[int] = []
+        self.killed: list[int] = []
+        self.exited: dict[int, int] = {}
+
+    def start(self, gid: int, weights_port: int) -> None:
+        self.started.append(gid)
+        self.exited.pop(gid, None)
+
+    def manages(self, gid: int) -> bool:
+        return gid in self.started
+
+    def kill(self, gid: int) -> None:
+        self.killed.append(gid)
+        self.exited[gid] = -9
+
+    def dead(self) -> dict[int, int]:
+        return dict(self.exited)
+
+    def log_tail(self, gid: int) -> str:
+        return f"(log of generator {gid})"
+
+
+class ScriptedTrainer:
+    """Stands in for the trainer in stepper tests: a step records the order of what happens in it,
+    and can be made to fail."""
+
+    concurrent_snapshot = True
+
+    def __init__(self, fail: bool = False):
+        self.version = 0
+        self.fail = fail
+        self.events: list[str] = []
+
+    def step(self, groups, before_update=None, on_batch=None) -> dict:
+        self.events.append("backward")
+        if before_update is not None:
+            before_update()
+        if self.fail:
+            raise RuntimeError("the step failed")
+        self.events.append("update")
+        self.version += 1
+        return {"groups": len(groups)}
+
+
+class IdleLink:
+    """Stands in for a generator's weight link (learner/broadcast.py) where no weights move: joined
+    at once, never busy."""
+
+    def __init__(self, backend: str, host: str, port: int, timeout_s: float):
+        self.port, self.group, self.error, self.version, self.closed = port, object(), None, -1, False
+
+    @property
+    def ready(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,26 @@
+"""One real sweep cell, end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import sweep
+from pipeline.config import ConfigError
+from pipeline.sweep_report import mean_ci, write_sweep_report
+from tests.conftest import ROOT, TEST_CACHE
+
+
+DEFAULT = ROOT / "configs" / "default.toml"
+
+
+def test_one_real_cell_end_to_end(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text(f'base = ["{DEFAULT}", "{ROOT / "configs/algos/erpo.toml"}"]\n[fixed]\n"learner.steps" = 3\n'
+                    f'"eval.size" = 8\n"run.cache_dir" = "{TEST_CACHE}"\n[axes]\n"learner.max_lag" = [1]\n"run.seed" = [0]\n')
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", "--grid", str(grid), "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "1 of 1 cells finished" in out.stdout and "| max_lag=1 | 1 |" in out.stdout
+    assert (tmp_path / "out" / "report.md").exists()
