@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: venv real train train-real test test-real test-gpu clean
+.PHONY: venv real train train-real test test-fast test-real test-gpu clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ test-real: real
 
 test: venv
 	$(PY) -m pytest -q --ignore=tests/gpu --ignore=tests/real $(ARGS)
+
+# The unit tier alone (tests/unit): every part by itself, about a minute.
+test-fast: venv
+	$(PY) -m pytest -q -m unit tests/unit $(ARGS)
 
 # The GPU paths (tests/gpu): each part skips, saying why, where CUDA, vLLM for CUDA or a second GPU
 # is missing. Never part of `make test`.

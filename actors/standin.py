@@ -29,7 +29,7 @@ class StandInEngine:
         self.group: WeightGroup | None = None
         self.tick_s = 0.005  # a decode step's length: how often the generator loop gets control back
         self._due: dict[int, tuple[float, int, int]] = {}  # key -> (time it is done, n, version at submit)
-        self._version = 0  # the weights the last step sampled under
+        self._version = 0  # the weights the last decode step sampled under
         self.peak_running = 0  # most groups running at once (tests check that groups overlap)
         self.events: list[tuple[str, int]] = []  # ("submit", key), ("done", key), ("load", version), in order
         self.max_model_len = 1 << 20
@@ -43,8 +43,8 @@ class StandInEngine:
     def running(self) -> int:
         return len(self._due)
 
-    def step(self, version: int) -> list[tuple[int, list[Completion]]]:
-        """Wait one 'decode step' (at most `tick_s`, less if a group is due sooner); hand back the
+    def decode_step(self, version: int) -> list[tuple[int, list[Completion]]]:
+        """Wait one decode step (at most `tick_s`, less if a group is due sooner); hand back the
         groups whose delay is over."""
         self._version = version
         now = time.monotonic()

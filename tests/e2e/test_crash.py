@@ -13,32 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from benchmarks.pipeline import StandInTrainer
 from learner import checkpoint
-from learner.dispatcher import LeaseIdentityError
+from learner.leases import LeaseIdentityError
 from learner.loop import Learner
 from pipeline.data import load_problems
+from tests.doubles import SlowStepTrainer
 from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
-
-
-class SlowStepTrainer(StandInTrainer):
-    """Test double around the real trainer: each step waits `delay_s` between its backward pass and
-    its update (so a checkpoint taken beside a running step would catch it midway), and the weights
-    after every step are kept by version, to compare with what a checkpoint holds."""
-
-    def __init__(self, trainer, delay_s: float):
-        super().__init__(trainer, delay_s)
-        self.after: dict[int, dict[str, torch.Tensor]] = {}
-
-    def step(self, groups, before_update=None) -> dict:
-        def slow():
-            time.sleep(self.cost_s)
-            if before_update is not None:
-                before_update()
-
-        out = self._trainer.step(groups, before_update=slow)
-        self.after[self._trainer.version] = {k: v.detach().clone() for k, v in self._trainer.model.state_dict().items()}
-        return out
 
 
 def _generator_procs(run_dir) -> list[psutil.Process]:
@@ -47,13 +27,11 @@ def _generator_procs(run_dir) -> list[psutil.Process]:
 
 
 def test_a_checkpoint_is_a_cut_between_steps_and_resume_loses_no_lease(tiny_model, tmp_path):
-    from learner.trainer import Trainer
-
     common = ["--learner.groups_per_step", "4", "--learner.checkpoint_every", "2", "--learner.max_lag", "2",
               "--eval.final", "false", "--learner.keep_checkpoints", "10"]
     cfg = make_config(tmp_path, "--learner.steps", "6", *common)
     cfg.run_dir.mkdir(parents=True)
-    trainer = SlowStepTrainer(Trainer(cfg, tiny_model), delay_s=0.3)
+    trainer = SlowStepTrainer.slow(cfg, tiny_model, delay_s=0.3)
     first = Learner(cfg, tiny_model, load_problems(cfg.data), trainer=trainer)
     run_pipeline(first, cfg)
     ckpts = checkpoint.list_checkpoints(cfg.run_dir / "checkpoints")
@@ -69,7 +47,7 @@ def test_a_checkpoint_is_a_cut_between_steps_and_resume_loses_no_lease(tiny_mode
             assert torch.equal(t, after[name]), (ckpt.name, name)
         # every lease the checkpoint holds as returned has its group saved in the buffer, and the
         # buffer holds nothing else: no group of a running step was half-saved
-        returned = sorted(lease[0] for lease in state["dispatcher"]["returned_leases"])
+        returned = sorted(lease[0] for lease in state["leases"]["returned_leases"])
         assert returned == sorted(g["lease_id"] for g in state["buffer"]), ckpt.name
 
     mid = ckpts[1]
@@ -80,8 +58,8 @@ def test_a_checkpoint_is_a_cut_between_steps_and_resume_loses_no_lease(tiny_mode
     assert second.trainer.version == 10 and stats.weights_mismatch == 0
     assert balanced(second)
     # every visit that was back at the checkpoint was trained or dropped by the end, none left open
-    assert not {lease[0] for lease in saved["dispatcher"]["returned_leases"]} & set(second.dispatcher.leases)
-    d = second.dispatcher.outcomes
+    assert not {lease[0] for lease in saved["leases"]["returned_leases"]} & set(second.leases.leases)
+    d = second.leases.outcomes
     assert d["trained"] == 10 * 4
 
 
@@ -90,10 +68,10 @@ def test_lease_identity_violation_names_the_leases(tiny_model, tmp_path):
     cfg.run_dir.mkdir(parents=True)
     learner = Learner(cfg, tiny_model, load_problems(cfg.data))
     try:
-        a = learner.dispatcher.lease(0, 0)
-        b = learner.dispatcher.lease(0, 0)
-        learner.dispatcher.returned(a.lease_id)
-        learner.dispatcher.returned(b.lease_id)  # back, but its group is in neither buffer nor step
+        a = learner.leases.lease(0, 0)
+        b = learner.leases.lease(0, 0)
+        learner.leases.returned(a.lease_id)
+        learner.leases.returned(b.lease_id)  # back, but its group is in neither buffer nor step
         with pytest.raises(LeaseIdentityError, match=rf"no group anywhere \[{a.lease_id}, {b.lease_id}\]"):
             learner.check_leases()
         with pytest.raises(LeaseIdentityError):

@@ -7,9 +7,10 @@ import pytest
 from actors.engine import Request
 from learner.broadcast import GeneratorLink, prepare
 from learner.groups import Group
-from learner.loss import token_logprobs
+from learner.logprobs import token_logprobs
 from learner.trainer import Trainer, build_batch
 from pipeline.transport import free_port
+from tests.builders import with_advantage
 from tests.conftest import make_config
 
 PROMPTS = ["Calculate 3 + 4.=", "Calculate 9 - 2.=", "Calculate 1 - 8.="]
@@ -29,7 +30,7 @@ def _groups(engine, trainer_tok, temperature, n=4):
 
 
 def _max_gap(trainer, groups, version=0):
-    batch = build_batch(groups, version, trainer.cfg, trainer.pad_id)
+    batch = build_batch(with_advantage(groups), version, trainer.pad_id)
     with torch.no_grad():
         logp = trainer.logprobs(batch)
     mask = batch.response_mask.bool()
@@ -38,7 +39,7 @@ def _max_gap(trainer, groups, version=0):
 
 @pytest.fixture(scope="module")
 def trainer(tiny_model, tmp_path_factory):
-    return Trainer(make_config(tmp_path_factory.mktemp("trainer")), tiny_model)
+    return Trainer.from_config(make_config(tmp_path_factory.mktemp("trainer")), tiny_model)
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.3])
@@ -140,7 +141,7 @@ def test_broadcast_updates_the_running_engine(engine, trainer):
     link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=60)
     engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
     for _ in range(3):  # a few real steps so the change is well above float noise
-        trainer.step(_groups(engine, engine.tokenizer, 1.0, n=8))
+        trainer.step(with_advantage(_groups(engine, engine.tokenizer, 1.0, n=8)))
     update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
     link.submit(trainer.version, flat)
     engine.load_weights(update)
@@ -168,7 +169,7 @@ def test_broadcast_updates_the_running_engine(engine, trainer):
     # (last: it replaces the engine's parameters, after which the direct loader cannot be used)
     link = GeneratorLink("gloo", "127.0.0.1", port := free_port(), timeout_s=60)
     engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
-    trainer.step(_groups(engine, tok, 1.0, n=8))
+    trainer.step(with_advantage(_groups(engine, tok, 1.0, n=8)))
     update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
     link.submit(trainer.version, flat)
     engine.weight_load = "reload"

@@ -30,7 +30,7 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     write = first.checkpoint
 
     def capture_then_write():  # the first learner's own state at the moment each checkpoint is written
-        d = first.dispatcher
+        d = first.leases
         captured.update(
             prompts=[dataclasses.astuple(p) for p in first.tracker.prompts], epoch=d.epoch, cursor=d.cursor,
             dispatched=d.dispatched, outcomes=dict(d.outcomes), rng=torch.get_rng_state().clone(),
@@ -52,8 +52,8 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     restored = [dataclasses.astuple(p) for p in second.tracker.prompts]
     assert any(math.isnan(p[2]) for p in restored)  # never-visited prompts: the NaN path is exercised
     assert all(same(a, b) for r, c in zip(restored, captured["prompts"]) for a, b in zip(r, c))
-    assert (second.dispatcher.epoch, second.dispatcher.cursor) == (captured["epoch"], captured["cursor"])
-    assert second.dispatcher.dispatched == captured["dispatched"]
+    assert (second.leases.epoch, second.leases.cursor) == (captured["epoch"], captured["cursor"])
+    assert second.leases.dispatched == captured["dispatched"]
     assert torch.equal(torch.get_rng_state(), captured["rng"])
     optim = second.trainer.optimizer.state_dict()["state"]
     assert optim.keys() == captured["optim"].keys()
@@ -64,14 +64,14 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     # the restored state is exactly what was saved
     assert second.trainer.version == 6 == saved["version"]
     assert msgspec.json.decode(msgspec.json.encode(second.tracker.state_dict())) == saved["tracker"]  # as JSON
-    assert (second.dispatcher.epoch, second.dispatcher.cursor) == (saved["dispatcher"]["epoch"],
-                                                                   saved["dispatcher"]["cursor"])
-    assert second.dispatcher.dispatched == first.dispatcher.dispatched
-    assert second.dispatcher.outcomes["trained"] == first.dispatcher.outcomes["trained"] == 24
+    assert (second.leases.epoch, second.leases.cursor) == (saved["leases"]["epoch"],
+                                                                   saved["leases"]["cursor"])
+    assert second.leases.dispatched == first.leases.dispatched
+    assert second.leases.outcomes["trained"] == first.leases.outcomes["trained"] == 24
     # leases out at the generator at the checkpoint are re-issued; groups already back are restored
-    assert len(second.buffer) == len(saved["buffer"]) == len(saved["dispatcher"]["returned_leases"]) \
-        == second.dispatcher.open
-    assert second.dispatcher.outcomes["reissued"] == len(second.dispatcher.requeue)
+    assert len(second.buffer) == len(saved["buffer"]) == len(saved["leases"]["returned_leases"]) \
+        == second.leases.open
+    assert second.leases.outcomes["reissued"] == len(second.leases.requeue)
     assert balanced(second)
     # the model weights are the checkpoint's
     assert second.trainer.probe_logprobs() == pytest.approx(first.trainer.probe_logprobs(), abs=1e-6)
@@ -81,7 +81,7 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 1  # the generator started from the checkpoint
     assert balanced(second)
     # no prompt is visited twice within an epoch across the restart (256 prompts: all in epoch 0)
-    assert second.dispatcher.epoch == 0
+    assert second.leases.epoch == 0
     assert max(p.visits for p in second.tracker.prompts) == 1
     assert visited_before <= {i for i, p in enumerate(second.tracker.prompts) if p.visits}
 
@@ -164,7 +164,7 @@ def test_run_survives_a_flood_of_malformed_frames(tiny_model, tmp_path):
     t.join()
     assert len(stats.step_rewards) >= 6 and stats.weights_mismatch == 0
     assert balanced(learner)
-    assert learner.dispatcher.outcomes["trained"] == 4 * learner.trainer.version
+    assert learner.leases.outcomes["trained"] == 4 * learner.trainer.version
     # every junk frame sent was rejected and counted: none lost, none passed as a message
     assert learner.endpoint.rejected.total == sent["n"] == 2000
 
@@ -189,7 +189,7 @@ def test_training_survives_generator_kills(tiny_model, tmp_path):
 
     def holding_leases() -> bool:
         try:
-            return learner.dispatcher.outstanding() > 0
+            return learner.leases.outstanding() > 0
         except RuntimeError:  # the lease table changed under this thread's read: look again
             return False
 
@@ -226,7 +226,7 @@ def test_training_survives_generator_kills(tiny_model, tmp_path):
     assert problems == [] and len(kills) == 3, (problems, kills)
     assert learner.supervisor.restarts == 3
     assert len(stats.step_rewards) == learner.trainer.version >= kills[-1] + 2
-    assert learner.dispatcher.outcomes["reissued"] > 0
+    assert learner.leases.outcomes["reissued"] > 0
     assert balanced(learner)
     assert stats.weights_mismatch == 0
     assert stats.trained_lags_max <= cfg.learner.max_lag

@@ -27,12 +27,12 @@ def test_async_run_versions_lag_and_accounting(tiny_model, tmp_path):
     learner, stats = _run(cfg, tiny_model)
     assert len(stats.step_rewards) == 6 and learner.trainer.version == 6
     # versions strictly increase, and every announced version reached the engine intact
-    assert stats.versions_announced == sorted(set(stats.versions_announced))
-    assert stats.versions_announced[-1] == 6
+    assert stats.versions_published == sorted(set(stats.versions_published))
+    assert stats.versions_published[-1] == 6
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
     assert stats.version_regressions == 0
     assert stats.trained_lags_max <= 1
-    assert learner.dispatcher.outcomes["trained"] == 6 * 4
+    assert learner.leases.outcomes["trained"] == 6 * 4
     assert balanced(learner)
     lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
     assert sum('"loss"' in line for line in lines) == 6
@@ -50,7 +50,7 @@ def test_stale_samples_are_dropped_and_counted_never_trained(tiny_model, tmp_pat
     learner, stats = _run(cfg, tiny_model)
     assert stats.trained_lags_max == 0
     assert set(stats.lag_hist) == {0}
-    assert learner.dispatcher.outcomes["dropped_stale"] > 0
+    assert learner.leases.outcomes["dropped_stale"] > 0
     assert balanced(learner)
 
 

@@ -1,14 +1,8 @@
 """One real sweep cell, end to end."""
 
-import json
 import subprocess
 import sys
 
-import pytest
-
-from pipeline import sweep
-from pipeline.config import ConfigError
-from pipeline.sweep_report import mean_ci, write_sweep_report
 from tests.conftest import ROOT, TEST_CACHE
 
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from benchmarks.learner import random_groups
+from tests.builders import with_advantage
 from tests.conftest import ROOT, make_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -62,7 +63,7 @@ def test_learner_step_memory_and_throughput_on_a_real_shape(qwen05, tmp_path):
     cfg = make_config(tmp_path, "--learner.precision", "bf16-mixed", "--learner.activation_checkpointing", "true",
                       "--learner.micro_batch_tokens", str(budget), "--learner.logit_chunk_tokens", str(chunk),
                       "--generator.max_tokens", "1024", "--learner.groups_per_step", "4", "--learner.device", "cuda")
-    trainer = Trainer(cfg, qwen05)
+    trainer = Trainer.from_config(cfg, qwen05)
     groups = random_groups(4, 16, 256, 1024, QWEN05["vocab_size"])
     trainer.step(groups)  # warm-up
     torch.cuda.synchronize()
@@ -95,7 +96,7 @@ def test_learner_logprobs_match_vllm_in_bf16(qwen05, tmp_path):
     cfg = make_config(tmp_path, "--model.dtype", "bfloat16", "--learner.precision", "bf16",
                       "--generator.max_tokens", "64", "--learner.device", "cuda")
     engine = Engine(cfg, qwen05, seed=0)
-    trainer = Trainer(cfg, qwen05)
+    trainer = Trainer.from_config(cfg, qwen05)
     prompt = list(range(100, 140))
     for T in (0.7, 1.3):
         (key, done), = [(k, g) for k, g in _generate(engine, Request(prompt, 4, T, 64))]
@@ -103,7 +104,7 @@ def test_learner_logprobs_match_vllm_in_bf16(qwen05, tmp_path):
                         responses=[torch.tensor(c.tokens) for c in done],
                         behaviour_logprobs=[torch.tensor(c.logprobs) for c in done],
                         rewards=torch.tensor([1.0, 0, 1, 0]), version_first=0, version_last=0)]
-        batch = build_batch(groups, 0, cfg, trainer.pad_id).to(trainer.device)
+        batch = build_batch(with_advantage(groups), 0, trainer.pad_id).to(trainer.device)
         with torch.no_grad():
             lp = trainer.logprobs(batch)
         mask = batch.response_mask.bool()

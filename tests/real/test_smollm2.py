@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from tests.builders import with_advantage
 from tests.conftest import ROOT, TEST_CACHE
 
 pytestmark = pytest.mark.skipif(
@@ -46,7 +47,7 @@ def engine(smollm2, tmp_path_factory):
 def trainer(smollm2, tmp_path_factory):
     from learner.trainer import Trainer
 
-    return Trainer(_cfg(tmp_path_factory.mktemp("t"), "--learner.lr", "1e-5"), smollm2)
+    return Trainer.from_config(_cfg(tmp_path_factory.mktemp("t"), "--learner.lr", "1e-5"), smollm2)
 
 
 def _groups(engine, cfg, temperatures):
@@ -83,7 +84,7 @@ def test_learner_logprobs_match_vllm_at_mixed_temperatures_in_one_batch(engine, 
     from learner.trainer import build_batch
 
     groups = _groups(engine, _cfg(tmp_path), [0.7, 1.3])
-    batch = build_batch(groups, 0, trainer.cfg, trainer.pad_id)
+    batch = build_batch(with_advantage(groups), 0, trainer.pad_id)
     with torch.no_grad():
         logp = trainer.logprobs(batch)
     mask = batch.response_mask.bool()
@@ -98,7 +99,7 @@ def test_learner_logprobs_match_vllm_at_mixed_temperatures_in_one_batch(engine, 
     for g in groups:  # scored at T = 1 instead, the same samples are another distribution
         g.temperature = 1.0
     with torch.no_grad():
-        wrong = trainer.logprobs(build_batch(groups, 0, trainer.cfg, trainer.pad_id))
+        wrong = trainer.logprobs(build_batch(with_advantage(groups), 0, trainer.pad_id))
     assert float((wrong - batch.mu)[mask].abs().max()) > 1e-2
 
 

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_sharded.py: two optimiser steps of the sharded trainer on fixed
+"""Run under torchrun by tests/e2e/test_sharded.py: two optimiser steps of the sharded trainer on fixed
 groups, beside the one-device trainer on the same groups; then a checkpoint of the sharded one, a
 fresh sharded trainer resumed from it, and a third step on each. Rank 0 writes the largest differences."""
 
@@ -14,6 +14,7 @@ from learner import checkpoint, sharded  # noqa: E402
 from learner.groups import Group  # noqa: E402
 from learner.trainer import Trainer  # noqa: E402
 from pipeline import config as config_mod  # noqa: E402
+from tests.builders import with_advantage  # noqa: E402
 
 
 def groups(vocab: int, count: int = 4, size: int = 4) -> list[Group]:
@@ -27,18 +28,18 @@ def groups(vocab: int, count: int = 4, size: int = 4) -> list[Group]:
                          behaviour_logprobs=[-torch.rand(len(r), generator=gen) for r in responses],
                          rewards=torch.tensor([float((i + j) % 2) for j in range(size)]),
                          version_first=0, version_last=0))
-    return out
+    return with_advantage(out)
 
 
 def main(config_json: str, model_path: str, out: str) -> None:
     cfg = config_mod.loads(Path(config_json).read_bytes())
     rank = sharded.join_training_group()
-    trainer = sharded.ShardedTrainer(cfg, model_path)
+    trainer = sharded.ShardedTrainer.from_config(cfg, model_path)
     if rank != 0:
         trainer.follow()  # the first trainer, until rank 0 stops it ...
-        sharded.ShardedTrainer(cfg, sharded.share_string(None)).follow()  # ... then the resumed one
+        sharded.ShardedTrainer.from_config(cfg, sharded.share_string(None)).follow()  # ... then the resumed one
         return
-    one = Trainer(cfg, model_path)
+    one = Trainer.from_config(cfg, model_path)
     batch = groups(one.model.config.vocab_size)
     for _ in range(2):
         a, b = trainer.step(batch), one.step(batch)
@@ -53,7 +54,7 @@ def main(config_json: str, model_path: str, out: str) -> None:
     ckpt = checkpoint.save(Path(out).parent / "ckpt", trainer.version, trainer.model, optim, {"version": 2},
                            model_path, keep=1, model_state=model_state)
     trainer.stop_followers()
-    resumed = sharded.ShardedTrainer(cfg, sharded.share_string(str(ckpt)))
+    resumed = sharded.ShardedTrainer.from_config(cfg, sharded.share_string(str(ckpt)))
     resumed.load_optimizer(ckpt)
     resumed.step(batch), one.step(batch)
     weights = dict(resumed.named_weights())
@@ -64,7 +65,7 @@ def main(config_json: str, model_path: str, out: str) -> None:
         "weights": diff, "probe": probe, "state": state_diff, "optim": optim_diff,
         "grad_norm": [a["grad_norm"], b["grad_norm"]], "version": trainer.version,
         "moved": max(float((p - q).abs().max()) for (_, p), (_, q) in
-                     zip(one.named_weights(), Trainer(cfg, model_path).named_weights())),
+                     zip(one.named_weights(), Trainer.from_config(cfg, model_path).named_weights())),
         "param_groups": optim["param_groups"][0]["params"] == one_optim["param_groups"][0]["params"]}))
 
 

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -10,7 +9,7 @@ from pipeline import sweep
 from pipeline.config import ConfigError
 from pipeline.rundir import RunSummary, write_summary
 from pipeline.sweep_report import mean_ci, write_sweep_report
-from tests.conftest import ROOT, TEST_CACHE
+from tests.conftest import ROOT
 
 
 DEFAULT = ROOT / "configs" / "default.toml"
