@@ -27,6 +27,19 @@ from pipeline.config import ConfigError  # noqa: E402
 DEFAULT_CONFIG = ROOT / "configs" / "default.toml"
 
 
+def _config_files(args) -> list[str]:
+    """The config files named, else the embedded default's, except for a model of the user's own
+    (`--model`): the toy task's lengths, prompt format and cache must not become a real model's."""
+    if args.config:
+        return args.config
+    return [] if getattr(args, "model", "") else [str(DEFAULT_CONFIG)]
+
+
+def _model_override(args) -> list[str]:
+    """`--model FOLDER` as the override it stands for."""
+    return ["--model.path", args.model] if args.model else []
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -36,7 +49,8 @@ def _quiet_libraries() -> None:
 
 
 def cmd_train(args, overrides: list[str]) -> int:
-    cfg = config_mod.load(args.config, overrides)
+    cfg = config_mod.load(_config_files(args), [*overrides, *_model_override(args),
+                                                *(["--data.source", args.data] if args.data else [])])
     if args.dry_run:
         print(msgspec.json.format(config_mod.dumps(cfg), indent=2))
         return 0
@@ -82,7 +96,7 @@ def cmd_eval(args, overrides: list[str]) -> int:
     from learner.warmstart import prepare_model
 
     # the model evaluated is the one whose context, stop tokens and template count
-    cfg = config_mod.load(args.config, [*overrides, *(["--model.path", args.model] if args.model else [])])
+    cfg = config_mod.load(_config_files(args), [*overrides, *_model_override(args)])
     model = prepare_model(cfg, progress=cfg.log.progress)
     if not Path(model).exists():
         raise ConfigError(f"--model: no such folder: {model}")
@@ -146,7 +160,7 @@ def cmd_bench(args, overrides: list[str]) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from benchmarks import run_bench
 
-    run_bench(args.what, args.config, overrides, default_config=args.config == [str(DEFAULT_CONFIG)])
+    run_bench(args.what, args.config or [str(DEFAULT_CONFIG)], overrides, default_config=not args.config)
     return 0
 
 
@@ -161,9 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train with the asynchronous pipeline")
-    train.add_argument("--config", nargs="+", default=[str(DEFAULT_CONFIG)], metavar="TOML",
+    train.add_argument("--config", nargs="+", metavar="TOML",
                        help="one or more config files merged in order, e.g. a task or model config then "
-                       "an algorithm preset: configs/default.toml configs/algos/erpo.toml")
+                       "an algorithm preset: configs/default.toml configs/algos/erpo.toml (default: "
+                       "configs/default.toml, or none with --model)")
+    train.add_argument("--model", default="", help="a model folder of your own (its context, template, "
+                       "generation length and a KV cache that fits come from it)")
+    train.add_argument("--data", default="", help="the training data (data.source): a dataset name, "
+                       "reasoning_gym:<task>, or your own .jsonl / .json / .parquet file or folder")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
                        help="continue from a checkpoint folder, or the newest under DIR (default: the run folder)")
@@ -182,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="the launching learner's pid: this generator exits when that process dies")
     gen.add_argument("--standin-delay", type=float, default=None, help=argparse.SUPPRESS)
     ev = sub.add_parser("eval", help="mean@k / pass@k of a model on held-out datasets")
-    ev.add_argument("--config", nargs="+", default=[str(DEFAULT_CONFIG)], metavar="TOML")
+    ev.add_argument("--config", nargs="+", metavar="TOML",
+                    help="default: configs/default.toml, or none with --model")
     ev.add_argument("--model", default="", help="model folder (default: the config's model)")
     ev.add_argument("--data", nargs="+", help="dataset names (gsm8k math500 aime24 aime25 amc23 ...) "
                     "or reasoning_gym:<task>; default: the config's eval.source")
@@ -208,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ks.add_argument("--out", default="runs/keys")
     bn = sub.add_parser("bench", help="throughput benchmarks, each beside its bare baseline")
     bn.add_argument("what", choices=["pipeline", "transport", "weights", "learner", "generator"])
-    bn.add_argument("--config", nargs="+", default=[str(DEFAULT_CONFIG)], metavar="TOML")
+    bn.add_argument("--config", nargs="+", metavar="TOML", help="default: configs/default.toml")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -11,6 +11,7 @@ import msgspec
 from pipeline.config import Config, ConfigError
 from pipeline.collective import probe_tokens
 from pipeline.messages import WeightUpdate
+from pipeline.model_settings import derive, resolved
 from pipeline.models import is_tiny, load_tokenizer, stop_token_ids
 
 
@@ -56,6 +57,8 @@ class Engine:
         if not torch.cuda.is_available():
             keep_cpu_weights_reloadable()
 
+        if not resolved(cfg):  # lengths, template and cache from the model (a launched generator's are already)
+            cfg = derive(cfg, model_path, cfg.generator.max_inflight * cfg.learner.group_size)[0]
         gen = cfg.generator
         max_model_len = self._max_model_len(cfg, model_path)
         try:
@@ -84,7 +87,7 @@ class Engine:
             seed=seed,
             enforce_eager=True,
             max_model_len=max_model_len,
-            kv_cache_memory_bytes=gen.kv_cache_bytes,
+            kv_cache_memory_bytes=gen.kv_cache_bytes or None,  # 0 (auto on GPU): by gpu_memory_utilization
             tensor_parallel_size=gen.tensor_parallel_size,
             gpu_memory_utilization=gen.gpu_memory_utilization,
             # Behaviour log-probs must be of the distribution actually sampled: softmax(logits / T).

@@ -12,6 +12,8 @@ from actors.engine import Engine, Request
 from actors.reward import Verifier
 from pipeline.config import Config
 from pipeline.data import heldout_problems
+from pipeline.model_settings import derive
+from pipeline.model_settings import write as write_settings
 from pipeline.scoring import DatasetScore, score, table
 from pipeline.prompts import render
 
@@ -30,6 +32,9 @@ def evaluate(cfg: Config, model_path: str, datasets: list[str], out_json: Path, 
     answer, the gold answer and its reward) into the JSONL file beside it, so a score can be audited."""
     from tqdm import tqdm
 
+    cfg, settings = derive(cfg, model_path, sequences=batch_size * cfg.eval.k)  # lengths, template, cache
+    print(settings.block())
+    write_settings(settings, out_json.with_suffix(".model_settings.json"))
     engine = Engine(cfg, model_path, seed=cfg.run.seed)
     verifier = Verifier(cfg.generator.verifier_timeout_s)
     ev = cfg.eval

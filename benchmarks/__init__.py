@@ -24,6 +24,7 @@ def run_bench(what: str, config: list[str], overrides: list[str], default_config
 
     from learner.warmstart import prepare_model
     from pipeline import config as config_mod
+    from pipeline.model_settings import derive
 
     preset = WEIGHTS_MODEL if what == "weights" else GENERATOR_PRESET if what == "generator" else []
     if what == "generator" and default_config:
@@ -36,6 +37,7 @@ def run_bench(what: str, config: list[str], overrides: list[str], default_config
         bench_transport()
         return
     model = prepare_model(cfg, progress=False)
+    cfg = derive(cfg, model, sequences=cfg.generator.max_inflight * cfg.learner.group_size)[0]
     if what == "generator":
         from benchmarks.generator import bench_generator
 

@@ -42,6 +42,7 @@ from learner.trainer import Trainer, check_fits
 from pipeline.config import Config, to_toml_dict
 from pipeline.data import Problem
 from pipeline.messages import Heartbeat, Rollout
+from pipeline.model_settings import derive, resolved
 from pipeline.models import load_tokenizer
 from pipeline.transport import LearnerEndpoint
 from pipeline.prompts import render
@@ -59,10 +60,12 @@ class Learner:
         """`resume`: a checkpoint folder; the run continues from it (model, optimiser, tracker, cursor,
         counters, RNG) and its model folder becomes what generators load at start. `observer`: called
         with each event of learner/events.py (it only records)."""
+        self.model_path = str(resume) if resume is not None else model_path
+        if not resolved(cfg):  # a config straight from a file: its model-derived settings, decided now
+            cfg = derive(cfg, self.model_path, cfg.generator.max_inflight * cfg.learner.group_size)[0]
         self.cfg = cfg
         lc, gc = cfg.learner, cfg.generator
         self.observe = observer or (lambda event: None)
-        self.model_path = str(resume) if resume is not None else model_path
         tokenizer = load_tokenizer(self.model_path)
         prompt_tokens = [render(tokenizer, p.question, cfg.data) for p in problems]
         check_fits(lc.micro_batch_tokens, gc.max_tokens, max(len(t) for t in prompt_tokens))

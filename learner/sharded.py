@@ -26,6 +26,7 @@ from learner import checkpoint
 from learner.groups import Group
 from learner.trainer import Batch, Trainer, build_batch
 from pipeline.config import Config
+from pipeline.model_settings import derive
 
 STEP, WEIGHTS, PROBE, STATE, LOAD, STOP = range(1, 7)
 
@@ -54,7 +55,8 @@ def lead_or_follow(cfg: Config, start_model: Callable[[], str]) -> tuple["Sharde
     get None."""
     rank = join_training_group()
     model_path = share_string(start_model() if rank == 0 else None)
-    trainer = ShardedTrainer.from_config(cfg, model_path)
+    resolved, _ = derive(cfg, model_path, sequences=1)  # the generation length (the trainer's Dr. GRPO constant)
+    trainer = ShardedTrainer.from_config(resolved, model_path)
     if rank == 0:
         return trainer, model_path
     trainer.follow()

@@ -20,6 +20,8 @@ from learner.warmstart import prepare_model
 from pipeline.config import Config
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
+from pipeline.model_settings import derive
+from pipeline.model_settings import write as write_settings
 from pipeline.rundir import RunSummary, write_summary
 
 
@@ -43,6 +45,11 @@ def train(cfg: Config, resume: Path | None = None) -> str | None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     problems = load_problems(cfg.data)  # fails here, before any process starts, on a bad source
     model_path = model_path or start_model()
+    # lengths, template and KV cache from the model, unless set: concrete from here on (generators
+    # read this resolved config)
+    cfg, settings = derive(cfg, model_path, sequences=cfg.generator.max_inflight * cfg.learner.group_size)
+    print(settings.block())
+    write_settings(settings, cfg.run_dir / "model_settings.json")
     try:
         learner = Learner(cfg, model_path, problems, resume=resume, trainer=trainer)
     except BaseException:

@@ -102,7 +102,9 @@ def greedy_accuracy(model, tokenizer, cfg: Config, size: int) -> float:
     correct = 0
     for p in problems:
         ids = torch.tensor([render(tokenizer, p.question, cfg.data)])
-        out = model.generate(ids, max_new_tokens=cfg.generator.max_tokens, do_sample=False,
+        # (before the model's settings are derived, "auto" reads as: the answer's length)
+        length = cfg.generator.max_tokens if cfg.generator.max_tokens != "auto" else len(p.answer) + 1
+        out = model.generate(ids, max_new_tokens=length, do_sample=False,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
         correct += text == p.answer

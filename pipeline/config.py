@@ -85,7 +85,8 @@ class DataConfig(Section):
     # How a row becomes the model's prompt. chat_template: through the tokenizer's chat template, as
     # a user turn (the problem, then `instruction` on a new line) after an optional system turn;
     # else `prompt_template`, where {question} is the row's problem text (base models, the tiny model).
-    chat_template: bool = False
+    # "auto": the chat template when the tokenizer has one (pipeline/model_settings.py), else the prompt template.
+    chat_template: bool | Literal["auto"] = "auto"
     system_prompt: str = ""
     instruction: str = ""  # e.g. "Put the final answer in \\boxed{}."
     prompt_template: str = "{question}"
@@ -111,9 +112,14 @@ class GeneratorConfig(Section):
     # "0,1" for a tensor-parallel engine); empty: leave the environment as it is (CPU, or one GPU).
     devices: list[str] = msgspec.field(default_factory=list)
     tensor_parallel_size: PosInt = 1
-    max_tokens: PosInt = 8
+    # Generated tokens per response; "auto": the model's generation config (max_new_tokens), else 1024
+    # (pipeline/model_settings.py). The embedded tiny model's task sets its own (configs/default.toml).
+    max_tokens: PosInt | Literal["auto"] = "auto"
     max_inflight: PosInt = 8  # assignments leased to one generator at a time (its vLLM batch)
-    kv_cache_bytes: PosInt = 64 * 1024 * 1024
+    # The engine's KV cache; "auto": on CPU, the context x the sequences it runs at once, capped by free
+    # memory (the context is lowered, and said, where one sequence cannot fit); on GPU, vLLM's own
+    # from gpu_memory_utilization.
+    kv_cache_bytes: PosInt | Literal["auto"] = "auto"
     # The engine's context length; 0: the model's own (a real model's config, the tiny model's
     # settings). The KV cache must hold at least one sequence of it.
     max_model_len: NonNegInt = 0
@@ -341,7 +347,8 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError(f"schedule.tmax ({cfg.schedule.tmax}) must be >= schedule.t0 ({cfg.schedule.t0})")
     if cfg.learner.group_size < 2:
         raise ConfigError("learner.group_size must be >= 2: a group of one has no baseline")
-    if cfg.dapo.overlong_shaping and cfg.dapo.overlong_cache >= cfg.generator.max_tokens:
+    if cfg.dapo.overlong_shaping and cfg.generator.max_tokens != "auto" and \
+            cfg.dapo.overlong_cache >= cfg.generator.max_tokens:
         raise ConfigError(f"dapo.overlong_cache ({cfg.dapo.overlong_cache}) must be < generator.max_tokens "
                           f"({cfg.generator.max_tokens}), the L_max of overlong shaping")
     if cfg.model.path and not Path(cfg.model.path).exists() and cfg.model.path not in PACKAGED_MODELS:

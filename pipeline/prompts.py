@@ -1,6 +1,6 @@
 """Problems become token ids the way the model expects them: through the tokenizer's chat template
-(`data.chat_template = true`, with `data.system_prompt` and `data.instruction`), or through
-`data.prompt_template` for base models and the embedded tiny model. Prompts are token ids from here
+(`data.chat_template = true`, or "auto" when the tokenizer has one, with `data.system_prompt` and
+`data.instruction`), or through `data.prompt_template` for base models and the embedded tiny model. Prompts are token ids from here
 on; nothing downstream re-tokenises text (DESIGN.md §3, "token ids are the truth")."""
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from pipeline.config import ConfigError, DataConfig
 
 
 def render(tokenizer, question: str, data: DataConfig) -> list[int]:
-    if not data.chat_template:
+    chat = data.chat_template
+    if chat == "auto":  # the model's own format when it has one
+        chat = bool(getattr(tokenizer, "chat_template", None))
+    if not chat:
         return tokenizer.encode(data.prompt_template.format(question=question))
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError("data.chat_template = true, but the model's tokenizer has no chat template "

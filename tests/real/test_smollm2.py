@@ -141,3 +141,48 @@ def test_eval_on_gsm8k_writes_every_response(smollm2, tmp_path):
     assert len(rows) == 6 and {(r["problem"], r["sample"]) for r in rows} == {(p, s) for p in range(3) for s in range(2)}
     assert all(r["gold"] and "response" in r and r["reward"] in (0.0, 1.0) for r in rows)
     assert sum(r["reward"] for r in rows) / 6 == pytest.approx(score["mean_at_k"])
+
+
+def test_eval_with_nothing_but_the_model_folder(smollm2, tmp_path):
+    """`run.py eval --model FOLDER --data gsm8k`: no config file, so nothing of the toy task; the
+    model's chat template, a generation length for a real model, and a KV cache that fits."""
+    from pipeline.config import from_dict
+    from pipeline.model_settings import derive
+    from pipeline.models import load_tokenizer
+    from pipeline.prompts import render
+
+    out = tmp_path / "eval.json"
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), "eval", "--model", smollm2, "--data", "gsm8k",
+                        "--eval.size", "2", "--eval.k", "1", "--log.progress", "false", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "KV cache" in r.stdout and "chat template on" in r.stdout  # the settings block, printed
+    settings = json.loads((tmp_path / "eval.model_settings.json").read_text())
+    assert settings["chat_template"] is True and settings["max_tokens"] >= 256 and settings["kv_cache_bytes"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "eval.responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and max(row["tokens"] for row in rows) > 6  # not the toy task's 6 tokens
+    # the prompts it sampled from are chat-templated token ids (the template's assistant turn opens them)
+    cfg, _ = derive(from_dict({"model": {"path": smollm2}}), smollm2, sequences=1, on_gpu=False)
+    tok = load_tokenizer(smollm2)
+    ids = render(tok, rows[0]["question"], cfg.data)
+    assert ids[:len(tok.encode("<|im_start|>"))] == tok.encode("<|im_start|>")
+    assert tok.decode(ids).rstrip().endswith("assistant")
+
+
+def test_train_with_a_model_folder_and_a_jsonl_file(smollm2, tmp_path):
+    """`run.py train --model FOLDER --data FILE.jsonl` starts with the settings derived from the model
+    (written to the run folder) and takes a step."""
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"What is {a} + {b}? Answer with the number only.",
+                                        "answer": str(a + b)}) + "\n" for a, b in [(2, 3), (4, 4), (1, 6), (5, 2)]))
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), "train", "--model", smollm2, "--data", str(data),
+                        "--run.out_dir", str(tmp_path), "--run.name", "own", "--learner.steps", "1",
+                        "--learner.groups_per_step", "1", "--learner.group_size", "2", "--generator.max_inflight", "2",
+                        "--eval.final", "false", "--log.wandb", "false", "--log.progress", "false"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    settings = json.loads((tmp_path / "own" / "model_settings.json").read_text())
+    resolved = json.loads((tmp_path / "own" / "resolved_config.json").read_text())
+    assert settings["chat_template"] is True and resolved["data"]["chat_template"] is True
+    assert resolved["generator"]["max_tokens"] == settings["max_tokens"] >= 256  # what the generator was given
+    assert "RESULT steps=1" in r.stdout
