@@ -56,7 +56,7 @@ def cmd_train(args, overrides: list[str]) -> int:
         return 0
     from learner.training import train
 
-    summary = train(cfg, None if args.resume is None else Path(args.resume or cfg.run_dir))
+    summary = train(cfg, args.resume)
     if summary is not None:
         print(summary)
     return 0
@@ -147,6 +147,15 @@ def cmd_report(args, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_status(args, overrides: list[str]) -> int:
+    """One screen on a run's health, live or finished (from its folder)."""
+    from learner.health import status
+
+    run_dir = Path(args.run_dir) if args.run_dir else config_mod.load(_config_files(args), overrides).run_dir
+    print(status(run_dir))
+    return 0
+
+
 def cmd_keys(args, overrides: list[str]) -> int:
     from pipeline.transport import make_keys
 
@@ -160,11 +169,13 @@ def cmd_bench(args, overrides: list[str]) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from benchmarks import run_bench
 
-    run_bench(args.what, args.config or [str(DEFAULT_CONFIG)], overrides, default_config=not args.config)
+    run_bench(args.what, args.config or [str(DEFAULT_CONFIG)], overrides, default_config=not args.config,
+              minutes=args.minutes)
     return 0
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "keys": cmd_keys, "model": cmd_model,
+            "status": cmd_status,
             "sweep": cmd_sweep,
             "study": cmd_study, "report": cmd_report, "bench": cmd_bench}
 
@@ -184,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--data", default="", help="the training data (data.source): a dataset name, "
                        "reasoning_gym:<task>, or your own .jsonl / .json / .parquet file or folder")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    train.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
-                       help="continue from a checkpoint folder, or the newest under DIR (default: the run folder)")
+    train.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR|auto",
+                       help="continue from a checkpoint folder, or the newest under DIR (default: the run "
+                       "folder); 'auto': the run folder's newest checkpoint, or a fresh run where there is "
+                       "none (for jobs that may be requeued). Without it, a run folder that already holds "
+                       "a run is refused")
     gen = sub.add_parser("generate", help="a generator process: started by the launcher, or by hand "
                          "(on this host or another) to join a run that is going on")
     gen.add_argument("--config-json", required=True)
@@ -224,10 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("report", help="redraw the report of a study or sweep folder")
     rp.add_argument("study_dir")
     rp.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")
+    stt = sub.add_parser("status", help="a run's health at a glance: step, rate, lag, generators, checkpoints, "
+                         "warnings (from its run folder; live or finished)")
+    stt.add_argument("run_dir", nargs="?", default="", help="default: the config's run folder")
+    stt.add_argument("--config", nargs="+", metavar="TOML")
     ks = sub.add_parser("keys", help="make CURVE keys for non-loopback transport")
     ks.add_argument("--out", default="runs/keys")
     bn = sub.add_parser("bench", help="throughput benchmarks, each beside its bare baseline")
-    bn.add_argument("what", choices=["pipeline", "transport", "weights", "learner", "generator"])
+    bn.add_argument("what", choices=["pipeline", "transport", "weights", "learner", "generator", "soak"])
+    bn.add_argument("--minutes", type=float, default=10.0, help="soak: how long the run is watched")
     bn.add_argument("--config", nargs="+", metavar="TOML", help="default: configs/default.toml")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -17,9 +17,15 @@ GENERATOR_CONFIG = ROOT / "configs" / "real" / "smollm2-135m-arithmetic.toml"
 GENERATOR_PRESET = ["--generator.max_inflight", "32"]
 
 
-def run_bench(what: str, config: list[str], overrides: list[str], default_config: bool) -> None:
+def run_bench(what: str, config: list[str], overrides: list[str], default_config: bool, minutes: float = 10.0) -> None:
     """Run benchmark `what` on the config files `config` (merged in order) and `overrides`;
-    `default_config`: the user named no config file (a benchmark may then pick its own)."""
+    `default_config`: the user named no config file (a benchmark may then pick its own); `minutes`:
+    how long `soak` runs."""
+    if what == "soak":  # a training run of its own, in a child process, watched from here
+        from benchmarks.soak import bench_soak
+
+        bench_soak(config, ["--log.wandb", "false", *overrides], minutes, ROOT / "runs")
+        return
     import torch
 
     from learner.warmstart import prepare_model

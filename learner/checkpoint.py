@@ -26,6 +26,7 @@ from learner.advantages import AdvantageRule
 from learner.groups import group_from_state
 from learner.publisher import probe_matches
 from learner.stats import RunStats
+from pipeline.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,41 @@ def resolve(path: Path) -> Path:
         if (found := latest(root)) is not None:
             return found
     raise CheckpointError(f"no checkpoint found at {path}")
+
+
+def start_from(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint `train` continues from, or None for a fresh run, so that no run folder is ever
+    overwritten or mixed. `resume`: None (a fresh run: refused where the folder already holds a run),
+    "" (the newest checkpoint of the run folder), "auto" (that, or a fresh run where there is none:
+    what a requeued job passes), or a checkpoint or run folder."""
+    held = list_checkpoints(run_dir / "checkpoints")
+    if resume is None:
+        if held:
+            raise ConfigError(f"{run_dir} already holds a run (newest checkpoint {held[-1].name}): a fresh run "
+                              f"would overwrite it. Continue it with --resume (or --resume auto), or start another "
+                              f"with a new --run.name")
+        if (run_dir / "metrics.jsonl").exists():
+            raise ConfigError(f"{run_dir} holds the metrics of a run that left no checkpoint: --resume auto starts "
+                              f"afresh there (setting them aside), or start another with a new --run.name")
+        return None
+    if resume == "auto":
+        if held:
+            return held[-1]
+        _set_aside(run_dir)
+        return None
+    return resolve(Path(resume) if resume else run_dir)
+
+
+def _set_aside(run_dir: Path) -> None:
+    """A run that left no checkpoint starts again from scratch: its files are kept, renamed, not mixed."""
+    for name in ("metrics.jsonl", "summary.json"):
+        old = run_dir / name
+        if old.exists():
+            n = 1
+            while (kept := run_dir / f"{old.stem}.before-restart-{n}{old.suffix}").exists():
+                n += 1
+            old.rename(kept)
+            log.warning("%s: no checkpoint to resume from; the earlier %s is kept as %s", run_dir, name, kept.name)
 
 
 def load_state(ckpt: Path) -> tuple[dict, torch.Tensor]:

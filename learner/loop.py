@@ -19,13 +19,14 @@ Read `Learner.run` top to bottom for the whole asynchronous step.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 import msgspec
 import torch
 
-from learner import checkpoint, dispatch
+from learner import checkpoint, dispatch, health
 from learner.advantages import AdvantageRule
 from learner.evaluation import Evaluator
 from learner.events import BatchBuilt, Leased, Observer, StepStarted
@@ -94,11 +95,15 @@ class Learner:
                           if cfg.eval.every or cfg.eval.final or cfg.eval.first else None)
         self._eval_first = cfg.eval.first and resume is None  # a round on the starting weights
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,
-                                  wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name, config=to_toml_dict(cfg))
+                                  wandb_mode=cfg.log.wandb_mode, run_name=cfg.run.name, config=to_toml_dict(cfg),
+                                  resumed_at=self.trainer.version if resume is not None else None,
+                                  checkpoint=resume.name if resume is not None else "")
         self.stop_requested = False  # set by a signal handler: finish the step, checkpoint, stop
         self.checkpoint_failures = 0
         self._finishing = False  # the last version always goes out, whatever sync_every says
         self._first_rollout_at: float | None = None
+        self._started, self._started_wall, self._health_at = time.monotonic(), time.time(), 0.0
+        self._last_lag = (0.0, 0)  # the last step's mean and largest lag (for the health file)
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -111,7 +116,7 @@ class Learner:
                 self.trainer.version < lc.steps and not self.stop_requested and not self._budget_spent()):
             # one tick:
             self.supervisor.check(launcher)             # 1. generators alive, restarted, or let go
-            if self._eval_first and len(self.supervisor.ready_weights()) >= max(self.cfg.generator.count, 1):
+            if self._eval_first and len(self.supervisor.ready_weights()) >= max(self.supervisor.expected, 1):
                 self._eval_first = False
                 self._start_eval()                      #    (a held-out round on the starting weights)
             self._dispatch()                            # 2. lease prompt visits to them
@@ -125,8 +130,7 @@ class Learner:
                 self._after_step(self._finish_step(done), progress)
                 self._start_if_ready()
             self._publish()                             # 8. new weights out to the generators
-            if time.monotonic() - last_rollout > lc.idle_timeout_s:
-                raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s)")
+            self._watch(last_rollout)                   # 9. stalls named, health written
         # throughput clock: from the first rollout, so generator start-up (loading vLLM) is not in it
         self.stats.seconds += time.monotonic() - (self._first_rollout_at or start)
         self.intake.close_window()  # what arrived after the last step counts in the run's totals
@@ -136,6 +140,7 @@ class Learner:
             self._finish_broadcasts()
             if self.evaluator is not None and self.cfg.eval.final:
                 self._final_eval()
+        self._write_health(finished=True)
         return self.stats
 
     def _poll(self, timeout_ms: int) -> bool:
@@ -159,7 +164,7 @@ class Learner:
         if budget <= 0:
             return
         ready = self.supervisor.ready_weights()
-        if self._first_rollout_at is None and len(ready) < self.cfg.generator.count:
+        if self._first_rollout_at is None and len(ready) < self.supervisor.expected:
             return  # at the start, wait until every generator is ready, so the first wave is spread over all
         info = self.supervisor.generators
         slots = {gid: dispatch.Slot(w, self.leases.outstanding(gid), info[gid].groups, info[gid].busy_s)
@@ -209,6 +214,7 @@ class Learner:
                         "leases/dispatched": self.leases.dispatched,
                         **{f"leases/{k}": v for k, v in self.leases.outcomes.items()}})
         self.metrics.log(self.trainer.version, metrics)
+        self._last_lag = (metrics["lag_mean"], metrics["lag_max"])
         return metrics
 
     def _publish(self) -> None:
@@ -232,6 +238,36 @@ class Learner:
             progress.update(1)
             progress.set_postfix(reward=f"{metrics['reward']:.2f}", T=f"{metrics['temperature_mean']:.2f}",
                                  lag=f"{metrics['lag_mean']:.1f}")
+
+    def _watch(self, last_rollout: float) -> None:
+        """A stall ends the run with an error naming the stage, never a silent hang; and the run's
+        health file is kept fresh for `run.py status`."""
+        lc, now = self.cfg.learner, time.monotonic()
+        running = self.stepper.running
+        if running is not None and now - running.started > lc.step_timeout_s:
+            raise LearnerError(f"the optimiser step at version {running.version} ({len(running.groups)} groups) has "
+                               f"run for {now - running.started:.0f}s (learner.step_timeout_s = {lc.step_timeout_s:.0f})")
+        if now - last_rollout > lc.idle_timeout_s:
+            raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s); generators: "
+                               f"{ {g: h.state for g, h in self.supervisor.health(now).items()} }")
+        if now - self._health_at > health.WRITE_EVERY_S:
+            self._write_health()
+
+    def _write_health(self, finished: bool = False) -> None:
+        now, lc = time.monotonic(), self.cfg.learner
+        self._health_at = now
+        elapsed = now - (self._first_rollout_at or self._started)
+        newest = checkpoint.latest(self.cfg.run_dir / "checkpoints")
+        steps_done = max(self.trainer.version - self.initial_version, 1)
+        health.write(self.cfg.run_dir, health.Health(
+            written=time.time(), started=self._started_wall, pid=os.getpid(), step=self.trainer.version, steps=lc.steps,
+            samples_per_s=self.stats.samples_trained / elapsed if elapsed > 0 else 0.0,
+            lag_mean=self._last_lag[0], lag_max=self._last_lag[1], generators=self.supervisor.health(now),
+            leases={"dispatched": self.leases.dispatched, "open": self.leases.open, **self.leases.outcomes},
+            weights_mismatch=self.stats.weights_mismatch, checkpoint=newest.name if newest else "",
+            checkpoint_time=newest.stat().st_mtime if newest else 0.0,
+            checkpoint_every_s=lc.checkpoint_every * elapsed / steps_done if lc.checkpoint_every else 0.0,
+            finished=finished))
 
     def _budget_returned(self) -> bool:
         """The sample budget is all leased and every lease of it has come back."""
@@ -320,4 +356,4 @@ class Learner:
     def counters(self) -> dict:
         return run_counters(self.leases, len(self.buffer), self.stats, rejected_frames=self.endpoint.rejected.counts,
                             rejected_rollouts=self.intake.rejected, checkpoint_failures=self.checkpoint_failures,
-                            generator_restarts=self.supervisor.restarts)
+                            generator_restarts=self.supervisor.restarts, generators_retired=self.supervisor.retired)

@@ -12,8 +12,14 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    def __init__(self, path: Path, *, use_wandb: bool, wandb_mode: str, run_name: str, config: dict):
+    def __init__(self, path: Path, *, use_wandb: bool, wandb_mode: str, run_name: str, config: dict,
+                 resumed_at: int | None = None, checkpoint: str = ""):
+        """`resumed_at`: the version of the checkpoint a resumed run continues from. The lines of
+        later steps (written before the run stopped, and lost with it) move to `metrics.lost.jsonl`,
+        and a `resumed` line marks the place, so no step is in the file twice."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        if resumed_at is not None and path.exists():
+            self._cut_after(path, resumed_at, checkpoint)
         self.file = path.open("ab")
         self.wandb = None
         if use_wandb and wandb_mode != "disabled":
@@ -21,10 +27,34 @@ class MetricsLog:
                 import wandb
 
                 os.environ.setdefault("WANDB_SILENT", "true")
+                # one wandb run per run folder: a resumed run continues it (its id is kept beside the metrics)
+                id_file = path.parent / "wandb_id"
+                run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+                id_file.write_text(run_id)
                 self.wandb = wandb.init(project="rlvr", name=run_name, mode=wandb_mode, config=config,
-                                        dir=str(path.parent), reinit="finish_previous")
+                                        dir=str(path.parent), reinit="finish_previous", id=run_id, resume="allow")
             except Exception as exc:  # noqa: BLE001 - tracking must never take the run down
                 log.warning("wandb unavailable (%s); metrics go to %s only", exc, path)
+
+    @staticmethod
+    def _cut_after(path: Path, step: int, checkpoint: str) -> None:
+        lines = path.read_bytes().splitlines(keepends=True)
+        keep, lost = [], []
+        for line in lines:
+            try:
+                (lost if msgspec.json.decode(line).get("step", 0) > step else keep).append(line)
+            except msgspec.DecodeError:  # a line cut short by the crash
+                lost.append(line if line.endswith(b"\n") else line + b"\n")
+        if lost:
+            with open(path.with_name("metrics.lost.jsonl"), "ab") as f:
+                f.writelines(lost)
+            log.warning("%s: %d lines after step %d (lost with the run's stop) moved to metrics.lost.jsonl",
+                        path, len(lost), step)
+        marker = msgspec.json.encode({"step": step, "event": "resumed", "checkpoint": checkpoint,
+                                      "lines_moved": len(lost)}) + b"\n"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(b"".join(keep) + marker)
+        tmp.rename(path)
 
     def log(self, step: int, metrics: dict) -> None:
         self.file.write(msgspec.json.encode({"step": step, **metrics}) + b"\n")

@@ -6,14 +6,13 @@ this; the other ranks hold shards and follow (learner/sharded.py).
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 import msgspec
 import torch
 from tqdm import tqdm
 
 from learner import sharded
-from learner.checkpoint import resolve
+from learner.checkpoint import start_from
 from learner.loop import Learner
 from learner.metrics import summarize
 from learner.warmstart import prepare_model
@@ -25,13 +24,13 @@ from pipeline.model_settings import write as write_settings
 from pipeline.rundir import RunSummary, write_summary
 
 
-def train(cfg: Config, resume: Path | None = None) -> str | None:
+def train(cfg: Config, resume: str | None = None) -> str | None:
     """Train to the end (or until SIGTERM / SIGINT asks to stop, after a checkpoint); the summary
-    text and RESULT line, or None on a follower rank. `resume`: a checkpoint folder, or a run folder
-    whose newest checkpoint continues."""
+    text and RESULT line, or None on a follower rank. `resume`: as `checkpoint.start_from` takes it
+    (None: a fresh run, refused where the run folder already holds one)."""
     torch.set_num_threads(cfg.run.torch_threads)
+    resume = start_from(cfg.run_dir, resume)
     if resume is not None:
-        resume = resolve(resume)
         print(f"resuming from {resume}")
 
     def start_model() -> str:  # the model folder training starts from: the checkpoint's when resuming

@@ -130,7 +130,15 @@ class GeneratorConfig(Section):
     # A generator that hears nothing from its learner for this long exits, releasing its engine (the
     # learner answers every heartbeat, except while it writes a checkpoint: this must exceed that).
     learner_timeout_s: PosFloat = 600.0
-    max_restarts: NonNegInt = 20  # generator restarts allowed in one run before the learner gives up
+    # A launched generator that dies is restarted, after a back-off that doubles (from 1 s, to at most
+    # restart_backoff_max_s) while it keeps dying within a minute of its start. One that dies more
+    # often than max_restarts_per_hour, or fails max_failed_starts times in a row before it was ever
+    # ready, is retired (its reason logged and counted) and the run goes on with the others; the run
+    # stops, naming every retired generator, only when none has been alive for none_alive_timeout_s.
+    max_restarts_per_hour: PosFloat = 30.0
+    max_failed_starts: PosInt = 3
+    restart_backoff_max_s: PosFloat = 60.0
+    none_alive_timeout_s: PosFloat = 900.0
     verifier_timeout_s: PosFloat = 10.0
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.5
     # How broadcast weights enter the engine: the model's load_weights into live parameters ("direct",
@@ -230,6 +238,7 @@ class LearnerConfig(Section):
     keep_checkpoints: PosInt = 2
     lease_timeout_s: PosFloat = 120.0
     idle_timeout_s: PosFloat = 300.0  # give up when no rollout arrives for this long
+    step_timeout_s: PosFloat = 3600.0  # an optimiser step running longer than this is a stall: the run stops, naming it
     # Memory is set by these, never by the batch: a step's samples are packed into micro-batches of at
     # most this many padded tokens (prompt + response) per training process, with gradient
     # accumulation (0: one piece) ...

@@ -92,7 +92,8 @@ def cell_command(grid: Grid, cell: Cell, out: Path, extra: list[str]) -> list[st
     args = [a for k, v in grid.fixed.items() for a in _override(k, v)]
     args += [a for k, v in cell.values if k != PRESET_AXIS for a in _override(k, v)]
     return [sys.executable, str(RUN_PY), "train", "--config", *configs, *args, "--run.out_dir", str(out),
-            "--run.name", cell.name, "--log.progress", "false", "--log.wandb", "false", *extra]
+            "--run.name", cell.name, "--log.progress", "false", "--log.wandb", "false",
+            "--resume", "auto", *extra]  # a cell that failed midway continues from its checkpoint
 
 
 def run_sweep(grid_file: Path, out_dir: Path, parallel: int = 1, extra: list[str] | None = None,

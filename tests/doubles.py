@@ -3,6 +3,7 @@ thing a feature is tested on end to end."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -79,8 +80,12 @@ class ScriptedLauncher:
     def dead(self) -> dict[int, int]:
         return dict(self.exited)
 
+    def forget(self, gid: int) -> None:
+        self.started = [g for g in self.started if g != gid]
+        self.exited.pop(gid, None)
+
     def log_tail(self, gid: int) -> str:
-        return f"(log of generator {gid})"
+        return f"(log of generator {gid})\nRuntimeError: no engine for generator {gid}"
 
 
 class ScriptedTrainer:
@@ -118,3 +123,20 @@ class IdleLink:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FailingStartLauncher:
+    """The real launcher, except that the generators in `broken` are processes that fail at start-up
+    as an engine that cannot start would (a message on stderr, exit code 3)."""
+
+    def __new__(cls, *args, broken: set[int], **kwargs):
+        from pipeline.launcher import Launcher
+
+        class _Failing(Launcher):
+            def command(self, generator_id: int, weights_port: int) -> list[str]:
+                if generator_id in broken:
+                    return [sys.executable, "-c", "import sys; print('RuntimeError: the engine cannot start on "
+                            f"this device (generator {generator_id})', file=sys.stderr); sys.exit(3)"]
+                return super().command(generator_id, weights_port)
+
+        return _Failing(*args, **kwargs)

@@ -22,6 +22,7 @@ def test_slurm_dry_run_commands_resolve_and_agree(tiny_model, tmp_path):
     train = [line for line in lines if " run.py train " in line]
     generate = [line for line in lines if " run.py generate " in line]
     assert len(train) == 1 and train[0].startswith("[node-a]") and "--node-rank 0" in train[0]
+    assert "--resume auto" in train[0]  # a requeued job continues its run, never overwrites it
     assert len(generate) == 4 and {line.split("]")[0] for line in generate} == {"[node-b", "[node-c"}
     ids = [int(re.search(r"--generator-id (\d+)", line).group(1)) for line in generate]
     assert sorted(ids) == [0, 1, 2, 3]

@@ -51,19 +51,76 @@ def test_a_generators_rate_counts_its_own_groups_only():
         sup.close()
 
 
-def test_a_dead_generator_is_restarted_its_leases_released_until_the_cap():
-    sup, _, gone = _supervisor(max_restarts=2, count=1)
+def _ready(sup, gid, now=None):
+    sup.on_heartbeat(_beat(gid), lambda *a: None, now=now)
+
+
+def test_a_generator_that_keeps_dying_young_backs_off_and_one_that_lived_restarts_at_once():
+    sup, _, gone = _supervisor(count=1)
     launcher = ScriptedLauncher()
     try:
         sup.start_all(launcher)
-        for restart in (1, 2):
+        _ready(sup, 0)
+        t = sup.last_alive
+        sup.lives[0].started = t - 10.0
+        for backoff in (1.0, 2.0, 4.0, 8.0):  # it dies within a minute of each start: 1, 2, 4, 8 s
             launcher.exited[0] = 1
-            sup.check(launcher)
-            assert launcher.started == [0] * (restart + 1) and sup.restarts == restart
-        assert [gid for gid, _ in gone] == [0, 0] and sup.links[0].version == 0  # a fresh link each time
+            sup.check(launcher, now=t)
+            assert sup.lives[0].restart_at == t + backoff and len(launcher.started) == 1 + sup.restarts
+            sup.check(launcher, now=t + backoff - 0.1)  # not before its back-off is over
+            assert sup.lives[0].restart_at is not None
+            t += backoff
+            sup.check(launcher, now=t)
+            assert sup.lives[0].restart_at is None and 0 in sup.links
+            _ready(sup, 0, t)
+        t += 120.0  # it lived two minutes: the next death restarts at once
+        _ready(sup, 0, t)
         launcher.exited[0] = 1
-        with pytest.raises(SupervisorError, match="generator 0 exited with code 1 after 2 restarts"):
-            sup.check(launcher)
+        restarts = sup.restarts
+        sup.check(launcher, now=t)
+        assert sup.restarts == restarts + 1 and sup.lives[0].restart_at is None and not sup.retired
+        assert [gid for gid, _ in gone] == [0] * 5  # its leases were released at every death
+    finally:
+        sup.close()
+
+
+def test_a_generator_past_its_hourly_budget_is_retired_and_the_others_go_on():
+    sup, _, gone = _supervisor(count=2, max_restarts_per_hour=3)
+    launcher = ScriptedLauncher()
+    try:
+        sup.start_all(launcher)
+        t = sup.last_alive
+        _ready(sup, 0, t)
+        _ready(sup, 1, t)
+        for death in range(4):
+            t += 600.0  # it lived ten minutes each time: no back-off, but four deaths in the hour
+            _ready(sup, 1, t)
+            launcher.exited[0] = 9
+            sup.check(launcher, now=t)
+            if not sup.lives[0].retired:
+                _ready(sup, 0, t)
+        assert "died 4 times in the last hour" in sup.retired[0]
+        assert sup.expected == 1 and 0 not in sup.links and not launcher.manages(0)
+        assert "retired" in gone[-1][1]
+    finally:
+        sup.close()
+
+
+def test_a_generator_that_cannot_start_is_retired_and_the_last_one_stops_the_run_naming_it():
+    sup, _, _ = _supervisor(count=1, max_failed_starts=3, none_alive_timeout_s=1000)
+    launcher = ScriptedLauncher()
+    try:
+        sup.start_all(launcher)
+        t = sup.last_alive
+        for _ in range(3):  # it dies before it ever said it was ready
+            launcher.exited[0] = 3
+            sup.check(launcher, now=t)
+            t += 60.0
+            sup.check(launcher, now=t)
+        assert "failed to start 3 times in a row" in sup.retired[0]
+        assert sup.lives[0].last_error == "RuntimeError: no engine for generator 0"
+        with pytest.raises(SupervisorError, match=r"no generator has been alive for 1000s.*generator 0: failed to start"):
+            sup.check(launcher, now=sup.last_alive + 1001.0)
     finally:
         sup.close()
 

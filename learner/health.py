@@ -1,0 +1,88 @@
+"""A run's health at a glance: the learner writes `health.json` into its run folder every few seconds
+(and at each step and checkpoint), and `run.py status [RUN_DIR]` prints one screen from it, live or
+finished. Wall-clock times, so that another process (or a person the next morning) can read ages."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import msgspec
+
+HEALTH = "health.json"
+WRITE_EVERY_S = 5.0
+
+
+class GeneratorHealth(msgspec.Struct, kw_only=True):
+    state: str  # up | starting | restarting | retired | gone
+    restarts_last_hour: int = 0
+    retired: str = ""
+    last_error: str = ""
+    seen_s_ago: float | None = None
+
+
+class Health(msgspec.Struct, kw_only=True):
+    written: float  # wall clock
+    started: float
+    pid: int
+    step: int
+    steps: int
+    samples_per_s: float  # over the run so far
+    lag_mean: float  # of the last step
+    lag_max: int
+    generators: dict[int, GeneratorHealth]
+    leases: dict[str, int]
+    weights_mismatch: int
+    checkpoint: str = ""  # the newest, and when it was written (wall clock)
+    checkpoint_time: float = 0.0
+    checkpoint_every_s: float = 0.0  # the expected interval, from the recent step time
+    finished: bool = False
+
+
+def write(run_dir: Path, health: Health) -> None:
+    tmp = run_dir / (HEALTH + ".tmp")
+    tmp.write_bytes(msgspec.json.encode(health))
+    tmp.rename(run_dir / HEALTH)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def status(run_dir: Path, now: float | None = None) -> str:
+    """One screen on the run in `run_dir`, and its warnings."""
+    path = run_dir / HEALTH
+    if not path.exists():
+        return f"{run_dir}: no {HEALTH} (not a run folder, or a run that has not started its loop yet)"
+    h = msgspec.json.decode(path.read_bytes(), type=Health)
+    now = time.time() if now is None else now
+    left = (h.steps - h.step) / (h.step / max(h.written - h.started, 1e-9)) if h.step else float("nan")
+    state = "finished" if h.finished else f"running (pid {h.pid}, health written {_age(now - h.written)} ago)"
+    lines = [f"run {run_dir}: {state}",
+             f"  step {h.step} / {h.steps}   {h.samples_per_s:.1f} samples/s   lag now mean {h.lag_mean:.1f} "
+             f"max {h.lag_max}   time left at this rate {_age(left) if left == left else '?'}",
+             f"  leases {h.leases}"]
+    for gid, g in sorted(h.generators.items()):
+        seen = f", last heard {_age(g.seen_s_ago)} ago" if g.seen_s_ago is not None else ""
+        extra = f": {g.retired}" if g.retired else ""
+        lines.append(f"  generator {gid}: {g.state}{extra} ({g.restarts_last_hour} restarts in the last hour{seen})"
+                     + (f"\n      last error: {g.last_error}" if g.last_error else ""))
+    ckpt_age = now - h.checkpoint_time if h.checkpoint else None
+    lines.append(f"  newest checkpoint: {h.checkpoint} ({_age(ckpt_age)} old)" if h.checkpoint
+                 else "  newest checkpoint: none yet")
+    warnings = []
+    if h.weights_mismatch:
+        warnings.append(f"{h.weights_mismatch} weight updates did not verify (weights_mismatch)")
+    if any(g.state == "retired" for g in h.generators.values()):
+        warnings.append("a generator was retired (see above)")
+    since = ckpt_age if ckpt_age is not None else now - h.started
+    if not h.finished and h.checkpoint_every_s and since > 2 * h.checkpoint_every_s:
+        warnings.append(f"no checkpoint for {_age(since)}, over two intervals ({_age(h.checkpoint_every_s)} each)")
+    if not h.finished and now - h.written > 6 * WRITE_EVERY_S + 60:
+        warnings.append(f"the learner has not written its health for {_age(now - h.written)}: stopped or hung")
+    lines += [f"  WARNING: {w}" for w in warnings]
+    return "\n".join(lines)
