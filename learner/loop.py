@@ -280,6 +280,8 @@ class Learner:
         return self._budget_returned() and not len(self.buffer)
 
     def _generator_gone(self, gid: int, why: str) -> None:
+        if why.startswith("retired"):
+            self.metrics.alert(f"generator {gid} retired", why)
         expired = self.leases.expire(generator_id=gid)
         log.warning("generator %d %s; %d leases re-issued", gid, why, len(expired))
         if self.evaluator is not None and self.evaluator.busy:

@@ -56,6 +56,16 @@ class MetricsLog:
         tmp.write_bytes(b"".join(keep) + marker)
         tmp.rename(path)
 
+    def alert(self, title: str, text: str) -> None:
+        """A wandb alert (e-mail or Slack, where the user set them up) for what an operator must see:
+        a generator retired, a run stopped. Offline, or without wandb, only the log has it."""
+        log.error("%s: %s", title, text)
+        if self.wandb is not None:
+            try:
+                self.wandb.alert(title=title, text=text)
+            except Exception as exc:  # noqa: BLE001 - an alert must never take the run down
+                log.warning("wandb alert not sent (%s)", exc)
+
     def log(self, step: int, metrics: dict) -> None:
         self.file.write(msgspec.json.encode({"step": step, **metrics}) + b"\n")
         self.file.flush()

@@ -139,6 +139,9 @@ class Supervisor:
         for gid, link in list(self.links.items()):
             info = self.generators.get(gid)
             silent = info is not None and now - info.last_seen > timeout
+            if link.error is not None or silent:
+                log.error("generator %d: %s", gid, f"its weight link failed ({link.error})" if link.error is not None
+                          else f"silent for {now - info.last_seen:.0f}s (generator.heartbeat_timeout_s)")
             if launcher is not None and launcher.manages(gid):
                 if silent or link.error is not None:
                     launcher.kill(gid)  # dead to us (e.g. it never joined its weight group): restarted below

@@ -67,6 +67,9 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
             stats = learner.run(launcher, bar)
         learner.stop_generators()
         text, result = summarize(stats, learner.counters())
+    except Exception as exc:
+        learner.metrics.alert(f"run {cfg.run.name} stopped at step {learner.trainer.version}", f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         launcher.stop()
         learner.close()

@@ -1,13 +1,8 @@
-"""Checkpoint folders: which one a `train` starts from, so that no run folder is overwritten or mixed,
-and a resumed run's metrics continue at its checkpoint."""
+"""Checkpoint folders: which one a `train` starts from, so that no run folder is overwritten or mixed."""
 
-import json
-
-import msgspec
 import pytest
 
 from learner.checkpoint import start_from
-from learner.metrics import MetricsLog
 from pipeline.config import ConfigError
 
 
@@ -38,17 +33,3 @@ def test_auto_starts_afresh_where_there_is_no_checkpoint_keeping_what_was_there(
     assert start_from(run, "auto") is None
     assert not (run / "metrics.jsonl").exists()
     assert (run / "metrics.before-restart-1.jsonl").read_text() == '{"step": 1}\n'
-
-
-def test_a_resumed_run_continues_its_metrics_at_the_checkpoint(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "loss": 0.1 * s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
-    log = MetricsLog(path, use_wandb=False, wandb_mode="disabled", run_name="r", config={}, resumed_at=4,
-                     checkpoint="step-00000004")
-    log.log(5, {"loss": 0.55})
-    log.close()
-    rows = [msgspec.json.decode(line) for line in path.read_bytes().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4, 4, 5]  # step 5 once: the resumed run's
-    assert rows[4] == {"step": 4, "event": "resumed", "checkpoint": "step-00000004", "lines_moved": 2}
-    assert rows[5]["loss"] == 0.55
-    assert len((tmp_path / "metrics.lost.jsonl").read_text().splitlines()) == 2  # the old step 5 and the cut line
