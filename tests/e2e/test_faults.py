@@ -18,6 +18,7 @@ import zmq
 from learner import checkpoint
 from learner.loop import Learner
 from pipeline.data import load_problems
+from tests.e2e.killer import Killer
 from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
 
 
@@ -174,55 +175,14 @@ def test_training_survives_generator_kills(tiny_model, tmp_path):
     restarted with the current weights, its leases are re-issued, training goes on, and nothing is
     lost from the accounting. Exactly three kills, whatever the machine's speed: the run is stopped
     (as SIGTERM would) only after the third restarted generator has trained two more steps."""
-    import random
-
     cfg = make_config(tmp_path, "--learner.steps", "100000", "--learner.groups_per_step", "4",
                       "--eval.final", "false", "--learner.checkpoint_every", "0")
     cfg.run_dir.mkdir(parents=True)
     learner = Learner(cfg, tiny_model, load_problems(cfg.data))
-    rng = random.Random(7)
-    kills, problems = [], []
-
-    def generator_procs():
-        return [p for p in psutil.Process().children(recursive=True)
-                if "generate" in " ".join(p.cmdline())]
-
-    def holding_leases() -> bool:
-        try:
-            return learner.leases.outstanding() > 0
-        except RuntimeError:  # the lease table changed under this thread's read: look again
-            return False
-
-    def wait(cond, what: str) -> bool:
-        deadline = time.monotonic() + 240
-        while not cond():
-            if time.monotonic() > deadline:
-                problems.append(what)
-                return False
-            time.sleep(0.002)
-        return True
-
-    def killer():
-        try:
-            for _ in range(3):
-                target = learner.trainer.version + 2
-                if not wait(lambda: learner.trainer.version >= target, "training to go on"):
-                    return
-                time.sleep(rng.uniform(0.0, 0.3))  # a random point: mid-batch, mid-update or idle
-                if not wait(lambda: holding_leases() and generator_procs(), "a generator holding leases"):
-                    return
-                for p in generator_procs():
-                    p.kill()
-                kills.append(learner.trainer.version)
-            target = learner.trainer.version + 2
-            wait(lambda: learner.trainer.version >= target, "training after the last restart")
-        finally:
-            learner.stop_requested = True
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
+    killer = Killer(learner, kills=3, steps_between=2, pause_s=0.3, seed=7).start()
     stats = run_pipeline(learner, cfg)
-    t.join(timeout=5)
+    killer.join()
+    kills, problems = killer.kills, killer.problems
     assert problems == [] and len(kills) == 3, (problems, kills)
     assert learner.supervisor.restarts == 3
     assert len(stats.step_rewards) == learner.trainer.version >= kills[-1] + 2

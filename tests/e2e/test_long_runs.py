@@ -2,11 +2,6 @@
 others go on, the run stopped, naming why, only when no generator is left; a stall named. The generators run
 the real generator loop with the stand-in engine (actors/standin.py), so that restarts take seconds."""
 
-import random
-import threading
-import time
-
-import psutil
 import pytest
 
 from learner.loop import Learner
@@ -14,6 +9,7 @@ from learner.supervisor import SupervisorError
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
 from tests.conftest import balanced, make_config
+from tests.e2e.killer import Killer
 from tests.doubles import FailingStartLauncher
 
 STANDIN = ["--standin-delay", "0.05"]
@@ -36,48 +32,10 @@ def test_twenty_five_kills_of_one_generator_finish_the_run_with_every_lease_acco
     cfg.run_dir.mkdir(parents=True)
     learner = Learner(cfg, tiny_model, load_problems(cfg.data))
     launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, extra_args=STANDIN)
-    rng = random.Random(3)
-    kills, problems = [], []
-
-    def procs():
-        return [p for p in psutil.Process().children(recursive=True) if "generate" in " ".join(p.cmdline())]
-
-    def wait(cond, what: str) -> bool:
-        deadline = time.monotonic() + 120
-        while not cond():
-            if time.monotonic() > deadline:
-                problems.append(what)
-                return False
-            time.sleep(0.005)
-        return True
-
-    def holding() -> bool:
-        try:
-            return learner.leases.outstanding() > 0
-        except RuntimeError:  # the lease table changed under this thread's read
-            return False
-
-    def killer():
-        try:
-            for _ in range(25):
-                target = learner.trainer.version + 1
-                if not wait(lambda: learner.trainer.version >= target, "training to go on"):
-                    return
-                time.sleep(rng.uniform(0.0, 0.2))
-                if not wait(lambda: holding() and procs(), "a generator holding leases"):
-                    return
-                for p in procs():
-                    p.kill()
-                kills.append(learner.trainer.version)
-            target = learner.trainer.version + 2
-            wait(lambda: learner.trainer.version >= target, "training after the last restart")
-        finally:
-            learner.stop_requested = True
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
+    killer = Killer(learner, kills=25, steps_between=1, pause_s=0.2, seed=3, timeout_s=120).start()
     stats = _run(learner, launcher)
-    t.join(timeout=5)
+    killer.join()
+    kills, problems = killer.kills, killer.problems
     assert problems == [] and len(kills) == 25, (problems, kills)
     assert learner.supervisor.restarts == 25 and learner.supervisor.retired == {}
     assert learner.leases.outcomes["reissued"] > 0 and balanced(learner)
