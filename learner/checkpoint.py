@@ -59,7 +59,8 @@ def optimizer_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
     for pid, state in sd["state"].items():
         for key, value in state.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"state.{pid}.{key}"] = t.detach().contiguous().clone()
+            # through host memory: a clone on the GPU would add the optimiser state again (8 B/param)
+            tensors[f"state.{pid}.{key}"] = t.detach().to("cpu", copy=True).contiguous()
     return tensors, sd["param_groups"]
 
 

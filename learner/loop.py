@@ -293,16 +293,21 @@ class Learner:
         self.evaluator.start_round(self.trainer.version, self.leases.new_lease_id,
                                    sorted(self.supervisor.generators), self.endpoint.send)
 
-    def _final_eval(self, timeout_s: float = 600.0) -> None:
-        """A held-out round on the final weights (the generators hold them after _finish_broadcasts)."""
+    def _final_eval(self) -> None:
+        """A held-out round on the final weights (the generators hold them after _finish_broadcasts).
+        Its timeout is on progress, not on the whole round (AIME at k = 32 and 16k tokens takes
+        hours): it fails only when no rollout at all arrives for `learner.idle_timeout_s`."""
+        idle = self.cfg.learner.idle_timeout_s
         for start in (False, True):  # a mid-run round still out finishes first
             if start:
                 self._start_eval()
-            deadline = time.monotonic() + timeout_s
+            last = time.monotonic()
             while self.evaluator.busy:
-                if time.monotonic() > deadline:
-                    raise LearnerError(f"held-out evaluation did not finish within {timeout_s:.0f}s")
-                self._poll(timeout_ms=50)
+                if time.monotonic() - last > idle:
+                    raise LearnerError(f"held-out evaluation: no result for {idle:.0f}s (learner.idle_timeout_s); "
+                                       f"{len(self.evaluator.current.pending)} problems still out")
+                if self._poll(timeout_ms=50):
+                    last = time.monotonic()
 
     def _finish_broadcasts(self, timeout_s: float = 60.0) -> None:
         """Let the last broadcast land and the generators report its probe, so it is verified."""

@@ -44,7 +44,9 @@ def launched() -> bool:
 
 def join_training_group() -> int:
     """Join the training processes' group (torchrun's env://); returns this process's rank."""
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # CPU tensors (the names shared with share_string, the step's header) over gloo, CUDA ones over
+    # NCCL: plain "nccl" has no CPU backend ("No backend type associated with device type cpu")
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank()
 
 
@@ -89,7 +91,10 @@ class ShardedTrainer(Trainer):
     def _pick_device(self) -> torch.device:
         # torchrun gives each process its own GPU; on CPU (gloo) every rank uses the CPU
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        torch.cuda.set_device(local)  # before the model moves: FSDP2 shards onto the current device
+        return torch.device(f"cuda:{local}")
 
     def _distribute(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.distributed.fsdp import fully_shard
