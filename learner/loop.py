@@ -245,9 +245,11 @@ class Learner:
         lc, now = self.cfg.learner, time.monotonic()
         running = self.stepper.running
         if running is not None and now - running.started > lc.step_timeout_s:
+            self._write_health()  # the run folder says where it stood when it stalled
             raise LearnerError(f"the optimiser step at version {running.version} ({len(running.groups)} groups) has "
                                f"run for {now - running.started:.0f}s (learner.step_timeout_s = {lc.step_timeout_s:.0f})")
         if now - last_rollout > lc.idle_timeout_s:
+            self._write_health()
             raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s); generators: "
                                f"{ {g: h.state for g, h in self.supervisor.health(now).items()} }")
         if now - self._health_at > health.WRITE_EVERY_S:

@@ -28,7 +28,14 @@ class Killer:
 
     @staticmethod
     def generators() -> list[psutil.Process]:
-        return [p for p in psutil.Process().children(recursive=True) if "generate" in " ".join(p.cmdline())]
+        out = []
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if "generate" in " ".join(p.cmdline()):
+                    out.append(p)
+            except psutil.Error:  # it exited (or is a zombie) while we looked: not a generator to kill
+                pass
+        return out
 
     def _holding_leases(self) -> bool:
         try:
@@ -58,8 +65,13 @@ class Killer:
                 if not self._wait(lambda: self._holding_leases() and self.generators(), "a generator holding leases"):
                     return
                 for p in self.generators():
-                    p.kill()
+                    try:
+                        p.kill()
+                    except psutil.Error:
+                        pass
                 self.kills.append(self.learner.trainer.version)
-            self._trained(2, "training after the last restart")
+            # the last killed generator is started again before training is let go on
+            if self._wait(lambda: self.generators(), "the last restart"):
+                self._trained(2, "training after the last restart")
         finally:
             self.learner.stop_requested = True

@@ -83,4 +83,4 @@ def test_a_stalled_step_stops_the_run_naming_the_stage_and_status_tells(tiny_mod
     with pytest.raises(LearnerError, match=r"optimiser step at version 0 .* has run for \d+s \(learner.step_timeout_s"):
         _run(learner, launcher)
     text = status(cfg.run_dir)
-    assert "step 0 / 20" in text and "generator 0: up" in text
+    assert "step 0 / 20" in text and "generator 0: up" in text, text
