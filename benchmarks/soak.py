@@ -65,12 +65,18 @@ def bench_soak(config: list[str], overrides: list[str], minutes: float, out_dir:
             reading = _read(root)
             if reading is not None:
                 series[("learner", root.pid)].append((t, *reading))
+            generators = []
             for child in root.children(recursive=True):
-                if "generate" in " ".join(child.cmdline()) and (r := _read(child)) is not None:
-                    series[("generator", child.pid)].append((t, *r))
+                try:
+                    if "generate" in " ".join(child.cmdline()) and (r := _read(child)) is not None:
+                        series[("generator", child.pid)].append((t, *r))
+                        generators.append(r[0])
+                except psutil.Error:  # it exited (or is a zombie, a restart under way) while we looked
+                    pass
             disk.append((t, _folder_mb(run_dir)))
-            print(f"[soak] {t / 60:5.1f} min  learner {reading[0] if reading else 0:.0f} MB  "
-                  f"generators {sum(1 for (k, _) in series if k == 'generator')} processes so far", flush=True)
+            print(f"[soak] {t / 60:5.1f} min  learner {reading[0] if reading else 0:.1f} MB  generator "
+                  f"{' '.join(f'{g:.1f}' for g in generators)} MB  run folder {disk[-1][1]:.1f} MB  "
+                  f"({sum(1 for (k, _) in series if k == 'generator')} generator processes so far)", flush=True)
             time.sleep(SAMPLE_S)
     finally:
         if learner.poll() is None:
