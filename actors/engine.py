@@ -12,7 +12,7 @@ from pipeline.config import Config, ConfigError
 from pipeline.collective import probe_tokens
 from pipeline.messages import WeightUpdate
 from pipeline.model_settings import derive, resolved
-from pipeline.models import is_tiny, load_tokenizer, stop_token_ids
+from pipeline.models import load_tokenizer, stop_token_ids
 
 
 @dataclass
@@ -60,7 +60,8 @@ class Engine:
         if not resolved(cfg):  # lengths, template and cache from the model (a launched generator's are already)
             cfg = derive(cfg, model_path, cfg.generator.max_inflight * cfg.learner.group_size)[0]
         gen = cfg.generator
-        max_model_len = self._max_model_len(cfg, model_path)
+        # the context derive() settled on (the model folder's own when nothing set it: vLLM reads it)
+        max_model_len = gen.max_model_len or None
         try:
             self.llm = self._start(LLM, cfg, model_path, seed, max_model_len, worker_extension)
         except (ValueError, RuntimeError) as exc:
@@ -107,14 +108,6 @@ class Engine:
 
         return SamplingParams(temperature=r.temperature, max_tokens=r.max_tokens, logprobs=0, top_p=1.0,
                               top_k=-1, stop_token_ids=self.stop_ids, detokenize=False, **extra)
-
-    @staticmethod
-    def _max_model_len(cfg: Config, model_path: str) -> int | None:
-        """generator.max_model_len if set, else the model's own context (read by vLLM from the model
-        folder; the tiny model's from its settings). Never the tiny model's for a real model."""
-        if cfg.generator.max_model_len:
-            return cfg.generator.max_model_len
-        return cfg.model.tiny.max_position_embeddings if is_tiny(model_path) else None
 
     @property
     def max_model_len(self) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from pipeline.config import Config, ConfigError
-from pipeline.models import is_tiny, load_tokenizer, stop_token_ids
+from pipeline.models import load_tokenizer, stop_token_ids
 
 # The generation length of a real model whose generation config names none: long enough for a
 # worked answer, short enough for a CPU.
@@ -64,11 +64,11 @@ def kv_bytes_per_token(model_config: dict, dtype: str) -> int:
     return 2 * text["num_hidden_layers"] * kv_heads * head_dim * size
 
 
-def _model_context(cfg: Config, model_path: str, model_config: dict) -> int:
+def _model_context(cfg: Config, model_config: dict) -> int:
+    """generator.max_model_len, else the model folder's own context (the tiny model writes its
+    model.tiny.max_position_embeddings there too)."""
     if cfg.generator.max_model_len:
         return cfg.generator.max_model_len
-    if is_tiny(model_path):
-        return cfg.model.tiny.max_position_embeddings
     text = model_config.get("text_config", model_config)
     return int(text.get("max_position_embeddings") or text.get("max_sequence_length") or 4096)
 
@@ -115,7 +115,7 @@ def derive(cfg: Config, model_path: str, sequences: int, on_gpu: bool | None = N
     chat = cfg.data.chat_template
     if chat == "auto":
         chat = bool(getattr(tokenizer, "chat_template", None))
-    context = _model_context(cfg, model_path, model_config)
+    context = _model_context(cfg, model_config)
 
     per_token = kv_bytes_per_token(model_config, cfg.model.dtype) if model_config else 0
     kv = gen.kv_cache_bytes
