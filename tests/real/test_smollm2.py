@@ -63,7 +63,7 @@ def _groups(engine, cfg, temperatures):
                             responses=[torch.tensor(c.tokens) for c in comps],
                             behaviour_logprobs=[torch.tensor(c.logprobs) for c in comps],
                             rewards=torch.tensor([1.0, 0.0]), version_first=0, version_last=0))
-    return groups
+    return with_advantage(groups, cfg)
 
 
 def test_chat_template_prompt_and_model_derived_settings(engine, smollm2, tmp_path):
@@ -84,7 +84,7 @@ def test_learner_logprobs_match_vllm_at_mixed_temperatures_in_one_batch(engine, 
     from learner.trainer import build_batch
 
     groups = _groups(engine, _cfg(tmp_path), [0.7, 1.3])
-    batch = build_batch(with_advantage(groups), 0, trainer.pad_id)
+    batch = build_batch(groups, 0, trainer.pad_id)
     with torch.no_grad():
         logp = trainer.logprobs(batch)
     mask = batch.response_mask.bool()
@@ -99,7 +99,7 @@ def test_learner_logprobs_match_vllm_at_mixed_temperatures_in_one_batch(engine, 
     for g in groups:  # scored at T = 1 instead, the same samples are another distribution
         g.temperature = 1.0
     with torch.no_grad():
-        wrong = trainer.logprobs(build_batch(with_advantage(groups), 0, trainer.pad_id))
+        wrong = trainer.logprobs(build_batch(groups, 0, trainer.pad_id))
     assert float((wrong - batch.mu)[mask].abs().max()) > 1e-2
 
 
