@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import msgspec
@@ -81,6 +82,19 @@ def save(root: Path, step: int, model, optimizer_state: dict, state: dict, token
          model_state: dict | None = None) -> Path:
     """Write checkpoint `step` under `root` atomically; prune to the newest `keep`. `model_state`
     (a full state dict) stands in for the model's own, e.g. when the model is sharded."""
+    return _save(root, step, model, *_cut(optimizer_state, state), tokenizer_dir, keep, model_state)
+
+
+def _cut(optimizer_state: dict, state: dict) -> tuple[dict[str, torch.Tensor], bytes]:
+    """What a checkpoint holds beside the model, copied now: optimiser tensors (through host memory)
+    with the RNG state, and the learner's state as JSON."""
+    tensors, groups = optimizer_tensors(optimizer_state)
+    tensors["rng.torch"] = torch.get_rng_state()
+    return tensors, msgspec.json.encode({**state, "optimizer_param_groups": groups})
+
+
+def _save(root: Path, step: int, model, optimizer: dict[str, torch.Tensor], state_json: bytes, tokenizer_dir: str,
+          keep: int, model_state: dict | None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f"step-{step:08d}.tmp"
@@ -91,11 +105,9 @@ def save(root: Path, step: int, model, optimizer_state: dict, state: dict, token
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).exists():
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
-        tensors, groups = optimizer_tensors(optimizer_state)
-        tensors["rng.torch"] = torch.get_rng_state()
         (tmp / "trainer").mkdir()
-        save_file(tensors, tmp / "trainer" / "optimizer.safetensors")
-        (tmp / "state.json").write_bytes(msgspec.json.encode({**state, "optimizer_param_groups": groups}))
+        save_file(optimizer, tmp / "trainer" / "optimizer.safetensors")
+        (tmp / "state.json").write_bytes(state_json)
         _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -111,10 +123,47 @@ def save(root: Path, step: int, model, optimizer_state: dict, state: dict, token
     return final
 
 
-def write(root: Path, trainer, state: dict, tokenizer_dir: str, keep: int) -> Path:
-    """Checkpoint the trainer's model and optimiser (gathered, if sharded) with the learner's `state`."""
-    model_state, optimizer_state = trainer.full_state()
-    return save(root, trainer.version, trainer.model, optimizer_state, state, tokenizer_dir, keep, model_state)
+class Writer:
+    """Writes checkpoints on a thread of its own. On a loaded disk a write has taken ten minutes, and
+    a learner blocked that long stops answering heartbeats: its generators leave after
+    `generator.learner_timeout_s`. So `start` captures the cut (the learner's state, the optimiser
+    state through host memory, the RNG state, and, under FSDP2, the gathered weights: a collective,
+    so on the learner's thread) and the files are written behind it. The loop starts no optimiser
+    step while `busy`, so the model's weights, which the thread reads in place, do not move under it."""
+
+    def __init__(self, root: Path, tokenizer_dir: str, keep: int):
+        self.root, self.tokenizer_dir, self.keep = root, tokenizer_dir, keep
+        self._thread: threading.Thread | None = None
+        self._outcome: Path | CheckpointError | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, trainer, state: dict) -> None:
+        if self._thread is not None:
+            raise RuntimeError("a checkpoint is still being written; collect() it first")
+        model_state, optimizer_state = trainer.full_state()  # gathered, if sharded
+        args = (self.root, trainer.version, trainer.model, *_cut(optimizer_state, state), self.tokenizer_dir,
+                self.keep, model_state)
+        self._thread = threading.Thread(target=self._run, args=args, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self, *args) -> None:
+        try:
+            self._outcome = _save(*args)
+        except CheckpointError as exc:
+            self._outcome = exc
+        except Exception as exc:  # noqa: BLE001 - reported on the learner's thread by collect()
+            self._outcome = CheckpointError(f"checkpoint writer failed: {exc!r}")
+
+    def collect(self, wait: bool = False) -> Path | CheckpointError | None:
+        """The finished write's folder or error, once; None while none has finished (or none ran)."""
+        if self._thread is None or (self.busy and not wait):
+            return None
+        self._thread.join()
+        outcome, self._thread, self._outcome = self._outcome, None, None
+        return outcome
 
 
 def list_checkpoints(root: Path) -> list[Path]:

@@ -100,6 +100,7 @@ class Learner:
                                   checkpoint=resume.name if resume is not None else "")
         self.stop_requested = False  # set by a signal handler: finish the step, checkpoint, stop
         self.checkpoint_failures = 0
+        self.writer = checkpoint.Writer(cfg.run_dir / "checkpoints", model_path, cfg.learner.keep_checkpoints)
         self._finishing = False  # the last version always goes out, whatever sync_every says
         self._first_rollout_at: float | None = None
         self._started, self._started_wall, self._health_at = time.monotonic(), time.time(), 0.0
@@ -130,7 +131,8 @@ class Learner:
                 self._after_step(self._finish_step(done), progress)
                 self._start_if_ready()
             self._publish()                             # 8. new weights out to the generators
-            self._watch(last_rollout)                   # 9. stalls named, health written
+            self._written(wait=False)                   # 9. a checkpoint written behind the loop
+            self._watch(last_rollout)                   # 10. stalls named, health written
         # throughput clock: from the first rollout, so generator start-up (loading vLLM) is not in it
         self.stats.seconds += time.monotonic() - (self._first_rollout_at or start)
         self.intake.close_window()  # what arrived after the last step counts in the run's totals
@@ -184,7 +186,8 @@ class Learner:
         the sample budget is all back, the last groups train as a batch of their own (those samples
         were paid for)."""
         lc = self.cfg.learner
-        if self.stepper.running is not None or self.trainer.version >= lc.steps or self.stop_requested:
+        if (self.stepper.running is not None or self.writer.busy or self.trainer.version >= lc.steps
+                or self.stop_requested):
             return
         for g in self.buffer.drop_stale(self.trainer.version, lc.max_lag):
             self.leases.close(g.lease_id, "dropped_stale")
@@ -231,7 +234,7 @@ class Learner:
     def _after_step(self, metrics: dict, progress) -> None:
         v, lc = self.trainer.version, self.cfg.learner
         if self._checkpoint_due():
-            self.checkpoint()
+            self.checkpoint(wait=False)
         if self.cfg.eval.every and v % self.cfg.eval.every == 0 and v < lc.steps:
             self._start_eval()
         if progress is not None:
@@ -336,27 +339,33 @@ class Learner:
         self.leases.check_identity([g.lease_id for g in self.buffer.groups],
                                        [g.lease_id for g in running.groups] if running is not None else [])
 
-    def checkpoint(self) -> Path | None:
+    def checkpoint(self, wait: bool = True) -> Path | None:
         """A consistent cut, taken between two steps (the loop holds the next step until it is
-        written): model, optimiser, version, tracker, lease book and buffer describe one moment."""
+        written): model, optimiser, version, tracker, lease book and buffer describe one moment.
+        `wait=False` leaves the files to the writer's thread (the loop goes on answering heartbeats)."""
         if self.stepper.running is not None:
             raise LearnerError("a checkpoint must not be taken while an optimiser step runs")
+        self._written(wait=True)  # the one before, if still being written
         self.check_leases()
-        try:
-            path = checkpoint.write(self.cfg.run_dir / "checkpoints", self.trainer, self.state_dict(),
-                                    self.model_path, self.cfg.learner.keep_checkpoints)
-        except checkpoint.CheckpointError as exc:
+        self.writer.start(self.trainer, self.state_dict())
+        return self._written(wait=True) if wait else None
+
+    def _written(self, wait: bool) -> Path | None:
+        outcome = self.writer.collect(wait)
+        if isinstance(outcome, checkpoint.CheckpointError):
             # Training goes on: losing the run to a full disk would be worse than a missed checkpoint.
             self.checkpoint_failures += 1
-            log.error("%s", exc)
+            log.error("%s", outcome)
             return None
-        log.info("checkpoint written: %s", path)
-        return path
+        if outcome is not None:
+            log.info("checkpoint written: %s", outcome)
+        return outcome
 
     def stop_generators(self) -> None:
         self.supervisor.stop_all()
 
     def close(self) -> None:
+        self._written(wait=True)  # a checkpoint half-written would be lost for nothing
         self.stepper.close()
         self.supervisor.close()
         self.metrics.close()

@@ -30,14 +30,14 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     captured = {}
     write = first.checkpoint
 
-    def capture_then_write():  # the first learner's own state at the moment each checkpoint is written
+    def capture_then_write(wait=True):  # the first learner's own state at the moment each checkpoint is written
         d = first.leases
         captured.update(
             prompts=[dataclasses.astuple(p) for p in first.tracker.prompts], epoch=d.epoch, cursor=d.cursor,
             dispatched=d.dispatched, outcomes=dict(d.outcomes), rng=torch.get_rng_state().clone(),
             optim={i: {k: v.clone() for k, v in st.items()} for i, st in first.trainer.optimizer.state_dict()["state"].items()},
             buffered=sorted(g.lease_id for g in first.buffer.groups))
-        return write()
+        return write(wait)
 
     first.checkpoint = capture_then_write
     run_pipeline(first, cfg)

@@ -1,9 +1,15 @@
-"""Checkpoint folders: which one a `train` starts from, so that no run folder is overwritten or mixed."""
+"""Checkpoint folders: which one a `train` starts from, so that no run folder is overwritten or mixed;
+and the writer that puts them on disk behind the learner's loop."""
+
+import errno
+import threading
 
 import pytest
 
-from learner.checkpoint import start_from
+from learner.checkpoint import CheckpointError, Writer, list_checkpoints, load_state, start_from
+from learner.trainer import Trainer
 from pipeline.config import ConfigError
+from tests.conftest import make_config
 
 
 def _run_with_checkpoints(tmp_path, *steps: int):
@@ -33,3 +39,46 @@ def test_auto_starts_afresh_where_there_is_no_checkpoint_keeping_what_was_there(
     assert start_from(run, "auto") is None
     assert not (run / "metrics.jsonl").exists()
     assert (run / "metrics.before-restart-1.jsonl").read_text() == '{"step": 1}\n'
+
+
+class _BlockedSave:
+    """A test double for the model's `save_pretrained` that holds the writer's thread until released."""
+
+    def __init__(self, save):
+        self.save, self.entered, self.release = save, threading.Event(), threading.Event()
+
+    def __call__(self, *a, **k):
+        self.entered.set()
+        assert self.release.wait(60)
+        return self.save(*a, **k)
+
+
+def test_the_writer_returns_at_once_and_the_files_follow(tiny_model, tmp_path, monkeypatch):
+    """A slow disk must not hold the learner's thread (it answers heartbeats meanwhile)."""
+    trainer = Trainer.from_config(make_config(tmp_path), tiny_model)
+    blocked = _BlockedSave(trainer.model.save_pretrained)
+    monkeypatch.setattr(trainer.model, "save_pretrained", blocked)
+    writer = Writer(tmp_path / "ckpts", tiny_model, keep=2)
+    writer.start(trainer, {"version": trainer.version})
+    assert blocked.entered.wait(60) and writer.busy and writer.collect() is None
+    with pytest.raises(RuntimeError, match="still being written"):
+        writer.start(trainer, {})
+    assert list_checkpoints(tmp_path / "ckpts") == []
+    blocked.release.set()
+    path = writer.collect(wait=True)
+    assert path == tmp_path / "ckpts" / "step-00000000" and not writer.busy
+    assert load_state(path)[0]["version"] == 0 and writer.collect() is None  # reported once
+
+
+def test_a_failed_write_comes_back_as_an_error_not_an_exception_on_the_thread(tiny_model, tmp_path, monkeypatch):
+    trainer = Trainer.from_config(make_config(tmp_path), tiny_model)
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer.model, "save_pretrained", disk_full)
+    writer = Writer(tmp_path / "ckpts", tiny_model, keep=2)
+    writer.start(trainer, {"version": 0})
+    outcome = writer.collect(wait=True)
+    assert isinstance(outcome, CheckpointError) and "No space left" in str(outcome)
+    assert list_checkpoints(tmp_path / "ckpts") == []
