@@ -8,6 +8,10 @@
    micro-batches, each followed by the same AdamW update.
 3. memory_growth: the peak memory of a step (a child process's peak RSS over its baseline) at 16x the
    samples over 1x, at one token budget.
+4. packed_speedup, packed_ratio: on the same shape, SmolLM2-135M-Instruct's own response lengths (the
+   120 responses in shared/data/responses, groups of 4), useful tokens/s of a packed step against a
+   padded one (budget 2048, as `make train-real`), and against a plain transformers forward +
+   backward of the same samples one by one, unpadded (what packing must come close to).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def bench_learner(cfg, model_path: str, trials: int = 20, quiet: bool = False) -
     shaped = smollm2_shaped(cfg.cache_dir)
     out.update(bench_step_ratio(cfg, shaped))
     out.update(bench_memory_growth(shaped))
+    out.update(bench_packing(cfg, shaped))
     print_table([
         ("loss overhead: tis + per-sample T / plain GRPO clip (tiny model)",
          f"{out['tis_step_s'] * 1000:.1f} / {out['plain_step_s'] * 1000:.1f} ms = {out['overhead']:.3f}"),
@@ -47,9 +52,14 @@ def bench_learner(cfg, model_path: str, trials: int = 20, quiet: bool = False) -
         ("peak step memory at 1x / 4x / 16x samples (budget 1024 tokens)",
          " / ".join(f"{m / 1024:.0f} MB" for m in out["peaks_kb"]) + f"  growth {out['memory_growth']:.3f}"),
         ("  16x in one piece (budget 0)", f"{out['one_piece_kb'] / 1024:.0f} MB"),
+        (f"SmolLM2's response lengths ({out['samples']} samples, {out['tokens']} tokens), useful tokens/s",
+         f"packed {out['packed_tok_s']:.0f} / padded {out['padded_tok_s']:.0f} / one by one {out['plain_tok_s_1x1']:.0f}"),
+        ("  padding in the padded step; packed speedup (goal ~1 / (1 - padding))",
+         f"{out['padding_frac']:.2f}; {out['packed_speedup']:.2f} (1 / (1 - padding) = {1 / (1 - out['padding_frac']):.2f})"),
     ])
     print(f"RESULT overhead={out['overhead']:.3f} step_ratio={out['step_ratio']:.3f} "
-          f"memory_growth={out['memory_growth']:.3f}")
+          f"memory_growth={out['memory_growth']:.3f} packed_speedup={out['packed_speedup']:.3f} "
+          f"packed_ratio={out['packed_ratio']:.3f} padding_frac={out['padding_frac']:.3f}")
     return out
 
 
@@ -126,6 +136,83 @@ def bench_step_ratio(cfg, model_path: str, trials: int = 3) -> dict:
     learner, plain, chunked = (statistics.median(t) for t in (t_learner, t_plain, t_chunked))
     return {"learner_tok_s": tokens / learner, "plain_tok_s": tokens / plain, "chunked_tok_s": tokens / chunked,
             "step_ratio": plain / learner, "chunked_step_ratio": plain / chunked}
+
+
+RESPONSES = ROOT.parent / "shared" / "data" / "responses" / "smollm2-135m-instruct-gsm8k.jsonl"
+GSM8K_TEST = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def response_groups(vocab: int, seed: int = 0):
+    """Groups of 4 with the token lengths of SmolLM2's own GSM8K responses (their `tokens` field) and
+    prompts of about their chat-templated length (question characters / 4 + 30 template tokens: an
+    estimate, as no tokenizer ships with the data); token ids random."""
+    import collections
+
+    import torch
+
+    from learner.advantages import GroupAdvantage, grpo
+    from learner.groups import Group
+
+    questions = {row["id"]: row["problem"] for row in map(json.loads, GSM8K_TEST.read_text().splitlines()[:40])}
+    lengths = collections.defaultdict(list)
+    for line in RESPONSES.read_text().splitlines():
+        row = json.loads(line)
+        lengths[row["id"]].append(int(row["tokens"]))
+    gen = torch.Generator().manual_seed(seed)
+    groups = []
+    for i, (pid, lens) in enumerate(sorted(lengths.items())):
+        rewards = torch.tensor([float(j % 2) for j in range(len(lens))])
+        groups.append(Group(lease_id=i, prompt_id=i, epoch=0, temperature=1.0,
+                            prompt=torch.randint(3, vocab, (len(questions[pid]) // 4 + 30,), generator=gen),
+                            responses=[torch.randint(3, vocab, (n,), generator=gen) for n in lens],
+                            behaviour_logprobs=[-torch.rand(n, generator=gen) for n in lens], rewards=rewards,
+                            version_first=0, version_last=0, advantage=GroupAdvantage(grpo(rewards))))
+    return groups
+
+
+def bench_packing(cfg, model_path: str, trials: int = 3, budget: int = 2048) -> dict:
+    import torch
+
+    from learner.trainer import Trainer, build_batch
+
+    r = msgspec.structs.replace
+    c = r(cfg, learner=r(cfg.learner, micro_batch_tokens=budget, logit_chunk_tokens=budget),
+          generator=r(cfg.generator, max_tokens=256))
+    trainer = Trainer.from_config(c, model_path)
+    state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    groups = response_groups(trainer.model.config.vocab_size)
+    batch = build_batch(groups, 0, trainer.pad_id)
+    tokens = int(batch.attention_mask.sum())
+    padding = {}
+
+    def learner_step(packing: bool):
+        def run():
+            trainer.model.load_state_dict(state)
+            trainer.lc = r(c.learner, packing=packing)
+            padding[packing] = trainer.step(groups)["padding_frac"]
+        return run
+
+    def one_by_one():  # a plain transformers fine-tuning step on each sample alone: no padding at all
+        trainer.model.load_state_dict(state)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        for g in groups:
+            for resp in g.responses:
+                ids = torch.cat([g.prompt, resp])[None]
+                labels = ids.clone()
+                labels[0, :len(g.prompt)] = -100
+                (trainer.model(input_ids=ids, labels=labels).loss / len(batch.group)).backward()
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), 1.0)
+        trainer.optimizer.step()
+
+    t_packed, t_padded, t_plain = [], [], []
+    for _ in range(trials):  # interleaved, so drift in machine load hits all alike
+        t_padded.append(median_time(learner_step(False), 1, warmup=0))
+        t_packed.append(median_time(learner_step(True), 1, warmup=0))
+        t_plain.append(median_time(one_by_one, 1, warmup=0))
+    packed, padded, plain = (statistics.median(t) for t in (t_packed, t_padded, t_plain))
+    return {"samples": len(batch.group), "tokens": tokens, "packed_tok_s": tokens / packed,
+            "padded_tok_s": tokens / padded, "plain_tok_s_1x1": tokens / plain, "packed_speedup": padded / packed,
+            "packed_ratio": plain / packed, "padding_frac": padding[False], "packed_padding_frac": padding[True]}
 
 
 def step_peak_memory(model_path: str, scale: int, budget: int, chunk: int = 256) -> int:

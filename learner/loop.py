@@ -27,6 +27,7 @@ import msgspec
 import torch
 
 from learner import checkpoint, dispatch, health
+from learner.clock import StageClock
 from learner.advantages import AdvantageRule
 from learner.evaluation import Evaluator
 from learner.events import BatchBuilt, Leased, Observer, StepStarted
@@ -100,7 +101,11 @@ class Learner:
                                   checkpoint=resume.name if resume is not None else "")
         self.stop_requested = False  # set by a signal handler: finish the step, checkpoint, stop
         self.checkpoint_failures = 0
+        self._checkpoint_started = 0.0
         self.writer = checkpoint.Writer(cfg.run_dir / "checkpoints", model_path, cfg.learner.keep_checkpoints)
+        # The loop's own stages (probe checks, checkpoints), beside the trainer's in each step's metrics.
+        # Not synchronised with the device: a step may be running on the stepper's thread meanwhile.
+        self.clock = StageClock()
         self._finishing = False  # the last version always goes out, whatever sync_every says
         self._first_rollout_at: float | None = None
         self._started, self._started_wall, self._health_at = time.monotonic(), time.time(), 0.0
@@ -150,7 +155,7 @@ class Learner:
         got_rollout = False
         for msg in self.endpoint.recv(timeout_ms):
             if isinstance(msg, Heartbeat):
-                self.supervisor.on_heartbeat(msg, self.publisher.verify)
+                self.supervisor.on_heartbeat(msg, self._verify)
             elif isinstance(msg, Rollout):
                 self._first_rollout_at = self._first_rollout_at or time.monotonic()
                 got_rollout = True
@@ -159,6 +164,10 @@ class Learner:
                 elif self.intake.on_rollout(msg) is not None:
                     self.supervisor.count_group(msg.generator_id)
         return got_rollout
+
+    def _verify(self, *args):
+        with self.clock.stage("probe"):
+            return self.publisher.verify(*args)
 
     def _dispatch(self) -> None:
         """Keep every live generator busy, but never lease more than can be trained within max_lag."""
@@ -210,9 +219,11 @@ class Learner:
             self.tracker.record_trained(g.prompt_id, done.version)
         window = self.intake.close_window()
         arrived = window.metrics()
+        metrics.update(self.clock.take())  # the loop's stages since the last step, beside the step's own
         metrics.update(arrived, **tracker_metrics(self.tracker),
                        **self.stats.record_step(done.groups, done.lags, arrived["residual_frac"],
-                                                done.finished - done.started))
+                                                done.finished - done.started,
+                                                {k: v for k, v in metrics.items() if k.startswith("time/")}))
         metrics.update({"buffered": len(self.buffer), "open_leases": self.leases.open,
                         "leases/dispatched": self.leases.dispatched,
                         **{f"leases/{k}": v for k, v in self.leases.outcomes.items()}})
@@ -347,11 +358,14 @@ class Learner:
             raise LearnerError("a checkpoint must not be taken while an optimiser step runs")
         self._written(wait=True)  # the one before, if still being written
         self.check_leases()
+        self._checkpoint_started = time.monotonic()
         self.writer.start(self.trainer, self.state_dict())
         return self._written(wait=True) if wait else None
 
     def _written(self, wait: bool) -> Path | None:
         outcome = self.writer.collect(wait)
+        if outcome is not None:  # the steps were held for this long
+            self.clock.spent["checkpoint"] += time.monotonic() - self._checkpoint_started
         if isinstance(outcome, checkpoint.CheckpointError):
             # Training goes on: losing the run to a full disk would be worse than a missed checkpoint.
             self.checkpoint_failures += 1

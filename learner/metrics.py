@@ -107,6 +107,8 @@ def summarize(stats, counters: dict) -> tuple[str, str]:
         f"{above}, came back mixed (reactivated) {above_mixed} = {reactivated:.1%}",
         f"mean temperature of trained groups {mean_temp:.3f}   lag distribution (samples) {{{lags}}}",
         f"leases: {counters}",
+        "learner time (share of the time in steps): "
+        + ("   ".join(f"{k} {v:.0%}" for k, v in stats.time_share().items()) or "none recorded"),
         *[f"held-out (step {step}): {e['name']} mean@{e['k']} {e['mean_at_k']:.4f}  pass@{e['k']} {e['pass_at_k']:.4f}"
           for step, e in (stats.evals[:1] + stats.evals[-1:] if len(stats.evals) > 1 else stats.evals)],
     ])

@@ -82,6 +82,11 @@ class Arrivals:
         out["dynamic_sampling_filtered"] = self.filtered
         return out
 
+    def time_share(self) -> dict[str, float]:
+        """Each stage's share of the time inside optimiser steps (the loop's probe checks and
+        checkpoint holds, outside them, as a share of the same)."""
+        return {k: v / self.train_seconds for k, v in sorted(self.time_spent.items())} if self.train_seconds else {}
+
     def to_state(self) -> dict:
         return {"t0": self.t0, "by_temp": {str(t): dict(c) for t, c in self.by_temp.items()},
                 "temp_sum": self.temp_sum, "temp_max": self.temp_max, "above_t0": self.above_t0,
@@ -123,6 +128,12 @@ class RunStats:
     version_regressions: int = 0  # a generator's rollouts going back in weight version (must stay 0)
     seconds: float = 0.0
     train_seconds: float = 0.0  # time inside optimiser steps (the rest of `seconds` the learner waited)
+    time_spent: collections.Counter = field(default_factory=collections.Counter)  # stage -> seconds (learner/clock.py)
+
+    def time_share(self) -> dict[str, float]:
+        """Each stage's share of the time inside optimiser steps (the loop's probe checks and
+        checkpoint holds, outside them, as a share of the same)."""
+        return {k: v / self.train_seconds for k, v in sorted(self.time_spent.items())} if self.train_seconds else {}
 
     def to_state(self) -> dict:
         st = msgspec.to_builtins({k: v for k, v in vars(self).items() if k != "arrivals"})
@@ -137,13 +148,17 @@ class RunStats:
         st = {k: v for k, v in st.items() if k in known}
         for key in ("lag_hist", "rollouts_by_generator"):
             st[key] = collections.Counter({int(k): v for k, v in st.get(key, {}).items()})
+        st["time_spent"] = collections.Counter(st.get("time_spent", {}))
         st["arrivals"] = Arrivals.from_state(st["arrivals"]) if "arrivals" in st else Arrivals(t0)
         st["evals"] = [tuple(e) for e in st["evals"]]
         return cls(**st)
 
-    def record_step(self, groups: list[Group], lags: list[int], residual_frac: float, seconds: float) -> dict:
-        """Account one finished optimiser step; returns its share of the step's metrics."""
+    def record_step(self, groups: list[Group], lags: list[int], residual_frac: float, seconds: float,
+                    stage_seconds: dict[str, float]) -> dict:
+        """Account one finished optimiser step (`stage_seconds`: its `time/<stage>` metrics); returns
+        its share of the step's metrics."""
         self.train_seconds += seconds
+        self.time_spent.update({k[5:]: v for k, v in stage_seconds.items()})
         for g, lag in zip(groups, lags):
             self.lag_hist[lag] += g.n
             self.trained_temp_sum += g.temperature

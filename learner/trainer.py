@@ -2,7 +2,7 @@
 
 One step (one weight version) is `learner.updates_per_batch` = k optimiser updates. The rollout batch is
 shuffled by group and split into k parts; each update accumulates gradients over micro-batches of at
-most `learner.micro_batch_tokens` padded tokens. The loss's normaliser is the update's, never a
+most `learner.micro_batch_tokens` tokens (packed end to end, `learner.packing`). The loss's normaliser is the update's, never a
 micro-batch's (`learner/loss.py`, `aggregation_coef`), so however the samples are cut, the gradient is
 that of the update in one piece (DESIGN.md §3, "the split never changes the step"). The learner's
 peak memory is thus set by the token budget and the logits chunk (`learner/logprobs.py`), not by the
@@ -20,8 +20,10 @@ import torch
 
 from learner import checkpoint
 from learner.advantages import zvp_token_advantages
+from learner.clock import StageClock
 from learner.groups import Group
 from learner.logprobs import response_logprobs, token_logprobs
+from learner.packing import attention_for, packed_row
 from learner.loss import LossInputs, LossSums, aggregation_coef, policy_loss
 from pipeline.collective import probe_tokens
 from pipeline.config import Config, ConfigError, LearnerConfig, LossConfig, ZVPConfig
@@ -93,18 +95,28 @@ def build_batch(groups: list[Group], version: int, pad_id: int) -> Batch:
                  col(5, torch.float32), col(6), token_lag, col(8))
 
 
-def pack(lengths: list[int], budget: int, world: int = 1) -> list[list[int]]:
-    """Row indices grouped into micro-batches, longest first so that rows of like length share one and
-    padding stays small. Each of `world` processes takes every world-th row of a micro-batch, and its
-    share holds at most `budget` padded tokens (its rows x the longest). `budget` 0: one micro-batch."""
+def pack(lengths: list[int], budget: int, world: int = 1, packed: bool = False) -> list[list[int]]:
+    """Row indices grouped into micro-batches, longest first. Each of `world` processes takes every
+    world-th row of a micro-batch, and its share holds at most `budget` tokens: real tokens when
+    `packed` (samples laid end to end; first fit, so the rows fill each micro-batch), else padded
+    ones (its rows x the longest; rows of like length share one). `budget` 0: one micro-batch."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     if not budget:
         return [order] if order else []
     out: list[list[int]] = []
+    shares: list[list[int]] = []  # packed: the real tokens of each process's share of each micro-batch
     for i in order:
         if lengths[i] > budget:
             raise ValueError(f"a sample of {lengths[i]} tokens exceeds learner.micro_batch_tokens = {budget}")
-        if out and -(-(len(out[-1]) + 1) // world) * lengths[out[-1][0]] <= budget:
+        if packed:
+            b = next((b for b, mb in enumerate(out) if shares[b][len(mb) % world] + lengths[i] <= budget), None)
+            if b is None:
+                b = len(out)
+                out.append([])
+                shares.append([0] * world)
+            shares[b][len(out[b]) % world] += lengths[i]
+            out[b].append(i)
+        elif out and -(-(len(out[-1]) + 1) // world) * lengths[out[-1][0]] <= budget:
             out[-1].append(i)
         else:
             out.append([i])
@@ -142,6 +154,8 @@ class Trainer:
         self.norm_tokens = loss.norm_tokens or max_tokens
         self.device = self._pick_device()
         model = load_causal_lm(model_path, PRECISION_DTYPE[lc.precision])
+        if lc.packing:
+            model.set_attn_implementation(attention_for(self.device))
         if lc.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = self._distribute(model.to(self.device))
@@ -150,6 +164,7 @@ class Trainer:
         self.version = 0  # number of optimiser steps taken: the weights' version
         self.pad_id = self.model.config.pad_token_id or 0
         self.loss_scale = 1.0  # a sharded trainer's rows weigh in as their share of the whole
+        self.clock = StageClock(self.device)  # seconds per stage of each step, in its metrics
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> "Trainer":
@@ -198,16 +213,12 @@ class Trainer:
         """(log pi_theta of the targets at each sample's T, entropy at T = 1 or, under
         `zvp.entropy_temperature = "sample"`, at the sample's T), both [N, S-1] and zero off the
         response. Only response positions meet the output layer, `learner.logit_chunk_tokens` at a time."""
-        with self._autocast():
-            # The whole model runs (so a sharded root gathers its parameters as usual), but the output
-            # layer only at one position; the last hidden state then meets it chunk by chunk below.
-            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1,
-                             output_hidden_states=True)
-        hidden = out.hidden_states[-1]  # after the final norm: what the output layer reads
         mask = batch.response_mask.bool()
+        with self._autocast():
+            hidden = self._response_hidden(batch, mask)
         per_token = lambda t: t.unsqueeze(1).expand_as(mask)[mask]  # noqa: E731 - [N] -> [tokens]
         t_entropy = batch.temperature if self.zvp.entropy_temperature == "sample" else torch.ones_like(batch.temperature)
-        lp, ent = response_logprobs(hidden[:, :-1][mask], self.model.lm_head.weight, batch.targets[mask],
+        lp, ent = response_logprobs(hidden, self.model.lm_head.weight, batch.targets[mask],
                                     per_token(self._sample_temperature(batch)),
                                     per_token(t_entropy) if entropy else None, self.lc.logit_chunk_tokens)
         logp = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
@@ -215,6 +226,23 @@ class Trainer:
         if ent is None:
             return logp, None
         return logp, torch.zeros_like(logp).masked_scatter(mask, ent)
+
+    def _response_hidden(self, batch: Batch, mask: torch.Tensor) -> torch.Tensor:
+        """The last hidden state (after the final norm: what the output layer reads) at each position
+        that predicts a response token ([tokens, H], in the row-major order of `mask` [N, S-1]). The
+        whole model runs (so a sharded root gathers its parameters as usual), but the output layer
+        only at one position; the hidden states meet it chunk by chunk in `response_logprobs`."""
+        keep = dict(logits_to_keep=1, output_hidden_states=True, use_cache=False)
+        if not self.lc.packing:
+            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep)
+            return out.hidden_states[-1][:, :-1][mask]
+        # Packed: the rows' real tokens end to end in one row, attention kept inside each sample
+        # (learner/packing.py). Padding is on the right, so row i's position t is at start_i + t.
+        row = packed_row(batch.input_ids, batch.attention_mask)
+        out = self.model(**row, **keep)
+        starts = row["cu_seq_lens_q"][:-1].long()
+        at = starts[:, None] + torch.arange(mask.shape[1], device=mask.device)
+        return out.hidden_states[-1][0, at[mask]]
 
     def logprobs(self, batch: Batch) -> torch.Tensor:
         return self.forward(batch, entropy=False)[0]
@@ -240,7 +268,13 @@ class Trainer:
     def micro_batches(self, batch: Batch, rows: torch.Tensor) -> list[torch.Tensor]:
         """`rows` of `batch` cut into micro-batches by the token budget (whole rows, never split)."""
         lengths = batch.attention_mask[rows].sum(1).tolist()
-        return [rows[mb] for mb in pack(lengths, self.lc.micro_batch_tokens, self.world)]
+        return [rows[mb] for mb in pack(lengths, self.lc.micro_batch_tokens, self.world, self.lc.packing)]
+
+    def _positions_run(self, batch: Batch, rows: torch.Tensor) -> int:
+        """Positions the model runs for micro-batch `rows` (all processes' shares): real tokens when
+        packed, rows x the longest when padded."""
+        lengths = batch.attention_mask[rows].sum(1)
+        return int(lengths.sum()) if self.lc.packing else len(rows) * int(lengths.max())
 
     def _share(self, rows: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(the rows of a micro-batch this process runs, whether they count): all of them here."""
@@ -267,17 +301,20 @@ class Trainer:
         n_groups = int(batch.group.max()) + 1
         k = min(self.lc.updates_per_batch, n_groups)
         if k > 1:
-            batch.prox = self.proximal(batch)  # pi_prox: the policy at the start of the batch, fixed for all k
+            with self.clock.stage("prox"):
+                batch.prox = self.proximal(batch)  # pi_prox: the policy at the start of the batch, fixed for all k
         metrics: dict = {}
         total = LossSums()
         for u, groups in enumerate(split_updates(n_groups, k, self.seed + self.version)):
             sums = self.gradients(batch, torch.isin(batch.group, groups).nonzero().flatten())
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.lc.grad_clip)
-            if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over every shard
-                grad_norm = grad_norm.full_tensor()
             if u == 0 and before_update is not None:
-                before_update()
-            self.optimizer.step()
+                with self.clock.stage("snapshot"):  # waiting for the copy of the weights about to change
+                    before_update()
+            with self.clock.stage("optimizer"):
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.lc.grad_clip)
+                if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over every shard
+                    grad_norm = grad_norm.full_tensor()
+                self.optimizer.step()
             total += sums
             if k > 1:
                 metrics[f"update/{u}/clip_frac"] = sums.clip_frac
@@ -286,7 +323,8 @@ class Trainer:
         metrics.update(asdict(total.stats()), **total.gap_by_lag())
         metrics.update(loss=total.loss / k, grad_norm=float(grad_norm), updates=k, entropy=total.entropy_mean,
                        tokens=int(total.tokens), response_len=float(batch.response_mask.sum(1).mean()),
-                       padding_frac=1.0 - float(batch.attention_mask.sum()) / max(total.padded, 1.0))
+                       padding_frac=1.0 - float(batch.attention_mask.sum()) / max(total.padded, 1.0),
+                       **self.clock.take())
         return metrics
 
     def gradients(self, batch: Batch, rows: torch.Tensor) -> LossSums:
@@ -298,7 +336,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums = LossSums()
         for mb in self.micro_batches(batch, rows):
-            sums.padded += len(mb) * int(batch.attention_mask[mb].sum(1).max())  # the whole micro-batch's
+            sums.padded += self._positions_run(batch, mb)
             mine, counts = self._share(mb)
             sub = batch.select(mine)
             if not counts:
@@ -310,11 +348,13 @@ class Trainer:
 
     def _accumulate(self, batch: Batch) -> LossSums:
         """Forward and backward of one micro-batch; its gradient adds to the update's."""
-        logp, entropy = self.forward(batch)
-        self._fill_zvp(batch, entropy)
-        # With one update per batch, pi_prox is pi_theta at the start of the step: detaching gives it.
-        prox = batch.prox if batch.prox is not None else logp.detach()
-        loss, sums = policy_loss(LossInputs(logp, prox, batch.mu, batch.adv, batch.response_mask, batch.coef,
-                                            batch.token_lag, entropy), self.loss)
-        (loss * self.loss_scale).backward()
+        with self.clock.stage("forward"):
+            logp, entropy = self.forward(batch)
+            self._fill_zvp(batch, entropy)
+            # With one update per batch, pi_prox is pi_theta at the start of the step: detaching gives it.
+            prox = batch.prox if batch.prox is not None else logp.detach()
+            loss, sums = policy_loss(LossInputs(logp, prox, batch.mu, batch.adv, batch.response_mask, batch.coef,
+                                                batch.token_lag, entropy), self.loss)
+        with self.clock.stage("backward"):
+            (loss * self.loss_scale).backward()
         return sums

@@ -240,9 +240,13 @@ class LearnerConfig(Section):
     idle_timeout_s: PosFloat = 300.0  # give up when no rollout arrives for this long
     step_timeout_s: PosFloat = 3600.0  # an optimiser step running longer than this is a stall: the run stops, naming it
     # Memory is set by these, never by the batch: a step's samples are packed into micro-batches of at
-    # most this many padded tokens (prompt + response) per training process, with gradient
-    # accumulation (0: one piece) ...
+    # most this many tokens (prompt + response) per training process, with gradient accumulation
+    # (0: one piece) ...
     micro_batch_tokens: NonNegInt = 16384
+    # ... laid end to end, each sample attending only to itself (positions restart at 0): the budget
+    # counts real tokens and no work goes to padding. false: padded rows (the budget counts rows x
+    # the longest), kept to measure against (`run.py bench learner`).
+    packing: bool = True
     # ... and the output layer meets at most this many positions at once (x vocabulary logits alive).
     logit_chunk_tokens: PosInt = 2048
     activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass

@@ -46,8 +46,11 @@ def test_run_stats_survive_a_json_round_trip():
                      rollouts_by_generator=collections.Counter({1: 3}), evals=[(4, {"mean_at_k": 0.5})])
     stats.arrivals.add("mixed", 1.02)
     g = group([1.0, 0.0], [1], [[2], [3]], [[-0.1], [-0.1]], temperature=1.1)
-    stats.record_step([g], [1], residual_frac=0.25, seconds=0.5)
+    stats.record_step([g], [1], residual_frac=0.25, seconds=0.5, stage_seconds={"time/forward": 0.2})
+    stats.record_step([g], [1], residual_frac=0.25, seconds=0.5, stage_seconds={"time/forward": 0.1,
+                                                                                 "time/checkpoint": 0.3})
     back = RunStats.from_state(json.loads(json.dumps(stats.to_state())), t0=1.0)
     assert back == stats
-    assert back.lag_hist[1] == 2 and back.trained_lags_max == 1
-    assert torch.isclose(torch.tensor(back.trained_temp_sum), torch.tensor(1.1))
+    assert back.time_share() == pytest.approx({"checkpoint": 0.3, "forward": 0.3})
+    assert back.lag_hist[1] == 4 and back.trained_lags_max == 1
+    assert torch.isclose(torch.tensor(back.trained_temp_sum), torch.tensor(2.2))

@@ -57,11 +57,11 @@ def _grads(trainer: Trainer, batch, rows=None) -> list[torch.Tensor]:
     return [p.grad.detach().clone() for p in trainer.model.parameters()]
 
 
-def _budget_for(batch, ways: int) -> int:
+def _budget_for(batch, ways: int, packed: bool = True) -> int:
     """A token budget that cuts the batch into exactly `ways` micro-batches."""
     lengths = batch.attention_mask.sum(1).tolist()
     for budget in range(max(lengths), len(lengths) * max(lengths) + 1):
-        if len(pack(lengths, budget)) == ways:
+        if len(pack(lengths, budget, packed=packed)) == ways:
             return budget
     raise AssertionError(f"no budget splits the batch {ways} ways")
 
@@ -86,7 +86,9 @@ def loss_inputs(monkeypatch):
 def test_micro_batched_gradient_is_the_one_piece_gradient(tiny_model, tmp_path, aggregation, correction, kind):
     common = ["--loss.aggregation", aggregation, "--loss.correction", correction, "--advantage.kind", kind,
               "--loss.is_cap", "50"]
-    cfg = make_config(tmp_path, *common, "--learner.micro_batch_tokens", "0")
+    """The reference is the padded batch in one piece; packed micro-batches of 1, 3 and 8 (samples
+    end to end) and padded ones of 3 must give its gradient."""
+    cfg = make_config(tmp_path, *common, "--learner.micro_batch_tokens", "0", "--learner.packing", "false")
     trainer = Trainer.from_config(cfg, tiny_model)
     batch = _batch(trainer, cfg)
     sums = trainer.gradients(batch, torch.arange(len(batch.group)))
@@ -94,11 +96,12 @@ def test_micro_batched_gradient_is_the_one_piece_gradient(tiny_model, tmp_path, 
     assert max(float(g.abs().max()) for g in whole) > 1e-4  # a gradient that could differ
     if correction != "ppo_behaviour":  # the case is not vacuous: some rows are cut, some survive
         assert 0.0 < sums.truncated_frac < 1.0, sums.truncated_frac
-    for ways in (1, 3, 8):
-        split = _trainer(tiny_model, tmp_path, *common, "--learner.micro_batch_tokens", str(_budget_for(batch, ways)))
+    for ways, packed in ((1, True), (3, True), (8, True), (3, False)):
+        split = _trainer(tiny_model, tmp_path, *common, "--learner.packing", str(packed).lower(),
+                         "--learner.micro_batch_tokens", str(_budget_for(batch, ways, packed)))
         assert len(split.micro_batches(batch, torch.arange(len(batch.group)))) == ways
         for g, ref in zip(_grads(split, batch), whole):
-            assert torch.allclose(g, ref, atol=1e-5, rtol=1e-4), (ways, float((g - ref).abs().max()))
+            assert torch.allclose(g, ref, atol=1e-5, rtol=1e-4), (ways, packed, float((g - ref).abs().max()))
 
 
 class OwnTokensTrainer(Trainer):
@@ -164,6 +167,38 @@ def test_learner_forward_matches_full_logits_at_each_samples_temperature(tiny_mo
     assert torch.allclose(logp[mask], token_logprobs(logits, batch.targets, batch.temperature)[mask], atol=1e-5)
     full = torch.log_softmax(logits.detach(), -1)  # the entropy at T = 1 from the full logits
     assert torch.allclose(ent[mask], -(full.exp() * full).sum(-1)[mask], atol=1e-5)
+
+
+def test_a_packed_sample_attends_to_itself_only(tiny_model, tmp_path):
+    """All rows packed into one sequence: changing one sample's tokens moves its own log-probs and
+    no other's (a mask that let attention cross sample boundaries would move its neighbours')."""
+    cfg = make_config(tmp_path, "--learner.micro_batch_tokens", "0")
+    trainer = Trainer.from_config(cfg, tiny_model)
+    batch = _batch(trainer, cfg)
+    assert len(trainer.micro_batches(batch, torch.arange(len(batch.group)))) == 1
+    with torch.no_grad():
+        before = trainer.logprobs(batch)
+        changed = 5
+        batch.input_ids[changed, 1:3] = (batch.input_ids[changed, 1:3] + 7) % trainer.model.config.vocab_size
+        after = trainer.logprobs(batch)
+    moved = (after - before).abs().amax(1)
+    assert float(moved[changed]) > 1e-3
+    others = torch.arange(len(moved)) != changed
+    assert float(moved[others].max()) < 1e-5, moved
+
+
+def test_packed_micro_batches_hold_each_row_once_within_every_share_of_the_budget():
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 60, (37,), generator=gen).tolist()
+    for world in (1, 2, 3):
+        padded = pack(lengths, 120, world)
+        packed = pack(lengths, 120, world, packed=True)
+        assert sorted(i for mb in packed for i in mb) == list(range(37))
+        for mb in packed:
+            assert all(sum(lengths[i] for i in mb[r::world]) <= 120 for r in range(world))
+        assert len(packed) < len(padded)  # real tokens fill micro-batches that padding would have cut
+    with pytest.raises(ValueError, match="exceeds learner.micro_batch_tokens = 50"):
+        pack(lengths, 50, packed=True)
 
 
 def test_pi_prox_is_the_policy_at_the_start_of_the_batch_for_all_k_updates(tiny_model, tmp_path, loss_inputs):
