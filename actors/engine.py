@@ -21,6 +21,7 @@ class Request:
     n: int
     temperature: float
     max_tokens: int
+    seed: int = -1  # >= 0: sample j is drawn with vLLM's per-request seed `seed + j` (exact lag control)
 
 
 @dataclass
@@ -136,9 +137,10 @@ class Engine:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        params = self._sampling(r, n=1, output_kind=RequestOutputKind.DELTA)
         self._open[key] = [Completion([], [], "", []) for _ in range(r.n)]  # finish_reason "": running
         for j in range(r.n):
+            seed = {"seed": r.seed + j} if r.seed >= 0 else {}
+            params = self._sampling(r, n=1, output_kind=RequestOutputKind.DELTA, **seed)
             self.llm.llm_engine.add_request(f"{key}-{j}", TokensPrompt(prompt_token_ids=r.prompt_tokens), params)
 
     @property

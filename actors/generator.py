@@ -94,6 +94,8 @@ class Generator:
     def _apply_updates(self) -> None:
         if self.cfg.generator.update_mode == "drain" and self.running:
             return  # drain first: every sample of a running group stays on one version
+        if self.updates and any(a.wave_size and a.policy_version < self.updates[0].version for a in self.pending):
+            return  # a wave leased under the weights held now is sampled under them (exact lag control)
         while self.updates:
             update = self.updates.popleft()
             if update.version <= self.version:
@@ -108,15 +110,36 @@ class Generator:
 
     def _admit(self) -> None:
         """Start the leases that wait, up to max_inflight running groups. In drain mode a waiting
-        weight update closes the door: the running groups finish, the update lands, then new ones start."""
+        weight update closes the door: the running groups finish, the update lands, then new ones start
+        (except a wave leased before the update: it is sampled under the weights it was leased for)."""
+        if self.pending and self.pending[0].wave_size:
+            if not self.updates or self.pending[0].policy_version < self.updates[0].version:
+                self._admit_wave()
+            return
         if self.cfg.generator.update_mode == "drain" and self.updates:
             return
-        while self.pending and self.engine.running < self.cfg.generator.max_inflight:
-            a = self.pending.popleft()
-            self._key += 1
-            self.running[self._key] = (a, time.monotonic())
-            self.engine.submit(self._key, Request(unpack_ids(a.prompt_tokens).tolist(), a.n, a.temperature,
-                                                  a.max_tokens))
+        if any(a.wave_size for a, _ in self.running.values()):
+            return  # a wave runs alone
+        while self.pending and not self.pending[0].wave_size and self.engine.running < self.cfg.generator.max_inflight:
+            self._submit(self.pending.popleft())
+
+    def _admit_wave(self) -> None:
+        """Exact lag control: a wave's leases start together once all have arrived, with nothing else
+        running, so the engine batches them the same way whatever their arrival times (its batch
+        shapes, and so its arithmetic, do not depend on the machine's load)."""
+        head = self.pending[0]
+        wave = [a for a in self.pending if a.wave == head.wave]
+        if self.running or len(wave) < head.wave_size:
+            return
+        self.pending = deque(a for a in self.pending if a.wave != head.wave)
+        for a in wave:
+            self._submit(a)
+
+    def _submit(self, a: Assignment) -> None:
+        self._key += 1
+        self.running[self._key] = (a, time.monotonic())
+        self.engine.submit(self._key, Request(unpack_ids(a.prompt_tokens).tolist(), a.n, a.temperature,
+                                              a.max_tokens, a.seed))
 
     def _decode_step(self) -> None:
         """One decode step; each group that finished in it is verified and sent at once."""

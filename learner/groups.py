@@ -138,3 +138,10 @@ class GroupBuffer:
     def take(self, count: int) -> list[Group]:
         batch, self.groups = self.groups[:count], self.groups[count:]
         return batch
+
+    def take_leases(self, lease_ids: list[int]) -> list[Group]:
+        """The groups of these leases, removed from the buffer."""
+        wanted = set(lease_ids)
+        taken = [g for g in self.groups if g.lease_id in wanted]
+        self.groups = [g for g in self.groups if g.lease_id not in wanted]
+        return taken

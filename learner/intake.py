@@ -23,7 +23,11 @@ log = logging.getLogger(__name__)
 
 class Intake:
     def __init__(self, leases: LeaseBook, tracker: Tracker, buffer: GroupBuffer, stats: RunStats,
-                 rule: AdvantageRule, dapo: DAPOConfig, group_size: int, groups_per_step: int, t0: float):
+                 rule: AdvantageRule, dapo: DAPOConfig, group_size: int, groups_per_step: int, t0: float,
+                 in_arrival_order: bool = True):
+        """`in_arrival_order` False (exact lag control): the tracker's visit and the dynamic-sampling
+        filter wait for the group's step, which applies them in lease order (learner/waves.py)."""
+        self.in_arrival_order = in_arrival_order
         self.leases, self.tracker, self.buffer, self.stats = leases, tracker, buffer, stats
         self.rule, self.dapo = rule, dapo
         self.group_size, self.groups_per_step, self.t0 = group_size, groups_per_step, t0
@@ -50,16 +54,22 @@ class Intake:
             self.stats.version_regressions += 1
         self._last_version[r.generator_id] = group.version_last
         self.stats.rollouts_by_generator[r.generator_id] += 1
-        # The visit is recorded whether or not the group is trained: the prompt was observed either way.
-        self.tracker.record_visit(group.prompt_id, group.outcome, float(group.rewards.mean()), group.temperature,
-                                  group.version_first)
         self.window.add(group.outcome, group.temperature)
+        if not self.in_arrival_order:
+            self.buffer.add(group)
+            return group
+        self.record_visit(group)
         if self._filtered_out(group):
             self.leases.close(r.lease_id, "dropped_filtered")
             self.window.filtered += 1
         else:
             self.buffer.add(group)
         return group
+
+    def record_visit(self, group: Group) -> None:
+        """The visit is recorded whether or not the group is trained: the prompt was observed either way."""
+        self.tracker.record_visit(group.prompt_id, group.outcome, float(group.rewards.mean()), group.temperature,
+                                  group.version_first)
 
     def _filtered_out(self, group: Group) -> bool:
         """DAPO dynamic sampling: a group whose advantages are all zero teaches nothing; drop it and

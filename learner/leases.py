@@ -43,11 +43,12 @@ class Lease:
 
 
 def assignment(lease_id: int, prompt_id: int, epoch: int, problem: Problem, prompt: bytes, temperature: float,
-               n: int, version: int, max_tokens: int) -> Assignment:
-    """The message that hands one prompt visit to a generator (a training lease or a held-out one)."""
+               n: int, version: int, max_tokens: int, **wave) -> Assignment:
+    """The message that hands one prompt visit to a generator (a training lease or a held-out one);
+    `wave`: seed, wave and wave_size under exact lag control (learner/waves.py)."""
     return Assignment(lease_id=lease_id, prompt_id=prompt_id, epoch=epoch, temperature=temperature, n=n,
                       policy_version=version, prompt_tokens=prompt, answer=problem.answer,
-                      verifier=problem.verifier, metadata=problem.metadata, max_tokens=max_tokens)
+                      verifier=problem.verifier, metadata=problem.metadata, max_tokens=max_tokens, **wave)
 
 
 class LeaseBook:
@@ -87,7 +88,7 @@ class LeaseBook:
         self.cursor += 1
         return pid, self.epoch
 
-    def lease(self, generator_id: int, version: int, now: float | None = None) -> Assignment:
+    def lease(self, generator_id: int, version: int, now: float | None = None, **wave) -> Assignment:
         now = time.monotonic() if now is None else now
         prompt_id, epoch = self._next_visit()
         temp = temperature(self.tracker.h(prompt_id), self.schedule)
@@ -95,7 +96,7 @@ class LeaseBook:
         self.leases[lease.lease_id] = lease
         self.dispatched += 1
         return assignment(lease.lease_id, prompt_id, epoch, self.problems[prompt_id], self.prompt_bytes[prompt_id],
-                          temp, self.group_size, version, self.max_tokens)
+                          temp, self.group_size, version, self.max_tokens, **wave)
 
     def new_lease_id(self) -> int:
         """Lease ids are unique across training and evaluation leases."""
@@ -106,6 +107,10 @@ class LeaseBook:
         """Leases out at generators (not yet returned)."""
         return sum(1 for l in self.leases.values()
                    if not l.returned and (generator_id is None or l.generator_id == generator_id))
+
+    def out_at_generators(self) -> set[int]:
+        """Open leases whose group has not come back."""
+        return {i for i, l in self.leases.items() if not l.returned}
 
     def returned(self, lease_id: int) -> Lease | None:
         """Mark a lease's group as arrived; None for an unknown, closed or duplicate lease."""

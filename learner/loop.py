@@ -40,6 +40,7 @@ from learner.stats import Arrivals, RunStats, run_counters, tracker_metrics
 from learner.stepper import RunningStep, Stepper
 from learner.supervisor import Supervisor
 from learner.tracker import Tracker
+from learner.waves import Waves, exact_steps, lease_seed
 from learner.trainer import Trainer, check_fits
 from pipeline.config import Config, to_toml_dict
 from pipeline.data import Problem
@@ -65,8 +66,16 @@ class Learner:
         self.model_path = str(resume) if resume is not None else model_path
         if not resolved(cfg):  # a config straight from a file: its model-derived settings, decided now
             cfg = derive(cfg, self.model_path, cfg.generator.max_inflight * cfg.learner.group_size)[0]
+        if cfg.learner.lag_control == "exact" and cfg.learner.sample_budget:  # a budget of whole waves
+            steps = exact_steps(cfg.learner, cfg.dapo)
+            cfg = msgspec.structs.replace(cfg, learner=msgspec.structs.replace(cfg.learner, steps=steps, sample_budget=0))
         self.cfg = cfg
         lc, gc = cfg.learner, cfg.generator
+        self.waves = Waves(lc, cfg.dapo, cfg.run.seed) if lc.lag_control == "exact" else None
+        self._wave_rest: dict[int, list] = {}  # step -> its wave's groups not trained (visits recorded at its end)
+        if self.waves is not None:
+            log.info("exact lag control: step t trains the wave leased under version t - %d (%d leases per wave; "
+                     "%d steps)", lc.max_lag, self.waves.size, lc.steps)
         self.observe = observer or (lambda event: None)
         tokenizer = load_tokenizer(self.model_path)
         prompt_tokens = [render(tokenizer, p.question, cfg.data) for p in problems]
@@ -82,13 +91,15 @@ class Learner:
         if resume is not None:
             self.stats = checkpoint.restore(resume, self.trainer, self.tracker, self.leases, self.buffer, rule,
                                             cfg.schedule.t0)
+            if self.waves is not None and "waves" in (saved := checkpoint.load_state(resume)[0]):
+                self.waves.load_state_dict(saved["waves"])  # leases then out at generators are re-issued
         t = cfg.transport
         self.endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes, t.curve_dir)
         self.initial_version = self.trainer.version
         self.supervisor = Supervisor(gc, t.host, cfg.weights.timeout_s, "nccl" if torch.cuda.is_available() else "gloo",
                                      self.endpoint.send, self._generator_gone, self.initial_version)
         self.intake = Intake(self.leases, self.tracker, self.buffer, self.stats, rule, cfg.dapo, lc.group_size,
-                             lc.groups_per_step, cfg.schedule.t0)
+                             lc.groups_per_step, cfg.schedule.t0, in_arrival_order=self.waves is None)
         self.publisher = Publisher(self.trainer, cfg.model.dtype, self.stats, self.endpoint.wake)
         self.stepper = Stepper(self.trainer, self.endpoint.wake,
                                on_batch=(lambda v, b: self.observe(BatchBuilt(v, b))) if observer else None)
@@ -171,6 +182,8 @@ class Learner:
 
     def _dispatch(self) -> None:
         """Keep every live generator busy, but never lease more than can be trained within max_lag."""
+        if self.waves is not None:
+            return self._dispatch_waves()
         budget = dispatch.lease_budget(self.cfg.learner, self.leases.open, self.leases.dispatched)
         if budget <= 0:
             return
@@ -190,6 +203,42 @@ class Learner:
                 self.leases.expire(generator_id=gid)
                 return  # its socket is gone; the supervisor will notice, the next tick re-plans
 
+    def _dispatch_waves(self) -> None:
+        """Exact lag control: the waves due at this version go out whole, at a fixed point (no step
+        running, the last one's bookkeeping done) and once every generator holds this version."""
+        v, lc = self.trainer.version, self.cfg.learner
+        due = self.waves.due(v, lc.steps) if self.stepper.running is None else []
+        ready = self.supervisor.ready_weights()
+        if not due or not ready or len(ready) < self.supervisor.expected or any(w != v for w in ready.values()):
+            return
+        for step in due:
+            slots = [self.waves.generator_for(i, list(ready)) for i in range(self.waves.size)]
+            self.waves.leased[step] = []
+            for i, gid in enumerate(slots):
+                a = self.leases.lease(gid, v, seed=lease_seed(self.cfg.run.seed, step, i), wave=step,
+                                      wave_size=slots.count(gid))
+                self.waves.leased[step].append(a.lease_id)
+                self.observe(Leased(gid, a, self.tracker.h(a.prompt_id)))
+                if not self.endpoint.send(gid, a):
+                    self.leases.expire(generator_id=gid)  # its socket is gone: re-issued, counted
+
+    def _start_wave_step(self) -> None:
+        """Exact lag control: step t starts once its whole wave is back, and only after the waves
+        due at version t went out (they must be generated under these weights, before they change)."""
+        t, lc = self.trainer.version, self.cfg.learner
+        if not self.waves.out_before_step(t, lc.steps) or not self.waves.complete(t, self.leases.out_at_generators()):
+            return
+        arrived = self.buffer.take_leases(self.waves.leased[t])
+        if not arrived:  # every lease of the wave failed or was re-issued: the wave goes out again
+            del self.waves.leased[t]
+            return
+        train, rest = self.waves.choose(t, arrived)
+        for g in rest:
+            self.leases.close(g.lease_id, "dropped_filtered")
+        self.intake.window.filtered += len(rest)
+        self._wave_rest[t] = rest
+        self._start_step(train)
+
     def _start_if_ready(self) -> None:
         """Start an optimiser step when a batch is ready (dropping what went stale meanwhile). Once
         the sample budget is all back, the last groups train as a batch of their own (those samples
@@ -198,6 +247,8 @@ class Learner:
         if (self.stepper.running is not None or self.writer.busy or self.trainer.version >= lc.steps
                 or self.stop_requested):
             return
+        if self.waves is not None:
+            return self._start_wave_step()
         for g in self.buffer.drop_stale(self.trainer.version, lc.max_lag):
             self.leases.close(g.lease_id, "dropped_stale")
         if len(self.buffer) >= lc.groups_per_step or (len(self.buffer) and self._budget_returned()):
@@ -217,6 +268,10 @@ class Learner:
         for g in done.groups:
             self.leases.close(g.lease_id, "trained")
             self.tracker.record_trained(g.prompt_id, done.version)
+        if self.waves is not None:  # the wave's visits, in lease order, at its step's end (learner/waves.py)
+            for g in self.waves.in_lease_order(done.version, done.groups + self._wave_rest.pop(done.version, [])):
+                self.intake.record_visit(g)
+            del self.waves.leased[done.version]
         window = self.intake.close_window()
         arrived = window.metrics()
         metrics.update(self.clock.take())  # the loop's stages since the last step, beside the step's own
@@ -341,7 +396,8 @@ class Learner:
         return {"version": self.trainer.version, "probe_logprobs": self.trainer.probe_logprobs(),
                 "tracker": self.tracker.state_dict(),
                 "leases": self.leases.state_dict(), "stats": self.stats.to_state(),
-                "buffer": [group_to_state(g) for g in self.buffer.groups], "config": msgspec.to_builtins(self.cfg)}
+                "buffer": [group_to_state(g) for g in self.buffer.groups], "config": msgspec.to_builtins(self.cfg),
+                **({"waves": self.waves.state_dict()} if self.waves is not None else {})}
 
     def check_leases(self) -> None:
         """The lease identity in full: each open lease is out at a generator, buffered with its
@@ -388,4 +444,5 @@ class Learner:
     def counters(self) -> dict:
         return run_counters(self.leases, len(self.buffer), self.stats, rejected_frames=self.endpoint.rejected.counts,
                             rejected_rollouts=self.intake.rejected, checkpoint_failures=self.checkpoint_failures,
-                            generator_restarts=self.supervisor.restarts, generators_retired=self.supervisor.retired)
+                            generator_restarts=self.supervisor.restarts, generators_retired=self.supervisor.retired,
+                            **({"short_waves": self.waves.short} if self.waves is not None else {}))

@@ -214,6 +214,9 @@ class DAPOConfig(Section):
 
     dynamic_sampling: bool = False  # drop groups whose advantages are all zero, keep drawing
     max_gen_batches: PosInt = 10  # give up filtering after this many batches' worth of drops in a step
+    # Under learner.lag_control = "exact", each step's wave leases ceil(B x this) groups under one
+    # version and trains the first B that survive the filter, in lease order (the rest are counted).
+    oversample: float = 1.5
     overlong_shaping: bool = False
     overlong_cache: PosInt = 4  # L_cache; L_max is generator.max_tokens
 
@@ -227,6 +230,10 @@ class LearnerConfig(Section):
     weight_decay: NonNegFloat = 0.0
     grad_clip: PosFloat = 1.0
     max_lag: NonNegInt = 4  # samples generated more than this many versions ago are dropped, counted
+    # bounded: lag at most max_lag, set by timing (throughput first). exact: step t trains only groups
+    # generated under version t - max_lag, leased for it in a fixed order with seeded sampling: the
+    # same run whatever the machine's load (learner/waves.py). Lag is then a controlled variable.
+    lag_control: Literal["bounded", "exact"] = "bounded"
     # Leases open at once (out at generators or buffered). 0: (max_lag + 1) * groups_per_step, the
     # most that can still be trained within max_lag; more over-provisions and some will go stale.
     max_open_groups: NonNegInt = 0
@@ -314,6 +321,24 @@ class Config(Section):
 PACKAGED_MODELS = ("smollm2-135m-instruct",)
 
 
+def _check_exact(cfg: Config) -> None:
+    """Exact lag control needs each version to reach the generators whole and alone."""
+    lc = cfg.learner
+    if lc.lag_control != "exact":
+        return
+    if cfg.generator.update_mode != "drain":
+        raise ConfigError("learner.lag_control = \"exact\" excludes generator.update_mode = \"inflight\": a group must "
+                          "be sampled under one version (set update_mode = \"drain\", or lag_control = \"bounded\")")
+    if lc.sync_every != 1:
+        raise ConfigError(f"learner.lag_control = \"exact\" needs learner.sync_every = 1 (got {lc.sync_every}): "
+                          "the wave for step t is generated under version t - max_lag, which must reach the generators")
+    if lc.max_open_groups:
+        raise ConfigError("learner.max_open_groups has no meaning under learner.lag_control = \"exact\" (each step's "
+                          "wave is leased whole); leave it 0")
+    if cfg.dapo.oversample < 1.0:
+        raise ConfigError(f"dapo.oversample ({cfg.dapo.oversample}) must be >= 1")
+
+
 class ConfigError(ValueError):
     """A configuration problem, with the dotted name of the field at fault."""
 
@@ -352,6 +377,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def _check_semantics(cfg: Config) -> None:
+    _check_exact(cfg)
     lc = cfg.learner
     if lc.updates_per_batch > lc.groups_per_step:
         raise ConfigError(f"learner.updates_per_batch ({lc.updates_per_batch}) must be <= learner.groups_per_step "

@@ -13,7 +13,7 @@ from typing import Union
 import msgspec
 import numpy as np
 
-PROTOCOL_VERSION = 2  # 2: the learner answers heartbeats (Alive)
+PROTOCOL_VERSION = 3  # 2: the learner answers heartbeats (Alive); 3: seeded waves (exact lag)
 
 _IDS = np.dtype("<i4")
 _FLOATS = np.dtype("<f4")
@@ -53,6 +53,11 @@ class Assignment(Message, kw_only=True):
     verifier: str  # "math" (math-verify) or "reasoning_gym:<task>"
     metadata: str = "{}"  # JSON the verifier may need (reasoning-gym entry metadata)
     max_tokens: int
+    # Exact lag control (learner/waves.py): sample j is drawn with seed `seed + j` (-1: unseeded), and
+    # the `wave_size` leases of one wave at this generator start together, alone (0: not in a wave).
+    seed: int = -1
+    wave: int = -1
+    wave_size: int = 0
 
 
 class Sample(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

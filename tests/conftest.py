@@ -18,11 +18,12 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 TEST_CACHE = ROOT / "runs" / "test-cache"  # the warm-started tiny model, reused across test sessions
 
 
-def make_config(tmp_path: Path, *extra: str):
-    """The embedded default with the model cache shared across tests and the run folder private."""
+def make_config(tmp_path: Path, *extra: str, presets: tuple[Path, ...] = ()):
+    """The embedded default (with `presets` merged over it) with the model cache shared across tests
+    and the run folder private."""
     from pipeline.config import load
 
-    return load(DEFAULT_TOML, [
+    return load([DEFAULT_TOML, *presets], [
         "--run.out_dir", str(tmp_path), "--run.cache_dir", str(TEST_CACHE), "--run.name", "run",
         "--log.wandb", "false", "--log.progress", "false", *extra,
     ])

@@ -1,0 +1,100 @@
+"""Exact lag control (learner/waves.py) on the real pipeline: two runs of one config and seed, one of
+them with its generators paused again and again (SIGSTOP / SIGCONT), train the same token ids at the
+same temperatures with the same rewards, behaviour log-probs and losses, step by step; and every
+group of step t was generated under version t - k."""
+
+import json
+import random
+import signal
+import threading
+
+import psutil
+import torch
+
+from learner.events import BatchBuilt, StepStarted
+from learner.loop import Learner
+from pipeline.data import load_problems
+from tests.conftest import ROOT, balanced, make_config, run_pipeline
+from tests.e2e.killer import Killer
+
+STEPS, K = 20, 1
+
+
+class Pauser:
+    """Stops the generator processes for random spells while the run goes on, so that groups arrive
+    at other times and in another order than in an undisturbed run."""
+
+    def __init__(self, seed: int):
+        self.rng, self.done, self.spells = random.Random(seed), threading.Event(), 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            gens = Killer.generators()
+            for p in gens:
+                try:
+                    p.send_signal(signal.SIGSTOP)
+                except psutil.Error:
+                    pass
+            self.done.wait(self.rng.uniform(0.05, 0.4))
+            for p in gens:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                except psutil.Error:
+                    pass
+            self.spells += bool(gens)
+            self.done.wait(self.rng.uniform(0.05, 0.3))
+
+    def __enter__(self) -> "Pauser":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+
+
+def _run(tiny_model, tmp_path, name: str, paused: bool) -> tuple[list[dict], list[float], Learner]:
+    cfg = make_config(tmp_path / name, "--learner.lag_control", "exact", "--learner.max_lag", str(K), "--learner.steps", str(STEPS),
+                      "--learner.groups_per_step", "4", "--generator.count", "2", "--data.size", "24",
+                      "--eval.final", "false", "--learner.checkpoint_every", "0",
+                      presets=(ROOT / "configs" / "algos" / "erpo.toml",))
+    cfg.run_dir.mkdir(parents=True)
+    steps: list[dict] = []
+
+    def observe(event) -> None:
+        if isinstance(event, StepStarted):
+            steps.append({"version": event.version, "lags": [g.lag(event.version) for g in event.groups]})
+        elif isinstance(event, BatchBuilt):
+            b = event.batch
+            steps[-1].update(tokens=[row[m.bool()].tolist() for row, m in zip(b.input_ids, b.attention_mask)],
+                             temperature=b.temperature.tolist(), adv=b.adv, mu=b.mu)
+
+    learner = Learner(cfg, tiny_model, load_problems(cfg.data), observer=observe)
+    if paused:
+        with Pauser(seed=1) as pauser:
+            run_pipeline(learner, cfg)
+        assert pauser.spells >= 5, "the generators were hardly paused: the two runs were not disturbed apart"
+    else:
+        run_pipeline(learner, cfg)
+    losses = [json.loads(line)["loss"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    return steps, losses, learner
+
+
+def test_exact_lag_trains_the_same_run_whatever_the_timing(tiny_model, tmp_path):
+    calm, calm_loss, first = _run(tiny_model, tmp_path, "calm", paused=False)
+    busy, busy_loss, second = _run(tiny_model, tmp_path, "paused", paused=True)
+    assert len(calm) == len(busy) == STEPS and len(calm_loss) == len(busy_loss) == STEPS
+    for t, (a, b) in enumerate(zip(calm, busy)):
+        # every group of step t was generated under version t - k (the first k steps under version 0)
+        assert a["lags"] == [min(t, K)] * len(a["lags"]) and b["lags"] == a["lags"], t
+        assert a["tokens"] == b["tokens"], f"step {t}: other token ids trained"
+        assert a["temperature"] == b["temperature"], f"step {t}: other temperatures"
+        assert torch.equal(a["adv"], b["adv"]), f"step {t}: other rewards"
+        assert torch.equal(a["mu"], b["mu"]), f"step {t}: other behaviour log-probs"
+    assert calm_loss == busy_loss
+    # the tracker saw the same visits in the same order
+    assert [p.h for p in first.tracker.prompts] == [p.h for p in second.tracker.prompts]
+    assert any(t > 1.0 for s in calm for t in s["temperature"])  # ERPO's schedule moved: the tracker's path is in it
+    assert balanced(second)
