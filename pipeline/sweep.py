@@ -12,7 +12,8 @@ A grid file (TOML), paths relative to it:
     "run.seed" = [0, 1, 2]                # the seed axis: the report averages over it
     preset = ["../algos/dapo.toml", "../algos/erpo.toml"]   # config files layered on `base`
 
-Cells run one after another (`--parallel N` runs N at once where cores allow). A cell whose run
+Every cell runs under exact lag control unless the grid says otherwise (`SWEEP_DEFAULTS`). Cells
+run one after another (`--parallel N` runs N at once where cores allow). A cell whose run
 folder holds `summary.json` is finished and is not run again, so a stopped sweep resumes where it
 stopped; a cell that fails is reported (its log kept) and the sweep goes on.
 """
@@ -87,9 +88,14 @@ def _override(key: str, value) -> list[str]:
     return [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
 
 
+# A sweep studies what its axes vary, so lag is a controlled variable in it (learner/waves.py), not a
+# timing accident of the machine's load; a grid may still set "learner.lag_control" = "bounded".
+SWEEP_DEFAULTS = ["--learner.lag_control", "exact"]
+
+
 def cell_command(grid: Grid, cell: Cell, out: Path, extra: list[str]) -> list[str]:
     configs = [str(p) for p in grid.base] + [str(v) for k, v in cell.values if k == PRESET_AXIS]
-    args = [a for k, v in grid.fixed.items() for a in _override(k, v)]
+    args = SWEEP_DEFAULTS + [a for k, v in grid.fixed.items() for a in _override(k, v)]
     args += [a for k, v in cell.values if k != PRESET_AXIS for a in _override(k, v)]
     return [sys.executable, str(RUN_PY), "train", "--config", *configs, *args, "--run.out_dir", str(out),
             "--run.name", cell.name, "--log.progress", "false", "--log.wandb", "false",
