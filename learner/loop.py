@@ -312,6 +312,7 @@ class Learner:
         """A stall ends the run with an error naming the stage, never a silent hang; and the run's
         health file is kept fresh for `run.py status`."""
         lc, now = self.cfg.learner, time.monotonic()
+        self.trainer.keep_alive()  # sharded: the other training processes wait for the next batch
         running = self.stepper.running
         if running is not None and now - running.started > lc.step_timeout_s:
             self._write_health()  # the run folder says where it stood when it stalled

@@ -14,8 +14,10 @@ moment rank 0 tells the followers to its end, whichever of the learner's threads
 
 from __future__ import annotations
 
+import datetime
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from learner.trainer import Batch, Trainer, build_batch
 from pipeline.config import Config
 from pipeline.model_settings import derive
 
-STEP, WEIGHTS, PROBE, STATE, LOAD, STOP = range(1, 7)
+STEP, WEIGHTS, PROBE, STATE, LOAD, STOP, ALIVE = range(1, 8)
 
 # Batch fields as they cross the training group (targets is input_ids shifted, rebuilt on arrival).
 _FIELDS = [("input_ids", torch.long, 0), ("attention_mask", torch.long, 0), ("response_mask", torch.float32, 1),
@@ -42,11 +44,13 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def join_training_group() -> int:
-    """Join the training processes' group (torchrun's env://); returns this process's rank."""
+def join_training_group(timeout_s: float = 1800.0) -> int:
+    """Join the training processes' group (torchrun's env://); returns this process's rank.
+    `timeout_s`: `learner.group_timeout_s`, the longest any collective may wait."""
     # CPU tensors (the names shared with share_string, the step's header) over gloo, CUDA ones over
     # NCCL: plain "nccl" has no CPU backend ("No backend type associated with device type cpu")
-    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
+                            timeout=datetime.timedelta(seconds=timeout_s))
     return dist.get_rank()
 
 
@@ -55,7 +59,7 @@ def lead_or_follow(cfg: Config, start_model: Callable[[], str]) -> tuple["Sharde
     rank 0 names (`start_model()`, called on rank 0 only). Rank 0 gets the trainer the learner
     drives and that folder; the other ranks follow rank 0's collectives until it says stop, then
     get None."""
-    rank = join_training_group()
+    rank = join_training_group(cfg.learner.group_timeout_s)
     model_path = share_string(start_model() if rank == 0 else None)
     resolved, _ = derive(cfg, model_path, sequences=1)  # the generation length (the trainer's Dr. GRPO constant)
     trainer = ShardedTrainer.from_config(resolved, model_path)
@@ -83,6 +87,7 @@ class ShardedTrainer(Trainer):
         """As `Trainer`'s; every rank builds its shard from the same model folder."""
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self._lock = threading.Lock()
+        self._told = time.monotonic()  # when rank 0 last spoke to the followers
         super().__init__(*args, **kwargs)
         # Each rank sums its rows' loss terms with coefficients taken over the whole update, and
         # FSDP averages the ranks' gradients: scaled by the world size, the average is the sum.
@@ -108,6 +113,18 @@ class ShardedTrainer(Trainer):
 
     def _tell_followers(self, op: int, *args: int) -> None:
         dist.broadcast(torch.tensor([op, *args, 0, 0][:3], device=self.device), 0)
+        self._told = time.monotonic()
+
+    def keep_alive(self) -> None:
+        """Called by the learner's loop each tick: a word to the followers when it has been quiet for
+        a quarter of the group's timeout (they wait inside a collective meanwhile). Never waits for
+        the lock: a collective under way is word enough."""
+        if time.monotonic() - self._told < self.lc.group_timeout_s / 4 or not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._tell_followers(ALIVE)
+        finally:
+            self._lock.release()
 
     def step(self, groups: list[Group], before_update: Callable[[], object] | None = None,
              on_batch: Callable[[Batch], None] | None = None) -> dict:
@@ -213,6 +230,8 @@ class ShardedTrainer(Trainer):
                 self._load_optimizer(Path(share_string(None)))
             elif op == STOP:
                 return
+            elif op == ALIVE:
+                continue
             else:
                 raise RuntimeError(f"training rank {self.rank}: unknown operation {op} from rank 0")
 

@@ -177,6 +177,9 @@ class Trainer:
         """The model as this trainer holds it: whole here; sharded in learner/sharded.py."""
         return model
 
+    def keep_alive(self) -> None:
+        """Between collectives, a sharded trainer keeps its followers waiting (learner/sharded.py)."""
+
     def load_optimizer(self, ckpt: Path) -> None:
         """The optimiser state saved in checkpoint folder `ckpt` (resuming a run)."""
         self.optimizer.load_state_dict(checkpoint.optimizer_state(ckpt))

@@ -246,6 +246,10 @@ class LearnerConfig(Section):
     lease_timeout_s: PosFloat = 120.0
     idle_timeout_s: PosFloat = 300.0  # give up when no rollout arrives for this long
     step_timeout_s: PosFloat = 3600.0  # an optimiser step running longer than this is a stall: the run stops, naming it
+    # Under torchrun: the training processes' collective timeout. Ranks > 0 wait inside a collective
+    # for rank 0's next word while it collects a batch; rank 0 sends a keep-alive every quarter of
+    # this, so no wait for rollouts, however long, runs into it (learner/sharded.py).
+    group_timeout_s: PosFloat = 1800.0
     # Memory is set by these, never by the batch: a step's samples are packed into micro-batches of at
     # most this many tokens (prompt + response) per training process, with gradient accumulation
     # (0: one piece) ...

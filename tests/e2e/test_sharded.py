@@ -17,18 +17,20 @@ def _torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                            *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
-@pytest.mark.parametrize("split", [[], ["--learner.micro_batch_tokens", "24", "--learner.updates_per_batch", "2"]],
-                         ids=["one-piece", "micro-batches-and-2-updates"])
-def test_sharded_step_is_the_one_device_step(tiny_model, tmp_path, split):
+@pytest.mark.parametrize("split,quiet_s", [
+    (["--learner.group_timeout_s", "20"], 45), (["--learner.micro_batch_tokens", "24", "--learner.updates_per_batch", "2"], 0)],
+    ids=["one-piece-and-a-quiet-spell", "packed-micro-batches-and-2-updates"])
+def test_sharded_step_is_the_one_device_step(tiny_model, tmp_path, split, quiet_s):
     """Two steps on the same groups: the sharded weights, gradient norm, probe, and the gathered
     checkpoint state (model and optimizer, numbered like one device's) match the one-device trainer.
     A sharded trainer resumed from that checkpoint takes the third step as the one-device one does
-    (which needs Adam's moments back in every shard)."""
+    (which needs Adam's moments back in every shard). In the first case rank 0 falls quiet for more
+    than twice the group's timeout between the steps, speaking only through its keep-alive."""
     cfg = make_config(tmp_path, *split)
     (tmp_path / "cfg.json").write_text(dumps(cfg))
     out = tmp_path / "out.json"
     r = _torchrun(str(ROOT / "tests" / "scripts" / "sharded_step.py"), str(tmp_path / "cfg.json"),
-                  tiny_model, str(out))
+                  tiny_model, str(out), str(quiet_s))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["version"] == 2 and res["moved"] > 1e-4  # the steps changed the weights ...

@@ -4,6 +4,7 @@ fresh sharded trainer resumed from it, and a third step on each. Rank 0 writes t
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,9 +32,9 @@ def groups(vocab: int, count: int = 4, size: int = 4) -> list[Group]:
     return with_advantage(out)
 
 
-def main(config_json: str, model_path: str, out: str) -> None:
+def main(config_json: str, model_path: str, out: str, quiet_s: float = 0.0) -> None:
     cfg = config_mod.loads(Path(config_json).read_bytes())
-    rank = sharded.join_training_group()
+    rank = sharded.join_training_group(cfg.learner.group_timeout_s)
     trainer = sharded.ShardedTrainer.from_config(cfg, model_path)
     if rank != 0:
         trainer.follow()  # the first trainer, until rank 0 stops it ...
@@ -41,8 +42,15 @@ def main(config_json: str, model_path: str, out: str) -> None:
         return
     one = Trainer.from_config(cfg, model_path)
     batch = groups(one.model.config.vocab_size)
-    for _ in range(2):
+    for i in range(2):
         a, b = trainer.step(batch), one.step(batch)
+        if i == 0 and quiet_s:
+            # rank 0 quiet for longer than the group's timeout (as while it waits for rollouts), speaking
+            # only through keep_alive: the followers, waiting inside a collective, must not time out
+            quiet_until = time.monotonic() + quiet_s
+            while time.monotonic() < quiet_until:
+                trainer.keep_alive()
+                time.sleep(0.05)
     weights = dict(trainer.named_weights())
     diff = max(float((weights[n] - p).abs().max()) for n, p in one.named_weights())
     probe = max(abs(x - y) for x, y in zip(trainer.probe_logprobs(), one.probe_logprobs()))
@@ -70,4 +78,4 @@ def main(config_json: str, model_path: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:4], *(float(x) for x in sys.argv[4:5]))
