@@ -76,7 +76,7 @@ def cmd_generate(args, overrides: list[str]) -> int:
         die_with_parent(args.parent_pid)
     torch.set_num_threads(cfg.run.torch_threads)
     addresses = Addresses(args.host, args.control_port, args.rollout_port)
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = args.weights_backend or ("nccl" if torch.cuda.is_available() else "gloo")
     engine = None
     if args.standin_delay is not None:  # benchmark-only: fixed-cost sampling, real everything else
         from actors.standin import StandInEngine
@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="the weight group's port; 0 (joining by hand): the learner assigns one")
     gen.add_argument("--model-path", required=True)
     gen.add_argument("--initial-version", type=int, default=0)
+    gen.add_argument("--weights-backend", choices=["gloo", "nccl"], default=None,
+                     help="the weight group's backend (the learner's choice, from its device; default: nccl "
+                          "where CUDA is visible, else gloo)")
     gen.add_argument("--parent-pid", type=int, default=0,
                      help="the launching learner's pid: this generator exits when that process dies")
     gen.add_argument("--standin-delay", type=float, default=None, help=argparse.SUPPRESS)

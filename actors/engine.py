@@ -82,12 +82,14 @@ class Engine:
 
     @staticmethod
     def _start(LLM, cfg: Config, model_path: str, seed: int, max_model_len: int | None, worker_extension: str):
+        import torch
+
         gen = cfg.generator
         return LLM(
             model=model_path,
             dtype=cfg.model.dtype,
             seed=seed,
-            enforce_eager=True,
+            enforce_eager=gen.enforce_eager if gen.enforce_eager != "auto" else not torch.cuda.is_available(),
             max_model_len=max_model_len,
             kv_cache_memory_bytes=gen.kv_cache_bytes or None,  # 0 (auto on GPU): by gpu_memory_utilization
             tensor_parallel_size=gen.tensor_parallel_size,

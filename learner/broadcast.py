@@ -19,7 +19,7 @@ import threading
 
 import torch
 
-from pipeline.collective import WeightGroup, flatten, tensor_metas
+from pipeline.collective import WeightGroup, empty_buffer
 from pipeline.messages import WeightUpdate
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 class GeneratorLink:
     """The weight group to one generator process and the thread that feeds it."""
 
-    def __init__(self, backend: str, host: str, port: int, timeout_s: float):
-        self.port = port
+    def __init__(self, backend: str, host: str, port: int, timeout_s: float, device: torch.device | str = "cpu"):
+        """`device`: the learner's (its buffers are sent from there)."""
+        self.port, self.device = port, torch.device(device)
         self.group: WeightGroup | None = None
         self.error: BaseException | None = None
         self.version = -1  # last version handed to this link
         self._job: torch.Tensor | None = None
+        self._after = None  # CUDA: the event the job's buffer was filled by
         self._cv = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, args=(backend, host, port, timeout_s),
@@ -42,7 +44,7 @@ class GeneratorLink:
 
     def _run(self, backend, host, port, timeout_s) -> None:
         try:
-            group = WeightGroup(backend, host, port, 0, 2, timeout_s)  # waits for the generator
+            group = WeightGroup(backend, host, port, 0, 2, timeout_s, self.device)  # waits for the generator
             with self._cv:
                 self.group = group
                 self._cv.notify_all()
@@ -51,8 +53,8 @@ class GeneratorLink:
                     self._cv.wait_for(lambda: self._job is not None or self._closed)
                     if self._closed:
                         return
-                    flat = self._job
-                self.group.broadcast(flat)
+                    flat, after = self._job, self._after
+                self.group.broadcast(flat, after)
                 with self._cv:
                     self._job = None
                     self._cv.notify_all()
@@ -79,6 +81,10 @@ class GeneratorLink:
                 raise RuntimeError(f"weight link on port {self.port}: no generator has joined yet (check `ready`)")
             assert self._job is None, "a broadcast is already in progress"
             self._job = flat.to(self.group.device)
+            self._after = None
+            if self._job.is_cuda:  # the broadcast's stream waits for the copy, and only for it
+                self._after = torch.cuda.Event()
+                self._after.record()
             self.version = version
             self._cv.notify_all()
 
@@ -92,7 +98,10 @@ class GeneratorLink:
             self._cv.notify_all()
 
 
-def prepare(version: int, named: list[tuple[str, torch.Tensor]], dtype: str) -> tuple[WeightUpdate, torch.Tensor]:
-    """Snapshot the weights (so training may go on) and the WeightUpdate message that describes them."""
-    flat = flatten(named, getattr(torch, dtype))
-    return WeightUpdate(version=version, tensors=tensor_metas(named), dtype=dtype), flat
+def prepare(version: int, trainer, dtype: str) -> tuple[WeightUpdate, torch.Tensor]:
+    """Snapshot the trainer's weights (so training may go on) into one buffer, filled a parameter at a
+    time, and the WeightUpdate message that describes them."""
+    metas = trainer.weight_metas()
+    flat = empty_buffer(metas, dtype, trainer.device)
+    trainer.copy_weights(flat)
+    return WeightUpdate(version=version, tensors=metas, dtype=dtype), flat

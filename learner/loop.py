@@ -18,6 +18,7 @@ Read `Learner.run` top to bottom for the whole asynchronous step.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ import torch
 from learner import checkpoint, dispatch, health
 from learner.clock import StageClock
 from learner.advantages import AdvantageRule
+from learner.broadcast import GeneratorLink
 from learner.evaluation import Evaluator
 from learner.events import BatchBuilt, Leased, Observer, StepStarted
 from learner.groups import GroupBuffer, group_to_state
@@ -96,8 +98,10 @@ class Learner:
         t = cfg.transport
         self.endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes, t.curve_dir)
         self.initial_version = self.trainer.version
-        self.supervisor = Supervisor(gc, t.host, cfg.weights.timeout_s, "nccl" if torch.cuda.is_available() else "gloo",
-                                     self.endpoint.send, self._generator_gone, self.initial_version)
+        device = self.trainer.device  # weights leave from the learner's own device (NCCL from a GPU)
+        self.supervisor = Supervisor(gc, t.host, cfg.weights.timeout_s, "nccl" if device.type == "cuda" else "gloo",
+                                     self.endpoint.send, self._generator_gone, self.initial_version,
+                                     link=functools.partial(GeneratorLink, device=device))
         self.intake = Intake(self.leases, self.tracker, self.buffer, self.stats, rule, cfg.dapo, lc.group_size,
                              lc.groups_per_step, cfg.schedule.t0, in_arrival_order=self.waves is None)
         self.publisher = Publisher(self.trainer, cfg.model.dtype, self.stats, self.endpoint.wake)

@@ -56,7 +56,7 @@ class Publisher:
         """Copy the weights as they are now and compute their probe log-probs. Runs on the loop's
         thread when no step is running, else on the snapshot thread beside the next step."""
         v = self.trainer.version
-        update, flat = prepare(v, self.trainer.named_weights(), self.dtype)
+        update, flat = prepare(v, self.trainer, self.dtype)
         self.probes[v] = self.trainer.probe_logprobs()
         for old in [k for k in self.probes if k < v - PROBES_KEPT]:
             del self.probes[old]

@@ -138,9 +138,15 @@ class ShardedTrainer(Trainer):
             return self.train_batch(batch, before_update)
 
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """Every weight gathered at once (tests; the broadcast goes through `copy_weights`)."""
         with self._lock:
             self._tell_followers(WEIGHTS)
-            return self._gather()
+            return list(self._full_parameters())
+
+    def copy_weights(self, flat: torch.Tensor) -> None:
+        with self._lock:
+            self._tell_followers(WEIGHTS)
+            super().copy_weights(flat)
 
     def probe_logprobs(self) -> list[float]:
         with self._lock:
@@ -177,9 +183,10 @@ class ShardedTrainer(Trainer):
         dist.all_reduce(rows)
         return rows.cpu()
 
-    def _gather(self) -> list[tuple[str, torch.Tensor]]:
-        return [(name, p.full_tensor() if hasattr(p, "full_tensor") else p)
-                for name, p in self.model.named_parameters()]
+    def _full_parameters(self):
+        """Each parameter gathered in turn (a collective per parameter, on every rank)."""
+        for name, p in self.model.named_parameters():
+            yield name, (p.full_tensor() if hasattr(p, "full_tensor") else p)
 
     def _names(self) -> list[str]:
         """Parameter names in the order a one-device optimizer numbers them."""
@@ -221,7 +228,8 @@ class ShardedTrainer(Trainer):
                 fields = {k: v.cpu() for k, v in fields.items()}
                 self.train_batch(Batch(targets=fields["input_ids"][:, 1:], **fields), None)
             elif op == WEIGHTS:
-                self._gather()
+                for _ in self._full_parameters():  # each gathered in turn with rank 0, then let go
+                    pass
             elif op == PROBE:
                 super().probe_logprobs()
             elif op == STATE:

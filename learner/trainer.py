@@ -25,8 +25,9 @@ from learner.groups import Group
 from learner.logprobs import response_logprobs, token_logprobs
 from learner.packing import attention_for, packed_row
 from learner.loss import LossInputs, LossSums, aggregation_coef, policy_loss
-from pipeline.collective import probe_tokens
+from pipeline.collective import copy_into, probe_tokens, tensor_metas
 from pipeline.config import Config, ConfigError, LearnerConfig, LossConfig, ZVPConfig
+from pipeline.messages import TensorMeta
 from pipeline.models import load_causal_lm
 
 
@@ -188,6 +189,19 @@ class Trainer:
         # named_parameters() lists tied embeddings once, which is what the engine's loader expects
         return list(self.model.named_parameters())
 
+    def weight_metas(self) -> list[TensorMeta]:
+        """Names and full shapes of the weights as they go to the generators (nothing gathered)."""
+        return tensor_metas(self.model.named_parameters())
+
+    def copy_weights(self, flat: torch.Tensor) -> None:
+        """The weights into `flat` (cast to its dtype), one parameter at a time, in `weight_metas`'
+        order: beside the buffer there is never more than one parameter's full copy (a sharded
+        trainer gathers each in turn)."""
+        copy_into(flat, self._full_parameters())
+
+    def _full_parameters(self):
+        yield from self.model.named_parameters()
+
     @torch.no_grad()
     def probe_logprobs(self) -> list[float]:
         """Log-probs (T = 1) of the fixed probe sequence, to compare with what a generator reports."""
@@ -217,13 +231,15 @@ class Trainer:
         `zvp.entropy_temperature = "sample"`, at the sample's T), both [N, S-1] and zero off the
         response. Only response positions meet the output layer, `learner.logit_chunk_tokens` at a time."""
         mask = batch.response_mask.bool()
-        with self._autocast():
-            hidden = self._response_hidden(batch, mask)
         per_token = lambda t: t.unsqueeze(1).expand_as(mask)[mask]  # noqa: E731 - [N] -> [tokens]
         t_entropy = batch.temperature if self.zvp.entropy_temperature == "sample" else torch.ones_like(batch.temperature)
-        lp, ent = response_logprobs(hidden, self.model.lm_head.weight, batch.targets[mask],
-                                    per_token(self._sample_temperature(batch)),
-                                    per_token(t_entropy) if entropy else None, self.lc.logit_chunk_tokens)
+        # The output layer's matmuls under autocast too (bf16 on a GPU under bf16-mixed, not fp32
+        # GEMMs); the logits go to fp32 before the softmax (learner/logprobs.py).
+        with self._autocast():
+            hidden = self._response_hidden(batch, mask)
+            lp, ent = response_logprobs(hidden, self.model.lm_head.weight, batch.targets[mask],
+                                        per_token(self._sample_temperature(batch)),
+                                        per_token(t_entropy) if entropy else None, self.lc.logit_chunk_tokens)
         logp = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
         logp = logp.masked_scatter(mask, lp)
         if ent is None:

@@ -5,6 +5,7 @@ this; the other ranks hold shards and follow (learner/sharded.py).
 
 from __future__ import annotations
 
+import os
 import signal
 
 import msgspec
@@ -21,6 +22,7 @@ from pipeline.data import load_problems
 from pipeline.launcher import Launcher
 from pipeline.model_settings import derive
 from pipeline.model_settings import write as write_settings
+from pipeline.placement import check_placement
 from pipeline.rundir import RunSummary, write_summary
 
 
@@ -29,6 +31,8 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
     text and RESULT line, or None on a follower rank. `resume`: as `checkpoint.start_from` takes it
     (None: a fresh run, refused where the run folder already holds one)."""
     torch.set_num_threads(cfg.run.torch_threads)
+    check_placement(cfg, os.environ.get("CUDA_VISIBLE_DEVICES"), int(os.environ.get("WORLD_SIZE", "1")),
+                    cuda=torch.cuda.is_available())
     resume = start_from(cfg.run_dir, resume)
     if resume is not None:
         print(f"resuming from {resume}")
@@ -55,7 +59,8 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
         if trainer is not None:
             trainer.stop_followers()
         raise
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version)
+    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version,
+                        weights_backend=learner.supervisor.backend)
 
     def request_stop(signum, frame):  # finish the current step, checkpoint, stop generators, exit 0
         learner.stop_requested = True

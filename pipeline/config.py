@@ -141,6 +141,9 @@ class GeneratorConfig(Section):
     none_alive_timeout_s: PosFloat = 900.0
     verifier_timeout_s: PosFloat = 10.0
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    # CUDA graphs: "auto" captures them on a GPU (weights load in place, so the graphs stay valid
+    # across updates; unverified until run on one, README "GPU pools") and runs eager on a CPU.
+    enforce_eager: bool | Literal["auto"] = "auto"
     # How broadcast weights enter the engine: the model's load_weights into live parameters ("direct",
     # unquantized models) or vLLM's reload_weights with post-load processing ("reload", quantized).
     weight_load: Literal["direct", "reload"] = "direct"

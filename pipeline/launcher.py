@@ -43,8 +43,10 @@ def die_with_parent(parent_pid: int) -> None:
 
 class Launcher:
     def __init__(self, cfg: Config, addresses: Addresses, model_path: str, initial_version: int = 0,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, weights_backend: str | None = None):
+        """`weights_backend`: the weight group's, as the learner chose it from its device."""
         self.cfg = cfg
+        self.weights_backend = weights_backend
         self.addresses = addresses
         self.model_path = model_path
         self.initial_version = initial_version
@@ -61,7 +63,8 @@ class Launcher:
                 "--control-port", str(a.control_port), "--rollout-port", str(a.rollout_port),
                 "--weights-port", str(weights_port),
                 "--model-path", self.model_path, "--initial-version", str(self.initial_version),
-                "--parent-pid", str(os.getpid()), *self.extra_args]
+                "--parent-pid", str(os.getpid()),
+                *(["--weights-backend", self.weights_backend] if self.weights_backend else []), *self.extra_args]
 
     def start(self, generator_id: int, weights_port: int) -> None:
         env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",

@@ -49,7 +49,8 @@ def run_pipeline(learner, cfg):
     """Run a Learner with real generator processes to the end, then stop them."""
     from pipeline.launcher import Launcher
 
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version)
+    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version,
+                        weights_backend=learner.supervisor.backend)
     try:
         stats = learner.run(launcher)
         learner.stop_generators()

@@ -91,7 +91,7 @@ def test_inflight_update_records_per_token_versions(engine, trainer):
         for _, w in trainer.named_weights():
             w.add_(0.05 * torch.randn_like(w))
     trainer.version += 1
-    update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
+    update, flat = prepare(trainer.version, trainer, "float32")
     engine.update_mode = "inflight"
     prompts = [tok.encode(p) for p in PROMPTS]
     finished = {}
@@ -142,7 +142,7 @@ def test_broadcast_updates_the_running_engine(engine, trainer):
     engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
     for _ in range(3):  # a few real steps so the change is well above float noise
         trainer.step(with_advantage(_groups(engine, engine.tokenizer, 1.0, n=8)))
-    update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
+    update, flat = prepare(trainer.version, trainer, "float32")
     link.submit(trainer.version, flat)
     engine.load_weights(update)
     assert link.wait_idle(30) and link.error is None
@@ -170,7 +170,7 @@ def test_broadcast_updates_the_running_engine(engine, trainer):
     link = GeneratorLink("gloo", "127.0.0.1", port := free_port(), timeout_s=60)
     engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
     trainer.step(with_advantage(_groups(engine, tok, 1.0, n=8)))
-    update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
+    update, flat = prepare(trainer.version, trainer, "float32")
     link.submit(trainer.version, flat)
     engine.weight_load = "reload"
     engine.load_weights(update)

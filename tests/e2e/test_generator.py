@@ -10,8 +10,8 @@ import torch
 
 from actors.generator import Generator
 from actors.standin import StandInEngine
-from learner.broadcast import GeneratorLink, prepare
-from pipeline.messages import Assignment, Rollout, Stop, pack_ids, unpack_ids
+from learner.broadcast import GeneratorLink
+from pipeline.messages import Assignment, Rollout, Stop, TensorMeta, WeightUpdate, pack_ids, unpack_ids
 from pipeline.transport import LearnerEndpoint, free_port
 from tests.conftest import make_config
 
@@ -51,7 +51,8 @@ class Harness:
 
     def update(self, version: int) -> None:
         """Announce then broadcast new weights (the stand-in only needs their size)."""
-        update, flat = prepare(version, [("w", torch.randn(64))], "float32")
+        flat = torch.randn(64)
+        update = WeightUpdate(version=version, tensors=[TensorMeta("w", [64], "float32")], dtype="float32")
         assert self.ep.send(0, update)
         self.link.submit(version, flat)
 

@@ -115,7 +115,7 @@ def test_a_step_then_a_broadcast_verified_by_the_probe(engine, trainer, tmp_path
     port = free_port()
     link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=120)
     engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
-    update, flat = prepare(trainer.version, trainer.named_weights(), "float32")
+    update, flat = prepare(trainer.version, trainer, "float32")
     link.submit(trainer.version, flat)
     engine.load_weights(update)
     assert link.wait_idle(60) and link.error is None
