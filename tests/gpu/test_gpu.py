@@ -137,9 +137,12 @@ def test_nccl_broadcast_into_a_cuda_engine_is_verified_by_the_probe(tiny_model, 
 
 
 @pytest.mark.skipif(not os.environ.get("RLVR_GPU_MODEL"), reason="needs RLVR_GPU_MODEL, a Hugging Face model folder")
+@two_gpus
 @vllm_cuda
 def test_five_steps_of_a_real_model(tmp_path):
+    """The generator on GPU 0, the learner on GPU 1 (one card each: a start-up check refuses a shared one)."""
     out = subprocess.run([sys.executable, str(ROOT / "run.py"), "train", "--model.path", os.environ["RLVR_GPU_MODEL"],
+                          "--generator.devices", '["0"]', "--learner.device", "cuda:1",
                           "--learner.steps", "5", "--run.out_dir", str(tmp_path), "--log.wandb", "false",
                           "--warmstart.enabled", "false", "--model.dtype", "bfloat16",
                           "--learner.precision", "bf16-mixed", "--generator.max_tokens", "256"],
