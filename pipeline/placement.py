@@ -35,8 +35,8 @@ def check_placement(cfg: Config, visible: str | None, world: int = 1, cuda: bool
             raise ConfigError(f"generator.devices[{i}] = {entry!r} holds {len(gpus)} GPU(s), but "
                               f"generator.tensor_parallel_size = {gc.tensor_parallel_size}: each generator's entry "
                               f"lists exactly its tensor-parallel GPUs (e.g. \"0,1\" for a size of 2)")
-    if not cuda or not gc.devices:
-        return
+    if not cuda or not gc.devices or not gc.count:
+        return  # no GPU, or no generator launched beside the learner (they join from other nodes)
     taken = {g.strip(): i for i, entry in enumerate(gc.devices) for g in entry.split(",")}
     for gpu in learner_gpus(cfg.learner.device, visible, world):
         if gpu in taken:

@@ -38,3 +38,18 @@ def test_slurm_dry_run_commands_resolve_and_agree(tiny_model, tmp_path):
     for line in generate:
         assert f"--control-port {t['control_port']}" in line and f"--rollout-port {t['rollout_port']}" in line
         assert "--host 'node-a'" in line and str(tmp_path / "job" / "resolved_config.json") in line
+    # each step asks for its own GPUs, cores and memory, so steps side by side on a node neither
+    # serialise nor see no GPU
+    assert all("--exact" in line and "--gpus-per-task" in line and "--mem-per-gpu" in line for line in lines)
+
+
+def test_slurm_gives_each_engine_its_tensor_parallel_gpus(tiny_model, tmp_path):
+    env = dict(os.environ, DRY_RUN="1", NODES="node-a node-b", TRAIN_NODES="1", GPUS_PER_NODE="4",
+               PY=sys.executable, RUN_DIR=str(tmp_path / "job"))
+    cmd = ["bash", str(ROOT / "scripts" / "slurm-train.sbatch"), "configs/gpu/erpo-qwen2.5-7b.toml", tiny_model]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    generate = [line for line in out.stdout.splitlines() if " run.py generate " in line]
+    assert len(generate) == 2 and all("--gpus-per-task 2 " in line for line in generate)  # TP pairs
+    odd = subprocess.run(cmd, capture_output=True, text=True, env={**env, "GPUS_PER_NODE": "3"}, cwd=ROOT, timeout=60)
+    assert odd.returncode == 2 and "tensor_parallel_size=2" in odd.stderr

@@ -22,6 +22,8 @@ def test_the_learner_on_a_generators_gpu_is_refused_naming_the_fields():
         check_placement(_cfg(["0,1", "2,3"], tp=2), visible="2,3,4,5", world=2)  # ranks on 2 and 3
     check_placement(_cfg(["0,1", "2,3"], tp=2), visible="4,5,6,7", world=4)
     check_placement(_cfg(["0"]), visible=None, cuda=False)  # no GPU here: nothing to collide
+    joining = from_dict({"generator": {"devices": ["0"], "count": 0}})  # generators join from other nodes
+    check_placement(joining, visible=None)
 
 
 def test_a_device_list_that_does_not_hold_the_tensor_parallel_size_is_refused():
