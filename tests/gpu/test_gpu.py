@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,12 +46,21 @@ QWEN05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hi
 
 
 @pytest.fixture(scope="module")
-def qwen05(tmp_path_factory):
+def qwen05(tmp_path_factory, tiny_model):
+    """The shape with a tokenizer the engine can load (the tiny model's: prompts here are token ids,
+    so only its special tokens matter), nothing fetched."""
+    import shutil
+
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from learner.checkpoint import TOKENIZER_FILES
 
     path = tmp_path_factory.mktemp("qwen05")
     torch.manual_seed(0)
     Qwen2ForCausalLM(Qwen2Config(**QWEN05)).save_pretrained(path)
+    for name in TOKENIZER_FILES:
+        if (Path(tiny_model) / name).exists():
+            shutil.copy2(Path(tiny_model) / name, path / name)
     return str(path)
 
 
@@ -93,8 +103,10 @@ def test_learner_logprobs_match_vllm_in_bf16(qwen05, tmp_path):
     from learner.trainer import Trainer, build_batch
     from learner.groups import Group
 
+    # the engine's context and cache for this test (the toy default's 64 MiB cannot hold a 32k context)
     cfg = make_config(tmp_path, "--model.dtype", "bfloat16", "--learner.precision", "bf16",
-                      "--generator.max_tokens", "64", "--learner.device", "cuda")
+                      "--generator.max_tokens", "64", "--learner.device", "cuda",
+                      "--generator.max_model_len", "2048", "--generator.kv_cache_bytes", "auto")
     engine = Engine(cfg, qwen05, seed=0)
     trainer = Trainer.from_config(cfg, qwen05)
     prompt = list(range(100, 140))
