@@ -4,8 +4,9 @@ Rank 0 is the learner: it runs the whole loop (leases, generators, broadcasts, c
 on one device. The other ranks only hold their shard of the weights and optimiser state and follow:
 before each collective, rank 0 tells them what comes next (a step on this batch, gather the weights,
 score the probe, gather a checkpoint, load a checkpoint's optimiser state, stop) and every rank
-takes part. Micro-batches are planned over the whole batch, the same on every rank, and each rank
-trains every world-th row of each; the loss coefficients are the whole update's, and the loss is
+takes part. Micro-batches are planned over the whole batch, the same on every rank (each gets every
+row's lengths), and each rank trains every world-th row of each, packed, and receives the tokens of
+those rows only, in host memory; the loss coefficients are the whole update's, and the loss is
 scaled by the world size, so FSDP's averaged gradient is the one-device gradient (ALGORITHMS.md §5).
 
 Collectives must run in the same order on every rank, so each operation holds one lock from the
@@ -32,11 +33,21 @@ from pipeline.model_settings import derive
 
 STEP, WEIGHTS, PROBE, STATE, LOAD, STOP, ALIVE = range(1, 8)
 
-# Batch fields as they cross the training group (targets is input_ids shifted, rebuilt on arrival).
-_FIELDS = [("input_ids", torch.long, 0), ("attention_mask", torch.long, 0), ("response_mask", torch.float32, 1),
-           ("mu", torch.float32, 1), ("adv", torch.float32, 1), ("zvp", torch.float32, None),
-           ("temperature", torch.float32, None), ("lag", torch.long, None), ("token_lag", torch.long, 1),
-           ("group", torch.long, None)]
+# Batch fields as they cross the training group, in host memory (gloo's half of the group: a whole
+# padded batch never lands on a GPU for the trip). Every rank gets every row's per-row fields (the
+# micro-batch plan and the loss's normaliser read them); the per-token ones, the bulk, go to each rank
+# for its own rows only. (targets is input_ids shifted, rebuilt on arrival; tail: S or S-1 columns.)
+_PER_ROW = [("zvp", torch.float32), ("temperature", torch.float32), ("lag", torch.long), ("group", torch.long),
+            ("lengths", torch.long), ("response_lengths", torch.long)]
+_PER_TOKEN = [("input_ids", torch.long, 0), ("attention_mask", torch.long, 0), ("response_mask", torch.float32, 1),
+              ("mu", torch.float32, 1), ("adv", torch.float32, 1), ("token_lag", torch.long, 1)]
+
+
+def share(rows: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, bool]:
+    """Rank `rank`'s part of a micro-batch: every world-th row. A rank with none still runs one row,
+    weighted zero: each forward and backward is a collective that every rank must join."""
+    mine = rows[rank::world]
+    return (mine, True) if len(mine) else (rows[:1], False)
 
 
 def launched() -> bool:
@@ -133,9 +144,23 @@ class ShardedTrainer(Trainer):
             on_batch(batch)
         with self._lock:
             self._tell_followers(STEP, *batch.input_ids.shape)
-            for name, dtype, _ in _FIELDS:
-                dist.broadcast(getattr(batch, name).to(self.device, dtype).contiguous(), 0)
+            for name, dtype in _PER_ROW:
+                dist.broadcast(getattr(batch, name).to(dtype).contiguous(), 0)
+            for rank in range(1, self.world):
+                rows = torch.tensor(self._rows_of(batch, rank), dtype=torch.long)
+                dist.send(torch.tensor([len(rows)]), rank)
+                dist.send(rows, rank)
+                for name, dtype, _ in _PER_TOKEN:
+                    dist.send(getattr(batch, name)[rows].to(dtype).contiguous(), rank)
             return self.train_batch(batch, before_update)
+
+    def _rows_of(self, batch: Batch, rank: int) -> list[int]:
+        """The rows rank `rank` will run in this step: its share of each micro-batch of the pi_prox
+        pass (k > 1) and of every update, as `train_batch` will plan them."""
+        updates = self.updates(batch)
+        passes = ([torch.arange(len(batch.group))] if len(updates) > 1 else []) + updates
+        return sorted({i for rows in passes for mb in self.micro_batches(batch, rows)
+                       for i in share(mb, rank, self.world)[0].tolist()})
 
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
         """Every weight gathered at once (tests; the broadcast goes through `copy_weights`)."""
@@ -172,10 +197,25 @@ class ShardedTrainer(Trainer):
     # ---- every rank ----------------------------------------------------------------------------
 
     def _share(self, rows: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Every world-th row of a micro-batch. A rank with none still runs one row, weighted zero:
-        each forward and backward is a collective that every rank must join."""
-        mine = rows[self.rank::self.world]
-        return (mine, True) if len(mine) else (rows[:1], False)
+        return share(rows, self.rank, self.world)
+
+    def _receive_batch(self, n: int, s: int) -> Batch:
+        """Ranks > 0: every row's per-row fields, and the per-token ones of this rank's rows (the
+        other rows stay zero: this rank never runs them)."""
+        fields = {}
+        for name, dtype in _PER_ROW:
+            fields[name] = torch.empty(n, dtype=dtype)
+            dist.broadcast(fields[name], 0)
+        count = torch.empty(1, dtype=torch.long)
+        dist.recv(count, 0)
+        rows = torch.empty(int(count), dtype=torch.long)
+        dist.recv(rows, 0)
+        for name, dtype, tail in _PER_TOKEN:
+            part = torch.empty((len(rows), s - tail), dtype=dtype)
+            dist.recv(part, 0)
+            fields[name] = torch.zeros((n, s - tail), dtype=dtype)
+            fields[name][rows] = part
+        return Batch(targets=fields["input_ids"][:, 1:], **fields)
 
     def _gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
         # each rank filled its own rows and left the others zero: the sum is every row, on every rank
@@ -220,13 +260,7 @@ class ShardedTrainer(Trainer):
             dist.broadcast(head, 0)
             op, n, s = head.tolist()
             if op == STEP:
-                fields = {}
-                for name, dtype, tail in _FIELDS:
-                    shape = (n, s) if tail == 0 else (n, s - 1) if tail == 1 else (n,)
-                    fields[name] = torch.empty(shape, dtype=dtype, device=self.device)
-                    dist.broadcast(fields[name], 0)
-                fields = {k: v.cpu() for k, v in fields.items()}
-                self.train_batch(Batch(targets=fields["input_ids"][:, 1:], **fields), None)
+                self.train_batch(self._receive_batch(n, s), None)
             elif op == WEIGHTS:
                 for _ in self._full_parameters():  # each gathered in turn with rank 0, then let go
                     pass

@@ -48,13 +48,23 @@ class Batch:
     group: torch.Tensor  # [N] index of the sample's group in the rollout batch
     prox: torch.Tensor | None = None  # [N, S-1] log pi_prox, when computed before the first of k updates
     coef: torch.Tensor | None = None  # [N] the loss-aggregation coefficient of each row in its update
+    # [N] real tokens and response tokens of each row: what the micro-batch plan and the loss's
+    # normaliser read (a training rank holds every row's, but only its own rows' tokens)
+    lengths: torch.Tensor | None = None
+    response_lengths: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.lengths is None:
+            self.lengths = self.attention_mask.sum(1)
+        if self.response_lengths is None:
+            self.response_lengths = self.response_mask.sum(1).long()
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(**{k: (v.to(device) if v is not None else None) for k, v in vars(self).items()})
 
     def select(self, rows: torch.Tensor) -> "Batch":
         """These rows, trimmed to their longest sequence (padding is on the right)."""
-        length = int(self.attention_mask[rows].sum(1).max())
+        length = int(self.lengths[rows].max())
         out = {}
         for k, v in vars(self).items():
             if v is None or v.dim() == 1:
@@ -286,13 +296,13 @@ class Trainer:
 
     def micro_batches(self, batch: Batch, rows: torch.Tensor) -> list[torch.Tensor]:
         """`rows` of `batch` cut into micro-batches by the token budget (whole rows, never split)."""
-        lengths = batch.attention_mask[rows].sum(1).tolist()
+        lengths = batch.lengths[rows].tolist()
         return [rows[mb] for mb in pack(lengths, self.lc.micro_batch_tokens, self.world, self.lc.packing)]
 
     def _positions_run(self, batch: Batch, rows: torch.Tensor) -> int:
         """Positions the model runs for micro-batch `rows` (all processes' shares): real tokens when
         packed, rows x the longest when padded."""
-        lengths = batch.attention_mask[rows].sum(1)
+        lengths = batch.lengths[rows]
         return int(lengths.sum()) if self.lc.packing else len(rows) * int(lengths.max())
 
     def _share(self, rows: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -315,17 +325,23 @@ class Trainer:
         """Per-row values each process filled for its own rows, completed for all rows (one device: as they are)."""
         return rows
 
-    def train_batch(self, batch: Batch, before_update: Callable[[], object] | None = None) -> dict:
-        """k optimiser updates on the rollout batch, one weight version (ALGORITHMS.md §5, mini-batches)."""
+    def updates(self, batch: Batch) -> list[torch.Tensor]:
+        """The rows of each of the step's k updates (`learner.updates_per_batch`, at most one per group)."""
         n_groups = int(batch.group.max()) + 1
         k = min(self.lc.updates_per_batch, n_groups)
+        return [torch.isin(batch.group, g).nonzero().flatten() for g in split_updates(n_groups, k, self.seed + self.version)]
+
+    def train_batch(self, batch: Batch, before_update: Callable[[], object] | None = None) -> dict:
+        """k optimiser updates on the rollout batch, one weight version (ALGORITHMS.md §5, mini-batches)."""
+        updates = self.updates(batch)
+        k = len(updates)
         if k > 1:
             with self.clock.stage("prox"):
                 batch.prox = self.proximal(batch)  # pi_prox: the policy at the start of the batch, fixed for all k
         metrics: dict = {}
         total = LossSums()
-        for u, groups in enumerate(split_updates(n_groups, k, self.seed + self.version)):
-            sums = self.gradients(batch, torch.isin(batch.group, groups).nonzero().flatten())
+        for u, rows in enumerate(updates):
+            sums = self.gradients(batch, rows)
             if u == 0 and before_update is not None:
                 with self.clock.stage("snapshot"):  # waiting for the copy of the weights about to change
                     before_update()
@@ -341,15 +357,15 @@ class Trainer:
         self.version += 1
         metrics.update(asdict(total.stats()), **total.gap_by_lag())
         metrics.update(loss=total.loss / k, grad_norm=float(grad_norm), updates=k, entropy=total.entropy_mean,
-                       tokens=int(total.tokens), response_len=float(batch.response_mask.sum(1).mean()),
-                       padding_frac=1.0 - float(batch.attention_mask.sum()) / max(total.padded, 1.0),
+                       tokens=int(total.tokens), response_len=float(batch.response_lengths.float().mean()),
+                       padding_frac=1.0 - float(batch.lengths.sum()) / max(total.padded, 1.0),
                        **self.clock.take())
         return metrics
 
     def gradients(self, batch: Batch, rows: torch.Tensor) -> LossSums:
         """The gradient of one update (`rows` of the batch) in the parameters' .grad, accumulated
         over micro-batches; the loss coefficients are the update's (`aggregation_coef`)."""
-        lengths = batch.response_mask.sum(1)
+        lengths = batch.response_lengths.float()
         batch.coef = torch.zeros(len(batch.group))
         batch.coef[rows] = aggregation_coef(lengths[rows], self.loss.aggregation, self.norm_tokens)
         self.optimizer.zero_grad(set_to_none=True)
