@@ -30,6 +30,7 @@ class Completion:
     logprobs: list[float]  # behaviour log-prob of each sampled token, under softmax(logits / T)
     finish_reason: str
     versions: list[int] | None = None  # weight version each token was sampled under (in-flight mode)
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache (not prefilled)
 
 
 class _NoChatWarmup(logging.Filter):
@@ -100,9 +101,12 @@ class Engine:
             # Prompts arrive as token ids and responses leave as token ids; the generator decodes
             # with pipeline.models.load_tokenizer, which also knows the tiny model's tokenizer.
             skip_tokenizer_init=True,
-            # In-flight updates change weights under cached prefixes that live on; without a prefix
-            # cache no request can reuse keys/values of older weights than its own.
-            enable_prefix_caching=gen.update_mode == "drain",
+            # A group's n samples share their prompt's prefill. Under in-flight updates the weights
+            # change while cached prefixes live on, so each request carries the version it starts
+            # under as its cache salt (`submit`): a prefix is reused only under the weights that
+            # computed it.
+            enable_prefix_caching=True,
+            **({"block_size": gen.kv_block_size} if gen.kv_block_size else {}),
         )
 
     def _sampling(self, r: Request, **extra):
@@ -133,9 +137,10 @@ class Engine:
 
     # ---- streaming: groups join and leave a running batch (continuous batching) ----------------
 
-    def submit(self, key: int, r: Request) -> None:
+    def submit(self, key: int, r: Request, weights: str = "") -> None:
         """Start sampling a group of `r.n` beside whatever is running; `decode_step` hands it back when all
-        its samples are done. One vLLM request per sample, so each streams its own tokens."""
+        its samples are done. One vLLM request per sample, so each streams its own tokens. `weights`
+        names the weights the group starts under (the prefix cache's salt)."""
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
@@ -143,7 +148,8 @@ class Engine:
         for j in range(r.n):
             seed = {"seed": r.seed + j} if r.seed >= 0 else {}
             params = self._sampling(r, n=1, output_kind=RequestOutputKind.DELTA, **seed)
-            self.llm.llm_engine.add_request(f"{key}-{j}", TokensPrompt(prompt_token_ids=r.prompt_tokens), params)
+            prompt = TokensPrompt(prompt_token_ids=r.prompt_tokens, **({"cache_salt": weights} if weights else {}))
+            self.llm.llm_engine.add_request(f"{key}-{j}", prompt, params)
 
     @property
     def running(self) -> int:
@@ -167,6 +173,8 @@ class Engine:
         dst.tokens += new
         dst.logprobs += [pos[tok].logprob for tok, pos in zip(new, c.logprobs or [])]
         dst.versions += [version] * len(new)
+        if out.num_cached_tokens:
+            dst.cached_tokens = out.num_cached_tokens
         if out.finished:
             dst.finish_reason = c.finish_reason or "stop"
             if all(s.finish_reason for s in self._open[key]):

@@ -139,7 +139,7 @@ class Generator:
         self._key += 1
         self.running[self._key] = (a, time.monotonic())
         self.engine.submit(self._key, Request(unpack_ids(a.prompt_tokens).tolist(), a.n, a.temperature,
-                                              a.max_tokens, a.seed))
+                                              a.max_tokens, a.seed), weights=f"v{self.version}")
 
     def _decode_step(self) -> None:
         """One decode step; each group that finished in it is verified and sent at once."""

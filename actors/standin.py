@@ -34,7 +34,7 @@ class StandInEngine:
         self.events: list[tuple[str, int]] = []  # ("submit", key), ("done", key), ("load", version), in order
         self.max_model_len = 1 << 20
 
-    def submit(self, key: int, r: Request) -> None:
+    def submit(self, key: int, r: Request, weights: str = "") -> None:
         self._due[key] = (time.monotonic() + self.delay_s, r.n, self._version)
         self.peak_running = max(self.peak_running, len(self._due))
         self.events.append(("submit", key))

@@ -144,6 +144,9 @@ class GeneratorConfig(Section):
     # CUDA graphs: "auto" captures them on a GPU (weights load in place, so the graphs stay valid
     # across updates; unverified until run on one, README "GPU pools") and runs eager on a CPU.
     enforce_eager: bool | Literal["auto"] = "auto"
+    # Tokens per KV-cache block (0: vLLM's default, 16 on GPU, 128 on CPU; CPU takes multiples of 32).
+    # Only whole blocks of a prompt are shared by a group's samples through the prefix cache.
+    kv_block_size: NonNegInt = 0
     # How broadcast weights enter the engine: the model's load_weights into live parameters ("direct",
     # unquantized models) or vLLM's reload_weights with post-load processing ("reload", quantized).
     weight_load: Literal["direct", "reload"] = "direct"

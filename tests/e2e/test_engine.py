@@ -131,6 +131,31 @@ def test_inflight_update_records_per_token_versions(engine, trainer):
     assert max(abs(a - b) for a, b in zip(engine.probe(), trainer.probe_logprobs())) < 1e-4
 
 
+def _stream(engine, request: Request, weights: str, key: int) -> list:
+    engine.submit(key, request, weights=weights)
+    done = []
+    while not done:
+        done = engine.decode_step(0)
+    return done[0][1]
+
+
+def test_a_groups_samples_share_their_prompt_prefill_under_its_own_weights_only(engine):
+    """The prefix cache's salt is the weights a group starts under: the 8 samples of a group prefill
+    the prompt's whole blocks once, and a group under other weights reuses none of it (in-flight
+    updates would otherwise serve keys and values of weights that are gone)."""
+    block = engine.llm.llm_engine.vllm_config.cache_config.block_size
+    prompt = engine.tokenizer.encode("Calculate 3 + 4 and then 5 + 6 and then 7 + 8, then 9 - 1 =")
+    whole = len(prompt) // block * block
+    assert whole > 0, (len(prompt), block)
+    first = _stream(engine, Request(prompt, 8, 1.0, 6), "v100", key=100)
+    assert sum(c.cached_tokens for c in first) >= 7 * whole  # prefilled once, reused by the 7 others
+    again = _stream(engine, Request(prompt, 8, 1.0, 6), "v100", key=101)
+    assert all(c.cached_tokens == whole for c in again)  # same weights: all reused
+    other = _stream(engine, Request(prompt, 8, 1.0, 6), "v101", key=102)
+    assert min(c.cached_tokens for c in other) == 0  # other weights: computed afresh
+    assert sum(c.cached_tokens for c in other) >= 7 * whole
+
+
 def test_broadcast_updates_the_running_engine(engine, trainer):
     """One real training step, broadcast over gloo into vLLM: the engine then scores and decodes
     exactly as the learner does, and no longer as before the step."""
