@@ -77,7 +77,15 @@ def lead_or_follow(cfg: Config, start_model: Callable[[], str]) -> tuple["Sharde
     if rank == 0:
         return trainer, model_path
     trainer.follow()
+    leave_training_group()
     return None, model_path
+
+
+def leave_training_group() -> None:
+    """Tear the training group down before the process exits: left to interpreter shutdown, its
+    backends' threads can die mid-teardown and abort the process after a finished run."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def share_string(text: str | None) -> str:

@@ -58,6 +58,7 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
     except BaseException:
         if trainer is not None:
             trainer.stop_followers()
+            sharded.leave_training_group()
         raise
     launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version,
                         weights_backend=learner.supervisor.backend)
@@ -80,6 +81,7 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
         learner.close()
         if trainer is not None:
             trainer.stop_followers()
+            sharded.leave_training_group()
     learner.tracker.dump(cfg.run_dir / "tracker.jsonl")
     if learner.stop_requested:
         text += f"\nstopped on request; resume with: run.py train --config ... --resume {cfg.run_dir}"

@@ -70,8 +70,11 @@ class Killer:
                     except psutil.Error:
                         pass
                 self.kills.append(self.learner.trainer.version)
-            # the last killed generator is started again before training is let go on
-            if self._wait(lambda: self.generators(), "the last restart"):
-                self._trained(2, "training after the last restart")
+                # the supervisor restarts it before the next kill (the learner's own count, not a
+                # process list that may still show the dying one under load)
+                if not self._wait(lambda: self.learner.supervisor.restarts >= len(self.kills),
+                                  f"the restart after kill {len(self.kills)}"):
+                    return
+            self._trained(2, "training after the last restart")
         finally:
             self.learner.stop_requested = True
