@@ -31,8 +31,12 @@ def exact_steps(lc: LearnerConfig, dapo: DAPOConfig) -> int:
     """The run's steps: `learner.steps`, or as many whole waves as `learner.sample_budget` pays for."""
     if not lc.sample_budget:
         return lc.steps
-    size = math.ceil(lc.groups_per_step * dapo.oversample) if dapo.dynamic_sampling else lc.groups_per_step
-    return max(1, min(lc.steps, lc.sample_budget // (lc.group_size * size)))
+    return max(1, min(lc.steps, lc.sample_budget // (lc.group_size * wave_size(lc, dapo))))
+
+
+def wave_size(lc: LearnerConfig, dapo: DAPOConfig) -> int:
+    """Leases per wave: B, or ceil(B x `dapo.oversample`) under dynamic sampling."""
+    return math.ceil(lc.groups_per_step * dapo.oversample) if dapo.dynamic_sampling else lc.groups_per_step
 
 
 def lease_seed(run_seed: int, step: int, slot: int) -> int:
@@ -46,7 +50,7 @@ class Waves:
 
     def __init__(self, lc: LearnerConfig, dapo: DAPOConfig, run_seed: int):
         self.k, self.B, self.run_seed = lc.max_lag, lc.groups_per_step, run_seed
-        self.size = math.ceil(lc.groups_per_step * dapo.oversample) if dapo.dynamic_sampling else lc.groups_per_step
+        self.size = wave_size(lc, dapo)
         self.filtering = dapo.dynamic_sampling
         self.leased: dict[int, list[int]] = {}  # step -> its wave's lease ids, in lease order
         self.short = 0  # steps whose wave gave fewer than B groups (with signal, under dynamic sampling)
