@@ -82,8 +82,7 @@ def cmd_generate(args, overrides: list[str]) -> int:
         from actors.standin import StandInEngine
 
         engine = StandInEngine(args.model_path, args.standin_delay)
-    generator = Generator(cfg, args.generator_id, addresses, args.weights_port, args.model_path, backend,
-                          args.initial_version, engine)
+    generator = Generator(cfg, args.generator_id, addresses, args.model_path, backend, args.initial_version, engine)
     # SIGTERM: leave the run cleanly (the learner re-issues this generator's leases at once)
     signal.signal(signal.SIGTERM, lambda *_: setattr(generator, "stopping", True))
     generator.run()
@@ -207,12 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--host", default="127.0.0.1")
     gen.add_argument("--control-port", type=int, required=True)
     gen.add_argument("--rollout-port", type=int, required=True)
-    gen.add_argument("--weights-port", type=int, default=0,
-                     help="the weight group's port; 0 (joining by hand): the learner assigns one")
     gen.add_argument("--model-path", required=True)
     gen.add_argument("--initial-version", type=int, default=0)
     gen.add_argument("--weights-backend", choices=["gloo", "nccl"], default=None,
-                     help="the weight group's backend (the learner's choice, from its device; default: nccl "
+                     help="the weight group's backend (the learner's choice, weights.backend; default: nccl "
                           "where CUDA is visible, else gloo)")
     gen.add_argument("--parent-pid", type=int, default=0,
                      help="the launching learner's pid: this generator exits when that process dies")

@@ -6,8 +6,6 @@ import logging
 import os
 from dataclasses import dataclass
 
-import msgspec
-
 from pipeline.config import Config, ConfigError
 from pipeline.collective import probe_tokens
 from pipeline.messages import WeightUpdate
@@ -46,18 +44,17 @@ logging.getLogger("vllm.renderers.base").addFilter(_NoChatWarmup())
 
 
 class Engine:
-    def __init__(self, cfg: Config, model_path: str, seed: int,
-                 worker_extension: str = "actors.vllm_ext.WeightReceiver"):
-        # The engine core runs in this process: no extra process per generator, and the worker
-        # extension (which joins the weight group) lives where we can reach it.
+    def __init__(self, cfg: Config, model_path: str, seed: int, weights_backend: str = "gloo", initial_version: int = 0):
+        """`weights_backend`: vLLM's weight-transfer engine new weights arrive through ("gloo": ours,
+        pipeline/weight_transfer.py; "nccl": vLLM's)."""
+        # The engine core runs in this process: no extra process per generator (tensor-parallel
+        # workers are processes of their own, started by vLLM).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        import torch
         from vllm import LLM
 
-        from actors.vllm_ext import keep_cpu_weights_reloadable
+        from pipeline.weight_transfer import register
 
-        if not torch.cuda.is_available():
-            keep_cpu_weights_reloadable()
+        register()  # here too, not only as the plugin vLLM loads: an uninstalled checkout still works
 
         if not resolved(cfg):  # lengths, template and cache from the model (a launched generator's are already)
             cfg = derive(cfg, model_path, cfg.generator.max_inflight * cfg.learner.group_size)[0]
@@ -65,7 +62,7 @@ class Engine:
         # the context derive() settled on (the model folder's own when nothing set it: vLLM reads it)
         max_model_len = gen.max_model_len or None
         try:
-            self.llm = self._start(LLM, cfg, model_path, seed, max_model_len, worker_extension)
+            self.llm = self._start(LLM, cfg, model_path, seed, max_model_len, weights_backend)
         except (ValueError, RuntimeError) as exc:
             if "KV cache" not in str(exc) and "max_model_len" not in str(exc):
                 raise
@@ -74,7 +71,9 @@ class Engine:
                 f"generator.kv_cache_bytes (now {gen.kv_cache_bytes}) or lower generator.max_model_len "
                 f"(now {gen.max_model_len or 'the model’s own'}).") from None
         self.tokenizer = load_tokenizer(model_path)
-        self.weight_load = gen.weight_load
+        self.weights_backend = weights_backend
+        self.workers = gen.tensor_parallel_size  # each a rank of the weight group
+        self.llm.update_weight_version(str(initial_version))
         self.update_mode = gen.update_mode
         self.stop_ids = stop_token_ids(model_path, self.tokenizer)
         self._open: dict[int, list[Completion]] = {}  # streaming groups by key, filled as tokens come
@@ -82,8 +81,9 @@ class Engine:
         self._probes = 0
 
     @staticmethod
-    def _start(LLM, cfg: Config, model_path: str, seed: int, max_model_len: int | None, worker_extension: str):
+    def _start(LLM, cfg: Config, model_path: str, seed: int, max_model_len: int | None, weights_backend: str):
         import torch
+        from vllm.config import WeightTransferConfig
 
         gen = cfg.generator
         return LLM(
@@ -97,7 +97,7 @@ class Engine:
             gpu_memory_utilization=gen.gpu_memory_utilization,
             # Behaviour log-probs must be of the distribution actually sampled: softmax(logits / T).
             logprobs_mode="processed_logprobs",
-            worker_extension_cls=worker_extension,
+            weight_transfer_config=WeightTransferConfig(backend=weights_backend),
             # Prompts arrive as token ids and responses leave as token ids; the generator decodes
             # with pipeline.models.load_tokenizer, which also knows the tiny model's tokenizer.
             skip_tokenizer_init=True,
@@ -180,16 +180,30 @@ class Engine:
             if all(s.finish_reason for s in self._open[key]):
                 finished.append((key, self._open.pop(key)))
 
-    def join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
-        self.llm.collective_rpc("rl_join_weight_group", args=(backend, host, port, rank, world_size))
+    def init_weight_transfer(self, backend: str, info: dict) -> None:
+        """vLLM's `init_weight_transfer_engine`: every worker joins the learner's weight group (blocks
+        until the learner's side has joined too)."""
+        if backend != self.weights_backend:
+            raise ValueError(f"the learner sends weights over {backend!r}, but this engine was started for "
+                             f"{self.weights_backend!r} (run.py generate --weights-backend)")
+        self.llm.init_weight_transfer_engine({"init_info": info})
 
     def load_weights(self, update: WeightUpdate) -> None:
-        metas = msgspec.to_builtins(update.tensors)
-        self.llm.collective_rpc("rl_receive_weights", args=(metas, update.dtype, self.weight_load))
-        # Cached prefixes hold keys/values computed by the old weights: they must go (in-flight mode
-        # runs without a prefix cache, and resetting it would fail with requests running).
+        """vLLM's three update phases for one version; the weights arrive over the weight group as the
+        learner broadcasts them, and `update.version` becomes vLLM's weight version."""
+        self.llm.start_weight_update()
+        self.llm.update_weights({"update_info": update.info})
+        self.llm.finish_weight_update(weight_version=str(update.version))
+        # Cached prefixes hold keys/values computed by the old weights. Their salt (the version a
+        # group starts under, `submit`) already keeps them from being reused; in drain mode, nothing
+        # runs, so they are dropped too.
         if self.update_mode == "drain":
             self.llm.reset_prefix_cache()
+
+    @property
+    def weight_version(self) -> int:
+        """The version vLLM says it holds (set by `finish_weight_update`)."""
+        return int(self.llm.get_weight_version())
 
     def probe(self, version: int = 0) -> list[float]:
         """Log-probs (T = 1) of each token of the fixed probe sequence given its prefix. With groups

@@ -21,7 +21,7 @@ from actors.engine import Completion, Engine, Request
 from actors.reward import Verifier
 from pipeline.config import Config
 from pipeline.messages import (
-    Assignment, Heartbeat, Rollout, Sample, Stop, WeightUpdate, Welcome, pack_floats, pack_ids, unpack_ids,
+    Assignment, Heartbeat, Rollout, Sample, Stop, WeightInit, WeightUpdate, pack_floats, pack_ids, unpack_ids,
 )
 from pipeline.transport import Addresses, GeneratorEndpoint
 
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class Generator:
-    def __init__(self, cfg: Config, generator_id: int, addresses: Addresses, weights_port: int,
-                 model_path: str, backend: str = "gloo", initial_version: int = 0, engine=None):
+    def __init__(self, cfg: Config, generator_id: int, addresses: Addresses, model_path: str,
+                 backend: str = "gloo", initial_version: int = 0, engine=None):
         self.cfg = cfg
         self.id = generator_id
         self.addresses = addresses
@@ -47,39 +47,43 @@ class Generator:
         self.stopping = False
         self._last_beat = 0.0
         self._heard = time.monotonic()  # last message from the learner
-        if weights_port:
-            self.heartbeat()  # the learner that started it learns it is loading
-        self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id)
+        self.workers = cfg.generator.tensor_parallel_size
+        self.heartbeat()  # the learner learns it is loading, and opens its weight group
+        self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id,
+                                       weights_backend=backend, initial_version=initial_version)
         self.verifier = Verifier(cfg.generator.verifier_timeout_s)
         self.tokenizer = self.engine.tokenizer
-        if not weights_port:
-            weights_port = self._await_welcome(cfg.generator.heartbeat_timeout_s)
-        # Its own two-rank group with the learner (rank 0); blocks until the learner's side is up.
-        self.engine.join_weight_group(backend, addresses.host, weights_port, rank=1, world_size=2)
-        self.probe = (self.version, self.engine.probe())
+        self._join(self._await_weight_init(cfg.weights.timeout_s))
 
     def heartbeat(self) -> None:
         self.endpoint.send_control(Heartbeat(
             generator_id=self.id, pid=os.getpid(), status=self.status, version=self.version,
             inflight=[a.lease_id for a, _ in self.running.values()], probe_version=self.probe[0],
             probe_logprobs=self.probe[1],
-            busy_s=self.busy_s,
+            busy_s=self.busy_s, workers=self.workers,
         ))
         self._last_beat = time.monotonic()
 
-    def _await_welcome(self, timeout_s: float) -> int:
-        """Joining a run that did not start this process: the learner answers its heartbeat with the
-        port of a weight group of its own (then sends it the newest weights at once)."""
+    def _await_weight_init(self, timeout_s: float) -> WeightInit:
+        """The learner answers this generator's first heartbeat with the weight group to join (a
+        generator started by hand joins a running run the same way, and then gets the newest weights)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.heartbeat()
             for msg in self.endpoint.recv(200):
-                if isinstance(msg, Welcome):
-                    return msg.weights_port
+                if isinstance(msg, WeightInit):
+                    return msg
                 if isinstance(msg, Stop):
                     raise SystemExit(f"generator {self.id}: the learner refused it ({msg.reason})")
-        raise TimeoutError(f"generator {self.id}: no answer from the learner at {self.addresses.control()} "
-                           f"in {timeout_s:.0f} s (generator.heartbeat_timeout_s); is a run going on there, and is --generator-id {self.id} free?")
+        raise TimeoutError(f"generator {self.id}: no weight group from the learner at {self.addresses.control()} "
+                           f"in {timeout_s:.0f} s (weights.timeout_s); is a run going on there, and is "
+                           f"--generator-id {self.id} free?")
+
+    def _join(self, init: WeightInit) -> None:
+        """Join the learner's weight group (all of the engine's workers), then report the probe of the
+        weights held."""
+        self.engine.init_weight_transfer(init.backend, init.info)
+        self.probe = (self.version, self.engine.probe())
 
     def _drain_messages(self, timeout_ms: int) -> None:
         for msg in self.endpoint.recv(timeout_ms):
@@ -88,6 +92,9 @@ class Generator:
                 self.pending.append(msg)
             elif isinstance(msg, WeightUpdate):
                 self.updates.append(msg)
+            elif isinstance(msg, WeightInit):  # the learner opened a new group for this process
+                self.updates.clear()
+                self._join(msg)
             elif isinstance(msg, Stop):
                 self.stopping = True
 
@@ -104,7 +111,7 @@ class Generator:
                 continue
             self.status = "updating"
             self.engine.load_weights(update)
-            self.version = update.version
+            self.version = self.engine.weight_version
             self.probe = (update.version, self.engine.probe(update.version))
             self.heartbeat()
 
@@ -113,7 +120,9 @@ class Generator:
         weight update closes the door: the running groups finish, the update lands, then new ones start
         (except a wave leased before the update: it is sampled under the weights it was leased for)."""
         if self.pending and self.pending[0].wave_size:
-            if not self.updates or self.pending[0].policy_version < self.updates[0].version:
+            # a wave is sampled under the weights it was leased for: if they are on their way (their
+            # WeightUpdate may come after the leases), it waits for them
+            if self.pending[0].policy_version <= self.version:
                 self._admit_wave()
             return
         if self.cfg.generator.update_mode == "drain" and self.updates:

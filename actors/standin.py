@@ -10,7 +10,7 @@ import random
 import time
 
 from actors.engine import Completion, Request
-from pipeline.collective import WeightGroup, empty_buffer
+from pipeline.collective import WeightGroup
 from pipeline.messages import WeightUpdate
 from pipeline.models import load_tokenizer
 
@@ -33,6 +33,7 @@ class StandInEngine:
         self.peak_running = 0  # most groups running at once (tests check that groups overlap)
         self.events: list[tuple[str, int]] = []  # ("submit", key), ("done", key), ("load", version), in order
         self.max_model_len = 1 << 20
+        self.weight_version = 0
 
     def submit(self, key: int, r: Request, weights: str = "") -> None:
         self._due[key] = (time.monotonic() + self.delay_s, r.n, self._version)
@@ -64,12 +65,20 @@ class StandInEngine:
         c = self.recorded[(key * 7 + j) % len(self.recorded)]
         return Completion(c.tokens, c.logprobs, c.finish_reason, [first] + [last] * (len(c.tokens) - 1))
 
-    def join_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
-        self.group = WeightGroup(backend, host, port, rank, world_size)
+    def init_weight_transfer(self, backend: str, info: dict) -> None:
+        """Joins the learner's weight group as the gloo engine's one worker would."""
+        from pipeline.weight_transfer import GlooInitInfo
+
+        init = GlooInitInfo(**info)
+        self.bucket_bytes = init.bucket_bytes
+        self.group = WeightGroup(init.master_address, init.master_port, init.rank_offset, init.world_size,
+                                 init.timeout_s)
 
     def load_weights(self, update: WeightUpdate) -> None:
-        self.group.broadcast(empty_buffer(update.tensors, update.dtype, self.group.device))
-        self._version = update.version
+        from pipeline.weight_transfer import GlooUpdateInfo, receive
+
+        receive(self.group, GlooUpdateInfo(**update.info), self.bucket_bytes, lambda tensors: None)
+        self.weight_version = self._version = update.version
         self.events.append(("load", update.version))
 
     def probe(self, version: int = 0) -> list[float]:

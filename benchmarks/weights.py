@@ -1,60 +1,184 @@
-"""`run.py bench weights`: a full weight update into a running vLLM engine beside a bare broadcast."""
+"""`run.py bench weights`: one version of the weights into a running vLLM engine through vLLM's
+weight-transfer protocol, beside a bare broadcast of the same buckets; the learner's extra memory
+during the send; and seconds per version against the number of generators, one group each (what the
+learner does) beside one group shared by all."""
 
 from __future__ import annotations
 
+import os
 import statistics
+import threading
+import time
 
 from benchmarks.timing import median_time, print_table
 
 
-def bench_weights(cfg, model_path: str, trials: int = 5) -> dict:
-    """A full weight update into a running vLLM engine (update message, broadcast over the group,
-    in-place reload, prefix-cache reset), beside a bare broadcast of the same bytes on the same group."""
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """This process's resident memory, sampled every millisecond on a thread: its peak above the
+    level at the start (on CPU the learner's buffers are plain host allocations; large ones are
+    returned to the system when freed, so the samples see them come and go)."""
+
+    def __enter__(self):
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def extra_mb(self) -> float:
+        return (self.peak - self.base) / 1e6
+
+
+class BareWorkers:
+    """The receiving side without vLLM: `workers` threads that join the group and receive every
+    bucket into a fresh buffer, then drop it (vLLM's client protocol, structurally)."""
+
+    def __init__(self, workers: int):
+        self.workers, self.groups = workers, []
+
+    def _each(self, fn) -> None:
+        threads = [threading.Thread(target=fn, args=(r,)) for r in range(self.workers)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        from pipeline.collective import WeightGroup
+        from pipeline.weight_transfer import GlooInitInfo
+
+        info = GlooInitInfo(**init_info)
+        self.bucket_bytes = info.bucket_bytes
+        self.groups = [None] * self.workers
+
+        def join(r):
+            self.groups[r] = WeightGroup(info.master_address, info.master_port, info.rank_offset + r, info.world_size)
+        self._each(join)
+
+    def start_weight_update(self) -> None:
+        pass
+
+    def update_weights(self, update_info: dict) -> None:
+        from pipeline.weight_transfer import GlooUpdateInfo, receive
+
+        info = GlooUpdateInfo(**update_info)
+        self._each(lambda r: receive(self.groups[r], info, self.bucket_bytes, lambda pairs: None))
+
+    def finish_weight_update(self, weight_version=None) -> None:
+        pass
+
+
+def _sender(source, workers, world: int, bucket_bytes: int):
+    from pipeline.transport import free_port
+    from pipeline.weight_transfer import GlooTrainerInitInfo, GlooTrainerWeightTransferEngine
+
+    info = GlooTrainerInitInfo(master_address="127.0.0.1", master_port=free_port(), world_size=world,
+                               bucket_bytes=bucket_bytes, rank=0)
+    return GlooTrainerWeightTransferEngine.trainer_init(info, client=workers, source=source)
+
+
+def _per_version(senders) -> float:
+    """Seconds for one version to reach every generator, each sender on its own thread (as the
+    learner's links run)."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=s.send_weights) for s in senders]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return time.perf_counter() - t0
+
+
+def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...] = (1, 2, 4)) -> dict:
     import torch
 
-    import threading
-
     from actors.engine import Engine
-    from pipeline.collective import WeightGroup, flatten, tensor_metas
-    from pipeline.messages import WeightUpdate
+    from learner.broadcast import ControlClient, GeneratorLink, SnapshotSource, take_snapshot, trainer_init_info
+    from pipeline.messages import WeightInit, WeightUpdate
     from pipeline.models import load_causal_lm
     from pipeline.transport import free_port
 
-    model = load_causal_lm(model_path, cfg.model.dtype)
-    named = list(model.named_parameters())
-    engine = Engine(cfg, model_path, seed=0, worker_extension="actors.vllm_ext.BenchReceiver")
-    port = free_port()
-    # the learner's side: rank 0 of the same two-rank group, sending from a thread as the learner does
-    sender: dict = {}
-    joiner = threading.Thread(target=lambda: sender.setdefault("g", WeightGroup("gloo", "127.0.0.1", port, 0, 2)))
-    joiner.start()
-    engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
-    joiner.join()
-    flat = flatten(named, getattr(torch, cfg.model.dtype))
-    update = WeightUpdate(version=1, tensors=tensor_metas(named), dtype=cfg.model.dtype)
+    bucket_bytes = cfg.weights.bucket_bytes
 
-    def timed(receive):
-        def run():
-            t = threading.Thread(target=sender["g"].broadcast, args=(flat,))
-            t.start()
-            receive()
-            t.join()
-        return run
+    class Learner:  # the trainer's side of a snapshot, over the model loaded here
+        device = torch.device("cpu")
+        model = load_causal_lm(model_path, cfg.model.dtype)
 
-    full = timed(lambda: engine.load_weights(update))
-    bare = timed(lambda: engine.llm.collective_rpc("rl_receive_only", args=(flat.numel(), cfg.model.dtype)))
+        def host_weights(self, dtype):
+            return [(n, p.detach().to(dtype).clone()) for n, p in self.model.named_parameters()]
+
+    snapshot = take_snapshot(1, Learner(), cfg.model.dtype)
+    model_mb = snapshot.nbytes / 1e6
+    engine = Engine(cfg, model_path, seed=0)
+
+    # the full path: learner link -> control messages -> vLLM's worker engine -> load_weights
+    posted: list = []
+    link = GeneratorLink(trainer_init_info("gloo", "127.0.0.1", free_port(), 1, bucket_bytes, 600.0),
+                         ControlClient("gloo", posted.append))
+    while not posted:
+        time.sleep(0.01)
+    init = posted.pop()
+    assert isinstance(init, WeightInit)
+    engine.init_weight_transfer(init.backend, init.info)
+    assert link.wait_joined(600), link.error
+    version = [1]
+
+    def full() -> None:
+        version[0] += 1
+        snapshot.version = version[0]
+        link.submit(snapshot)
+        while not posted:
+            time.sleep(0.001)
+        update = posted.pop()
+        assert isinstance(update, WeightUpdate)
+        engine.load_weights(update)
+        assert link.wait_idle(600) and link.error is None
+
+    source = SnapshotSource(torch.device("cpu"))
+    source.snapshot = snapshot
+    bare_sender = _sender(source, BareWorkers(1), 2, bucket_bytes)
 
     t_full, t_bare = [], []
     for _ in range(trials + 1):
-        t_bare.append(median_time(bare, 1, warmup=0))
+        t_bare.append(median_time(bare_sender.send_weights, 1, warmup=0))
         t_full.append(median_time(full, 1, warmup=0))
+    with PeakMemory() as peak:  # the learner's side and the engine's share this process: both count
+        full()
+    link.close()
+    assert engine.weight_version == version[0]
     full_s, bare_s = statistics.median(t_full[1:]), statistics.median(t_bare[1:])
-    mb = flat.numel() * flat.element_size() / 1e6
-    out = {"mb": mb, "seconds": full_s, "bare_seconds": bare_s, "ratio": bare_s / full_s}
+
+    # one version to N generators: N groups (one per generator) beside one group of N + 1 ranks
+    scaling = {}
+    for n in counts:
+        own = [_sender(source, BareWorkers(1), 2, bucket_bytes) for _ in range(n)]
+        shared = [_sender(source, BareWorkers(n), n + 1, bucket_bytes)]
+        scaling[n] = (statistics.median(_per_version(own) for _ in range(trials)),
+                      statistics.median(_per_version(shared) for _ in range(trials)))
+
+    out = {"model_mb": model_mb, "seconds": full_s, "bare_seconds": bare_s, "ratio": bare_s / full_s,
+           "peak_extra_mb": peak.extra_mb, "scaling": scaling}
     print_table([
-        ("weights", f"{sum(t.numel() for _, t in named) / 1e6:.1f} M parameters, {mb:.0f} MB ({cfg.model.dtype})"),
-        ("broadcast + load into vLLM", f"{full_s:.3f} s  ({mb / full_s:.0f} MB/s)"),
-        ("bare broadcast, same group", f"{bare_s:.3f} s  ({mb / bare_s:.0f} MB/s)"),
+        ("weights", f"{sum(t.numel() for _, t in snapshot.weights) / 1e6:.1f} M parameters, {model_mb:.0f} MB "
+                    f"({cfg.model.dtype}), buckets of {bucket_bytes / 1e6:.0f} MB"),
+        ("broadcast + load into vLLM", f"{full_s:.3f} s  ({model_mb / full_s:.0f} MB/s)"),
+        ("bare broadcast, same buckets", f"{bare_s:.3f} s  ({model_mb / bare_s:.0f} MB/s)"),
+        ("peak extra memory, one send", f"{peak.extra_mb:.0f} MB (sender and receiver; the model: {model_mb:.0f} MB)"),
+        *[(f"{n} generator(s): s per version", f"{own:.3f} one group each, {shared:.3f} one shared group")
+          for n, (own, shared) in scaling.items()],
     ])
-    print(f"RESULT ratio={out['ratio']:.3f} seconds={full_s:.3f}")
+    print(f"RESULT ratio={out['ratio']:.3f} seconds={full_s:.3f} peak_extra_mb={peak.extra_mb:.0f} "
+          f"model_mb={model_mb:.0f} " + " ".join(f"own_s_{n}={o:.3f} shared_s_{n}={s:.3f}"
+                                                for n, (o, s) in scaling.items()))
     return out

@@ -1,60 +1,169 @@
-"""Sends new weights to the generators: a WeightUpdate message over ZeroMQ, then one flat buffer over
-torch.distributed, in background threads so the learner keeps training while generators catch up.
+"""Sends new weights to the generators through vLLM's weight-transfer protocol, in background threads
+so the learner keeps training while generators catch up.
 
-Each generator has its own two-rank group (learner = rank 0, generator = rank 1) on its own port.
-A collective needs every member, so with one shared group a dead generator would stall every
-broadcast until the group was rebuilt; with one group per generator, a crash only ends that
-generator's group, and its replacement joins a fresh one. The price: the learner sends the buffer
-once per generator (for many generators on NCCL, a shared group rebuilt on membership change is the
-faster design; see the notes on the throughput issue).
+The learner side of each generator is a vLLM trainer-side engine (`TrainerWeightTransferEngine`:
+vLLM's own `nccl` one on GPUs, `pipeline/weight_transfer.py`'s `gloo` one on CPU), built by
+`WeightTransferTrainerFactory.trainer_init` and driven per version by `send_weights()`. Its control
+plane is `ControlClient`: the protocol's calls become msgspec messages on the ZeroMQ control channel
+(WeightInit, WeightUpdate), and the generator runs the matching phases on its engine at its next safe
+point. The engine's workers join at ranks 1..tensor_parallel_size, so a tensor-parallel generator's
+workers each receive the weights.
 
-One broadcast at a time per generator: while one is in progress, newer versions wait and only the
-latest is sent (a generator joins a collective only between generation batches).
+Each generator has its own group. A collective needs every member, so with one shared group a dead
+generator would stall every broadcast until the group was rebuilt; with one group per generator, a
+crash only ends that generator's group, and its replacement joins a fresh one. The price: the learner
+sends the weights once per generator (`run.py bench weights` measures both; README, GPU pools).
+
+What is sent is a `Snapshot`: the weights copied into host memory one parameter at a time (so training
+goes on meanwhile, and the learner's device holds no second copy of the model), sent in packed buckets
+of `weights.bucket_bytes`. One broadcast at a time per generator: while one is in progress, newer
+versions wait and only the latest is sent.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.collective import WeightGroup, empty_buffer
-from pipeline.messages import WeightUpdate
+from pipeline.messages import WeightInit, WeightUpdate
 
 log = logging.getLogger(__name__)
 
 
-class GeneratorLink:
-    """The weight group to one generator process and the thread that feeds it."""
+@dataclass
+class Snapshot:
+    """One version of the weights in host memory, in the dtype they travel in."""
 
-    def __init__(self, backend: str, host: str, port: int, timeout_s: float, device: torch.device | str = "cpu"):
-        """`device`: the learner's (its buffers are sent from there)."""
-        self.port, self.device = port, torch.device(device)
-        self.group: WeightGroup | None = None
+    version: int
+    weights: list[tuple[str, torch.Tensor]] = field(repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for _, t in self.weights)
+
+
+def take_snapshot(version: int, trainer, dtype: str) -> Snapshot:
+    return Snapshot(version, trainer.host_weights(getattr(torch, dtype)))
+
+
+class ControlClient:
+    """vLLM's `VLLMWeightSyncClient` over the control channel. `post(msg)` queues a message for one
+    generator (safe from any thread; the loop's endpoint sends it). The generator starts, loads and
+    finishes an update on one WeightUpdate message, at a point where no decode step runs, and records
+    `version` as vLLM's weight version; so start and finish need no message of their own."""
+
+    def __init__(self, backend: str, post: Callable[[object], None]):
+        self.backend, self.post = backend, post
+        self.version = -1  # the version the next update carries
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.post(WeightInit(backend=self.backend, info=init_info))
+
+    def start_weight_update(self) -> None:
+        pass
+
+    def update_weights(self, update_info: dict) -> None:
+        self.post(WeightUpdate(version=self.version, info=update_info))
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        pass
+
+
+def trainer_init_info(backend: str, host: str, port: int, workers: int, bucket_bytes: int, timeout_s: float):
+    """vLLM's trainer init info for `backend`: the learner at rank 0, `workers` engine workers after it."""
+    if backend == "gloo":
+        from pipeline.weight_transfer import GlooTrainerInitInfo, register
+
+        register()
+        return GlooTrainerInitInfo(master_address=host, master_port=port, world_size=1 + workers,
+                                   bucket_bytes=bucket_bytes, timeout_s=timeout_s, rank=0)
+    if backend == "nccl":
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
+
+        return NCCLTrainerInitInfo(master_address=host, master_port=port, world_size=1 + workers, packed=True,
+                                   packed_buffer_size_bytes=bucket_bytes, packed_num_buffers=2, rank=0)
+    raise ValueError(f"unknown weight-transfer backend {backend!r} (gloo or nccl)")
+
+
+def choose_backend(setting: str, device: torch.device) -> str:
+    """`weights.backend`: "auto" is NCCL from a learner on a GPU, else gloo."""
+    if setting != "auto":
+        return setting
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def opener(backend: str, wc, host: str, device: torch.device,
+           post: Callable[[int, object], None]) -> Callable[[int, int], "GeneratorLink"]:
+    """What the supervisor calls to open generator `gid`'s link, for an engine of `workers` workers:
+    a fresh port on `host` (transport.host), settings from the `weights` section (`wc`)."""
+    from pipeline.transport import free_port
+
+    def open_link(gid: int, workers: int) -> GeneratorLink:
+        info = trainer_init_info(backend, host, free_port(host), workers, wc.bucket_bytes, wc.timeout_s)
+        # NCCL sends from the learner's GPU; gloo from the snapshot's host memory, where it already is
+        return GeneratorLink(info, ControlClient(backend, lambda msg: post(gid, msg)),
+                             device if backend == "nccl" else torch.device("cpu"))
+
+    return open_link
+
+
+class SnapshotSource:
+    """vLLM's `WeightSource` over the snapshot being sent: metadata from the host copies, and each
+    tensor moved to the sending device only as its bucket is packed."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.snapshot: Snapshot | None = None
+
+    def metadata(self):
+        from vllm.distributed.weight_transfer.base import ParamMeta
+
+        return [ParamMeta(name, t.dtype, tuple(t.shape)) for name, t in self.snapshot.weights]
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, t in self.snapshot.weights:
+            yield name, t.to(self.device, non_blocking=True)
+
+
+class GeneratorLink:
+    """One generator's weight group (learner side) and the thread that feeds it."""
+
+    def __init__(self, init_info, client: ControlClient, device: torch.device | str = "cpu"):
+        """`init_info`: vLLM's trainer init info (`trainer_init_info`); `device`: the learner's (NCCL
+        sends from it: set as this thread's current device, never the default cuda:0)."""
+        self.port, self.client, self.device = init_info.master_port, client, torch.device(device)
+        self.engine = None  # vLLM's trainer-side engine, once the generator has joined
         self.error: BaseException | None = None
         self.version = -1  # last version handed to this link
-        self._job: torch.Tensor | None = None
-        self._after = None  # CUDA: the event the job's buffer was filled by
+        self._job: Snapshot | None = None
         self._cv = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, args=(backend, host, port, timeout_s),
-                                        name=f"weights-{port}", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(init_info,), name=f"weights-{self.port}", daemon=True)
         self._thread.start()
 
-    def _run(self, backend, host, port, timeout_s) -> None:
+    def _run(self, init_info) -> None:
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
         try:
-            group = WeightGroup(backend, host, port, 0, 2, timeout_s, self.device)  # waits for the generator
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # vLLM's engines take the thread's current device
+            source = SnapshotSource(self.device)
+            engine = WeightTransferTrainerFactory.trainer_init(init_info, client=self.client, source=source)
             with self._cv:
-                self.group = group
+                self.engine = engine
                 self._cv.notify_all()
             while True:
                 with self._cv:
                     self._cv.wait_for(lambda: self._job is not None or self._closed)
                     if self._closed:
                         return
-                    flat, after = self._job, self._after
-                self.group.broadcast(flat, after)
+                    source.snapshot = self._job
+                self.client.version = source.snapshot.version
+                engine.send_weights()
                 with self._cv:
                     self._job = None
                     self._cv.notify_all()
@@ -62,30 +171,30 @@ class GeneratorLink:
             with self._cv:
                 self.error = exc
                 self._cv.notify_all()
-            log.warning("weight link on port %d ended: %s", port, exc)
+            log.warning("weight link on port %d ended: %s", self.port, exc)
+
+    @property
+    def joined(self) -> bool:
+        return self.engine is not None
 
     @property
     def ready(self) -> bool:
         """Group formed, alive, and no broadcast in progress."""
-        return self.group is not None and self._job is None and self.error is None
+        return self.engine is not None and self._job is None and self.error is None
 
     def wait_joined(self, timeout: float) -> bool:
         """Block until the generator has joined the weight group (True), the link failed, or `timeout`."""
         with self._cv:
-            self._cv.wait_for(lambda: self.group is not None or self.error is not None, timeout)
-            return self.group is not None and self.error is None
+            self._cv.wait_for(lambda: self.engine is not None or self.error is not None, timeout)
+            return self.engine is not None and self.error is None
 
-    def submit(self, version: int, flat: torch.Tensor) -> None:
+    def submit(self, snapshot: Snapshot) -> None:
         with self._cv:
-            if self.group is None:
+            if self.engine is None:
                 raise RuntimeError(f"weight link on port {self.port}: no generator has joined yet (check `ready`)")
             assert self._job is None, "a broadcast is already in progress"
-            self._job = flat.to(self.group.device)
-            self._after = None
-            if self._job.is_cuda:  # the broadcast's stream waits for the copy, and only for it
-                self._after = torch.cuda.Event()
-                self._after.record()
-            self.version = version
+            self._job = snapshot
+            self.version = snapshot.version
             self._cv.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
@@ -96,12 +205,3 @@ class GeneratorLink:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-
-
-def prepare(version: int, trainer, dtype: str) -> tuple[WeightUpdate, torch.Tensor]:
-    """Snapshot the trainer's weights (so training may go on) into one buffer, filled a parameter at a
-    time, and the WeightUpdate message that describes them."""
-    metas = trainer.weight_metas()
-    flat = empty_buffer(metas, dtype, trainer.device)
-    trainer.copy_weights(flat)
-    return WeightUpdate(version=version, tensors=metas, dtype=dtype), flat

@@ -18,7 +18,6 @@ Read `Learner.run` top to bottom for the whole asynchronous step.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ import torch
 from learner import checkpoint, dispatch, health
 from learner.clock import StageClock
 from learner.advantages import AdvantageRule
-from learner.broadcast import GeneratorLink
+from learner.broadcast import choose_backend, opener
 from learner.evaluation import Evaluator
 from learner.events import BatchBuilt, Leased, Observer, StepStarted
 from learner.groups import GroupBuffer, group_to_state
@@ -98,10 +97,11 @@ class Learner:
         t = cfg.transport
         self.endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes, t.curve_dir)
         self.initial_version = self.trainer.version
-        device = self.trainer.device  # weights leave from the learner's own device (NCCL from a GPU)
-        self.supervisor = Supervisor(gc, t.host, cfg.weights.timeout_s, "nccl" if device.type == "cuda" else "gloo",
-                                     self.endpoint.send, self._generator_gone, self.initial_version,
-                                     link=functools.partial(GeneratorLink, device=device))
+        # weights leave from the learner's own device (NCCL from a GPU)
+        self.weights_backend = choose_backend(cfg.weights.backend, self.trainer.device)
+        self.supervisor = Supervisor(gc, self.endpoint.send, self._generator_gone,
+                                     link=opener(self.weights_backend, cfg.weights, t.host, self.trainer.device,
+                                                 self.endpoint.post))
         self.intake = Intake(self.leases, self.tracker, self.buffer, self.stats, rule, cfg.dapo, lc.group_size,
                              lc.groups_per_step, cfg.schedule.t0, in_arrival_order=self.waves is None)
         self.publisher = Publisher(self.trainer, cfg.model.dtype, self.stats, self.endpoint.wake)
@@ -292,7 +292,7 @@ class Learner:
 
     def _publish(self) -> None:
         self.publisher.publish(self.supervisor.links, set(self.supervisor.generators), self._due(self.trainer.version),
-                               self.stepper.running is not None, self.endpoint.send)
+                               self.stepper.running is not None)
 
     def _due(self, version: int) -> bool:
         return version % self.cfg.learner.sync_every == 0 or version >= self.cfg.learner.steps or self._finishing

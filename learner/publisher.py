@@ -1,9 +1,9 @@
-"""Weight publication: snapshot the learner's weights, send them to the generators (a WeightUpdate
-message, then the tensors over the weight link), and check that each generator really holds them by
-comparing its probe log-probs with the learner's.
+"""Weight publication: snapshot the learner's weights, send them to the generators (each over its
+weight link, learner/broadcast.py), and check that each generator really holds them by comparing its
+probe log-probs with the learner's.
 
-A snapshot is a copy of the weights (so training may go on) plus the probe log-probs that a
-generator must report back for that version (`pipeline/collective.py` defines the probe sequence).
+A snapshot is a copy of the weights in host memory (so training may go on) plus the probe log-probs
+that a generator must report back for that version (`pipeline/collective.py` defines the probe sequence).
 The publisher owns the newest published version; the run statistics only count what it did.
 """
 
@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import torch
 
-from learner.broadcast import GeneratorLink, prepare
+from learner.broadcast import GeneratorLink, Snapshot, take_snapshot
 from learner.stats import RunStats
-from pipeline.messages import WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +27,6 @@ log = logging.getLogger(__name__)
 PROBE_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.25, "float16": 5e-2}
 # Generators report recent versions only: older probes are pruned, so the table stays small.
 PROBES_KEPT = 64
-
-
-@dataclass
-class Snapshot:
-    version: int
-    update: WeightUpdate
-    flat: torch.Tensor
 
 
 def probe_matches(reported: list[float], expected: list[float], dtype: str,
@@ -61,11 +51,11 @@ class Publisher:
         """Copy the weights as they are now and compute their probe log-probs. Runs on the loop's
         thread when no step is running, else on the snapshot thread beside the next step."""
         v = self.trainer.version
-        update, flat = prepare(v, self.trainer, self.dtype)
+        snapshot = take_snapshot(v, self.trainer, self.dtype)
         self.probes[v] = self.trainer.probe_logprobs()
         for old in [k for k in self.probes if k < v - PROBES_KEPT]:
             del self.probes[old]
-        self.snapshot = Snapshot(v, update, flat)
+        self.snapshot = snapshot
         self.latest = v
         self.stats.versions_published.append(v)
         self.wake()
@@ -73,8 +63,7 @@ class Publisher:
     def needs_snapshot(self, version: int) -> bool:
         return self.snapshot is None or self.snapshot.version != version
 
-    def publish(self, links: dict[int, GeneratorLink], joined: set[int], due: bool, step_running: bool,
-                send: Callable[[int, WeightUpdate], bool]) -> None:
+    def publish(self, links: dict[int, GeneratorLink], joined: set[int], due: bool, step_running: bool) -> None:
         """Send the newest weights to every joined generator whose link is free and that lacks them.
         A generator behind the newest published version (it restarted or joined) gets them at once;
         the others when `due` (every `learner.sync_every` steps)."""
@@ -89,8 +78,8 @@ class Publisher:
             self.take_snapshot()
         snap = self.snapshot
         for gid in targets:
-            if links[gid].version < snap.version and send(gid, snap.update):
-                links[gid].submit(snap.version, snap.flat)
+            if links[gid].version < snap.version:
+                links[gid].submit(snap)
 
     def verify(self, gid: int, version: int, reported: list[float]) -> bool | None:
         """Whether the probe log-probs generator `gid` reports for `version` match the learner's

@@ -171,15 +171,15 @@ class ShardedTrainer(Trainer):
                        for i in share(mb, rank, self.world)[0].tolist()})
 
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
-        """Every weight gathered at once (tests; the broadcast goes through `copy_weights`)."""
+        """Every weight gathered at once (tests; the broadcast goes through `host_weights`)."""
         with self._lock:
             self._tell_followers(WEIGHTS)
             return list(self._full_parameters())
 
-    def copy_weights(self, flat: torch.Tensor) -> None:
+    def host_weights(self, dtype: torch.dtype) -> list[tuple[str, torch.Tensor]]:
         with self._lock:
             self._tell_followers(WEIGHTS)
-            super().copy_weights(flat)
+            return super().host_weights(dtype)
 
     def probe_logprobs(self) -> list[float]:
         with self._lock:

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from learner.broadcast import GeneratorLink
 from learner.health import GeneratorHealth
 from pipeline.config import GeneratorConfig
-from pipeline.messages import Alive, Heartbeat, Stop, Welcome
-from pipeline.transport import free_port
+from pipeline.messages import Alive, Heartbeat, Stop
 
 log = logging.getLogger(__name__)
 
@@ -60,43 +59,35 @@ class Lives:
 
 
 class Supervisor:
-    def __init__(self, gc: GeneratorConfig, host: str, weights_timeout_s: float, backend: str,
-                 send: Callable[[int, object], bool], on_gone: Callable[[int, str], None], initial_version: int,
-                 link: Callable[..., GeneratorLink] = GeneratorLink):
-        """`host`: where weight groups listen (transport.host); `weights_timeout_s`: a weight link's
-        timeout (weights.timeout_s); `link(backend, host, port, timeout_s)` opens one generator's link."""
-        self.gc, self.host, self.weights_timeout_s, self.make_link = gc, host, weights_timeout_s, link
-        self.backend = backend
+    def __init__(self, gc: GeneratorConfig, send: Callable[[int, object], bool], on_gone: Callable[[int, str], None],
+                 link: Callable[[int, int], GeneratorLink]):
+        """`link(generator, workers)` opens the weight link to a generator whose engine has `workers`
+        worker processes (learner/broadcast.py); it is opened when the generator first says hello."""
+        self.gc, self.make_link = gc, link
         self.send = send
         self.on_gone = on_gone
-        self.initial_version = initial_version  # what the launcher's generators load at start
         self.links: dict[int, GeneratorLink] = {}  # weight group per generator process
         self.generators: dict[int, GeneratorInfo] = {}  # the ones that have said hello
         self.lives: dict[int, Lives] = {}  # the launched ones, across their restarts
         self.restarts = 0
         self.last_alive = time.monotonic()  # the last moment some generator was ready
 
-    def _link(self) -> tuple[GeneratorLink, int]:
-        port = free_port(self.host)
-        return self.make_link(self.backend, self.host, port, self.weights_timeout_s), port
-
     def start(self, launcher, gid: int, now: float | None = None) -> None:
-        self.links[gid], port = self._link()
-        self.links[gid].version = self.initial_version
         life = self.lives.setdefault(gid, Lives())
         life.started, life.restart_at, life.was_ready = time.monotonic() if now is None else now, None, False
-        launcher.start(gid, port)
+        launcher.start(gid)
 
     def start_all(self, launcher) -> None:
         for gid in range(self.gc.count):
             self.start(launcher, gid)
 
-    def _welcome(self, gid: int) -> None:
-        """A generator this learner did not start joins: it gets a weight group of its own, then the
-        newest weights at once (its link is behind every published version), then leases."""
-        self.links[gid], port = self._link()
-        self.send(gid, Welcome(weights_port=port))
-        log.info("generator %d joined: its weight group is on port %d", gid, port)
+    def _join(self, hb: Heartbeat) -> None:
+        """A generator's first word (launched here or joining by itself): its own weight group, which
+        it is asked to join (WeightInit); a generator behind the newest version gets it at once."""
+        self.links[hb.generator_id] = link = self.make_link(hb.generator_id, hb.workers)
+        link.version = hb.version
+        if hb.generator_id not in self.lives:
+            log.info("generator %d joined: its weight group is on port %d", hb.generator_id, link.port)
 
     def on_heartbeat(self, hb: Heartbeat, verify: Callable[[int, int, list[float]], bool | None],
                      now: float | None = None) -> None:
@@ -106,7 +97,7 @@ class Supervisor:
         if hb.generator_id not in self.links:
             if hb.status == "stopping":
                 return None
-            self._welcome(hb.generator_id)
+            self._join(hb)
         self.send(hb.generator_id, Alive())  # without word from its learner, a generator exits by itself
         info = self.generators.setdefault(hb.generator_id, GeneratorInfo())
         info.status, info.version, info.pid, info.busy_s = hb.status, hb.version, hb.pid, hb.busy_s
@@ -128,7 +119,8 @@ class Supervisor:
     def _forget(self, gid: int, why: str) -> None:
         self.on_gone(gid, why)
         self.generators.pop(gid, None)
-        self.links.pop(gid).close()
+        if gid in self.links:
+            self.links.pop(gid).close()
 
     def check(self, launcher, now: float | None = None) -> None:
         """Restart the launched generators that died, went silent, or lost their weight link (after
@@ -148,7 +140,7 @@ class Supervisor:
             elif silent or link.error is not None or (info is not None and info.status == "stopping"):
                 self._forget(gid, "left")
         for gid, code in (launcher.dead() if launcher is not None else {}).items():
-            if gid in self.links:
+            if gid in self.lives and self.lives[gid].restart_at is None and not self.lives[gid].retired:
                 self._died(launcher, gid, code, now)
         for gid, life in self.lives.items():
             if life.restart_at is not None and now >= life.restart_at:
@@ -210,7 +202,7 @@ class Supervisor:
         or has been handed."""
         return {gid: max(info.version, self.links[gid].version) for gid, info in self.generators.items()
                 if info.status in ("ready", "generating", "updating")
-                and gid in self.links and self.links[gid].group is not None}
+                and gid in self.links and self.links[gid].joined}
 
     def all_hold(self, version: int) -> bool:
         """Every generator has been sent `version`, and has reported its probe for it."""

@@ -25,9 +25,8 @@ from learner.groups import Group
 from learner.logprobs import response_logprobs, token_logprobs
 from learner.packing import attention_for, packed_row
 from learner.loss import LossInputs, LossSums, aggregation_coef, policy_loss
-from pipeline.collective import copy_into, probe_tokens, tensor_metas
+from pipeline.collective import probe_tokens
 from pipeline.config import Config, ConfigError, LearnerConfig, LossConfig, ZVPConfig
-from pipeline.messages import TensorMeta
 from pipeline.models import load_causal_lm
 
 
@@ -199,15 +198,18 @@ class Trainer:
         # named_parameters() lists tied embeddings once, which is what the engine's loader expects
         return list(self.model.named_parameters())
 
-    def weight_metas(self) -> list[TensorMeta]:
-        """Names and full shapes of the weights as they go to the generators (nothing gathered)."""
-        return tensor_metas(self.model.named_parameters())
-
-    def copy_weights(self, flat: torch.Tensor) -> None:
-        """The weights into `flat` (cast to its dtype), one parameter at a time, in `weight_metas`'
-        order: beside the buffer there is never more than one parameter's full copy (a sharded
-        trainer gathers each in turn)."""
-        copy_into(flat, self._full_parameters())
+    @torch.no_grad()
+    def host_weights(self, dtype: torch.dtype) -> list[tuple[str, torch.Tensor]]:
+        """The weights copied to host memory in `dtype` (pinned beside a GPU, so they go back to it
+        fast), one parameter at a time: the device never holds more than one parameter's extra full
+        copy (a sharded trainer gathers each in turn)."""
+        pin = self.device.type == "cuda"
+        out = []
+        for name, t in self._full_parameters():
+            host = torch.empty(t.shape, dtype=dtype, pin_memory=pin)
+            host.copy_(t)
+            out.append((name, host))
+        return out
 
     def _full_parameters(self):
         yield from self.model.named_parameters()

@@ -61,7 +61,7 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
             sharded.leave_training_group()
         raise
     launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version,
-                        weights_backend=learner.supervisor.backend)
+                        weights_backend=learner.weights_backend)
 
     def request_stop(signum, frame):  # finish the current step, checkpoint, stop generators, exit 0
         learner.stop_requested = True

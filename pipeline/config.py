@@ -147,9 +147,6 @@ class GeneratorConfig(Section):
     # Tokens per KV-cache block (0: vLLM's default, 16 on GPU, 128 on CPU; CPU takes multiples of 32).
     # Only whole blocks of a prompt are shared by a group's samples through the prefix cache.
     kv_block_size: NonNegInt = 0
-    # How broadcast weights enter the engine: the model's load_weights into live parameters ("direct",
-    # unquantized models) or vLLM's reload_weights with post-load processing ("reload", quantized).
-    weight_load: Literal["direct", "reload"] = "direct"
     # "drain": apply weight updates between generation batches (a group shares one version).
     # "inflight": apply them between decode steps, keeping running requests and their KV cache; each
     # token records the version it was sampled under, and lag counts from the oldest.
@@ -162,6 +159,13 @@ class WeightsConfig(Section):
     # How long a weight link waits for its generator to join the weight group, and for one broadcast
     # to finish, before it gives up (the generator is then restarted, or let go if it joined by hand).
     timeout_s: PosFloat = 120.0
+    # vLLM's weight-transfer engine: "nccl" (GPU to GPU), "gloo" (through host memory: CPU runs, and a
+    # generator sharing the learner's GPU, where NCCL cannot put two ranks), "auto": nccl from a
+    # learner on a GPU of its own, else gloo.
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # Weights travel packed in buckets of this size: the learner's extra memory during a send is a
+    # bucket or two, never a second copy of the model.
+    bucket_bytes: Annotated[int, Meta(ge=1 << 20)] = 64 << 20
 
 
 class ScheduleConfig(Section):

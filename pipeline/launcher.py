@@ -41,6 +41,17 @@ def die_with_parent(parent_pid: int) -> None:
         raise SystemExit(f"the learner (pid {parent_pid}) that launched this generator is gone")
 
 
+def cpu_binding(workers: int) -> str:
+    """vLLM's CPU backend binds each tensor-parallel worker's threads to cores (`VLLM_CPU_OMP_THREADS_BIND`;
+    without it, start-up fails on NUMA binding): this process's cores, split evenly among the workers."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < workers:
+        raise ValueError(f"generator.tensor_parallel_size = {workers} on CPU needs a core per worker; "
+                         f"this process may use {len(cores)}")
+    per = len(cores) // workers
+    return "|".join(",".join(map(str, cores[i * per:(i + 1) * per])) for i in range(workers))
+
+
 class Launcher:
     def __init__(self, cfg: Config, addresses: Addresses, model_path: str, initial_version: int = 0,
                  extra_args: list[str] | None = None, weights_backend: str | None = None):
@@ -56,23 +67,24 @@ class Launcher:
         self.config_file.write_text(dumps(cfg))
         self.procs: dict[int, subprocess.Popen] = {}
 
-    def command(self, generator_id: int, weights_port: int) -> list[str]:
+    def command(self, generator_id: int) -> list[str]:
         a = self.addresses
         return [sys.executable, str(RUN_PY), "generate", "--config-json", str(self.config_file),
                 "--generator-id", str(generator_id), "--host", a.host,
                 "--control-port", str(a.control_port), "--rollout-port", str(a.rollout_port),
-                "--weights-port", str(weights_port),
                 "--model-path", self.model_path, "--initial-version", str(self.initial_version),
                 "--parent-pid", str(os.getpid()),
                 *(["--weights-backend", self.weights_backend] if self.weights_backend else []), *self.extra_args]
 
-    def start(self, generator_id: int, weights_port: int) -> None:
+    def start(self, generator_id: int) -> None:
         env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
                    OMP_NUM_THREADS=str(self.cfg.run.torch_threads))
         devices = self.cfg.generator.devices
         if devices:  # split pools: each generator sees only its own GPU(s)
             env["CUDA_VISIBLE_DEVICES"] = devices[generator_id % len(devices)]
-        cmd = self.command(generator_id, weights_port)
+        elif self.cfg.generator.tensor_parallel_size > 1:
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(self.cfg.generator.tensor_parallel_size))
+        cmd = self.command(generator_id)
         logfile = open(self.run_dir / f"generator-{generator_id}.log", "ab")
         # the exact command first: the template for starting a generator by hand on another node
         logfile.write(f"# {shlex.join(cmd)}\n".encode())

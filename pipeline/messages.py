@@ -8,12 +8,12 @@ receiver can count rejections per kind and go on.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import msgspec
 import numpy as np
 
-PROTOCOL_VERSION = 3  # 2: the learner answers heartbeats (Alive); 3: seeded waves (exact lag)
+PROTOCOL_VERSION = 4  # 2: Alive; 3: seeded waves (exact lag); 4: vLLM's weight-transfer protocol (WeightInit)
 
 _IDS = np.dtype("<i4")
 _FLOATS = np.dtype("<f4")
@@ -85,39 +85,36 @@ class Rollout(Message, kw_only=True):
     verify_seconds: float
 
 
-class TensorMeta(msgspec.Struct, forbid_unknown_fields=True, array_like=True):
-    name: str
-    shape: list[int]
-    dtype: str
+class WeightInit(Message, kw_only=True):
+    """Join the learner's weight group: vLLM's `init_weight_transfer_engine` with `info` (the worker
+    init info of `backend`'s engine: rendezvous address, rank offset, world size, bucket size)."""
+
+    backend: str
+    info: dict[str, Any]
 
 
 class WeightUpdate(Message, kw_only=True):
-    """Announce: weights of `version` follow on the torch.distributed group as one flat buffer."""
+    """Weights of `version` follow on the weight group: vLLM's `update_weights` with `info` (names,
+    dtypes and shapes, in the order they are packed), between its start and finish phases."""
 
     version: int
-    tensors: list[TensorMeta]
-    dtype: str  # the flat buffer's dtype
+    info: dict[str, Any]
 
 
 class Heartbeat(Message, kw_only=True):
     generator_id: int
     pid: int
     status: str  # starting | ready | generating | updating | stopping
-    version: int  # weight version loaded in the engine
+    version: int  # weight version loaded in the engine (vLLM's own: `get_weight_version`)
     inflight: list[int]  # lease ids being generated
     probe_version: int = -1  # weight version the probe was scored under
     probe_logprobs: list[float] = []  # log-probs of the fixed probe sequence (pipeline.collective)
     busy_s: float = 0.0  # cumulative seconds spent generating and verifying
+    workers: int = 1  # the engine's worker processes (tensor-parallel size): its ranks in the weight group
 
 
 class Stop(Message, kw_only=True):
     reason: str = ""
-
-
-class Welcome(Message, kw_only=True):
-    """To a generator that joined a running run by itself: the port of its weight group."""
-
-    weights_port: int
 
 
 class Alive(Message, kw_only=True):
@@ -125,7 +122,7 @@ class Alive(Message, kw_only=True):
     `generator.learner_timeout_s` exits by itself, releasing its engine."""
 
 
-ToGenerator = Union[Assignment, WeightUpdate, Stop, Welcome, Alive]
+ToGenerator = Union[Assignment, WeightInit, WeightUpdate, Stop, Alive]
 ToLearner = Union[Heartbeat, Rollout]
 
 

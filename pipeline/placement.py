@@ -39,8 +39,15 @@ def check_placement(cfg: Config, visible: str | None, world: int = 1, cuda: bool
         return  # no GPU, or no generator launched beside the learner (they join from other nodes)
     taken = {g.strip(): i for i, entry in enumerate(gc.devices) for g in entry.split(",")}
     for gpu in learner_gpus(cfg.learner.device, visible, world):
+        if gpu in taken and cfg.weights.backend == "gloo" and world == 1:
+            if gc.gpu_memory_utilization > 0.6:
+                raise ConfigError(f"the learner shares GPU {gpu} with generator {taken[gpu]}, whose vLLM engine may "
+                                  f"take generator.gpu_memory_utilization = {gc.gpu_memory_utilization} of it: "
+                                  "leave the learner room (at most 0.6; configs/gpu/one-gpu-qwen2.5-0.5b.toml uses 0.3)")
+            continue  # one card for both, by choice: weights go through host memory (NCCL cannot)
         if gpu in taken:
             raise ConfigError(
                 f"the learner would run on GPU {gpu}, which generator.devices[{taken[gpu]}] gives to a generator "
                 f"(learner.device = {cfg.learner.device!r}{', under torchrun: one GPU per rank' if world > 1 else ''}"
-                f"): set learner.device (or the learner's CUDA_VISIBLE_DEVICES) to GPUs no generator uses")
+                f"): set learner.device (or the learner's CUDA_VISIBLE_DEVICES) to GPUs no generator uses, or, to share "
+                f"one GPU on purpose, weights.backend = \"gloo\" (configs/gpu/one-gpu-qwen2.5-0.5b.toml)")

@@ -14,6 +14,7 @@ import collections
 import ipaddress
 import logging
 import socket
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,13 @@ class LearnerEndpoint:
         self._wake_w.setblocking(False)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
         self.identities: dict[int, bytes] = {}  # generator id -> ROUTER identity
+        # messages from other threads, sent by the next recv()
+        self._posted: collections.deque[tuple[int, Message]] = collections.deque()
+
+    def post(self, generator_id: int, msg: Message) -> None:
+        """`send` from any thread: the message goes out with the next recv(), which this wakes."""
+        self._posted.append((generator_id, msg))
+        self.wake()
 
     def wake(self) -> None:
         """Make a recv() that is waiting, or the next one, return without waiting (thread-safe)."""
@@ -166,6 +174,8 @@ class LearnerEndpoint:
     def recv(self, timeout_ms: int) -> list:
         """Every valid message waiting (after at most `timeout_ms`), in arrival order per socket."""
         out = []
+        while self._posted:
+            self.send(*self._posted.popleft())
         events = dict(self.poller.poll(timeout_ms))
         if self._wake_r.fileno() in events:
             try:

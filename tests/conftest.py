@@ -52,7 +52,7 @@ def run_pipeline(learner, cfg):
     from pipeline.launcher import Launcher
 
     launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version,
-                        weights_backend=learner.supervisor.backend)
+                        weights_backend=learner.weights_backend)
     try:
         stats = learner.run(launcher)
         learner.stop_generators()

@@ -66,7 +66,7 @@ class ScriptedLauncher:
         self.killed: list[int] = []
         self.exited: dict[int, int] = {}
 
-    def start(self, gid: int, weights_port: int) -> None:
+    def start(self, gid: int) -> None:
         self.started.append(gid)
         self.exited.pop(gid, None)
 
@@ -114,8 +114,8 @@ class IdleLink:
     """Stands in for a generator's weight link (learner/broadcast.py) where no weights move: joined
     at once, never busy."""
 
-    def __init__(self, backend: str, host: str, port: int, timeout_s: float):
-        self.port, self.group, self.error, self.version, self.closed = port, object(), None, -1, False
+    def __init__(self, gid: int, workers: int):
+        self.port, self.joined, self.error, self.version, self.closed = 1000 + gid, True, None, -1, False
 
     @property
     def ready(self) -> bool:
@@ -133,10 +133,10 @@ class FailingStartLauncher:
         from pipeline.launcher import Launcher
 
         class _Failing(Launcher):
-            def command(self, generator_id: int, weights_port: int) -> list[str]:
+            def command(self, generator_id: int) -> list[str]:
                 if generator_id in broken:
                     return [sys.executable, "-c", "import sys; print('RuntimeError: the engine cannot start on "
                             f"this device (generator {generator_id})', file=sys.stderr); sys.exit(3)"]
-                return super().command(generator_id, weights_port)
+                return super().command(generator_id)
 
         return _Failing(*args, **kwargs)

@@ -5,12 +5,11 @@ import torch
 import pytest
 
 from actors.engine import Request
-from learner.broadcast import GeneratorLink, prepare
 from learner.groups import Group
 from learner.logprobs import token_logprobs
 from learner.trainer import Trainer, build_batch
-from pipeline.transport import free_port
 from tests.builders import with_advantage
+from tests.links import open_link, send
 from tests.conftest import make_config
 
 PROMPTS = ["Calculate 3 + 4.=", "Calculate 9 - 2.=", "Calculate 1 - 8.="]
@@ -83,15 +82,12 @@ def test_inflight_update_records_per_token_versions(engine, trainer):
     import copy
 
     tok = engine.tokenizer
-    port = free_port()
-    link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=60)
-    engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
+    link, outbox = open_link(engine)
     old_version, old_model = trainer.version, copy.deepcopy(trainer.model)
     with torch.no_grad():  # a new version far enough from the old that every token's log-prob moves
         for _, w in trainer.named_weights():
             w.add_(0.05 * torch.randn_like(w))
     trainer.version += 1
-    update, flat = prepare(trainer.version, trainer, "float32")
     engine.update_mode = "inflight"
     prompts = [tok.encode(p) for p in PROMPTS]
     finished = {}
@@ -101,9 +97,7 @@ def test_inflight_update_records_per_token_versions(engine, trainer):
         version, steps = old_version, 0
         while engine.running:
             if steps == 2:  # after two decode steps, with every request running
-                link.submit(trainer.version, flat)
-                engine.load_weights(update)
-                assert link.wait_idle(30)
+                send(link, outbox, engine, trainer)
                 version = trainer.version
             finished.update(engine.decode_step(version))
             steps += 1
@@ -162,16 +156,12 @@ def test_broadcast_updates_the_running_engine(engine, trainer):
     before = engine.probe()
     assert max(abs(a - b) for a, b in zip(before, trainer.probe_logprobs())) < 1e-4
 
-    port = free_port()
-    link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=60)
-    engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
+    link, outbox = open_link(engine, bucket_bytes=1 << 20)  # several buckets, even for the tiny model
     for _ in range(3):  # a few real steps so the change is well above float noise
         trainer.step(with_advantage(_groups(engine, engine.tokenizer, 1.0, n=8)))
-    update, flat = prepare(trainer.version, trainer, "float32")
-    link.submit(trainer.version, flat)
-    engine.load_weights(update)
-    assert link.wait_idle(30) and link.error is None
+    send(link, outbox, engine, trainer)
     link.close()
+    assert engine.weight_version == trainer.version  # vLLM's own record of what it holds
 
     after = engine.probe()
     expected = trainer.probe_logprobs()
@@ -189,16 +179,3 @@ def test_broadcast_updates_the_running_engine(engine, trainer):
     # and the post-broadcast behaviour log-probs still match the learner at a sample temperature
     gap, _, _ = _max_gap(trainer, _groups(engine, tok, 1.3))
     assert gap < 1e-4
-
-    # the other load mode (vLLM's reload_weights, for quantized models) lands the weights too
-    # (last: it replaces the engine's parameters, after which the direct loader cannot be used)
-    link = GeneratorLink("gloo", "127.0.0.1", port := free_port(), timeout_s=60)
-    engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
-    trainer.step(with_advantage(_groups(engine, tok, 1.0, n=8)))
-    update, flat = prepare(trainer.version, trainer, "float32")
-    link.submit(trainer.version, flat)
-    engine.weight_load = "reload"
-    engine.load_weights(update)
-    assert link.wait_idle(30) and link.error is None
-    link.close()
-    assert max(abs(a - b) for a, b in zip(engine.probe(), trainer.probe_logprobs())) < 1e-4

@@ -10,8 +10,8 @@ import torch
 
 from actors.generator import Generator
 from actors.standin import StandInEngine
-from learner.broadcast import GeneratorLink
-from pipeline.messages import Assignment, Rollout, Stop, TensorMeta, WeightUpdate, pack_ids, unpack_ids
+from learner.broadcast import ControlClient, GeneratorLink, Snapshot, trainer_init_info
+from pipeline.messages import Assignment, Rollout, Stop, WeightUpdate, pack_ids, unpack_ids
 from pipeline.transport import LearnerEndpoint, free_port
 from tests.conftest import make_config
 
@@ -24,17 +24,27 @@ class Harness:
     def __init__(self, tmp_path, model_path: str, update_mode: str):
         cfg = make_config(tmp_path, "--generator.update_mode", update_mode)
         self.ep = LearnerEndpoint("127.0.0.1", 0, 0, cfg.transport.max_frame_bytes)
-        port = free_port()
-        self.link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=60)
         self.engine = StandInEngine(model_path, delay_s=DELAY)
-        self.gen = Generator(cfg, 0, self.ep.addresses, port, model_path, engine=self.engine)
-        self.thread = threading.Thread(target=self.gen.run, daemon=True)
+        self.gen: Generator | None = None
+        self.thread = threading.Thread(target=self._generate, args=(cfg, model_path), daemon=True)
         self.thread.start()
         self.arrived: dict[int, tuple[float, Rollout]] = {}
         self.prompt = pack_ids(self.engine.tokenizer.encode("1+2="))
         self._wait(lambda: 0 in self.ep.identities, "the generator's first heartbeat")
-        # the generator joins its weight group as it starts; an update before that has nowhere to go
-        assert self.link.wait_joined(timeout=60), f"the generator never joined its weight group: {self.link.error}"
+        # as the supervisor does on a first heartbeat: open the weight group, ask the generator to join
+        self.posted: list = []
+        info = trainer_init_info("gloo", "127.0.0.1", free_port(), 1, 1 << 20, 60.0)
+        self.link = GeneratorLink(info, ControlClient("gloo", self._post))
+        self._wait(lambda: self.link.joined or self.link.error is not None, "the generator to join its weight group")
+        assert self.link.error is None, self.link.error
+
+    def _generate(self, cfg, model_path: str) -> None:
+        self.gen = Generator(cfg, 0, self.ep.addresses, model_path, engine=self.engine)
+        self.gen.run()
+
+    def _post(self, msg) -> None:
+        self.ep.post(0, msg)
+        self.posted.append(msg)
 
     def _wait(self, done, what: str, timeout: float = 30.0) -> None:
         end = time.monotonic() + timeout
@@ -50,11 +60,12 @@ class Harness:
                                           verifier="math", max_tokens=6))
 
     def update(self, version: int) -> None:
-        """Announce then broadcast new weights (the stand-in only needs their size)."""
-        flat = torch.randn(64)
-        update = WeightUpdate(version=version, tensors=[TensorMeta("w", [64], "float32")], dtype="float32")
-        assert self.ep.send(0, update)
-        self.link.submit(version, flat)
+        """Send new weights (the stand-in only needs their size); returns once their WeightUpdate has
+        gone out, so that a lease sent next arrives after it."""
+        self.link.submit(Snapshot(version, [("w", torch.randn(64))]))
+        self._wait(lambda: any(isinstance(m, WeightUpdate) and m.version == version for m in self.posted),
+                   f"the update to version {version}")
+        self.ep.recv(0)  # sends what was posted
 
     def wait_rollouts(self, *lease_ids: int) -> None:
         self._wait(lambda: all(i in self.arrived for i in lease_ids), f"rollouts {lease_ids}")

@@ -4,8 +4,10 @@ learner parts run on a GPU machine that has torch alone. Never part of `make tes
 - a learner step of a real model shape (Qwen2.5-0.5B's, randomly initialised: no weights are fetched)
   in bf16-mixed with micro-batches: its peak memory against the README arithmetic, and tokens/s;
 - learner vs vLLM behaviour log-probs in bf16 at T = 0.7 and 1.3 (needs vLLM built for CUDA);
+- a weight snapshot (what a broadcast sends) adds at most one parameter to the GPU's memory;
 - the NCCL weight broadcast into a CUDA vLLM engine, checked by the probe (needs two GPUs: NCCL
-  will not put two ranks on one device);
+  will not put two ranks on one device), and one GPU shared by learner and generator (weights over
+  gloo through host memory);
 - a 5-step run of the pipeline on a real model (needs vLLM built for CUDA and RLVR_GPU_MODEL, a
   Hugging Face model folder).
 """
@@ -94,6 +96,28 @@ def test_learner_step_memory_and_throughput_on_a_real_shape(qwen05, tmp_path):
     assert peak < 1.5 * expected, (peak, expected)
 
 
+@cuda
+def test_a_weight_snapshot_adds_at_most_one_parameter_to_the_gpu(qwen05, tmp_path):
+    """The broadcast sends a snapshot in (pinned) host memory, taken one parameter at a time: the
+    learner's GPU never holds a second copy of the model (a 7B model's would be 15 GB)."""
+    from learner.broadcast import take_snapshot
+    from learner.trainer import Trainer
+
+    cfg = make_config(tmp_path, "--learner.precision", "bf16-mixed", "--learner.device", "cuda")
+    trainer = Trainer.from_config(cfg, qwen05)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    snap = take_snapshot(1, trainer, "bfloat16")
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    largest = max(p.numel() * p.element_size() for p in trainer.model.parameters())
+    print(json.dumps({"card": torch.cuda.get_device_name(), "snapshot_mb": snap.nbytes / 1e6,
+                      "peak_extra_mb": extra / 1e6, "largest_parameter_mb": largest / 1e6}))
+    assert all(t.device.type == "cpu" and t.is_pinned() for _, t in snap.weights)
+    assert extra <= largest + (1 << 20), (extra, largest)
+
+
 @vllm_cuda
 def test_learner_logprobs_match_vllm_in_bf16(qwen05, tmp_path):
     """Tolerance 0.1 nats (max) and 0.02 (mean): both sides compute in bf16, with different kernels
@@ -144,7 +168,25 @@ def test_nccl_broadcast_into_a_cuda_engine_is_verified_by_the_probe(tiny_model, 
     cfg.run_dir.mkdir(parents=True)
     learner = Learner(cfg, tiny_model, load_problems(cfg.data))
     stats = run_pipeline(learner, cfg)
-    assert learner.supervisor.backend == "nccl"
+    assert learner.weights_backend == "nccl"
+    assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
+
+
+@vllm_cuda
+def test_one_gpu_shared_by_learner_and_generator(tiny_model, tmp_path):
+    """configs/gpu/one-gpu-qwen2.5-0.5b.toml's layout on the tiny model: both on GPU 0, weights over
+    gloo through host memory, every version verified by the probe."""
+    from tests.conftest import run_pipeline
+    from learner.loop import Learner
+    from pipeline.data import load_problems
+
+    cfg = make_config(tmp_path, "--learner.steps", "3", "--learner.device", "cuda:0", "--generator.devices",
+                      '["0"]', "--weights.backend", "gloo", "--generator.gpu_memory_utilization", "0.3",
+                      "--generator.kv_cache_bytes", "auto", "--eval.final", "false")
+    cfg.run_dir.mkdir(parents=True)
+    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+    stats = run_pipeline(learner, cfg)
+    assert learner.weights_backend == "gloo"
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
 
 

@@ -104,21 +104,15 @@ def test_learner_logprobs_match_vllm_at_mixed_temperatures_in_one_batch(engine, 
 
 
 def test_a_step_then_a_broadcast_verified_by_the_probe(engine, trainer, tmp_path):
-    from learner.broadcast import GeneratorLink, prepare
     from learner.publisher import probe_matches
-    from pipeline.transport import free_port
+    from tests.links import open_link, send
 
     before = engine.probe()
     assert probe_matches(before, trainer.probe_logprobs(), "float32")[0]
     metrics = trainer.step(_groups(engine, _cfg(tmp_path), [1.0, 1.0]))
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["grad_norm"] > 0
-    port = free_port()
-    link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=120)
-    engine.join_weight_group("gloo", "127.0.0.1", port, rank=1, world_size=2)
-    update, flat = prepare(trainer.version, trainer, "float32")
-    link.submit(trainer.version, flat)
-    engine.load_weights(update)
-    assert link.wait_idle(60) and link.error is None
+    link, outbox = open_link(engine, bucket_bytes=64 << 20)  # 540 MB of float32 weights: nine buckets
+    send(link, outbox, engine, trainer)
     link.close()
     after, expected = engine.probe(), trainer.probe_logprobs()
     assert probe_matches(after, expected, "float32")[0]

@@ -4,14 +4,13 @@ import pytest
 
 from learner.supervisor import Supervisor, SupervisorError
 from pipeline.config import GeneratorConfig
-from pipeline.messages import Alive, Heartbeat, Welcome
+from pipeline.messages import Alive, Heartbeat
 from tests.doubles import IdleLink, RecordingSend, ScriptedLauncher
 
 
 def _supervisor(**generator):
     send, gone = RecordingSend(), []
-    sup = Supervisor(GeneratorConfig(**generator), "127.0.0.1", 0.5, "gloo", send,
-                     lambda gid, why: gone.append((gid, why)), initial_version=0, link=IdleLink)
+    sup = Supervisor(GeneratorConfig(**generator), send, lambda gid, why: gone.append((gid, why)), link=IdleLink)
     return sup, send, gone
 
 
@@ -29,8 +28,8 @@ def test_each_reported_probe_is_verified_once_and_recorded_by_the_supervisor():
         return version != 7 if version < 9 else None  # 9: the learner has no probe of that version
 
     try:
-        sup.on_heartbeat(_beat(3), verify)  # a joiner: welcomed, answered, no probe yet
-        assert [type(m) for _, m in send.sent] == [Welcome, Alive]
+        sup.on_heartbeat(_beat(3), verify)  # a joiner: its weight link opened, answered, no probe yet
+        assert 3 in sup.links and [type(m) for _, m in send.sent] == [Alive]
         for v in (5, 5, 7, 9, 9):
             sup.on_heartbeat(_beat(3, probe_version=v, probe=[-1.0]), verify)
         assert calls == [(3, 5), (3, 7), (3, 9), (3, 9)]  # 9 stays unchecked until it can be compared
@@ -71,8 +70,9 @@ def test_a_generator_that_keeps_dying_young_backs_off_and_one_that_lived_restart
             assert sup.lives[0].restart_at is not None
             t += backoff
             sup.check(launcher, now=t)
-            assert sup.lives[0].restart_at is None and 0 in sup.links
+            assert sup.lives[0].restart_at is None and 0 not in sup.links  # restarted; no word from it yet
             _ready(sup, 0, t)
+            assert 0 in sup.links  # its first heartbeat opened its weight link
         t += 120.0  # it lived two minutes: the next death restarts at once
         _ready(sup, 0, t)
         launcher.exited[0] = 1

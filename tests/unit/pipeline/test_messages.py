@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.messages import (
-    PROTOCOL_VERSION, Assignment, Decoder, Heartbeat, Rollout, Sample, Stop, TensorMeta, ToGenerator,
+    PROTOCOL_VERSION, Assignment, Decoder, Heartbeat, Rollout, Sample, Stop, ToGenerator, WeightInit,
     ToLearner, WeightUpdate, WireError, encode, pack_floats, pack_ids, unpack_floats, unpack_ids,
 )
 
@@ -24,7 +24,9 @@ def test_round_trip_every_message():
     msgs_g = [
         Assignment(lease_id=1, prompt_id=2, epoch=0, temperature=1.2, n=8, policy_version=5,
                    prompt_tokens=pack_ids([4, 5]), answer="12", verifier="math", max_tokens=16),
-        WeightUpdate(version=3, tensors=[TensorMeta("a.weight", [2, 3], "float32")], dtype="float32"),
+        WeightUpdate(version=3, info={"names": ["a.weight"], "dtype_names": ["float32"], "shapes": [[2, 3]]}),
+        WeightInit(backend="gloo", info={"master_address": "127.0.0.1", "master_port": 5, "rank_offset": 1,
+                                         "world_size": 3}),
         Stop(reason="done"),
     ]
     for m in msgs_g:

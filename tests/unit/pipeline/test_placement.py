@@ -3,8 +3,9 @@ engine with the wrong number of GPUs."""
 
 import pytest
 
-from pipeline.config import ConfigError, from_dict
+from pipeline.config import ConfigError, from_dict, load
 from pipeline.placement import check_placement, learner_gpus
+from tests.conftest import ROOT
 
 
 def _cfg(devices, tp=1, learner_device=""):
@@ -35,3 +36,22 @@ def test_learner_gpus_maps_local_indices_to_physical_ones():
     assert learner_gpus("cuda:1", "4,5,6") == ["5"]
     assert learner_gpus("cpu", None) == [] and learner_gpus("", None) == ["0"]
     assert learner_gpus("", "6,7", world=2) == ["6", "7"]
+
+
+def test_one_gpu_for_both_is_a_choice_with_room_left_for_the_learner():
+    """Sharing a card is refused by accident and allowed on purpose: weights through host memory
+    (NCCL cannot put two ranks on one GPU) and a vLLM share that leaves the learner room."""
+    def one(**over):
+        d = {"generator": {"devices": ["0"], "gpu_memory_utilization": 0.3}, "learner": {"device": "cuda:0"},
+             "weights": {"backend": "gloo"}}
+        for section, fields in over.items():
+            d[section].update(fields)
+        return from_dict(d)
+
+    check_placement(one(), visible=None)
+    with pytest.raises(ConfigError, match=r"GPU 0.*weights.backend"):
+        check_placement(one(weights={"backend": "auto"}), visible=None)
+    with pytest.raises(ConfigError, match=r"gpu_memory_utilization = 0.9"):
+        check_placement(one(generator={"gpu_memory_utilization": 0.9}), visible=None)
+    shipped = load([ROOT / "configs" / "gpu" / "one-gpu-qwen2.5-0.5b.toml"], ["--model.path", str(ROOT)])  # any folder
+    check_placement(shipped, visible=None)

@@ -51,7 +51,7 @@ def test_messages_flow_both_ways_and_bad_frames_are_counted():
 
         junk_to_gen = learner.control
         junk_to_gen.send_multipart([b"gen-3", b"not msgpack at all \xff"])
-        learner.send(3, WeightUpdate(version=2, tensors=[], dtype="float32"))
+        learner.send(3, WeightUpdate(version=2, info={}))
         got = _recv_until(gen, 1)
         assert [m.version for m in got] == [2]
         assert gen.rejected.counts["malformed"] == 1

@@ -1,0 +1,255 @@
+"""vLLM's weight-transfer protocol over gloo: the CPU (and host-staged) backend of the weight path.
+
+vLLM 0.32 carries trainer -> engine weights through `vllm.distributed.weight_transfer`: an engine class
+per backend on the worker side (`init_transfer_engine`, `start_weight_update`, `update_weights`,
+`finish_weight_update`) and a trainer-side engine that drives those four phases through a small client
+(`VLLMWeightSyncClient`) while it broadcasts. On GPUs the project uses vLLM's own `nccl` engines. This
+module adds the same protocol over gloo, so the CPU path runs the very code the GPU path runs, bar the
+transport: weights leave the learner as packed buckets of `weights.bucket_bytes` (never one buffer of
+the whole model), and each worker of an engine joins the group at its own rank (`rank_offset` plus the
+worker's rank, as vLLM's NCCL engine does), so tensor-parallel workers each receive the weights.
+
+`register` is a vLLM plugin (entry point `vllm.general_plugins` in pyproject.toml): vLLM runs it in
+every process it starts, the workers of a tensor-parallel engine included, so they all know "gloo".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from vllm.distributed.weight_transfer.base import (
+    ParamMeta, TrainerInitInfo, TrainerWeightTransferEngine, VLLMWeightSyncClient, WeightSource,
+    WeightTransferEngine, WeightTransferInitInfo, WeightTransferUpdateInfo,
+)
+from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
+from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
+
+from pipeline.collective import WeightGroup
+
+log = logging.getLogger(__name__)
+
+BACKEND = "gloo"
+DEFAULT_BUCKET_BYTES = 64 << 20
+
+
+@dataclass(kw_only=True)
+class GlooInitInfo(WeightTransferInitInfo):
+    """What a worker needs to join the group: the trainer's rendezvous, and its rank offset."""
+
+    master_address: str
+    master_port: int
+    rank_offset: int
+    world_size: int
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    timeout_s: float = 600.0
+
+
+@dataclass
+class GlooUpdateInfo(WeightTransferUpdateInfo):
+    """One update: the tensors in the order they are packed, as vLLM's NCCL update info names them."""
+
+    names: list[str]
+    dtype_names: list[str]
+    shapes: list[list[int]]
+
+    def __post_init__(self) -> None:
+        if not len(self.names) == len(self.dtype_names) == len(self.shapes):
+            raise ValueError(f"update info: {len(self.names)} names, {len(self.dtype_names)} dtypes, "
+                             f"{len(self.shapes)} shapes")
+
+    def metas(self) -> list[ParamMeta]:
+        return [ParamMeta(n, getattr(torch, d), tuple(s)) for n, d, s in zip(self.names, self.dtype_names, self.shapes)]
+
+
+def update_info(meta: list[ParamMeta]) -> GlooUpdateInfo:
+    return GlooUpdateInfo([m.name for m in meta], [str(m.dtype).removeprefix("torch.") for m in meta],
+                          [list(m.shape) for m in meta])
+
+
+def nbytes(m: ParamMeta) -> int:
+    return math.prod(m.shape) * m.dtype.itemsize
+
+
+def buckets(meta: list[ParamMeta], bucket_bytes: int) -> list[list[ParamMeta]]:
+    """The tensors cut into consecutive buckets of at most `bucket_bytes` (a larger tensor alone in
+    its own). Both sides cut from the same metadata with this one rule, so they cannot disagree."""
+    out: list[list[ParamMeta]] = []
+    size = bucket_bytes + 1
+    for m in meta:
+        if size + nbytes(m) > bucket_bytes:
+            out.append([])
+            size = 0
+        out[-1].append(m)
+        size += nbytes(m)
+    return out
+
+
+def receive(group: WeightGroup, update_info: GlooUpdateInfo, bucket_bytes: int,
+            load: Callable[[list[tuple[str, torch.Tensor]]], object]) -> None:
+    """Receive an update's buckets in turn, handing each bucket's tensors to `load` (views of the
+    bucket, in host memory) before the next arrives."""
+    for bucket in buckets(update_info.metas(), bucket_bytes):
+        sizes = [nbytes(m) for m in bucket]
+        packed = torch.empty(sum(sizes), dtype=torch.uint8)
+        group.broadcast(packed)
+        load(unpack_tensor(packed, [m.name for m in bucket], [list(m.shape) for m in bucket],
+                           [m.dtype for m in bucket], sizes))
+
+
+class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
+    """The worker side: receive each bucket, load its tensors through the model's own `load_weights`
+    (which fuses q/k/v and gate/up, and shards them for tensor parallelism) into the live parameters."""
+
+    init_info_cls = GlooInitInfo
+    update_info_cls = GlooUpdateInfo
+
+    def __init__(self, config, vllm_config, device, model) -> None:
+        super().__init__(config, vllm_config, device, model)
+        self.group: WeightGroup | None = None
+        self.bucket_bytes = DEFAULT_BUCKET_BYTES
+
+    def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
+        """Join the trainer's group (again, after a restart of the trainer's side) at this worker's rank."""
+        p = self.parallel_config
+        rank = p.data_parallel_index * p.world_size + p.rank + init_info.rank_offset
+        self.shutdown()
+        self.bucket_bytes = init_info.bucket_bytes
+        self.group = WeightGroup(init_info.master_address, init_info.master_port, rank, init_info.world_size,
+                                 init_info.timeout_s)
+
+    def start_weight_update(self) -> None:
+        """Nothing to prepare: tensors load in place as their buckets arrive (on CPU the linear layers
+        compute from those parameters: `keep_cpu_weights_reloadable`)."""
+
+    def finish_weight_update(self) -> None:
+        """Nothing to finalise (see `start_weight_update`)."""
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        # The base class synchronises "the accelerator", which raises where there is none.
+        self.receive_weights(self.parse_update_info(update_info))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def receive_weights(self, update_info: GlooUpdateInfo) -> None:
+        if self.group is None:
+            raise RuntimeError("gloo weight transfer: init_weight_transfer_engine was not called")
+        receive(self.group, update_info, self.bucket_bytes, self.model.load_weights)
+
+    def shutdown(self) -> None:
+        self.group = None
+
+
+@dataclass
+class GlooTrainerInitInfo(TrainerInitInfo):
+    """The trainer's side of the group: it hosts the rendezvous at rank 0; `world_size` counts it and
+    every worker of the engine(s) it sends to."""
+
+    backend: ClassVar[str] = BACKEND
+
+    master_address: str
+    master_port: int
+    world_size: int
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    timeout_s: float = 600.0
+
+
+class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerInitInfo]):
+    """The trainer side, shaped as vLLM's NCCL one: the handshake at `trainer_init`, then per version
+    `send_weights`: start, update (the workers receive while the trainer broadcasts), finish."""
+
+    init_info_cls = GlooTrainerInitInfo
+
+    def __init__(self, *, client: VLLMWeightSyncClient, source: WeightSource | None, is_sender: bool,
+                 bucket_bytes: int) -> None:
+        super().__init__(client=client, source=source, is_sender=is_sender)
+        self.bucket_bytes = bucket_bytes
+        self.group: WeightGroup | None = None
+
+    @classmethod
+    def trainer_init(cls, init_info: GlooTrainerInitInfo, *, client: VLLMWeightSyncClient,
+                     source: WeightSource | None = None) -> "GlooTrainerWeightTransferEngine":
+        if source is None:
+            raise ValueError("gloo trainer weight transfer needs a WeightSource")
+        engine = cls(client=client, source=source, is_sender=init_info.is_sender, bucket_bytes=init_info.bucket_bytes)
+        if not engine.is_sender:
+            return engine
+        worker = GlooInitInfo(master_address=init_info.master_address, master_port=init_info.master_port,
+                              rank_offset=1, world_size=init_info.world_size, bucket_bytes=init_info.bucket_bytes,
+                              timeout_s=init_info.timeout_s)
+        # The workers block in the rendezvous inside init_weight_transfer_engine: ask on a side thread
+        # while this side opens the group.
+        with ThreadPoolExecutor(max_workers=1) as exe:
+            future = exe.submit(client.init_weight_transfer_engine, asdict(worker))
+            engine.group = WeightGroup(init_info.master_address, init_info.master_port, 0, init_info.world_size,
+                                       init_info.timeout_s)
+            future.result()
+        return engine
+
+    def send_weights(self) -> None:
+        meta = self.source.metadata()
+        self.client.start_weight_update()
+        exe = ThreadPoolExecutor(max_workers=1)
+        try:
+            future = exe.submit(self.client.update_weights, asdict(update_info(meta)))
+            self._broadcast(meta)
+            future.result()
+        finally:
+            exe.shutdown(wait=False)  # never join a client stuck on a peer that is gone (as vLLM's NCCL engine)
+        self.client.finish_weight_update()
+
+    def _broadcast(self, meta: list[ParamMeta]) -> None:
+        """Each bucket packed from the source as it is iterated (one bucket and one tensor beside the
+        source at a time), then broadcast."""
+        pairs = iter(self.source)
+        for bucket in buckets(meta, self.bucket_bytes):
+            parts = []
+            for m in bucket:
+                name, t = next(pairs)
+                if name != m.name or t.dtype != m.dtype or tuple(t.shape) != m.shape:
+                    raise ValueError(f"weight source yielded {name} {t.dtype} {tuple(t.shape)} where its metadata "
+                                     f"declared {m.name} {m.dtype} {m.shape}")
+                parts.append(t.contiguous().view(-1).view(torch.uint8))
+            packed = torch.cat(parts)
+            del parts
+            self.group.broadcast(packed)
+
+    def shutdown(self) -> None:
+        self.group = None
+
+
+def keep_cpu_weights_reloadable() -> None:
+    """Make vLLM's CPU linear layers compute from their `weight` parameter.
+
+    On CPU, vLLM 0.32 repacks each linear (and the LM head) into a kernel-specific copy held in a
+    closure and drops the parameter; loading into the parameter afterwards would leave the engine
+    sampling from the *old* packed weights (measured: probe log-probs off by up to 2.3 nats). Plain
+    `F.linear` on the live parameter keeps every load effective. Must run in each worker process
+    before its model loads (`register` does); GPU paths do not need it.
+    """
+    import torch.nn.functional as F
+    from vllm.model_executor.layers import utils
+
+    def dispatch(layer, remove_weight: bool) -> None:  # noqa: ARG001 - signature of the original
+        layer.cpu_linear = lambda x, weight, bias: F.linear(x, weight, bias)
+
+    utils.dispatch_cpu_unquantized_gemm = dispatch
+
+
+def register() -> None:
+    """The vLLM plugin: the gloo engines in both of vLLM's registries, in whatever process runs this
+    (vLLM may load plugins more than once per process)."""
+    for factory, cls in ((WeightTransferEngineFactory, "GlooWeightTransferEngine"),
+                         (WeightTransferTrainerFactory, "GlooTrainerWeightTransferEngine")):
+        try:
+            factory.register_engine(BACKEND, __name__, cls)
+        except ValueError:
+            pass  # registered already
+    if not torch.cuda.is_available():
+        keep_cpu_weights_reloadable()
+

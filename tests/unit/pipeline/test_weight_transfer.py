@@ -1,0 +1,106 @@
+"""The gloo weight-transfer engine (pipeline/weight_transfer.py): vLLM's protocol over a real gloo
+group, with the receiving workers as threads of this process (the end-to-end tests put them in vLLM).
+"""
+
+import threading
+
+import pytest
+import torch
+from vllm.distributed.weight_transfer.base import ParamMeta
+
+from pipeline.collective import WeightGroup
+from pipeline.transport import free_port
+from pipeline.weight_transfer import (
+    GlooInitInfo, GlooTrainerInitInfo, GlooTrainerWeightTransferEngine, GlooUpdateInfo, buckets, receive,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _meta(*sizes: int) -> list[ParamMeta]:
+    return [ParamMeta(f"p{i}", torch.float32, (n,)) for i, n in enumerate(sizes)]
+
+
+def test_buckets_hold_at_most_their_size_and_a_larger_tensor_goes_alone():
+    cut = buckets(_meta(10, 10, 30, 5, 5), bucket_bytes=80)  # float32: 40, 40, 120, 20, 20 bytes
+    assert [[m.name for m in b] for b in cut] == [["p0", "p1"], ["p2"], ["p3", "p4"]]
+    assert buckets([], 80) == []
+
+
+class _Source:
+    """A WeightSource over fixed tensors."""
+
+    def __init__(self, named):
+        self.named = named
+
+    def metadata(self):
+        return [ParamMeta(n, t.dtype, tuple(t.shape)) for n, t in self.named]
+
+    def __iter__(self):
+        return iter(self.named)
+
+
+class _Workers:
+    """Stands in for `VLLMWeightSyncClient` and an engine's workers: each call reaches every worker
+    (a thread), as vLLM's collective_rpc reaches each tensor-parallel worker."""
+
+    def __init__(self, count: int):
+        self.count, self.groups, self.loaded, self.calls = count, {}, {}, []
+
+    def _each(self, fn) -> None:
+        threads = [threading.Thread(target=fn, args=(r,)) for r in range(self.count)]
+        [t.start() for t in threads]
+        [t.join(60) for t in threads]
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        info = GlooInitInfo(**init_info)
+        self.calls.append("init")
+        self._each(lambda r: self.groups.__setitem__(r, (WeightGroup(info.master_address, info.master_port,
+                                                                     info.rank_offset + r, info.world_size),
+                                                         info.bucket_bytes)))
+
+    def start_weight_update(self) -> None:
+        self.calls.append("start")
+
+    def update_weights(self, update_info: dict) -> None:
+        self.calls.append("update")
+        info = GlooUpdateInfo(**update_info)
+
+        def worker(r):
+            group, size = self.groups[r]
+            receive(group, info, size, lambda pairs: self.loaded.setdefault(r, []).extend(
+                (n, t.clone()) for n, t in pairs))
+
+        self._each(worker)
+
+    def finish_weight_update(self, weight_version=None) -> None:
+        self.calls.append("finish")
+
+
+def test_every_worker_receives_every_tensor_in_buckets():
+    """Two workers (a tensor-parallel engine) at ranks 1 and 2: each gets every tensor, bit for bit,
+    across several buckets, and the phases run in vLLM's order."""
+    named = [("a", torch.randn(300)), ("b", torch.randn(20, 20)), ("c", torch.arange(7.0)), ("d", torch.randn(1000))]
+    workers = _Workers(2)
+    engine = GlooTrainerWeightTransferEngine.trainer_init(
+        GlooTrainerInitInfo(master_address="127.0.0.1", master_port=free_port(), world_size=3, bucket_bytes=2000,
+                            timeout_s=60, rank=0),
+        client=workers, source=_Source(named))
+    engine.send_weights()
+    assert workers.calls == ["init", "start", "update", "finish"]
+    for r in (0, 1):
+        got = dict(workers.loaded[r])
+        assert list(got) == ["a", "b", "c", "d"]
+        for name, t in named:
+            assert torch.equal(got[name], t)
+
+
+def test_a_source_that_disagrees_with_its_metadata_is_named():
+    class Liar(_Source):
+        def metadata(self):
+            return [ParamMeta("a", torch.float32, (4,))]
+
+    engine = GlooTrainerWeightTransferEngine(client=_Workers(0), source=Liar([("b", torch.zeros(4))]), is_sender=True,
+                                             bucket_bytes=1 << 20)
+    with pytest.raises(ValueError, match="yielded b .* declared a"):
+        engine._broadcast(engine.source.metadata())
