@@ -19,11 +19,11 @@ from benchmarks.timing import print_table
 def bench_generator(cfg, model_path: str, prompts_n: int = 32, trials: int = 2) -> dict:
     from actors.engine import Engine, Request
     from actors.generator import Generator
-    from learner.broadcast import GeneratorLink
+    from learner.broadcast import await_generator
     from pipeline.data import load_problems
     from pipeline.messages import Assignment, Rollout, Stop, pack_ids, unpack_ids
     from pipeline.prompts import render
-    from pipeline.transport import LearnerEndpoint, free_port
+    from pipeline.transport import LearnerEndpoint
 
     engine = Engine(cfg, model_path, seed=0)
     problems = load_problems(cfg.data)[:prompts_n]
@@ -31,8 +31,7 @@ def bench_generator(cfg, model_path: str, prompts_n: int = 32, trials: int = 2) 
     n, T, max_tokens = cfg.learner.group_size, 1.0, cfg.generator.max_tokens
 
     ep = LearnerEndpoint("127.0.0.1", 0, 0, cfg.transport.max_frame_bytes)
-    port = free_port()
-    link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=120)
+    link = []
     lease_ids = iter(range(1, 1 << 30))
     rates: dict[str, list[float]] = {"ours": [], "vllm": []}
 
@@ -63,8 +62,7 @@ def bench_generator(cfg, model_path: str, prompts_n: int = 32, trials: int = 2) 
 
     def feed() -> None:  # the learner's side, on its own thread: leases out, rollouts in, then Stop
         try:
-            while 0 not in ep.identities:  # the generator's first heartbeat
-                ep.recv(50)
+            link.append(await_generator(ep, 0))  # its first heartbeat; its weight group
             for _ in range(trials):
                 rates["ours"].append(ours())
         finally:
@@ -74,15 +72,15 @@ def bench_generator(cfg, model_path: str, prompts_n: int = 32, trials: int = 2) 
     # generator loop runs here, and the learner's side is the feeder thread.
     try:
         rates["vllm"].append(vllms())
-        gen = Generator(cfg, 0, ep.addresses, port, model_path, engine=engine)
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
-        gen.run()  # until the feeder's Stop
+        Generator(cfg, 0, ep.addresses, model_path, engine=engine).run()  # until the feeder's Stop
         feeder.join(30)
         for _ in range(trials - 1):
             rates["vllm"].append(vllms())
     finally:
-        link.close()
+        for lk in link:
+            lk.close()
         ep.close()
     a, b = statistics.median(rates["ours"]), statistics.median(rates["vllm"])
     print_table([

@@ -12,6 +12,8 @@ import time
 
 from benchmarks.timing import median_time, print_table
 
+LATE_S = 0.5
+
 
 def _rss() -> int:
     with open("/proc/self/statm") as f:
@@ -48,8 +50,11 @@ class BareWorkers:
     """The receiving side without vLLM: `workers` threads that join the group and receive every
     bucket into a fresh buffer, then drop it (vLLM's client protocol, structurally)."""
 
-    def __init__(self, workers: int):
-        self.workers, self.groups = workers, []
+    def __init__(self, workers: int, late_s: float = 0.0):
+        """`late_s`: worker 0 joins each update that late (a generator still finishing a decode step
+        or, in drain mode, its running groups)."""
+        self.workers, self.groups, self.late_s = workers, [], late_s
+        self.done_at: list[float] = []  # when each worker had the whole update
 
     def _each(self, fn) -> None:
         threads = [threading.Thread(target=fn, args=(r,)) for r in range(self.workers)]
@@ -75,7 +80,14 @@ class BareWorkers:
         from pipeline.weight_transfer import GlooUpdateInfo, receive
 
         info = GlooUpdateInfo(**update_info)
-        self._each(lambda r: receive(self.groups[r], info, self.bucket_bytes, lambda pairs: None))
+        self.done_at = [0.0] * self.workers
+
+        def worker(r):
+            if r == 0 and self.late_s:
+                time.sleep(self.late_s)
+            receive(self.groups[r], info, self.bucket_bytes, lambda pairs: None)
+            self.done_at[r] = time.perf_counter()
+        self._each(worker)
 
     def finish_weight_update(self, weight_version=None) -> None:
         pass
@@ -90,14 +102,15 @@ def _sender(source, workers, world: int, bucket_bytes: int):
     return GlooTrainerWeightTransferEngine.trainer_init(info, client=workers, source=source)
 
 
-def _per_version(senders) -> float:
-    """Seconds for one version to reach every generator, each sender on its own thread (as the
-    learner's links run)."""
+def _per_version(senders) -> tuple[float, float]:
+    """(seconds for one version to reach every generator, mean seconds until a generator has it),
+    each sender on its own thread (as the learner's links run)."""
     t0 = time.perf_counter()
     threads = [threading.Thread(target=s.send_weights) for s in senders]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    return time.perf_counter() - t0
+    got = [t - t0 for s in senders for t in s.client.done_at]
+    return time.perf_counter() - t0, statistics.mean(got)
 
 
 def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...] = (1, 2, 4)) -> dict:
@@ -159,16 +172,23 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
     assert engine.weight_version == version[0]
     full_s, bare_s = statistics.median(t_full[1:]), statistics.median(t_bare[1:])
 
-    # one version to N generators: N groups (one per generator) beside one group of N + 1 ranks
-    scaling = {}
+    # one version to N generators: N groups (one per generator) beside one group of N + 1 ranks; and
+    # the same with one generator LATE_S late to its safe point: a shared group holds every other
+    # generator's update until the late one joins
+    scaling, late = {}, {}
     for n in counts:
         own = [_sender(source, BareWorkers(1), 2, bucket_bytes) for _ in range(n)]
         shared = [_sender(source, BareWorkers(n), n + 1, bucket_bytes)]
-        scaling[n] = (statistics.median(_per_version(own) for _ in range(trials)),
-                      statistics.median(_per_version(shared) for _ in range(trials)))
+        scaling[n] = (statistics.median(_per_version(own)[0] for _ in range(trials)),
+                      statistics.median(_per_version(shared)[0] for _ in range(trials)))
+        if n > 1:
+            own = [_sender(source, BareWorkers(1, LATE_S if i == 0 else 0.0), 2, bucket_bytes) for i in range(n)]
+            shared = [_sender(source, BareWorkers(n, LATE_S), n + 1, bucket_bytes)]
+            late[n] = (statistics.median(_per_version(own)[1] for _ in range(trials)),
+                       statistics.median(_per_version(shared)[1] for _ in range(trials)))
 
     out = {"model_mb": model_mb, "seconds": full_s, "bare_seconds": bare_s, "ratio": bare_s / full_s,
-           "peak_extra_mb": peak.extra_mb, "scaling": scaling}
+           "peak_extra_mb": peak.extra_mb, "scaling": scaling, "late": late}
     print_table([
         ("weights", f"{sum(t.numel() for _, t in snapshot.weights) / 1e6:.1f} M parameters, {model_mb:.0f} MB "
                     f"({cfg.model.dtype}), buckets of {bucket_bytes / 1e6:.0f} MB"),
@@ -177,8 +197,11 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
         ("peak extra memory, one send", f"{peak.extra_mb:.0f} MB (sender and receiver; the model: {model_mb:.0f} MB)"),
         *[(f"{n} generator(s): s per version", f"{own:.3f} one group each, {shared:.3f} one shared group")
           for n, (own, shared) in scaling.items()],
+        *[(f"{n}, one {LATE_S:g} s late: mean s to have it", f"{own:.3f} one group each, {shared:.3f} one shared group")
+          for n, (own, shared) in late.items()],
     ])
     print(f"RESULT ratio={out['ratio']:.3f} seconds={full_s:.3f} peak_extra_mb={peak.extra_mb:.0f} "
           f"model_mb={model_mb:.0f} " + " ".join(f"own_s_{n}={o:.3f} shared_s_{n}={s:.3f}"
-                                                for n, (o, s) in scaling.items()))
+                                                for n, (o, s) in scaling.items())
+          + "".join(f" late_own_s_{n}={o:.3f} late_shared_s_{n}={s:.3f}" for n, (o, s) in late.items()))
     return out

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from pipeline.messages import WeightInit, WeightUpdate
+from pipeline.transport import free_port
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class ControlClient:
     def __init__(self, backend: str, post: Callable[[object], None]):
         self.backend, self.post = backend, post
         self.version = -1  # the version the next update carries
+        self.posted = -1  # the version of the last WeightUpdate handed to `post`
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         self.post(WeightInit(backend=self.backend, info=init_info))
@@ -68,6 +71,7 @@ class ControlClient:
 
     def update_weights(self, update_info: dict) -> None:
         self.post(WeightUpdate(version=self.version, info=update_info))
+        self.posted = self.version
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         pass
@@ -100,8 +104,6 @@ def opener(backend: str, wc, host: str, device: torch.device,
            post: Callable[[int, object], None]) -> Callable[[int, int], "GeneratorLink"]:
     """What the supervisor calls to open generator `gid`'s link, for an engine of `workers` workers:
     a fresh port on `host` (transport.host), settings from the `weights` section (`wc`)."""
-    from pipeline.transport import free_port
-
     def open_link(gid: int, workers: int) -> GeneratorLink:
         info = trainer_init_info(backend, host, free_port(host), workers, wc.bucket_bytes, wc.timeout_s)
         # NCCL sends from the learner's GPU; gloo from the snapshot's host memory, where it already is
@@ -205,3 +207,26 @@ class GeneratorLink:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+
+
+def await_generator(endpoint, gid: int, backend: str = "gloo", bucket_bytes: int = 64 << 20,
+                    timeout_s: float = 120.0) -> GeneratorLink:
+    """The learner's part of a generator's start, for a caller that runs no learner loop (benchmarks,
+    tests that play the learner): wait for its first heartbeat on `endpoint`, open its weight link
+    (WeightInit goes out through the endpoint), and pump the endpoint until the generator has joined.
+    Messages other than the generator's heartbeats are dropped meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while gid not in endpoint.identities:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"generator {gid} never said hello")
+        endpoint.recv(20)
+    info = trainer_init_info(backend, endpoint.addresses.host, free_port(endpoint.addresses.host), 1,
+                             bucket_bytes, timeout_s)
+    link = GeneratorLink(info, ControlClient(backend, lambda msg: endpoint.post(gid, msg)))
+    while not link.joined and link.error is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"generator {gid} never joined its weight group")
+        endpoint.recv(20)
+    if link.error is not None:
+        raise RuntimeError(f"generator {gid}: its weight group failed: {link.error}")
+    return link

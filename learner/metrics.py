@@ -115,4 +115,6 @@ def summarize(stats, counters: dict) -> tuple[str, str]:
     result = (f"RESULT steps={len(rewards)} samples={stats.samples_trained} reward_first={first:.4f} "
               f"reward_last={last:.4f} residual_frac={residual:.4f} mean_temp={mean_temp:.4f} "
               f"samples_per_s={sps:.2f}")
+    if len(stats.evals) > 1:  # held-out mean@k before and after (eval.first and eval.final)
+        result += f" acc_start={stats.evals[0][1]['mean_at_k']:.4f} acc_end={stats.evals[-1][1]['mean_at_k']:.4f}"
     return text, result

@@ -134,21 +134,24 @@ def test_a_generator_whose_learner_is_silent_exits_by_itself(tiny_model, tmp_pat
     """No word from the learner for generator.learner_timeout_s: the generator leaves, releasing its engine."""
     from actors.generator import Generator
     from actors.standin import StandInEngine
-    from learner.broadcast import GeneratorLink
-    from pipeline.transport import LearnerEndpoint, free_port
+    from learner.broadcast import await_generator
+    from pipeline.transport import LearnerEndpoint
 
     cfg = make_config(tmp_path, "--generator.learner_timeout_s", "1.5")
     ep = LearnerEndpoint("127.0.0.1", 0, 0, cfg.transport.max_frame_bytes)
-    port = free_port()
-    link = GeneratorLink("gloo", "127.0.0.1", port, timeout_s=60)
+    link = None
     try:
-        gen = Generator(cfg, 0, ep.addresses, port, tiny_model, engine=StandInEngine(tiny_model, delay_s=0.1))
-        thread = threading.Thread(target=gen.run, daemon=True)
+        def generate():
+            Generator(cfg, 0, ep.addresses, tiny_model, engine=StandInEngine(tiny_model, delay_s=0.1)).run()
+
+        thread = threading.Thread(target=generate, daemon=True)
         thread.start()
-        thread.join(60)  # the test's learner never answers: the generator must end its loop by itself
+        link = await_generator(ep, 0)  # the test's learner answers its start, then never again
+        thread.join(60)  # the generator must end its loop by itself
         assert not thread.is_alive()
         statuses = [m.status for m in ep.recv(200) if hasattr(m, "status")]
         assert statuses and statuses[-1] == "stopping"
     finally:
-        link.close()
+        if link is not None:
+            link.close()
         ep.close()

@@ -10,9 +10,9 @@ import torch
 
 from actors.generator import Generator
 from actors.standin import StandInEngine
-from learner.broadcast import ControlClient, GeneratorLink, Snapshot, trainer_init_info
-from pipeline.messages import Assignment, Rollout, Stop, WeightUpdate, pack_ids, unpack_ids
-from pipeline.transport import LearnerEndpoint, free_port
+from learner.broadcast import Snapshot, await_generator
+from pipeline.messages import Assignment, Rollout, Stop, pack_ids, unpack_ids
+from pipeline.transport import LearnerEndpoint
 from tests.conftest import make_config
 
 DELAY = 0.6  # seconds each group takes in the stand-in engine
@@ -30,21 +30,12 @@ class Harness:
         self.thread.start()
         self.arrived: dict[int, tuple[float, Rollout]] = {}
         self.prompt = pack_ids(self.engine.tokenizer.encode("1+2="))
-        self._wait(lambda: 0 in self.ep.identities, "the generator's first heartbeat")
         # as the supervisor does on a first heartbeat: open the weight group, ask the generator to join
-        self.posted: list = []
-        info = trainer_init_info("gloo", "127.0.0.1", free_port(), 1, 1 << 20, 60.0)
-        self.link = GeneratorLink(info, ControlClient("gloo", self._post))
-        self._wait(lambda: self.link.joined or self.link.error is not None, "the generator to join its weight group")
-        assert self.link.error is None, self.link.error
+        self.link = await_generator(self.ep, 0, bucket_bytes=1 << 20, timeout_s=60)
 
     def _generate(self, cfg, model_path: str) -> None:
         self.gen = Generator(cfg, 0, self.ep.addresses, model_path, engine=self.engine)
         self.gen.run()
-
-    def _post(self, msg) -> None:
-        self.ep.post(0, msg)
-        self.posted.append(msg)
 
     def _wait(self, done, what: str, timeout: float = 30.0) -> None:
         end = time.monotonic() + timeout
@@ -63,8 +54,7 @@ class Harness:
         """Send new weights (the stand-in only needs their size); returns once their WeightUpdate has
         gone out, so that a lease sent next arrives after it."""
         self.link.submit(Snapshot(version, [("w", torch.randn(64))]))
-        self._wait(lambda: any(isinstance(m, WeightUpdate) and m.version == version for m in self.posted),
-                   f"the update to version {version}")
+        self._wait(lambda: self.link.client.posted == version, f"the update to version {version}")
         self.ep.recv(0)  # sends what was posted
 
     def wait_rollouts(self, *lease_ids: int) -> None:
