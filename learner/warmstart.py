@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -43,13 +44,17 @@ def prepare_model(cfg: Config, progress: bool = True) -> str:
     out = cfg.cache_dir / f"tiny-{_cache_key(cfg)}"
     if (out / "model.safetensors").exists():
         return str(out)
-    tmp = out.with_name(out.name + ".tmp")
+    # a folder of this process's own: the cells of a parallel sweep may build the same model at once
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     build_tiny_model(tmp, cfg.model, _seed(cfg))
     if cfg.warmstart.enabled and cfg.warmstart.steps > 0:
         acc = supervised_warmstart(cfg, tmp, progress)
         log.info("warm start: greedy accuracy on the RL prompts %.2f", acc)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished the same model first: theirs is as good (same seed)
+        shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
 
 
