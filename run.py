@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("study", help="GRPO vs DAPO vs ERPO vs RL-ZVP, same warm start and sample budget")
     st.add_argument("--out", default="runs/study")
     st.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")
-    st.add_argument("--seeds", type=int, default=3)
+    st.add_argument("--seeds", type=int, default=5)
     st.add_argument("--parallel", type=int, default=1, help="cells run at once (where cores allow)")
     sw = sub.add_parser("sweep", help="train every cell of a grid of config values (TOML); report mean and "
                         "95%% CI over seeds; resumes where it stopped")
