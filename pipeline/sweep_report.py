@@ -89,6 +89,25 @@ def grouped(sweep_dir: Path) -> dict[tuple, list[dict]]:
     return out
 
 
+def effects(groups: dict[tuple, list[dict]], stats: dict, axis: str, key: str = "heldout_mean") -> list[str]:
+    """For each group with `axis` above 0, the difference of `key` from the group with `axis` = 0 and
+    every other setting equal (e.g. does exploration still help at lag 8?)."""
+    out = []
+    for g in groups:
+        values = dict(g)
+        if float(values.get(axis, 0) or 0) <= 0:
+            continue
+        base = tuple((k, 0.0 if k == axis else v) for k, v in g)
+        match = next((b for b in groups if tuple((k, float(v) if k == axis else v) for k, v in b) == base), None)
+        if match is None:
+            continue
+        (a, ca), (b, cb) = stats[_label(g)][key], stats[_label(match)][key]
+        d, cd = a - b, math.sqrt(ca ** 2 + cb ** 2)
+        verdict = "beyond" if abs(d) > cd else "within"
+        out.append(f"- {_label(g)}: {d:+.3f} ± {cd:.3f} ({verdict} the interval)")
+    return out
+
+
 def write_sweep_report(sweep_dir: Path, title: str = "Sweep") -> tuple[str, dict]:
     """report.md + sweep.png; returns the markdown table and {group label: {figure: (mean, ci)}}."""
     import matplotlib
@@ -114,6 +133,9 @@ def write_sweep_report(sweep_dir: Path, title: str = "Sweep") -> tuple[str, dict
             notes.append(f"- {label}: asked for max_lag {asked}, trained at lag {trained} at most")
     if notes:
         lines += ["", "Lag actually trained (a cell may not reach the lag it allows):", *notes]
+    if found := effects(groups, stats, "schedule.ts"):
+        lines += ["", "ERPO's effect on held-out mean@k over Ts = 0 at the same other settings (difference of "
+                      "means ± the root sum of squares of their 95 % half-widths):", *found]
     lines += ["", "![sweep](sweep.png)", ""]
     (sweep_dir / "report.md").write_text("\n".join(lines))
 

@@ -79,3 +79,22 @@ def test_sweep_resumes_and_reports_failed_cells_and_goes_on(tmp_path, monkeypatc
     assert "| max_lag=4 | 2 |" in table
     assert "max_lag=4: asked for max_lag 4, trained at lag 1 at most" in table  # the lag really reached
     assert (out / "sweep.png").stat().st_size > 0
+
+
+def test_the_report_gives_erpos_effect_over_ts_zero_at_each_other_setting(tmp_path, monkeypatch):
+    grid = _grid(tmp_path, '"learner.max_lag" = [0, 4]\n"schedule.ts" = [0.0, 0.1]\n"run.seed" = [0, 1]')
+    out = tmp_path / "out"
+
+    def fake_run(cmd, stdout, stderr):  # Ts = 0.1 scores 0.1 higher at lag 0 and the same at lag 4
+        name = cmd[cmd.index("--run.name") + 1]
+        lag, seed = int(cmd[cmd.index("--learner.max_lag") + 1]), int(cmd[cmd.index("--run.seed") + 1])
+        ts = float(cmd[cmd.index("--schedule.ts") + 1])
+        acc = 0.5 + 0.01 * seed + (0.1 if ts and not lag else 0.0)
+        _fake_cell(out / "cells" / name, seed, lag, [0.1, 0.2], acc, {0: 16})
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    sweep.run_sweep(grid, out, progress=False)
+    table, _ = write_sweep_report(out)
+    assert "- max_lag=0, ts=0.1: +0.100 ± 0.090 (beyond the interval)" in table
+    assert "- max_lag=4, ts=0.1: +0.000 ± 0.090 (within the interval)" in table
