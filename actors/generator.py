@@ -53,6 +53,7 @@ class Generator:
                                        weights_backend=backend, initial_version=initial_version)
         self.verifier = Verifier(cfg.generator.verifier_timeout_s)
         self.tokenizer = self.engine.tokenizer
+        self.status = "joining"  # engine up: the learner opens its weight group now
         self._join(self._await_weight_init(cfg.weights.timeout_s))
 
     def heartbeat(self) -> None:

@@ -151,7 +151,7 @@ class GeneratorLink:
         from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
         try:
-            if self.device.type == "cuda":
+            if self.device.type == "cuda" and self.device.index is not None:
                 torch.cuda.set_device(self.device)  # vLLM's engines take the thread's current device
             source = SnapshotSource(self.device)
             engine = WeightTransferTrainerFactory.trainer_init(init_info, client=self.client, source=source)
@@ -212,14 +212,16 @@ class GeneratorLink:
 def await_generator(endpoint, gid: int, backend: str = "gloo", bucket_bytes: int = 64 << 20,
                     timeout_s: float = 120.0) -> GeneratorLink:
     """The learner's part of a generator's start, for a caller that runs no learner loop (benchmarks,
-    tests that play the learner): wait for its first heartbeat on `endpoint`, open its weight link
+    tests that play the learner): wait until its heartbeat says its engine is up, open its weight link
     (WeightInit goes out through the endpoint), and pump the endpoint until the generator has joined.
-    Messages other than the generator's heartbeats are dropped meanwhile."""
+    Other messages are dropped meanwhile."""
     deadline = time.monotonic() + timeout_s
-    while gid not in endpoint.identities:
+    up = False
+    while not up:  # its engine is up once it says anything but "starting"
         if time.monotonic() > deadline:
-            raise TimeoutError(f"generator {gid} never said hello")
-        endpoint.recv(20)
+            raise TimeoutError(f"generator {gid} never got its engine up")
+        up = any(getattr(m, "generator_id", None) == gid and getattr(m, "status", "") != "starting"
+                 for m in endpoint.recv(20))
     info = trainer_init_info(backend, endpoint.addresses.host, free_port(endpoint.addresses.host), 1,
                              bucket_bytes, timeout_s)
     link = GeneratorLink(info, ControlClient(backend, lambda msg: endpoint.post(gid, msg)))

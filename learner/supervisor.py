@@ -97,7 +97,8 @@ class Supervisor:
         if hb.generator_id not in self.links:
             if hb.status == "stopping":
                 return None
-            self._join(hb)
+            if hb.status != "starting":  # its engine is up (a group opened earlier would wait through its load)
+                self._join(hb)
         self.send(hb.generator_id, Alive())  # without word from its learner, a generator exits by itself
         info = self.generators.setdefault(hb.generator_id, GeneratorInfo())
         info.status, info.version, info.pid, info.busy_s = hb.status, hb.version, hb.pid, hb.busy_s
@@ -128,16 +129,17 @@ class Supervisor:
         leave. Raises SupervisorError once no generator has been alive for none_alive_timeout_s."""
         now = time.monotonic() if now is None else now
         timeout = self.gc.heartbeat_timeout_s
-        for gid, link in list(self.links.items()):
-            info = self.generators.get(gid)
+        for gid in sorted(set(self.links) | set(self.generators)):
+            link, info = self.links.get(gid), self.generators.get(gid)
+            failed = link is not None and link.error is not None
             silent = info is not None and now - info.last_seen > timeout
-            if link.error is not None or silent:
-                log.error("generator %d: %s", gid, f"its weight link failed ({link.error})" if link.error is not None
+            if failed or silent:
+                log.error("generator %d: %s", gid, f"its weight link failed ({link.error})" if failed
                           else f"silent for {now - info.last_seen:.0f}s (generator.heartbeat_timeout_s)")
             if launcher is not None and launcher.manages(gid):
-                if silent or link.error is not None:
+                if silent or failed:
                     launcher.kill(gid)  # dead to us (e.g. it never joined its weight group): restarted below
-            elif silent or link.error is not None or (info is not None and info.status == "stopping"):
+            elif silent or failed or (info is not None and info.status == "stopping"):
                 self._forget(gid, "left")
         for gid, code in (launcher.dead() if launcher is not None else {}).items():
             if gid in self.lives and self.lives[gid].restart_at is None and not self.lives[gid].retired:

@@ -104,7 +104,7 @@ class WeightUpdate(Message, kw_only=True):
 class Heartbeat(Message, kw_only=True):
     generator_id: int
     pid: int
-    status: str  # starting | ready | generating | updating | stopping
+    status: str  # starting (engine loading) | joining (its weight group) | ready | generating | updating | stopping
     version: int  # weight version loaded in the engine (vLLM's own: `get_weight_version`)
     inflight: list[int]  # lease ids being generated
     probe_version: int = -1  # weight version the probe was scored under

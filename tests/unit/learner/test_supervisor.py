@@ -129,3 +129,21 @@ def test_the_last_word_of_a_generator_already_let_go_is_ignored():
     sup, send, _ = _supervisor()
     sup.on_heartbeat(_beat(4, status="stopping"), lambda *a: None)
     assert send.sent == [] and sup.generators == {}
+
+
+def test_a_generator_loading_its_engine_gets_its_weight_group_only_once_up_and_is_watched_meanwhile():
+    """A group opened at the first word would wait through the engine's load (minutes for a 7B model,
+    beyond vLLM's NCCL rendezvous timeout); silence while loading still counts."""
+    sup, _, gone = _supervisor(count=1, heartbeat_timeout_s=30)
+    launcher = ScriptedLauncher()
+    try:
+        sup.start_all(launcher)
+        t = sup.last_alive
+        sup.on_heartbeat(_beat(0, status="starting"), lambda *a: None, now=t)
+        assert 0 not in sup.links and sup.generators[0].status == "starting"
+        sup.check(launcher, now=t + 31)  # silent while loading: killed, then restarted
+        assert launcher.killed == [0] and gone and gone[0][0] == 0
+        sup.on_heartbeat(_beat(0, status="joining"), lambda *a: None, now=t + 40)
+        assert 0 in sup.links
+    finally:
+        sup.close()
