@@ -26,9 +26,14 @@ class WeightGroup:
 
     def broadcast(self, buffer: torch.Tensor) -> None:
         """Send (rank 0) or receive `buffer` (in host memory); returns once the bytes have moved."""
+        self.start_broadcast(buffer).wait()
+
+    def start_broadcast(self, buffer: torch.Tensor):
+        """The same, returned at once: gloo moves the bytes on its own thread until `.wait()`, so the
+        caller can pack or load another buffer meanwhile."""
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
-        self.pg.broadcast([buffer], opts).wait()
+        return self.pg.broadcast([buffer], opts)
 
 
 def probe_tokens(vocab_size: int, length: int = 16) -> list[int]:

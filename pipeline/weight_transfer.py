@@ -93,13 +93,19 @@ def buckets(meta: list[ParamMeta], bucket_bytes: int) -> list[list[ParamMeta]]:
 def receive(group: WeightGroup, update_info: GlooUpdateInfo, bucket_bytes: int,
             load: Callable[[list[tuple[str, torch.Tensor]]], object]) -> None:
     """Receive an update's buckets in turn, handing each bucket's tensors to `load` (views of the
-    bucket, in host memory) before the next arrives."""
+    bucket, in host memory). Two buckets at a time: the next arrives while this one loads."""
+    loading = None
     for bucket in buckets(update_info.metas(), bucket_bytes):
         sizes = [nbytes(m) for m in bucket]
         packed = torch.empty(sum(sizes), dtype=torch.uint8)
-        group.broadcast(packed)
-        load(unpack_tensor(packed, [m.name for m in bucket], [list(m.shape) for m in bucket],
-                           [m.dtype for m in bucket], sizes))
+        arriving = group.start_broadcast(packed)
+        if loading is not None:
+            load(loading)
+        arriving.wait()
+        loading = unpack_tensor(packed, [m.name for m in bucket], [list(m.shape) for m in bucket],
+                                [m.dtype for m in bucket], sizes)
+    if loading is not None:
+        load(loading)
 
 
 class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
@@ -204,9 +210,10 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         self.client.finish_weight_update()
 
     def _broadcast(self, meta: list[ParamMeta]) -> None:
-        """Each bucket packed from the source as it is iterated (one bucket and one tensor beside the
-        source at a time), then broadcast."""
+        """Each bucket packed from the source as it is iterated, then sent while the next is packed:
+        two buckets beside the source at a time."""
         pairs = iter(self.source)
+        sending = None
         for bucket in buckets(meta, self.bucket_bytes):
             parts = []
             for m in bucket:
@@ -217,7 +224,11 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
                 parts.append(t.contiguous().view(-1).view(torch.uint8))
             packed = torch.cat(parts)
             del parts
-            self.group.broadcast(packed)
+            if sending is not None:
+                sending[0].wait()
+            sending = (self.group.start_broadcast(packed), packed)  # the buffer lives until it is sent
+        if sending is not None:
+            sending[0].wait()
 
     def shutdown(self) -> None:
         self.group = None
