@@ -2,7 +2,9 @@
 
 A round leases every held-out problem once (n = k, temperature = eval.temperature) beside the training
 leases; these leases are not training dispatches and stay out of the lease book's accounting. When the
-last result is in, the round is scored (mean@k, pass@k).
+last result is in, the round is scored (mean@k, pass@k). Each problem's samples are drawn with a seed
+of its own, the same in every round (common random numbers): two runs of one config score the same
+weights alike, and a round's change from the last is less buried in sampling noise.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from learner.leases import assignment
+from learner.waves import lease_seed
 from pipeline.config import DataConfig, EvalConfig
 from pipeline.data import heldout_problems
 from pipeline.messages import Assignment, Rollout, pack_ids
@@ -27,9 +30,10 @@ class EvalRound:
 
 
 class Evaluator:
-    def __init__(self, ev: EvalConfig, data: DataConfig, max_tokens: int, tokenizer):
-        """`max_tokens`: the generation length of a held-out sample, unless `eval.max_tokens` sets one."""
-        self.ev = ev
+    def __init__(self, ev: EvalConfig, data: DataConfig, max_tokens: int, tokenizer, seed: int = 0):
+        """`max_tokens`: the generation length of a held-out sample, unless `eval.max_tokens` sets one;
+        `seed`: the run's, from which each problem's sampling seed is derived."""
+        self.ev, self.seed = ev, seed
         self.max_tokens = ev.max_tokens or max_tokens
         self.name, self.problems = heldout_problems(data, ev)
         self.prompts = [pack_ids(render(tokenizer, p.question, data)) for p in self.problems]
@@ -38,7 +42,8 @@ class Evaluator:
 
     def start(self, step: int, new_lease_id, version: int) -> list[Assignment]:
         assignments = [assignment(new_lease_id(), i, -1, p, self.prompts[i], self.ev.temperature, self.ev.k,
-                                  version, self.max_tokens) for i, p in enumerate(self.problems)]
+                                  version, self.max_tokens, seed=lease_seed(self.seed, -1, i))
+                       for i, p in enumerate(self.problems)]
         self.current = EvalRound(step, {a.lease_id: a.prompt_id for a in assignments})
         return assignments
 

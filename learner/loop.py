@@ -107,7 +107,7 @@ class Learner:
         self.publisher = Publisher(self.trainer, cfg.model.dtype, self.stats, self.endpoint.wake)
         self.stepper = Stepper(self.trainer, self.endpoint.wake,
                                on_batch=(lambda v, b: self.observe(BatchBuilt(v, b))) if observer else None)
-        self.evaluator = (Evaluator(cfg.eval, cfg.data, gc.max_tokens, tokenizer)
+        self.evaluator = (Evaluator(cfg.eval, cfg.data, gc.max_tokens, tokenizer, cfg.run.seed)
                           if cfg.eval.every or cfg.eval.final or cfg.eval.first else None)
         self._eval_first = cfg.eval.first and resume is None  # a round on the starting weights
         self.metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb,

@@ -35,3 +35,8 @@ def test_a_round_leases_each_problem_once_and_scores_when_complete(tiny_model):
     assert not evaluator.busy and result.problems == 4
     assert (result.mean_at_k, result.pass_at_k) == (pytest.approx(3 / 8), pytest.approx(2 / 4))
     assert evaluator.results == [(3, result)]
+    # each problem sampled with a seed of its own, the same in the next round (common random numbers)
+    seeds = {a.prompt_id: a.seed for a in leases}
+    assert len(set(seeds.values())) == 4 and min(seeds.values()) >= 0
+    evaluator.start_round(5, lambda: next(ids), [0, 1], send)
+    assert {a.prompt_id: a.seed for _, a in send.sent[4:]} == seeds
