@@ -41,7 +41,10 @@ def test_a_tensor_parallel_generator_trains_verified(tiny_model, tmp_path, tempe
                       "--learner.steps", "3", "--learner.groups_per_step", "2", "--learner.lag_control", "exact",
                       "--learner.max_lag", "0", "--schedule.t0", str(temperature), "--schedule.ts", "0",
                       "--schedule.tmax", str(max(temperature, 1.2)), "--eval.final", "false",
-                      "--learner.checkpoint_every", "0")
+                      "--learner.checkpoint_every", "0",
+                      # two workers pinned to a core each start slowly on a busy machine (measured: over
+                      # 5 minutes with a busy process on each core): the watchdogs wait for them
+                      "--learner.idle_timeout_s", "1800", "--generator.heartbeat_timeout_s", "1800")
     cfg.run_dir.mkdir(parents=True)
     gaps = Gaps()
     learner = Learner(cfg, tiny_model, load_problems(cfg.data), observer=gaps)
