@@ -222,9 +222,10 @@ def await_generator(endpoint, gid: int, backend: str = "gloo", bucket_bytes: int
             raise TimeoutError(f"generator {gid} never got its engine up")
         up = any(getattr(m, "generator_id", None) == gid and getattr(m, "status", "") != "starting"
                  for m in endpoint.recv(20))
-    info = trainer_init_info(backend, endpoint.addresses.host, free_port(endpoint.addresses.host), 1,
-                             bucket_bytes, timeout_s)
-    link = GeneratorLink(info, ControlClient(backend, lambda msg: endpoint.post(gid, msg)))
+    from pipeline.config import WeightsConfig
+
+    link = opener(backend, WeightsConfig(timeout_s=timeout_s, bucket_bytes=bucket_bytes), endpoint.addresses.host,
+                  torch.device("cpu"), endpoint.post)(gid, 1)
     while not link.joined and link.error is None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"generator {gid} never joined its weight group")
