@@ -43,6 +43,11 @@ class Group:
     def n(self) -> int:
         return len(self.responses)
 
+    @property
+    def mean_tokens(self) -> float:
+        """The mean response length, in tokens."""
+        return sum(len(r) for r in self.responses) / max(self.n, 1)
+
     def lag(self, version: int) -> int:
         """Versions between the weights that sampled the group's oldest token and `version`."""
         return version - self.version_first

@@ -54,20 +54,22 @@ class Intake:
             self.stats.version_regressions += 1
         self._last_version[r.generator_id] = group.version_last
         self.stats.rollouts_by_generator[r.generator_id] += 1
-        self.window.add(group.outcome, group.temperature)
         if not self.in_arrival_order:
             self.buffer.add(group)
             return group
         self.record_visit(group)
         if self._filtered_out(group):
-            self.leases.close(r.lease_id, "dropped_filtered")
+            self.leases.close(r.lease_id, "dropped_filtered", mean_tokens=group.mean_tokens)
             self.window.filtered += 1
         else:
             self.buffer.add(group)
         return group
 
     def record_visit(self, group: Group) -> None:
-        """The visit is recorded whether or not the group is trained: the prompt was observed either way."""
+        """The visit is recorded whether or not the group is trained: the prompt was observed either way.
+        The step's window counts it here too, so that under exact lag control the residual share is
+        over the wave's groups in lease order, not over whatever arrived while the step ran."""
+        self.window.add(group.outcome, group.temperature)
         self.tracker.record_visit(group.prompt_id, group.outcome, float(group.rewards.mean()), group.temperature,
                                   group.version_first)
 

@@ -6,6 +6,10 @@ Every dispatched lease ends as exactly one outcome (DESIGN.md §3, "no silent lo
 trained, dropped_stale, dropped_filtered, failed, or reissued (expired; the visit goes back in the
 queue under a new lease). Until then it is open: out at a generator, or back and waiting in the
 group buffer. So at any time: dispatched == sum(outcomes) + open.
+
+The book also counts each outcome by the prompt's H when it was leased and by the group's mean
+response length (in quarters of `max_tokens`): dropping stale groups is known to favour short,
+easy prompts, and these counts show whether it does (`run.py sweep` reports them).
 """
 
 from __future__ import annotations
@@ -40,6 +44,20 @@ class Lease:
     version: int
     deadline: float
     returned: bool = False
+    h: int = 0  # the prompt's H when it was leased
+
+
+H_BINS = 3  # H is counted as 0, 1, 2 and "3+"
+LENGTH_BINS = 4  # response length in quarters of max_tokens
+
+
+def h_bin(h: int) -> str:
+    return str(h) if h < H_BINS else f"{H_BINS}+"
+
+
+def length_bin(mean_tokens: float, max_tokens: int) -> str:
+    """The quarter of `max_tokens` that a group's mean response length falls in: "q1" .. "q4"."""
+    return f"q{min(LENGTH_BINS, int(LENGTH_BINS * mean_tokens / max(max_tokens, 1)) + 1)}"
 
 
 def assignment(lease_id: int, prompt_id: int, epoch: int, problem: Problem, prompt: bytes, temperature: float,
@@ -71,6 +89,9 @@ class LeaseBook:
         self.dispatched = 0
         self.outcomes: collections.Counter[str] = collections.Counter({o: 0 for o in OUTCOMES})
         self.failures: collections.Counter[str] = collections.Counter()
+        # outcome counts by H at lease ("0", "1", "2", "3+") and, for groups that came back, by length quarter
+        self.by_h: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self.by_length: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.problems)))
@@ -91,8 +112,9 @@ class LeaseBook:
     def lease(self, generator_id: int, version: int, now: float | None = None, **wave) -> Assignment:
         now = time.monotonic() if now is None else now
         prompt_id, epoch = self._next_visit()
-        temp = temperature(self.tracker.h(prompt_id), self.schedule)
-        lease = Lease(self.new_lease_id(), prompt_id, epoch, generator_id, temp, version, now + self.timeout_s)
+        h = self.tracker.h(prompt_id)
+        temp = temperature(h, self.schedule)
+        lease = Lease(self.new_lease_id(), prompt_id, epoch, generator_id, temp, version, now + self.timeout_s, h=h)
         self.leases[lease.lease_id] = lease
         self.dispatched += 1
         return assignment(lease.lease_id, prompt_id, epoch, self.problems[prompt_id], self.prompt_bytes[prompt_id],
@@ -120,11 +142,19 @@ class LeaseBook:
         lease.returned = True
         return lease
 
-    def close(self, lease_id: int, outcome: str, reason: str = "") -> None:
+    def bins(self, lease_id: int, mean_tokens: float) -> tuple[str, str]:
+        """An open lease's H bin and the length bin of its group."""
+        return h_bin(self.leases[lease_id].h), length_bin(mean_tokens, self.max_tokens)
+
+    def close(self, lease_id: int, outcome: str, reason: str = "", mean_tokens: float | None = None) -> None:
+        """End a lease as `outcome`; `mean_tokens`: its group's mean response length, where one came back."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown lease outcome {outcome!r}")
-        self.leases.pop(lease_id)
+        lease = self.leases.pop(lease_id)
         self.outcomes[outcome] += 1
+        self.by_h[h_bin(lease.h)][outcome] += 1
+        if mean_tokens is not None:
+            self.by_length[length_bin(mean_tokens, self.max_tokens)][outcome] += 1
         if outcome == "failed":
             self.failures[reason or "unknown"] += 1
 
@@ -171,7 +201,13 @@ class LeaseBook:
         returned = [dataclasses.astuple(l) for l in self.leases.values() if l.returned]
         return {"epoch": self.epoch, "cursor": self.cursor, "requeue": requeue,
                 "next_lease_id": self.next_lease_id, "dispatched": self.dispatched,
-                "outcomes": outcomes, "failures": dict(self.failures), "returned_leases": returned}
+                "outcomes": outcomes, "failures": dict(self.failures), "returned_leases": returned,
+                "by_h": self.binned()["by_h"], "by_length": self.binned()["by_length"]}
+
+    def binned(self) -> dict[str, dict[str, dict[str, int]]]:
+        """The outcome counts by H at lease and by response length, as plain dicts."""
+        return {"by_h": {k: dict(c) for k, c in sorted(self.by_h.items())},
+                "by_length": {k: dict(c) for k, c in sorted(self.by_length.items())}}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = state["epoch"], state["cursor"]
@@ -181,3 +217,7 @@ class LeaseBook:
         self.outcomes = collections.Counter(state["outcomes"])
         self.failures = collections.Counter(state["failures"])
         self.leases = {l[0]: Lease(*l) for l in state["returned_leases"]}
+        for key in ("by_h", "by_length"):  # absent from checkpoints of older versions
+            counts = collections.defaultdict(collections.Counter)
+            counts.update({k: collections.Counter(c) for k, c in state.get(key, {}).items()})
+            setattr(self, key, counts)

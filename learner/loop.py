@@ -238,7 +238,7 @@ class Learner:
             return
         train, rest = self.waves.choose(t, arrived)
         for g in rest:
-            self.leases.close(g.lease_id, "dropped_filtered")
+            self.leases.close(g.lease_id, "dropped_filtered", mean_tokens=g.mean_tokens)
         self.intake.window.filtered += len(rest)
         self._wave_rest[t] = rest
         self._start_step(train)
@@ -254,7 +254,7 @@ class Learner:
         if self.waves is not None:
             return self._start_wave_step()
         for g in self.buffer.drop_stale(self.trainer.version, lc.max_lag):
-            self.leases.close(g.lease_id, "dropped_stale")
+            self.leases.close(g.lease_id, "dropped_stale", mean_tokens=g.mean_tokens)
         if len(self.buffer) >= lc.groups_per_step or (len(self.buffer) and self._budget_returned()):
             self._start_step(self.buffer.take(lc.groups_per_step))
 
@@ -269,8 +269,10 @@ class Learner:
     def _finish_step(self, done: RunningStep) -> dict:
         """The bookkeeping of a finished step (the next one may be running already)."""
         metrics = done.future.result()  # re-raises a failure of the step here, in the learner's thread
+        self.stats.record_cut([self.leases.bins(g.lease_id, g.mean_tokens) for g in done.groups],
+                              metrics.pop("cut_by_group"))
         for g in done.groups:
-            self.leases.close(g.lease_id, "trained")
+            self.leases.close(g.lease_id, "trained", mean_tokens=g.mean_tokens)
             self.tracker.record_trained(g.prompt_id, done.version)
         if self.waves is not None:  # the wave's visits, in lease order, at its step's end (learner/waves.py)
             for g in self.waves.in_lease_order(done.version, done.groups + self._wave_rest.pop(done.version, [])):

@@ -34,6 +34,7 @@ class LossInputs:
     coef: torch.Tensor  # [N] each sample's aggregation coefficient over its whole update (`aggregation_coef`)
     token_lag: torch.Tensor | None = None  # [N, L] versions between each token's weights and the step's
     entropy: torch.Tensor | None = None  # [N, L] detached token entropy, for the metrics
+    group: torch.Tensor | None = None  # [N] each row's group in the step's batch, for per-group metrics
 
     @property
     def log_w(self) -> torch.Tensor:
@@ -84,15 +85,17 @@ class LossSums:
     entropy_sum: float = 0.0
     padded: float = 0.0  # positions the micro-batches held, padding included (the learner fills it in)
     gap: dict[int, list[float]] = field(default_factory=dict)  # token lag -> [sum |pi_prox - mu|, tokens]
+    cut_by_group: dict[int, list[float]] = field(default_factory=dict)  # batch group -> [cut tokens, tokens]
 
     def __iadd__(self, o: "LossSums") -> "LossSums":
         for k in ("loss", "tokens", "clipped", "cut", "w_sum", "w2_sum", "entropy_sum", "padded"):
             setattr(self, k, getattr(self, k) + getattr(o, k))
         self.w_max = max(self.w_max, o.w_max)
-        for lag, (s, n) in o.gap.items():
-            acc = self.gap.setdefault(lag, [0.0, 0.0])
-            acc[0] += s
-            acc[1] += n
+        for mine, theirs in ((self.gap, o.gap), (self.cut_by_group, o.cut_by_group)):
+            for key, (s, n) in theirs.items():
+                acc = mine.setdefault(key, [0.0, 0.0])
+                acc[0] += s
+                acc[1] += n
         return self
 
     @property
@@ -205,4 +208,9 @@ def _sums(x: LossInputs, terms: TokenTerms, loss: torch.Tensor, mask: torch.Tens
         for lag in x.token_lag[on].unique().tolist():
             at = on & (x.token_lag == lag)
             sums.gap[int(lag)] = [float(gap[at].sum()), float(at.sum())]
+    if x.group is not None:
+        cut_rows, token_rows = (terms.cut.to(mask.dtype) * mask).sum(1), mask.sum(1)
+        for gi in x.group.unique().tolist():
+            rows = x.group == gi
+            sums.cut_by_group[int(gi)] = [float(cut_rows[rows].sum()), float(token_rows[rows].sum())]
     return sums

@@ -129,6 +129,10 @@ class RunStats:
     seconds: float = 0.0
     train_seconds: float = 0.0  # time inside optimiser steps (the rest of `seconds` the learner waited)
     time_spent: collections.Counter = field(default_factory=collections.Counter)  # stage -> seconds (learner/clock.py)
+    # trained tokens whose IS weight was truncated or masked, by the prompt's H at lease and by the group's
+    # response length (learner/leases.py bins): bin -> [cut tokens, tokens]
+    cut_by_h: dict = field(default_factory=dict)
+    cut_by_length: dict = field(default_factory=dict)
 
     def time_share(self) -> dict[str, float]:
         """Each stage's share of the time inside optimiser steps (the loop's probe checks and
@@ -152,6 +156,14 @@ class RunStats:
         st["arrivals"] = Arrivals.from_state(st["arrivals"]) if "arrivals" in st else Arrivals(t0)
         st["evals"] = [tuple(e) for e in st["evals"]]
         return cls(**st)
+
+    def record_cut(self, bins: list[tuple[str, str]], cut_by_group: dict[int, list[float]]) -> None:
+        """Add a step's IS-cut token counts; `bins[i]`: (H bin, length bin) of the batch's group i."""
+        for gi, (cut, tokens) in cut_by_group.items():
+            for table, key in zip((self.cut_by_h, self.cut_by_length), bins[gi]):
+                acc = table.setdefault(key, [0.0, 0.0])
+                acc[0] += cut
+                acc[1] += tokens
 
     def record_step(self, groups: list[Group], lags: list[int], residual_frac: float, seconds: float,
                     stage_seconds: dict[str, float]) -> dict:

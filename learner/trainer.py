@@ -357,7 +357,7 @@ class Trainer:
                 metrics[f"update/{u}/clip_frac"] = sums.clip_frac
                 metrics[f"update/{u}/grad_norm"] = float(grad_norm)
         self.version += 1
-        metrics.update(asdict(total.stats()), **total.gap_by_lag())
+        metrics.update(asdict(total.stats()), **total.gap_by_lag(), cut_by_group=total.cut_by_group)
         metrics.update(loss=total.loss / k, grad_norm=float(grad_norm), updates=k, entropy=total.entropy_mean,
                        tokens=int(total.tokens), response_len=float(batch.response_lengths.float().mean()),
                        padding_frac=1.0 - float(batch.lengths.sum()) / max(total.padded, 1.0),
@@ -391,7 +391,7 @@ class Trainer:
             # With one update per batch, pi_prox is pi_theta at the start of the step: detaching gives it.
             prox = batch.prox if batch.prox is not None else logp.detach()
             loss, sums = policy_loss(LossInputs(logp, prox, batch.mu, batch.adv, batch.response_mask, batch.coef,
-                                                batch.token_lag, entropy), self.loss)
+                                                batch.token_lag, entropy, batch.group), self.loss)
         with self.clock.stage("backward"):
             (loss * self.loss_scale).backward()
         return sums

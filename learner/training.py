@@ -87,6 +87,6 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
         text += f"\nstopped on request; resume with: run.py train --config ... --resume {cfg.run_dir}"
     else:  # a finished run
         write_summary(cfg.run_dir, RunSummary(stats=stats.to_state(), counters=learner.counters(), result=result,
-                                              config=msgspec.to_builtins(cfg)))
+                                              config=msgspec.to_builtins(cfg), lease_outcomes=learner.leases.binned()))
     return f"{text}\n{result}"
 

@@ -25,6 +25,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     counters: dict[str, Any]
     result: str
     config: dict[str, Any]
+    lease_outcomes: dict[str, Any] = {}  # outcome counts by H at lease and by response length (LeaseBook.binned)
 
 
 def write_summary(run_dir: Path, summary: RunSummary) -> None:

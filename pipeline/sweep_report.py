@@ -58,9 +58,24 @@ def cell_figures(run_dir: Path) -> dict:
         "asked_max_lag": summary.config["learner"]["max_lag"],
         "leased_t_max": max((r.get("leased_temp_max", float("nan")) for r in steps), default=float("nan")),
         "residual_curve": [r["residual_frac"] for r in steps],
+        "by_h": _shares(summary.lease_outcomes.get("by_h", {}), summary.stats.get("cut_by_h", {})),
+        "by_length": _shares(summary.lease_outcomes.get("by_length", {}), summary.stats.get("cut_by_length", {})),
         "reactivated_by_temp": {float(k.split("/")[1]): _mean(r.get(k) for r in steps)
                                 for k in sorted({k for r in steps for k in r if k.startswith("reactivated_by_temp/")})},
     }
+
+
+def _shares(outcomes: dict[str, dict[str, int]], cut: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per bin: the share of its groups dropped stale and dropped by the filter (of those that came
+    back), and the share of its trained tokens whose IS weight was truncated or masked."""
+    out = {}
+    for b in sorted(set(outcomes) | set(cut)):
+        c = outcomes.get(b, {})
+        back = sum(c.get(k, 0) for k in ("trained", "dropped_stale", "dropped_filtered")) or 1
+        cut_tokens, tokens = cut.get(b, (0.0, 0.0))
+        out[b] = {"stale": c.get("dropped_stale", 0) / back, "filtered": c.get("dropped_filtered", 0) / back,
+                  "cut": cut_tokens / tokens if tokens else float("nan")}
+    return out
 
 
 def mean_ci(xs: list[float]) -> tuple[float, float]:
@@ -108,6 +123,26 @@ def effects(groups: dict[tuple, list[dict]], stats: dict, axis: str, key: str = 
     return out
 
 
+def drop_tables(groups: dict[tuple, list[dict]]) -> list[str]:
+    """Markdown tables: per setting and bin (H at lease, response length in quarters of max_tokens),
+    the shares dropped stale, dropped by the filter and IS-cut, each the mean over seeds."""
+    lines = []
+    for key, title in (("by_h", "the prompt's H when leased"), ("by_length", "the group's mean response length "
+                                                                              "(quarters of max_tokens)")):
+        bins = sorted({b for cells in groups.values() for c in cells for b in c[key]})
+        if not bins:
+            continue
+        lines += ["", f"Dropped stale / dropped by the filter / IS-truncated token share, by {title}:", "",
+                  "| cell | " + " | ".join(bins) + " |", "|" + "---|" * (len(bins) + 1)]
+        for g, cells in groups.items():
+            row = []
+            for b in bins:
+                m = {k: _mean(c[key][b][k] for c in cells if b in c[key]) for k in ("stale", "filtered", "cut")}
+                row.append(" / ".join("-" if math.isnan(m[k]) else f"{m[k]:.3f}" for k in ("stale", "filtered", "cut")))
+            lines.append(f"| {_label(g)} | " + " | ".join(row) + " |")
+    return lines
+
+
 def write_sweep_report(sweep_dir: Path, title: str = "Sweep") -> tuple[str, dict]:
     """report.md + sweep.png; returns the markdown table and {group label: {figure: (mean, ci)}}."""
     import matplotlib
@@ -136,6 +171,7 @@ def write_sweep_report(sweep_dir: Path, title: str = "Sweep") -> tuple[str, dict
     if found := effects(groups, stats, "schedule.ts"):
         lines += ["", "ERPO's effect on held-out mean@k over Ts = 0 at the same other settings (difference of "
                       "means ± the root sum of squares of their 95 % half-widths):", *found]
+    lines += drop_tables(groups)
     lines += ["", "![sweep](sweep.png)", ""]
     (sweep_dir / "report.md").write_text("\n".join(lines))
 

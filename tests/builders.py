@@ -20,8 +20,9 @@ def lease_book(num: int = 5, group_size: int = 4, timeout_s: float = 10.0, cfg: 
     cfg = cfg or from_dict({})
     problems = [Problem(i, f"q{i}", str(i), "reasoning_gym:basic_arithmetic") for i in range(num)]
     tracker = Tracker(num)
+    max_tokens = 64 if cfg.generator.max_tokens == "auto" else cfg.generator.max_tokens  # as the run resolves it
     return tracker, LeaseBook(problems, [[1, 2, i] for i in range(num)], tracker, cfg.schedule, group_size,
-                              cfg.generator.max_tokens, timeout_s, cfg.data.seed)
+                              max_tokens, timeout_s, cfg.data.seed)
 
 
 def rollout(a: Assignment, n: int = 4, version: int = 0, rewards=None, generator_id: int = 0,

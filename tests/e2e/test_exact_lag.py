@@ -77,9 +77,9 @@ def _run(tiny_model, tmp_path, name: str, paused: bool) -> tuple[list[dict], lis
         assert pauser.spells >= 5, "the generators were hardly paused: the two runs were not disturbed apart"
     else:
         run_pipeline(learner, cfg)
-    losses = [json.loads(line)["loss"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
-    return steps, losses, learner
+    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    # the residual share (of the wave's groups, in lease order) is part of what must not move with timing
+    return steps, [(r["loss"], r["residual_frac"]) for r in rows if "loss" in r], learner
 
 
 def test_exact_lag_trains_the_same_run_whatever_the_timing(tiny_model, tmp_path):
@@ -93,7 +93,7 @@ def test_exact_lag_trains_the_same_run_whatever_the_timing(tiny_model, tmp_path)
         assert a["temperature"] == b["temperature"], f"step {t}: other temperatures"
         assert torch.equal(a["adv"], b["adv"]), f"step {t}: other rewards"
         assert torch.equal(a["mu"], b["mu"]), f"step {t}: other behaviour log-probs"
-    assert calm_loss == busy_loss
+    assert calm_loss == busy_loss  # losses and residual shares, step by step
     # the tracker saw the same visits in the same order
     assert [p.h for p in first.tracker.prompts] == [p.h for p in second.tracker.prompts]
     assert any(t > 1.0 for s in calm for t in s["temperature"])  # ERPO's schedule moved: the tracker's path is in it

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from learner.schedule import temperature
-from pipeline.config import ScheduleConfig
+from pipeline.config import ScheduleConfig, from_dict
 from tests.builders import lease_book
 
 
@@ -53,3 +53,26 @@ def test_a_training_and_a_held_out_lease_share_one_assignment_builder():
     a = d.lease(2, 7)
     assert (a.n, a.policy_version, a.max_tokens, a.answer) == (4, 7, d.max_tokens, str(a.prompt_id))
     assert d.leases[a.lease_id].generator_id == 2
+
+
+def test_outcomes_are_counted_by_h_at_lease_and_by_response_length():
+    cfg = from_dict({"generator": {"max_tokens": 100}})
+    tracker, d = lease_book(num=2, cfg=cfg)
+    for _ in range(4):
+        tracker.record_visit(1, "positive", 1.0, 1.0, 0)  # prompt 1: H = 4 when leased, counted as "3+"
+    a, b = sorted((d.lease(0, 0) for _ in range(2)), key=lambda x: x.prompt_id)
+    tracker.record_visit(1, "positive", 1.0, 1.0, 0)  # H moves on after the lease: the lease's H counts
+    for x in (a, b):
+        d.returned(x.lease_id)
+    short, long = 0.1 * d.max_tokens, 0.9 * d.max_tokens
+    assert d.bins(b.lease_id, long) == ("3+", "q4")
+    d.close(a.lease_id, "trained", mean_tokens=short)
+    d.close(b.lease_id, "dropped_stale", mean_tokens=long)
+    c = d.lease(0, 0)
+    d.close(c.lease_id, "failed", "bad_rollout")  # no group came back: counted by H only
+    binned = d.binned()
+    assert binned["by_h"] == {"0": {"trained": 1, "failed": 1}, "3+": {"dropped_stale": 1}}
+    assert binned["by_length"] == {"q1": {"trained": 1}, "q4": {"dropped_stale": 1}}
+    _, again = lease_book(num=2, cfg=cfg)
+    again.load_state_dict(d.state_dict())  # a resumed run keeps counting from here
+    assert again.binned() == binned

@@ -119,3 +119,18 @@ def test_seq_mis_masks_whole_sequences():
     loss, stats = _loss(logp, logp.detach(), mu, torch.ones(2, 2), torch.ones(2, 2), cfg)
     assert float(loss.detach()) == pytest.approx(-(1 + 1) / 4)
     assert stats.truncated_frac == pytest.approx(0.5)
+
+
+def test_the_cut_tokens_are_counted_per_group_of_the_batch():
+    # rows 0 and 1 are group 3, row 2 is group 5; w = 3 (cut at C = 2) on row 0's first token and row 2's both
+    logp = torch.zeros(3, 2, requires_grad=True)
+    prox = logp.detach().clone()
+    w = torch.tensor([[3.0, 1.0], [1.0, 1.0], [3.0, 3.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    x = LossInputs(logp, prox, prox - torch.log(w), torch.ones(3, 2), mask, torch.full((3,), 0.2),
+                   group=torch.tensor([3, 3, 5]))
+    _, sums = policy_loss(x, CFG)
+    assert sums.cut_by_group == {3: [1.0, 3.0], 5: [2.0, 2.0]}
+    both = sums
+    both += sums  # micro-batches of one update add up
+    assert both.cut_by_group[5] == [4.0, 4.0]

@@ -21,15 +21,18 @@ def _grid(tmp_path, axes: str, fixed: str = "") -> object:
     return path
 
 
-def _fake_cell(run_dir, seed: int, max_lag: int, residual: list[float], heldout: float, lags: dict):
+def _fake_cell(run_dir, seed: int, max_lag: int, residual: list[float], heldout: float, lags: dict,
+               by_h: dict | None = None, cut_by_h: dict | None = None):
     """What a finished `run.py train` leaves: metrics.jsonl and summary.json (a test double's)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"step": i + 1, "loss": 0.0, "residual_frac": r, "ess": 0.9, "truncated_frac": 0.01, "entropy": 1.0,
              "reward": 0.5, "prox_mu_gap/lag0": 1e-6} for i, r in enumerate(residual)]
     rows.append({"step": len(residual), "eval/mean_at_k": heldout, "eval/pass_at_k": heldout + 0.1})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    write_summary(run_dir, RunSummary(stats={"lag_hist": {str(k): v for k, v in lags.items()}}, counters={},
-                                      config={"learner": {"max_lag": max_lag}}, result=""))
+    write_summary(run_dir, RunSummary(stats={"lag_hist": {str(k): v for k, v in lags.items()},
+                                             "cut_by_h": cut_by_h or {}}, counters={},
+                                      config={"learner": {"max_lag": max_lag}}, result="",
+                                      lease_outcomes={"by_h": by_h or {}}))
 
 
 def test_grid_cells_are_the_cartesian_product_with_unique_names(tmp_path):
@@ -98,3 +101,23 @@ def test_the_report_gives_erpos_effect_over_ts_zero_at_each_other_setting(tmp_pa
     table, _ = write_sweep_report(out)
     assert "- max_lag=0, ts=0.1: +0.100 ± 0.090 (beyond the interval)" in table
     assert "- max_lag=4, ts=0.1: +0.000 ± 0.090 (within the interval)" in table
+
+
+def test_the_report_gives_drop_and_cut_shares_by_h(tmp_path, monkeypatch):
+    grid = _grid(tmp_path, '"learner.max_lag" = [1]\n"run.seed" = [0, 1]')
+    out = tmp_path / "out"
+
+    def fake_run(cmd, stdout, stderr):  # easy prompts (H 3+) go stale more often at seed 1 than at seed 0
+        name = cmd[cmd.index("--run.name") + 1]
+        seed = int(cmd[cmd.index("--run.seed") + 1])
+        by_h = {"0": {"trained": 8, "dropped_filtered": 2, "failed": 5},
+                "3+": {"trained": 6 - 2 * seed, "dropped_stale": 2 + 2 * seed}}
+        _fake_cell(out / "cells" / name, seed, 1, [0.1, 0.2], 0.5, {0: 16}, by_h,
+                   {"0": [1.0, 100.0], "3+": [3.0, 100.0]})
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    sweep.run_sweep(grid, out, progress=False)
+    table, _ = write_sweep_report(out)
+    # H 0: none stale, 2 of 10 filtered (failed leases brought no group back), 1 % cut; H 3+: (2 + 4) / 2 / 8 stale
+    assert "| max_lag=1 | 0.000 / 0.200 / 0.010 | 0.375 / 0.000 / 0.030 |" in table
