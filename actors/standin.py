@@ -13,6 +13,7 @@ from actors.engine import Completion, Request
 from pipeline.collective import WeightGroup
 from pipeline.messages import WeightUpdate
 from pipeline.models import load_tokenizer
+from pipeline.weight_wire import GlooInit, GlooUpdate, receive
 
 
 class StandInEngine:
@@ -67,17 +68,13 @@ class StandInEngine:
 
     def init_weight_transfer(self, backend: str, info: dict) -> None:
         """Joins the learner's weight group as the gloo engine's one worker would."""
-        from pipeline.weight_transfer import GlooInitInfo
-
-        init = GlooInitInfo(**info)
+        init = GlooInit(**info)
         self.bucket_bytes = init.bucket_bytes
         self.group = WeightGroup(init.master_address, init.master_port, init.rank_offset, init.world_size,
                                  init.timeout_s)
 
     def load_weights(self, update: WeightUpdate) -> None:
-        from pipeline.weight_transfer import GlooUpdateInfo, receive
-
-        receive(self.group, GlooUpdateInfo(**update.info), self.bucket_bytes, lambda tensors: None)
+        receive(self.group, GlooUpdate(**update.info), self.bucket_bytes, lambda tensors: None)
         self.weight_version = self._version = update.version
         self.events.append(("load", update.version))
 

@@ -63,9 +63,9 @@ class BareWorkers:
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         from pipeline.collective import WeightGroup
-        from pipeline.weight_transfer import GlooInitInfo
+        from pipeline.weight_wire import GlooInit
 
-        info = GlooInitInfo(**init_info)
+        info = GlooInit(**init_info)
         self.bucket_bytes = info.bucket_bytes
         self.groups = [None] * self.workers
 
@@ -77,9 +77,9 @@ class BareWorkers:
         pass
 
     def update_weights(self, update_info: dict) -> None:
-        from pipeline.weight_transfer import GlooUpdateInfo, receive
+        from pipeline.weight_wire import GlooUpdate, receive
 
-        info = GlooUpdateInfo(**update_info)
+        info = GlooUpdate(**update_info)
         self.done_at = [0.0] * self.workers
 
         def worker(r):

@@ -16,9 +16,7 @@ every process it starts, the workers of a tensor-parallel engine included, so th
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -28,84 +26,23 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferEngine, WeightTransferInitInfo, WeightTransferUpdateInfo,
 )
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
-from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
 
 from pipeline.collective import WeightGroup
+from pipeline.weight_wire import DEFAULT_BUCKET_BYTES, GlooInit, GlooUpdate, buckets, describe, receive
 
 log = logging.getLogger(__name__)
 
 BACKEND = "gloo"
-DEFAULT_BUCKET_BYTES = 64 << 20
 
 
 @dataclass(kw_only=True)
-class GlooInitInfo(WeightTransferInitInfo):
-    """What a worker needs to join the group: the trainer's rendezvous, and its rank offset."""
-
-    master_address: str
-    master_port: int
-    rank_offset: int
-    world_size: int
-    bucket_bytes: int = DEFAULT_BUCKET_BYTES
-    timeout_s: float = 600.0
+class GlooInitInfo(GlooInit, WeightTransferInitInfo):
+    """`GlooInit` as vLLM's engine parses it."""
 
 
 @dataclass
-class GlooUpdateInfo(WeightTransferUpdateInfo):
-    """One update: the tensors in the order they are packed, as vLLM's NCCL update info names them."""
-
-    names: list[str]
-    dtype_names: list[str]
-    shapes: list[list[int]]
-
-    def __post_init__(self) -> None:
-        if not len(self.names) == len(self.dtype_names) == len(self.shapes):
-            raise ValueError(f"update info: {len(self.names)} names, {len(self.dtype_names)} dtypes, "
-                             f"{len(self.shapes)} shapes")
-
-    def metas(self) -> list[ParamMeta]:
-        return [ParamMeta(n, getattr(torch, d), tuple(s)) for n, d, s in zip(self.names, self.dtype_names, self.shapes)]
-
-
-def update_info(meta: list[ParamMeta]) -> GlooUpdateInfo:
-    return GlooUpdateInfo([m.name for m in meta], [str(m.dtype).removeprefix("torch.") for m in meta],
-                          [list(m.shape) for m in meta])
-
-
-def nbytes(m: ParamMeta) -> int:
-    return math.prod(m.shape) * m.dtype.itemsize
-
-
-def buckets(meta: list[ParamMeta], bucket_bytes: int) -> list[list[ParamMeta]]:
-    """The tensors cut into consecutive buckets of at most `bucket_bytes` (a larger tensor alone in
-    its own). Both sides cut from the same metadata with this one rule, so they cannot disagree."""
-    out: list[list[ParamMeta]] = []
-    size = bucket_bytes + 1
-    for m in meta:
-        if size + nbytes(m) > bucket_bytes:
-            out.append([])
-            size = 0
-        out[-1].append(m)
-        size += nbytes(m)
-    return out
-
-
-def receive(group: WeightGroup, update_info: GlooUpdateInfo, bucket_bytes: int,
-            load: Callable[[list[tuple[str, torch.Tensor]]], object]) -> None:
-    """Receive an update's buckets in turn, handing each bucket's tensors to `load` (views of the
-    bucket, in host memory). Two buckets at a time: the next arrives while this one loads."""
-    loading = None
-    for bucket in buckets(update_info.metas(), bucket_bytes):
-        sizes = [nbytes(m) for m in bucket]
-        packed = torch.empty(sum(sizes), dtype=torch.uint8)
-        arriving = group.start_broadcast(packed)
-        if loading is not None:
-            load(loading)
-        arriving.wait()
-        loading = unpack_tensor(packed, [m.name for m in bucket], [list(m.shape) for m in bucket],
-                                [m.dtype for m in bucket], sizes)
-    if loading is not None:
-        load(loading)
+class GlooUpdateInfo(GlooUpdate, WeightTransferUpdateInfo):
+    """`GlooUpdate` as vLLM's engine parses it."""
 
 
 class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
@@ -202,7 +139,7 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         self.client.start_weight_update()
         exe = ThreadPoolExecutor(max_workers=1)
         try:
-            future = exe.submit(self.client.update_weights, asdict(update_info(meta)))
+            future = exe.submit(self.client.update_weights, describe(meta))
             self._broadcast(meta)
             future.result()
         finally:

@@ -10,9 +10,8 @@ from vllm.distributed.weight_transfer.base import ParamMeta
 
 from pipeline.collective import WeightGroup
 from pipeline.transport import free_port
-from pipeline.weight_transfer import (
-    GlooInitInfo, GlooTrainerInitInfo, GlooTrainerWeightTransferEngine, GlooUpdateInfo, buckets, receive,
-)
+from pipeline.weight_transfer import GlooInitInfo, GlooTrainerInitInfo, GlooTrainerWeightTransferEngine, GlooUpdateInfo
+from pipeline.weight_wire import buckets, receive
 
 pytestmark = pytest.mark.unit
 

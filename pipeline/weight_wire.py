@@ -1,0 +1,110 @@
+"""The gloo weight path's wire, without vLLM: what a worker needs to join, what an update names, how
+the tensors are cut into packed buckets, and how a receiver takes them in.
+
+`pipeline/weight_transfer.py` builds vLLM's engines on these; the stand-in engine (actors/standin.py)
+uses them directly, so that a stand-in generator starts without importing vLLM (seconds per restart
+in the restart-heavy tests).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+
+from pipeline.collective import WeightGroup
+
+DEFAULT_BUCKET_BYTES = 64 << 20
+
+
+class Meta(Protocol):
+    """One tensor as the update names it (vLLM's `ParamMeta` is one)."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class TensorMeta(NamedTuple):
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass(kw_only=True)
+class GlooInit:
+    """What a worker needs to join the group: the trainer's rendezvous, and its rank offset."""
+
+    master_address: str
+    master_port: int
+    rank_offset: int
+    world_size: int
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    timeout_s: float = 600.0
+
+
+@dataclass
+class GlooUpdate:
+    """One update: the tensors in the order they are packed, as vLLM's NCCL update info names them."""
+
+    names: list[str]
+    dtype_names: list[str]
+    shapes: list[list[int]]
+
+    def __post_init__(self) -> None:
+        if not len(self.names) == len(self.dtype_names) == len(self.shapes):
+            raise ValueError(f"update info: {len(self.names)} names, {len(self.dtype_names)} dtypes, "
+                             f"{len(self.shapes)} shapes")
+
+    def metas(self) -> list[TensorMeta]:
+        return [TensorMeta(n, getattr(torch, d), tuple(s)) for n, d, s in zip(self.names, self.dtype_names, self.shapes)]
+
+
+def describe(meta: Iterable[Meta]) -> dict[str, list]:
+    """The fields of the update that sends these tensors."""
+    meta = list(meta)
+    return {"names": [m.name for m in meta], "dtype_names": [str(m.dtype).removeprefix("torch.") for m in meta],
+            "shapes": [list(m.shape) for m in meta]}
+
+
+def nbytes(m: Meta) -> int:
+    return math.prod(m.shape) * m.dtype.itemsize
+
+
+def buckets(meta: list[Meta], bucket_bytes: int) -> list[list[Meta]]:
+    """The tensors cut into consecutive buckets of at most `bucket_bytes` (a larger tensor alone in
+    its own). Both sides cut from the same metadata with this one rule, so they cannot disagree."""
+    out: list[list[Meta]] = []
+    size = bucket_bytes + 1
+    for m in meta:
+        if size + nbytes(m) > bucket_bytes:
+            out.append([])
+            size = 0
+        out[-1].append(m)
+        size += nbytes(m)
+    return out
+
+
+def unpack(packed: torch.Tensor, bucket: list[Meta]) -> list[tuple[str, torch.Tensor]]:
+    """A received bucket's tensors: views of it (as vLLM's `unpack_tensor` gives them)."""
+    parts = packed.split([nbytes(m) for m in bucket])
+    return [(m.name, p.view(m.dtype).view(m.shape)) for m, p in zip(bucket, parts)]
+
+
+def receive(group: WeightGroup, update: GlooUpdate, bucket_bytes: int,
+            load: Callable[[list[tuple[str, torch.Tensor]]], object]) -> None:
+    """Receive an update's buckets in turn, handing each bucket's tensors to `load` (views of the
+    bucket, in host memory). Two buckets at a time: the next arrives while this one loads."""
+    loading = None
+    for bucket in buckets(update.metas(), bucket_bytes):
+        packed = torch.empty(sum(nbytes(m) for m in bucket), dtype=torch.uint8)
+        arriving = group.start_broadcast(packed)
+        if loading is not None:
+            load(loading)
+        arriving.wait()
+        loading = unpack(packed, bucket)
+    if loading is not None:
+        load(loading)
