@@ -44,7 +44,7 @@ test-real: real
 	$(PY) -m pytest -q tests/real $(ARGS)
 
 test: venv
-	$(PY) -m pytest -q --ignore=tests/gpu --ignore=tests/real $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15 --ignore=tests/gpu --ignore=tests/real $(ARGS)
 
 # The unit tier alone (tests/unit): every part by itself, about a minute.
 test-fast: venv
