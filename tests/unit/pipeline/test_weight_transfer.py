@@ -11,19 +11,9 @@ from vllm.distributed.weight_transfer.base import ParamMeta
 from pipeline.collective import WeightGroup
 from pipeline.transport import free_port
 from pipeline.weight_transfer import GlooInitInfo, GlooTrainerInitInfo, GlooTrainerWeightTransferEngine, GlooUpdateInfo
-from pipeline.weight_wire import buckets, receive
+from pipeline.weight_wire import receive
 
 pytestmark = pytest.mark.unit
-
-
-def _meta(*sizes: int) -> list[ParamMeta]:
-    return [ParamMeta(f"p{i}", torch.float32, (n,)) for i, n in enumerate(sizes)]
-
-
-def test_buckets_hold_at_most_their_size_and_a_larger_tensor_goes_alone():
-    cut = buckets(_meta(10, 10, 30, 5, 5), bucket_bytes=80)  # float32: 40, 40, 120, 20, 20 bytes
-    assert [[m.name for m in b] for b in cut] == [["p0", "p1"], ["p2"], ["p3", "p4"]]
-    assert buckets([], 80) == []
 
 
 class _Source:
