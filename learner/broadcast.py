@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.config import WeightsConfig
 from pipeline.messages import WeightInit, WeightUpdate
 from pipeline.transport import free_port
 
@@ -222,8 +223,6 @@ def await_generator(endpoint, gid: int, backend: str = "gloo", bucket_bytes: int
             raise TimeoutError(f"generator {gid} never got its engine up")
         up = any(getattr(m, "generator_id", None) == gid and getattr(m, "status", "") != "starting"
                  for m in endpoint.recv(20))
-    from pipeline.config import WeightsConfig
-
     link = opener(backend, WeightsConfig(timeout_s=timeout_s, bucket_bytes=bucket_bytes), endpoint.addresses.host,
                   torch.device("cpu"), endpoint.post)(gid, 1)
     while not link.joined and link.error is None:

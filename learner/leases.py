@@ -202,7 +202,7 @@ class LeaseBook:
         return {"epoch": self.epoch, "cursor": self.cursor, "requeue": requeue,
                 "next_lease_id": self.next_lease_id, "dispatched": self.dispatched,
                 "outcomes": outcomes, "failures": dict(self.failures), "returned_leases": returned,
-                "by_h": self.binned()["by_h"], "by_length": self.binned()["by_length"]}
+                **self.binned()}
 
     def binned(self) -> dict[str, dict[str, dict[str, int]]]:
         """The outcome counts by H at lease and by response length, as plain dicts."""

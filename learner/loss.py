@@ -208,9 +208,11 @@ def _sums(x: LossInputs, terms: TokenTerms, loss: torch.Tensor, mask: torch.Tens
         for lag in x.token_lag[on].unique().tolist():
             at = on & (x.token_lag == lag)
             sums.gap[int(lag)] = [float(gap[at].sum()), float(at.sum())]
-    if x.group is not None:
-        cut_rows, token_rows = (terms.cut.to(mask.dtype) * mask).sum(1), mask.sum(1)
-        for gi in x.group.unique().tolist():
-            rows = x.group == gi
-            sums.cut_by_group[int(gi)] = [float(cut_rows[rows].sum()), float(token_rows[rows].sum())]
+    if x.group is not None:  # summed per group on the device, then brought over in one copy
+        ids, row_group = x.group.to(mask.device).unique(return_inverse=True)
+        on = mask.float()  # token counts in fp32 whatever the loss's dtype
+        per_group = torch.zeros(2, len(ids), device=mask.device)
+        per_group[0].index_add_(0, row_group, (terms.cut.float() * on).sum(1))
+        per_group[1].index_add_(0, row_group, on.sum(1))
+        sums.cut_by_group = {gi: [cut, n] for gi, (cut, n) in zip(ids.tolist(), per_group.T.tolist())}
     return sums

@@ -83,9 +83,9 @@ def _run(tiny_model, tmp_path, name: str, paused: bool) -> tuple[list[dict], lis
 
 
 def test_exact_lag_trains_the_same_run_whatever_the_timing(tiny_model, tmp_path):
-    calm, calm_loss, first = _run(tiny_model, tmp_path, "calm", paused=False)
-    busy, busy_loss, second = _run(tiny_model, tmp_path, "paused", paused=True)
-    assert len(calm) == len(busy) == STEPS and len(calm_loss) == len(busy_loss) == STEPS
+    calm, calm_curve, first = _run(tiny_model, tmp_path, "calm", paused=False)
+    busy, busy_curve, second = _run(tiny_model, tmp_path, "paused", paused=True)
+    assert len(calm) == len(busy) == STEPS and len(calm_curve) == len(busy_curve) == STEPS
     for t, (a, b) in enumerate(zip(calm, busy)):
         # every group of step t was generated under version t - k (the first k steps under version 0)
         assert a["lags"] == [min(t, K)] * len(a["lags"]) and b["lags"] == a["lags"], t
@@ -93,7 +93,7 @@ def test_exact_lag_trains_the_same_run_whatever_the_timing(tiny_model, tmp_path)
         assert a["temperature"] == b["temperature"], f"step {t}: other temperatures"
         assert torch.equal(a["adv"], b["adv"]), f"step {t}: other rewards"
         assert torch.equal(a["mu"], b["mu"]), f"step {t}: other behaviour log-probs"
-    assert calm_loss == busy_loss  # losses and residual shares, step by step
+    assert calm_curve == busy_curve  # (loss, residual share) step by step
     # the tracker saw the same visits in the same order
     assert [p.h for p in first.tracker.prompts] == [p.h for p in second.tracker.prompts]
     assert any(t > 1.0 for s in calm for t in s["temperature"])  # ERPO's schedule moved: the tracker's path is in it
