@@ -54,7 +54,7 @@ def cmd_train(args, overrides: list[str]) -> int:
     if args.dry_run:
         print(msgspec.json.format(config_mod.dumps(cfg), indent=2))
         return 0
-    from learner.training import train
+    from learner.session import train
 
     summary = train(cfg, args.resume)
     if summary is not None:
@@ -92,7 +92,7 @@ def cmd_generate(args, overrides: list[str]) -> int:
 def cmd_eval(args, overrides: list[str]) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from actors.evaluate import evaluate
-    from learner.warmstart import prepare_model
+    from learner.training.warmstart import prepare_model
 
     # the model evaluated is the one whose context, stop tokens and template count
     cfg = config_mod.load(_config_files(args), [*overrides, *_model_override(args)])
@@ -115,15 +115,15 @@ def cmd_model(args, overrides: list[str]) -> int:
 
 
 def cmd_study(args, overrides: list[str]) -> int:
-    from pipeline.study import ALGORITHMS, run_study
+    from experiments.study import ALGORITHMS, run_study
 
     print(run_study(Path(args.out), overrides, args.algorithms or ALGORITHMS, args.seeds, args.parallel))
     return 0
 
 
 def cmd_sweep(args, overrides: list[str]) -> int:
-    from pipeline.sweep import run_sweep
-    from pipeline.sweep_report import write_sweep_report
+    from experiments.sweep import run_sweep
+    from experiments.report import write_sweep_report
 
     out = Path(args.out or Path("runs") / Path(args.grid).stem)
     cells, failed = run_sweep(Path(args.grid), out, args.parallel, overrides, progress=True)
@@ -135,8 +135,8 @@ def cmd_sweep(args, overrides: list[str]) -> int:
 
 def cmd_report(args, overrides: list[str]) -> int:
     """Redraw the report of a study or a sweep folder."""
-    from pipeline.study import ALGORITHMS, study_report
-    from pipeline.sweep_report import write_sweep_report
+    from experiments.study import ALGORITHMS, study_report
+    from experiments.report import write_sweep_report
 
     out = Path(args.study_dir)
     if (out / "study-grid.toml").exists():
@@ -148,7 +148,7 @@ def cmd_report(args, overrides: list[str]) -> int:
 
 def cmd_status(args, overrides: list[str]) -> int:
     """One screen on a run's health, live or finished (from its folder)."""
-    from learner.health import status
+    from learner.observe.health import status
 
     run_dir = Path(args.run_dir) if args.run_dir else config_mod.load(_config_files(args), overrides).run_dir
     print(status(run_dir))

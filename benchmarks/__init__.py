@@ -28,7 +28,7 @@ def run_bench(what: str, config: list[str], overrides: list[str], default_config
         return
     import torch
 
-    from learner.warmstart import prepare_model
+    from learner.training.warmstart import prepare_model
     from pipeline import config as config_mod
     from pipeline.model_settings import derive
 

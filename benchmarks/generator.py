@@ -19,7 +19,7 @@ from benchmarks.timing import print_table
 def bench_generator(cfg, model_path: str, prompts_n: int = 32, trials: int = 2) -> dict:
     from actors.engine import Engine, Request
     from actors.generator import Generator
-    from learner.broadcast import await_generator
+    from learner.weights.links import await_generator
     from pipeline.data import load_problems
     from pipeline.messages import Assignment, Rollout, Stop, pack_ids, unpack_ids
     from pipeline.prompts import render

@@ -79,8 +79,8 @@ def random_groups(count: int, size: int, prompt: int, response: int, vocab: int,
     """`count` groups of `size` samples with fixed lengths and half the rewards correct."""
     import torch
 
-    from learner.advantages import GroupAdvantage, grpo
-    from learner.groups import Group
+    from learner.training.advantages import GroupAdvantage, grpo
+    from learner.training.groups import Group
 
     gen = torch.Generator().manual_seed(seed)
     rewards = torch.tensor([float(j % 2) for j in range(size)])
@@ -95,7 +95,7 @@ def random_groups(count: int, size: int, prompt: int, response: int, vocab: int,
 def bench_step_ratio(cfg, model_path: str, trials: int = 3) -> dict:
     import torch
 
-    from learner.trainer import Trainer, build_batch
+    from learner.training.trainer import Trainer, build_batch
 
     budget = 2048
     r = msgspec.structs.replace
@@ -150,8 +150,8 @@ def response_groups(vocab: int, seed: int = 0):
 
     import torch
 
-    from learner.advantages import GroupAdvantage, grpo
-    from learner.groups import Group
+    from learner.training.advantages import GroupAdvantage, grpo
+    from learner.training.groups import Group
 
     questions = {row["id"]: row["problem"] for row in map(json.loads, GSM8K_TEST.read_text().splitlines()[:40])}
     lengths = collections.defaultdict(list)
@@ -173,7 +173,7 @@ def response_groups(vocab: int, seed: int = 0):
 def bench_packing(cfg, model_path: str, trials: int = 3, budget: int = 2048) -> dict:
     import torch
 
-    from learner.trainer import Trainer, build_batch
+    from learner.training.trainer import Trainer, build_batch
 
     r = msgspec.structs.replace
     c = r(cfg, learner=r(cfg.learner, micro_batch_tokens=budget, logit_chunk_tokens=budget),
@@ -233,7 +233,7 @@ def _memory_child(model_path: str, scale: int, budget: int, chunk: int) -> None:
 
     import torch
 
-    from learner.trainer import Trainer
+    from learner.training.trainer import Trainer
     from pipeline.config import from_dict
 
     torch.set_num_threads(1)
@@ -271,9 +271,9 @@ def bench_loss_overhead(cfg, model_path: str, trials: int = 20, quiet: bool = Fa
 
     import torch
 
-    from learner.advantages import GroupAdvantage, grpo
-    from learner.groups import Group
-    from learner.trainer import Trainer
+    from learner.training.advantages import GroupAdvantage, grpo
+    from learner.training.groups import Group
+    from learner.training.trainer import Trainer
 
     torch.manual_seed(0)
     lc = cfg.learner

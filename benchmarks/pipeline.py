@@ -39,7 +39,7 @@ class StandInTrainer:
 
 def _pipeline_run(cfg, model_path: str, name: str, max_lag: int, standin: tuple[float, float] | None) -> dict:
     from learner.loop import Learner
-    from learner.trainer import Trainer
+    from learner.training.trainer import Trainer
     from pipeline.data import load_problems
     from pipeline.launcher import Launcher
 

@@ -117,7 +117,7 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
     import torch
 
     from actors.engine import Engine
-    from learner.broadcast import ControlClient, GeneratorLink, SnapshotSource, take_snapshot, trainer_init_info
+    from learner.weights.links import ControlClient, GeneratorLink, SnapshotSource, take_snapshot, trainer_init_info
     from pipeline.messages import WeightInit, WeightUpdate
     from pipeline.models import load_causal_lm
     from pipeline.transport import free_port

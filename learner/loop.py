@@ -1,7 +1,7 @@
 """The learner's main loop: lease prompts, collect complete groups, train, broadcast, account.
 
-One thread owns the sockets and the bookkeeping; the optimiser step runs beside it (learner/stepper.py)
-and so do the weight broadcasts (learner/broadcast.py). Each job has its own module:
+One thread owns the sockets and the bookkeeping; the optimiser step runs beside it (learner/training/stepper.py)
+and so do the weight broadcasts (learner/weights/links.py). Each job has its own module:
 
   supervisor.py  generator processes: start, welcome, restart, forget, their rates and probe checks
   dispatch.py    how many leases, to which generator         leases.py      the lease book
@@ -26,23 +26,25 @@ from pathlib import Path
 import msgspec
 import torch
 
-from learner import checkpoint, dispatch, health
-from learner.clock import StageClock
-from learner.advantages import AdvantageRule
-from learner.broadcast import choose_backend, opener
-from learner.evaluation import Evaluator
-from learner.events import BatchBuilt, Leased, Observer, StepStarted
-from learner.groups import GroupBuffer, group_to_state
-from learner.intake import Intake
-from learner.leases import LeaseBook
-from learner.metrics import MetricsLog
-from learner.publisher import Publisher
-from learner.stats import Arrivals, RunStats, run_counters, tracker_metrics
-from learner.stepper import RunningStep, Stepper
-from learner.supervisor import Supervisor
-from learner.tracker import Tracker
-from learner.waves import Waves, exact_steps, lease_seed
-from learner.trainer import Trainer, check_fits
+from learner.training import checkpoint
+from learner.orchestration import bounded as dispatch
+from learner.observe import health
+from learner.observe.clock import StageClock
+from learner.training.advantages import AdvantageRule
+from learner.weights.links import choose_backend, opener
+from learner.orchestration.heldout import Evaluator
+from learner.observe.events import BatchBuilt, Leased, Observer, StepStarted
+from learner.training.groups import GroupBuffer, group_to_state
+from learner.orchestration.intake import Intake
+from learner.orchestration.leases import LeaseBook
+from learner.observe.metrics import MetricsLog
+from learner.weights.publisher import Publisher
+from learner.observe.stats import Arrivals, RunStats, run_counters, tracker_metrics
+from learner.training.stepper import RunningStep, Stepper
+from learner.orchestration.supervisor import Supervisor
+from learner.orchestration.tracker import Tracker
+from learner.orchestration.exact import Waves, exact_steps, lease_seed
+from learner.training.trainer import Trainer, check_fits
 from pipeline.config import Config, to_toml_dict
 from pipeline.data import Problem
 from pipeline.messages import Heartbeat, Rollout
@@ -63,7 +65,7 @@ class Learner:
                  trainer: Trainer | None = None, observer: Observer | None = None):
         """`resume`: a checkpoint folder; the run continues from it (model, optimiser, tracker, cursor,
         counters, RNG) and its model folder becomes what generators load at start. `observer`: called
-        with each event of learner/events.py (it only records)."""
+        with each event of learner/observe/events.py (it only records)."""
         self.model_path = str(resume) if resume is not None else model_path
         if not resolved(cfg):  # a config straight from a file: its model-derived settings, decided now
             cfg = derive(cfg, self.model_path, cfg.generator.max_inflight * cfg.learner.group_size)[0]
@@ -274,7 +276,7 @@ class Learner:
         for g in done.groups:
             self.leases.close(g.lease_id, "trained", mean_tokens=g.mean_tokens)
             self.tracker.record_trained(g.prompt_id, done.version)
-        if self.waves is not None:  # the wave's visits, in lease order, at its step's end (learner/waves.py)
+        if self.waves is not None:  # the wave's visits, in lease order, at its step's end (learner/orchestration/exact.py)
             for g in self.waves.in_lease_order(done.version, done.groups + self._wave_rest.pop(done.version, [])):
                 self.intake.record_visit(g)
             del self.waves.leased[done.version]

@@ -154,7 +154,7 @@ class GeneratorConfig(Section):
 
 
 class WeightsConfig(Section):
-    """How new weights reach the generators (learner/broadcast.py)."""
+    """How new weights reach the generators (learner/weights/links.py)."""
 
     # How long a weight link waits for its generator to join the weight group, and for one broadcast
     # to finish, before it gives up (the generator is then restarted, or let go if it joined by hand).
@@ -242,7 +242,7 @@ class LearnerConfig(Section):
     max_lag: NonNegInt = 4  # samples generated more than this many versions ago are dropped, counted
     # bounded: lag at most max_lag, set by timing (throughput first). exact: step t trains only groups
     # generated under version t - max_lag, leased for it in a fixed order with seeded sampling: the
-    # same run whatever the machine's load (learner/waves.py). Lag is then a controlled variable.
+    # same run whatever the machine's load (learner/orchestration/exact.py). Lag is then a controlled variable.
     lag_control: Literal["bounded", "exact"] = "bounded"
     # Leases open at once (out at generators or buffered). 0: (max_lag + 1) * groups_per_step, the
     # most that can still be trained within max_lag; more over-provisions and some will go stale.
@@ -258,7 +258,7 @@ class LearnerConfig(Section):
     step_timeout_s: PosFloat = 3600.0  # an optimiser step running longer than this is a stall: the run stops, naming it
     # Under torchrun: the training processes' collective timeout. Ranks > 0 wait inside a collective
     # for rank 0's next word while it collects a batch; rank 0 sends a keep-alive every quarter of
-    # this, so no wait for rollouts, however long, runs into it (learner/sharded.py).
+    # this, so no wait for rollouts, however long, runs into it (learner/training/sharded.py).
     group_timeout_s: PosFloat = 1800.0
     # Memory is set by these, never by the batch: a step's samples are packed into micro-batches of at
     # most this many tokens (prompt + response) per training process, with gradient accumulation

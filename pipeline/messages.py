@@ -53,7 +53,7 @@ class Assignment(Message, kw_only=True):
     verifier: str  # "math" (math-verify) or "reasoning_gym:<task>"
     metadata: str = "{}"  # JSON the verifier may need (reasoning-gym entry metadata)
     max_tokens: int
-    # Exact lag control (learner/waves.py): sample j is drawn with seed `seed + j` (-1: unseeded), and
+    # Exact lag control (learner/orchestration/exact.py): sample j is drawn with seed `seed + j` (-1: unseeded), and
     # the `wave_size` leases of one wave at this generator start together, alone (0: not in a wave).
     seed: int = -1
     wave: int = -1

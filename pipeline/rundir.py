@@ -5,7 +5,7 @@ commands (sweep, study, report) read it.
     summary.json    written once, when a run finishes (not when it stops on request or fails):
                     what `sweep` looks for to know a cell is done
     tracker.jsonl   the history tracker, one line per prompt
-    checkpoints/    step-NNNNNNNN/ folders (learner/checkpoint.py)
+    checkpoints/    step-NNNNNNNN/ folders (learner/training/checkpoint.py)
 """
 
 from __future__ import annotations

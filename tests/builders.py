@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from learner.advantages import AdvantageRule
-from learner.groups import Group
-from learner.leases import LeaseBook
-from learner.tracker import Tracker
+from learner.training.advantages import AdvantageRule
+from learner.training.groups import Group
+from learner.orchestration.leases import LeaseBook
+from learner.orchestration.tracker import Tracker
 from pipeline.config import Config, from_dict
 from pipeline.data import Problem
 from pipeline.messages import Assignment, Rollout, Sample, pack_floats, pack_ids

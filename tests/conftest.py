@@ -32,7 +32,7 @@ def make_config(tmp_path: Path, *extra: str, presets: tuple[Path, ...] = ()):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """The warm-started tiny model of the default config (built once, cached on disk)."""
-    from learner.warmstart import prepare_model
+    from learner.training.warmstart import prepare_model
 
     return prepare_model(make_config(tmp_path_factory.mktemp("model")), progress=False)
 

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from learner.trainer import Trainer
+from learner.training.trainer import Trainer
 
 
 class ProbeTrainer:
@@ -111,7 +111,7 @@ class ScriptedTrainer:
 
 
 class IdleLink:
-    """Stands in for a generator's weight link (learner/broadcast.py) where no weights move: joined
+    """Stands in for a generator's weight link (learner/weights/links.py) where no weights move: joined
     at once, never busy."""
 
     def __init__(self, gid: int, workers: int):

@@ -1,4 +1,4 @@
-"""A real weight link (learner/broadcast.py) to a real engine in the test's own process.
+"""A real weight link (learner/weights/links.py) to a real engine in the test's own process.
 
 The link's control messages (WeightInit, WeightUpdate) would go over ZeroMQ to a generator process;
 here they queue in an `Outbox`, and the test hands them to the engine itself, at the point it chooses
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 
-from learner.broadcast import ControlClient, GeneratorLink, take_snapshot, trainer_init_info
+from learner.weights.links import ControlClient, GeneratorLink, take_snapshot, trainer_init_info
 from pipeline.messages import WeightInit, WeightUpdate
 from pipeline.transport import free_port
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from learner import checkpoint
-from learner.leases import LeaseIdentityError
+from learner.training import checkpoint
+from learner.orchestration.leases import LeaseIdentityError
 from learner.loop import Learner
 from pipeline.data import load_problems
 from tests.doubles import SlowStepTrainer
@@ -75,7 +75,7 @@ def test_lease_identity_violation_names_the_leases(tiny_model, tmp_path):
         with pytest.raises(LeaseIdentityError, match=rf"no group anywhere \[{a.lease_id}, {b.lease_id}\]"):
             learner.check_leases()
         with pytest.raises(LeaseIdentityError):
-            learner.checkpoint()  # a checkpoint refuses to save a run that has lost leases
+            learner.training.checkpoint()  # a checkpoint refuses to save a run that has lost leases
         assert checkpoint.list_checkpoints(cfg.run_dir / "checkpoints") == []
     finally:
         learner.close()
@@ -134,7 +134,7 @@ def test_a_generator_whose_learner_is_silent_exits_by_itself(tiny_model, tmp_pat
     """No word from the learner for generator.learner_timeout_s: the generator leaves, releasing its engine."""
     from actors.generator import Generator
     from actors.standin import StandInEngine
-    from learner.broadcast import await_generator
+    from learner.weights.links import await_generator
     from pipeline.transport import LearnerEndpoint
 
     cfg = make_config(tmp_path, "--generator.learner_timeout_s", "1.5")

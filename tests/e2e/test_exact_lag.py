@@ -1,4 +1,4 @@
-"""Exact lag control (learner/waves.py) on the real pipeline: two runs of one config and seed, one of
+"""Exact lag control (learner/orchestration/exact.py) on the real pipeline: two runs of one config and seed, one of
 them with its generators paused again and again (SIGSTOP / SIGCONT), train the same token ids at the
 same temperatures with the same rewards, behaviour log-probs and losses, step by step; and every
 group of step t was generated under version t - k."""
@@ -11,7 +11,7 @@ import threading
 import psutil
 import torch
 
-from learner.events import BatchBuilt, StepStarted
+from learner.observe.events import BatchBuilt, StepStarted
 from learner.loop import Learner
 from pipeline.data import load_problems
 from tests.conftest import ROOT, balanced, make_config, run_pipeline

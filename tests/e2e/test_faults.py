@@ -15,7 +15,7 @@ import pytest
 import torch
 import zmq
 
-from learner import checkpoint
+from learner.training import checkpoint
 from learner.loop import Learner
 from pipeline.data import load_problems
 from tests.e2e.killer import Killer

@@ -10,7 +10,7 @@ import torch
 
 from actors.generator import Generator
 from actors.standin import StandInEngine
-from learner.broadcast import Snapshot, await_generator
+from learner.weights.links import Snapshot, await_generator
 from pipeline.messages import Assignment, Rollout, Stop, pack_ids, unpack_ids
 from pipeline.transport import LearnerEndpoint
 from tests.conftest import make_config

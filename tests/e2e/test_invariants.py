@@ -1,5 +1,5 @@
 """DESIGN.md §3's invariants pinned end to end on the real pipeline (learner, a vLLM generator process,
-ZeroMQ, gloo), observed through the learner's events (learner/events.py), which only record: ERPO's temperature path from the tracker to the trained
+ZeroMQ, gloo), observed through the learner's events (learner/observe/events.py), which only record: ERPO's temperature path from the tracker to the trained
 batch, asynchrony, in-flight updates, and the dropped-filtered and failed outcomes of a real run."""
 
 import copy
@@ -9,17 +9,17 @@ import pytest
 import torch
 import zmq
 
-from learner.events import BatchBuilt, Leased, StepStarted
+from learner.observe.events import BatchBuilt, Leased, StepStarted
 from learner.loop import Learner
-from learner.trainer import Trainer
-from learner.schedule import temperature
+from learner.training.trainer import Trainer
+from learner.orchestration.schedule import temperature
 from pipeline.data import load_problems
 from pipeline.messages import Rollout, Sample, encode, pack_floats, pack_ids
 from tests.conftest import balanced, make_config, run_pipeline
 
 
 class Recorder:
-    """An observer (learner/events.py) that records what the learner shows: every lease with its
+    """An observer (learner/observe/events.py) that records what the learner shows: every lease with its
     prompt's H at that moment, every step's groups with what the tracker's schedule says for their
     prompts by then, and every batch as the trainer trains it. Optionally it scores the rows sampled
     above T = 1 with the weights that generated them (kept per version), at the row's temperature."""
@@ -36,7 +36,7 @@ class Recorder:
             a = event.assignment
             self.leased.append((a.lease_id, event.h, a.temperature))
         elif isinstance(event, StepStarted):
-            tracker = self.learner.tracker if self.learner is not None else None
+            tracker = self.learner.orchestration.tracker if self.learner is not None else None
             self.steps.append({"version": event.version,
                                "groups": [(g.lease_id, g.temperature, g.prompt_id, g.token_versions) for g in event.groups],
                                "schedule_now": {g.lease_id: temperature(tracker.h(g.prompt_id), self.schedule)
@@ -127,7 +127,7 @@ def test_erpo_temperature_path_asynchrony_and_every_outcome(tiny_model, tmp_path
     # asynchronous: samples trained on weights newer than those that generated them
     assert sum(n for lag, n in stats.lag_hist.items() if lag >= 1) > 0
     # every outcome in one real run, and the identity holds
-    d = learner.leases
+    d = learner.orchestration.leases
     assert d.outcomes["dropped_filtered"] > 0 and d.outcomes["failed"] == 1 and d.failures["bad_rollout"] == 1
     assert learner.intake.rejected["unknown_lease"] >= 1  # the real rollout of the failed lease, rejected
     assert balanced(learner)

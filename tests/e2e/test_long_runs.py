@@ -5,7 +5,7 @@ the real generator loop with the stand-in engine (actors/standin.py), so that re
 import pytest
 
 from learner.loop import Learner
-from learner.supervisor import SupervisorError
+from learner.orchestration.supervisor import SupervisorError
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
 from tests.conftest import balanced, make_config
@@ -71,7 +71,7 @@ def test_when_the_last_generator_is_retired_the_run_stops_naming_it(tiny_model, 
 def test_a_stalled_step_stops_the_run_naming_the_stage_and_status_tells(tiny_model, tmp_path):
     """An optimiser step that hangs (here: a test double that sleeps in it) ends the run with an
     error naming the step, never a silent hang; the run folder's health says how far it got."""
-    from learner.health import status
+    from learner.observe.health import status
     from learner.loop import LearnerError
     from tests.doubles import SlowStepTrainer
 

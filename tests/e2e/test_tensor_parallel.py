@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from learner.events import BatchBuilt
+from learner.observe.events import BatchBuilt
 from learner.loop import Learner
 from pipeline.data import load_problems
 from tests.conftest import balanced, make_config, run_pipeline

@@ -55,7 +55,7 @@ def qwen05(tmp_path_factory, tiny_model):
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from learner.checkpoint import TOKENIZER_FILES
+    from learner.training.checkpoint import TOKENIZER_FILES
 
     path = tmp_path_factory.mktemp("qwen05")
     torch.manual_seed(0)
@@ -69,7 +69,7 @@ def qwen05(tmp_path_factory, tiny_model):
 @cuda
 def test_learner_step_memory_and_throughput_on_a_real_shape(qwen05, tmp_path):
     """bf16-mixed, activation checkpointing, budget 16k tokens, 64 samples of 1024 + 256 tokens."""
-    from learner.trainer import Trainer
+    from learner.training.trainer import Trainer
 
     budget, chunk = 16384, 2048
     cfg = make_config(tmp_path, "--learner.precision", "bf16-mixed", "--learner.activation_checkpointing", "true",
@@ -100,8 +100,8 @@ def test_learner_step_memory_and_throughput_on_a_real_shape(qwen05, tmp_path):
 def test_a_weight_snapshot_adds_at_most_one_parameter_to_the_gpu(qwen05, tmp_path):
     """The broadcast sends a snapshot in (pinned) host memory, taken one parameter at a time: the
     learner's GPU never holds a second copy of the model (a 7B model's would be 15 GB)."""
-    from learner.broadcast import take_snapshot
-    from learner.trainer import Trainer
+    from learner.weights.links import take_snapshot
+    from learner.training.trainer import Trainer
 
     cfg = make_config(tmp_path, "--learner.precision", "bf16-mixed", "--learner.device", "cuda")
     trainer = Trainer.from_config(cfg, qwen05)
@@ -124,8 +124,8 @@ def test_learner_logprobs_match_vllm_in_bf16(qwen05, tmp_path):
     and summation orders; a bf16 logit carries ~3 significant digits, so a softmax over 152k entries
     differs by ~1e-2 typically, while the bug this guards (raw vs tempered log-probs) is ~0.1-1."""
     from actors.engine import Engine, Request
-    from learner.trainer import Trainer, build_batch
-    from learner.groups import Group
+    from learner.training.trainer import Trainer, build_batch
+    from learner.training.groups import Group
 
     # the engine's context and cache for this test (the toy default's 64 MiB cannot hold a 32k context)
     cfg = make_config(tmp_path, "--model.dtype", "bfloat16", "--learner.precision", "bf16",

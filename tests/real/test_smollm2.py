@@ -31,7 +31,7 @@ def _cfg(tmp_path, *extra):
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    from learner.warmstart import prepare_model
+    from learner.training.warmstart import prepare_model
 
     return prepare_model(_cfg(tmp_path_factory.mktemp("m")), progress=False)
 
@@ -45,14 +45,14 @@ def engine(smollm2, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trainer(smollm2, tmp_path_factory):
-    from learner.trainer import Trainer
+    from learner.training.trainer import Trainer
 
     return Trainer.from_config(_cfg(tmp_path_factory.mktemp("t"), "--learner.lr", "1e-5"), smollm2)
 
 
 def _groups(engine, cfg, temperatures):
     from actors.engine import Request
-    from learner.groups import Group
+    from learner.training.groups import Group
     from pipeline.prompts import render
 
     groups = []
@@ -81,7 +81,7 @@ def test_chat_template_prompt_and_model_derived_settings(engine, smollm2, tmp_pa
 
 def test_learner_logprobs_match_vllm_at_mixed_temperatures_in_one_batch(engine, trainer, tmp_path):
     """T = 0.7 and 1.3 in one batch, on the model's own chat-templated responses; fp32 both sides."""
-    from learner.trainer import build_batch
+    from learner.training.trainer import build_batch
 
     groups = _groups(engine, _cfg(tmp_path), [0.7, 1.3])
     batch = build_batch(groups, 0, trainer.pad_id)
@@ -104,7 +104,7 @@ def test_learner_logprobs_match_vllm_at_mixed_temperatures_in_one_batch(engine, 
 
 
 def test_a_step_then_a_broadcast_verified_by_the_probe(engine, trainer, tmp_path):
-    from learner.publisher import probe_matches
+    from learner.weights.publisher import probe_matches
     from tests.links import open_link, send
 
     before = engine.probe()

@@ -11,9 +11,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from learner import checkpoint, sharded  # noqa: E402
-from learner.groups import Group  # noqa: E402
-from learner.trainer import Trainer  # noqa: E402
+from learner.training import checkpoint, sharded  # noqa: E402
+from learner.training.groups import Group  # noqa: E402
+from learner.training.trainer import Trainer  # noqa: E402
 from pipeline import config as config_mod  # noqa: E402
 from tests.builders import with_advantage  # noqa: E402
 

@@ -1,0 +1,195 @@
+"""Run statistics: what the summary is made of, and the residual-prompt metrics of each step (§6).
+
+Everything here is a running sum or a short list per step, never a per-sample list: a run may last days.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field, fields
+
+import msgspec
+import torch
+
+from learner.training.groups import Group
+from learner.orchestration.tracker import Tracker
+
+
+TEMP_DECIMALS = 2  # leased temperatures are counted in buckets of this many decimals
+
+
+@dataclass
+class Arrivals:
+    """Complete groups as they arrived, by outcome and by leased temperature: the one arrival
+    counter. The intake fills one per optimiser step (its window); the run's totals add them up."""
+
+    t0: float  # the schedule's base temperature: groups leased above it were pushed to explore
+    by_temp: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))  # T -> outcome -> groups
+    temp_sum: float = 0.0
+    temp_max: float = 0.0
+    above_t0: int = 0  # groups leased above T0 ...
+    above_t0_mixed: int = 0  # ... that came back mixed: reactivated
+    filtered: int = 0  # dropped by dynamic sampling
+
+    def add(self, outcome: str, temperature: float) -> None:
+        self.by_temp[round(temperature, TEMP_DECIMALS)][outcome] += 1
+        self.temp_sum += temperature
+        self.temp_max = max(self.temp_max, temperature)
+        if temperature > self.t0 + 1e-9:
+            self.above_t0 += 1
+            self.above_t0_mixed += outcome == "mixed"
+
+    def __iadd__(self, o: "Arrivals") -> "Arrivals":
+        for t, c in o.by_temp.items():
+            self.by_temp[t].update(c)
+        self.temp_sum += o.temp_sum
+        self.temp_max = max(self.temp_max, o.temp_max)
+        self.above_t0 += o.above_t0
+        self.above_t0_mixed += o.above_t0_mixed
+        self.filtered += o.filtered
+        return self
+
+    @property
+    def outcomes(self) -> collections.Counter:
+        out: collections.Counter = collections.Counter({k: 0 for k in ("positive", "negative", "mixed")})
+        for c in self.by_temp.values():
+            out.update(c)
+        return out
+
+    @property
+    def groups(self) -> int:
+        return sum(self.outcomes.values())
+
+    def temperatures(self) -> list[float]:
+        """Every arrived group's leased temperature (bucketed), sorted."""
+        return sorted(t for t, c in self.by_temp.items() for _ in range(sum(c.values())))
+
+    def metrics(self) -> dict:
+        """The residual-prompt metrics of these arrivals (ALGORITHMS.md §6)."""
+        kinds = self.outcomes
+        total = sum(kinds.values()) or 1
+        out = {f"groups/{k}": kinds[k] / total for k in ("positive", "negative", "mixed")}
+        out["residual_frac"] = kinds["positive"] / total
+        for t, c in sorted(self.by_temp.items()):
+            out[f"residual_by_temp/{t:.2f}"] = c["positive"] / (sum(c.values()) or 1)
+            if t > self.t0 + 1e-9:  # leased above T0: the share that came back mixed (reactivated)
+                out[f"reactivated_by_temp/{t:.2f}"] = c["mixed"] / (sum(c.values()) or 1)
+        if self.groups:  # a step may see no arrivals at all; then there is no temperature to report
+            out["leased_temp_mean"] = self.temp_sum / self.groups
+            out["leased_temp_max"] = self.temp_max
+        if self.above_t0:
+            out["reactivated_rate"] = self.above_t0_mixed / self.above_t0
+        out["dynamic_sampling_filtered"] = self.filtered
+        return out
+
+    def time_share(self) -> dict[str, float]:
+        """Each stage's share of the time inside optimiser steps (the loop's probe checks and
+        checkpoint holds, outside them, as a share of the same)."""
+        return {k: v / self.train_seconds for k, v in sorted(self.time_spent.items())} if self.train_seconds else {}
+
+    def to_state(self) -> dict:
+        return {"t0": self.t0, "by_temp": {str(t): dict(c) for t, c in self.by_temp.items()},
+                "temp_sum": self.temp_sum, "temp_max": self.temp_max, "above_t0": self.above_t0,
+                "above_t0_mixed": self.above_t0_mixed, "filtered": self.filtered}
+
+    @classmethod
+    def from_state(cls, st: dict) -> "Arrivals":
+        out = cls(**{**st, "by_temp": collections.defaultdict(collections.Counter)})
+        for t, c in st["by_temp"].items():
+            out.by_temp[float(t)] = collections.Counter(c)
+        return out
+
+
+def tracker_metrics(tracker: Tracker) -> dict:
+    """Where the history tracker stands: how far the schedule has pushed prompts (ALGORITHMS.md §6)."""
+    hs = [p.h for p in tracker.prompts]
+    return {"h_mean": sum(hs) / len(hs), "h_max": max(hs), "h_positive_frac": sum(h > 0 for h in hs) / len(hs)}
+
+
+@dataclass
+class RunStats:
+    """What the summary is made of; also what the tests inspect. It observes: nothing in the
+    learner decides anything from it."""
+
+    arrivals: Arrivals  # every complete group that arrived, summed over the steps' windows
+    step_rewards: list[float] = field(default_factory=list)
+    step_residual: list[float] = field(default_factory=list)  # share of arriving groups all-correct
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, score) of held-out rounds
+    trained_temp_sum: float = 0.0
+    trained_groups: int = 0
+    lag_hist: collections.Counter = field(default_factory=collections.Counter)
+    trained_lags_max: int = 0
+    samples_trained: int = 0
+    versions_published: list[int] = field(default_factory=list)  # each version snapshotted to go out
+    weights_verified: int = 0
+    weights_mismatch: int = 0
+    probe_max_diff: float = 0.0
+    rollouts_by_generator: collections.Counter = field(default_factory=collections.Counter)  # by generator id
+    version_regressions: int = 0  # a generator's rollouts going back in weight version (must stay 0)
+    seconds: float = 0.0
+    train_seconds: float = 0.0  # time inside optimiser steps (the rest of `seconds` the learner waited)
+    time_spent: collections.Counter = field(default_factory=collections.Counter)  # stage -> seconds (learner/observe/clock.py)
+    # trained tokens whose IS weight was truncated or masked, by the prompt's H at lease and by the group's
+    # response length (learner/orchestration/leases.py bins): bin -> [cut tokens, tokens]
+    cut_by_h: dict = field(default_factory=dict)
+    cut_by_length: dict = field(default_factory=dict)
+
+    def time_share(self) -> dict[str, float]:
+        """Each stage's share of the time inside optimiser steps (the loop's probe checks and
+        checkpoint holds, outside them, as a share of the same)."""
+        return {k: v / self.train_seconds for k, v in sorted(self.time_spent.items())} if self.train_seconds else {}
+
+    def to_state(self) -> dict:
+        st = msgspec.to_builtins({k: v for k, v in vars(self).items() if k != "arrivals"})
+        return {**st, "arrivals": self.arrivals.to_state()}
+
+    @classmethod
+    def from_state(cls, st: dict, t0: float) -> "RunStats":
+        """Inverse of `to_state` (JSON turned the counters' integer keys into strings). Fields a
+        checkpoint of an older version held and this one does not are left out; `t0` starts the
+        arrival totals of a checkpoint that has none."""
+        known = {f.name for f in fields(cls)}
+        st = {k: v for k, v in st.items() if k in known}
+        for key in ("lag_hist", "rollouts_by_generator"):
+            st[key] = collections.Counter({int(k): v for k, v in st.get(key, {}).items()})
+        st["time_spent"] = collections.Counter(st.get("time_spent", {}))
+        st["arrivals"] = Arrivals.from_state(st["arrivals"]) if "arrivals" in st else Arrivals(t0)
+        st["evals"] = [tuple(e) for e in st["evals"]]
+        return cls(**st)
+
+    def record_cut(self, bins: list[tuple[str, str]], cut_by_group: dict[int, list[float]]) -> None:
+        """Add a step's IS-cut token counts; `bins[i]`: (H bin, length bin) of the batch's group i."""
+        for gi, (cut, tokens) in cut_by_group.items():
+            for table, key in zip((self.cut_by_h, self.cut_by_length), bins[gi]):
+                acc = table.setdefault(key, [0.0, 0.0])
+                acc[0] += cut
+                acc[1] += tokens
+
+    def record_step(self, groups: list[Group], lags: list[int], residual_frac: float, seconds: float,
+                    stage_seconds: dict[str, float]) -> dict:
+        """Account one finished optimiser step (`stage_seconds`: its `time/<stage>` metrics); returns
+        its share of the step's metrics."""
+        self.train_seconds += seconds
+        self.time_spent.update({k[5:]: v for k, v in stage_seconds.items()})
+        for g, lag in zip(groups, lags):
+            self.lag_hist[lag] += g.n
+            self.trained_temp_sum += g.temperature
+            self.trained_groups += 1
+        rewards = torch.cat([g.rewards for g in groups])
+        self.step_rewards.append(float(rewards.mean()))
+        self.step_residual.append(residual_frac)
+        self.samples_trained += int(rewards.numel())
+        self.trained_lags_max = max(self.trained_lags_max, max(lags))
+        return {"reward": float(rewards.mean()),
+                "temperature_mean": sum(g.temperature for g in groups) / len(groups),
+                "trained_residual_frac": sum(g.outcome == "positive" for g in groups) / len(groups),
+                "lag_mean": sum(lags) / len(lags), "lag_max": max(lags), "step_seconds": seconds}
+
+
+def run_counters(leases, buffered: int, stats: RunStats, **more) -> dict:
+    """Every lease outcome and the run's fault counters: the `leases:` line of the summary."""
+    d = leases
+    return {"dispatched": d.dispatched, **dict(d.outcomes), "open": d.open, "in_flight": d.outstanding(),
+            "buffered": buffered, "weights_verified": stats.weights_verified,
+            "weights_mismatch": stats.weights_mismatch, "probe_max_diff": stats.probe_max_diff,
+            **{k: dict(v) if isinstance(v, dict) else v for k, v in more.items()}}

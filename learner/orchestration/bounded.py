@@ -1,0 +1,80 @@
+"""The dispatch policy: how many prompt visits to lease now, and to which generator each goes.
+
+Pure functions of what the learner knows (no sockets): the lease book (learner/orchestration/leases.py) records
+the leases, this module decides. Two rules:
+
+- Never lease more than can be trained within `max_lag`. Groups are trained in arrival order, B per
+  step, and the `ahead` leases open outside the running step go first, so a new lease is trained at
+  the soonest in the step starting at version `soonest + ahead // B`. It is generated under the
+  newest weights handed to its generator (the update goes first on the same socket and is loaded
+  before any later lease starts), so a generator holding version g may take leases while that lag
+  stays within max_lag; past it the lease would be stale before it began. (With
+  `learner.max_open_groups` set, the user over-provisions on purpose and only the cap applies.)
+- Spread leases by measured throughput: each goes to the generator that would get through its queue
+  soonest at its rate (groups per busy second), idle generators first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import LearnerConfig
+
+# A newcomer's rate is shrunk towards the pool's by this many pseudo-groups (see `rates`).
+PRIOR_GROUPS = 4.0
+
+
+@dataclass
+class Slot:
+    """What the policy knows of one joined, ready generator."""
+
+    version: int  # newest weight version it holds or has been handed
+    queued: int  # leases out at it now
+    groups: int = 0  # groups it has returned so far
+    busy_s: float = 0.0  # its cumulative generating time, as it last reported
+
+
+def lease_budget(lc: LearnerConfig, open_leases: int, dispatched: int) -> int:
+    """How many more leases may be open now (the sample budget included)."""
+    budget = (lc.max_open_groups or (lc.max_lag + 1) * lc.groups_per_step) - open_leases
+    if lc.sample_budget:
+        budget = min(budget, lc.sample_budget // lc.group_size - dispatched)
+    return budget
+
+
+def rates(slots: dict[int, Slot]) -> dict[int, float]:
+    """Each generator's throughput in groups per busy second, shrunk towards the pool's rate by a
+    few pseudo-groups. A newcomer thus starts at the pool's rate, not at an arbitrary prior: with
+    a fixed prior of 1 group/s, a joiner beside an engine measured at ~100 groups/s never won a
+    lease, so it was never measured and starved for good."""
+    n_all = sum(s.groups for s in slots.values())
+    busy_all = sum(s.busy_s for s in slots.values())
+    pool = n_all / busy_all if n_all > 0 and busy_all > 0 else 1.0
+    return {gid: (s.groups + PRIOR_GROUPS) / (s.busy_s + PRIOR_GROUPS / pool) for gid, s in slots.items()}
+
+
+def plan(budget: int, slots: dict[int, Slot], lc: LearnerConfig, max_inflight: int,
+         soonest: int, ahead: int) -> list[int]:
+    """The generators the next `budget` (at most) leases go to, in order.
+
+    `soonest`: the version of the next step to start (the trainer's, +1 if a step is running);
+    `ahead`: leases open outside the running step, which are trained before a new one."""
+    B = lc.groups_per_step
+    queued = {gid: s.queued for gid, s in slots.items()
+              if soonest - s.version <= lc.max_lag}  # else it could only make stale samples
+    rate = rates(slots)
+    out: list[int] = []
+    while len(out) < budget:
+        open_slots = [gid for gid, q in queued.items() if q < max_inflight and (
+            lc.max_open_groups > 0 or soonest + ahead // B - slots[gid].version <= lc.max_lag)]
+        if not open_slots:
+            break
+        # An idle engine starts a lease at once, so it goes first. Otherwise, when the learner is
+        # the bottleneck and only a few leases free up per step, the engine that batches most
+        # would take them all. A generator held at one group at a time looks slow per busy
+        # second, so it would never get more (a joiner starved this way).
+        gid = min(open_slots, key=lambda g: (queued[g] > 0, (queued[g] + 1) / rate[g], g))
+        out.append(gid)
+        queued[gid] += 1
+        ahead += 1
+    return out

@@ -1,0 +1,220 @@
+"""Generator supervision: start, welcome, restart and forget generator processes, from their heartbeats.
+
+Each generator has a weight link of its own (learner/weights/links.py). The launcher's generators are
+restarted when they die, go silent or lose their weight link, after a back-off while they keep dying
+young; one that dies too often (`generator.max_restarts_per_hour`) or cannot start at all
+(`generator.max_failed_starts` in a row) is retired and the run goes on with the others. A generator
+that joined by itself (`run.py generate` by hand, here or on another host) is let go when it leaves,
+cleanly or by going silent. Either way the learner is told (`on_gone`) so that it re-issues the
+generator's leases. The run stops only when no generator has been alive for
+`generator.none_alive_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from learner.weights.links import GeneratorLink
+from learner.observe.health import GeneratorHealth
+from pipeline.config import GeneratorConfig
+from pipeline.messages import Alive, Heartbeat, Stop
+
+log = logging.getLogger(__name__)
+
+
+class SupervisorError(RuntimeError):
+    pass
+
+
+@dataclass
+class GeneratorInfo:
+    status: str = "starting"
+    version: int = 0
+    last_seen: float = 0.0
+    pid: int = 0
+    checked: int = -1  # newest version whose probe log-probs were compared
+    busy_s: float = 0.0  # this process's cumulative generating time, as it last reported
+    groups: int = 0  # groups this process has returned (with busy_s: its measured rate)
+
+
+YOUNG_S = 60.0  # a generator that dies sooner than this after its start backs off before the next
+
+
+@dataclass
+class Lives:
+    """One launched generator id across its processes: when it started, its deaths, its back-off."""
+
+    started: float = 0.0
+    deaths: collections.deque = field(default_factory=collections.deque)  # times of deaths in the last hour
+    failed_starts: int = 0  # deaths in a row before it was ever ready
+    backoff_s: float = 0.0
+    restart_at: float | None = None  # a restart waiting out its back-off
+    was_ready: bool = False
+    retired: str = ""  # why it was retired, if it was
+    last_error: str = ""
+
+
+class Supervisor:
+    def __init__(self, gc: GeneratorConfig, send: Callable[[int, object], bool], on_gone: Callable[[int, str], None],
+                 link: Callable[[int, int], GeneratorLink]):
+        """`link(generator, workers)` opens the weight link to a generator whose engine has `workers`
+        worker processes (learner/weights/links.py); it is opened when the generator first says hello."""
+        self.gc, self.make_link = gc, link
+        self.send = send
+        self.on_gone = on_gone
+        self.links: dict[int, GeneratorLink] = {}  # weight group per generator process
+        self.generators: dict[int, GeneratorInfo] = {}  # the ones that have said hello
+        self.lives: dict[int, Lives] = {}  # the launched ones, across their restarts
+        self.restarts = 0
+        self.last_alive = time.monotonic()  # the last moment some generator was ready
+
+    def start(self, launcher, gid: int, now: float | None = None) -> None:
+        life = self.lives.setdefault(gid, Lives())
+        life.started, life.restart_at, life.was_ready = time.monotonic() if now is None else now, None, False
+        launcher.start(gid)
+
+    def start_all(self, launcher) -> None:
+        for gid in range(self.gc.count):
+            self.start(launcher, gid)
+
+    def _join(self, hb: Heartbeat) -> None:
+        """A generator's first word (launched here or joining by itself): its own weight group, which
+        it is asked to join (WeightInit); a generator behind the newest version gets it at once."""
+        self.links[hb.generator_id] = link = self.make_link(hb.generator_id, hb.workers)
+        link.version = hb.version
+        if hb.generator_id not in self.lives:
+            log.info("generator %d joined: its weight group is on port %d", hb.generator_id, link.port)
+
+    def on_heartbeat(self, hb: Heartbeat, verify: Callable[[int, int, list[float]], bool | None],
+                     now: float | None = None) -> None:
+        """Record a heartbeat (nothing for the last word of a generator already let go), and have
+        `verify(generator, version, probe log-probs)` check a probe it reports for the first time
+        (None: nothing to compare it with yet)."""
+        if hb.generator_id not in self.links:
+            if hb.status == "stopping":
+                return None
+            if hb.status != "starting":  # its engine is up (a group opened earlier would wait through its load)
+                self._join(hb)
+        self.send(hb.generator_id, Alive())  # without word from its learner, a generator exits by itself
+        info = self.generators.setdefault(hb.generator_id, GeneratorInfo())
+        info.status, info.version, info.pid, info.busy_s = hb.status, hb.version, hb.pid, hb.busy_s
+        info.last_seen = time.monotonic() if now is None else now
+        if info.status in ("ready", "generating", "updating"):
+            self.last_alive = info.last_seen
+            if hb.generator_id in self.lives:
+                life = self.lives[hb.generator_id]
+                life.was_ready, life.failed_starts = True, 0
+        if hb.probe_logprobs and hb.probe_version > info.checked:
+            if verify(hb.generator_id, hb.probe_version, hb.probe_logprobs) is not None:
+                info.checked = hb.probe_version
+
+    def count_group(self, gid: int) -> None:
+        """A group came back from generator `gid` (its rate is measured from these)."""
+        if gid in self.generators:
+            self.generators[gid].groups += 1
+
+    def _forget(self, gid: int, why: str) -> None:
+        self.on_gone(gid, why)
+        self.generators.pop(gid, None)
+        if gid in self.links:
+            self.links.pop(gid).close()
+
+    def check(self, launcher, now: float | None = None) -> None:
+        """Restart the launched generators that died, went silent, or lost their weight link (after
+        their back-off), retire the ones past their budget; let the ones that joined by themselves
+        leave. Raises SupervisorError once no generator has been alive for none_alive_timeout_s."""
+        now = time.monotonic() if now is None else now
+        timeout = self.gc.heartbeat_timeout_s
+        for gid in sorted(set(self.links) | set(self.generators)):
+            link, info = self.links.get(gid), self.generators.get(gid)
+            failed = link is not None and link.error is not None
+            silent = info is not None and now - info.last_seen > timeout
+            if failed or silent:
+                log.error("generator %d: %s", gid, f"its weight link failed ({link.error})" if failed
+                          else f"silent for {now - info.last_seen:.0f}s (generator.heartbeat_timeout_s)")
+            if launcher is not None and launcher.manages(gid):
+                if silent or failed:
+                    launcher.kill(gid)  # dead to us (e.g. it never joined its weight group): restarted below
+            elif silent or failed or (info is not None and info.status == "stopping"):
+                self._forget(gid, "left")
+        for gid, code in (launcher.dead() if launcher is not None else {}).items():
+            if gid in self.lives and self.lives[gid].restart_at is None and not self.lives[gid].retired:
+                self._died(launcher, gid, code, now)
+        for gid, life in self.lives.items():
+            if life.restart_at is not None and now >= life.restart_at:
+                self.restarts += 1
+                self.start(launcher, gid, now)
+        if now - self.last_alive > self.gc.none_alive_timeout_s and not self.ready_weights():
+            raise SupervisorError(f"no generator has been alive for {self.gc.none_alive_timeout_s:.0f}s "
+                                  f"(generator.none_alive_timeout_s); retired: "
+                                  f"{'; '.join(f'generator {g}: {why}' for g, why in self.retired.items()) or 'none'}")
+
+    def _died(self, launcher, gid: int, code: int, now: float) -> None:
+        """A launched generator's process ended: schedule its restart, or retire it."""
+        life = self.lives.setdefault(gid, Lives())
+        life.last_error = (launcher.log_tail(gid).strip().splitlines() or [""])[-1][:300]
+        life.deaths.append(now)
+        while life.deaths and now - life.deaths[0] > 3600.0:
+            life.deaths.popleft()
+        life.failed_starts = 0 if life.was_ready else life.failed_starts + 1
+        young = now - life.started < YOUNG_S
+        life.backoff_s = min(max(2 * life.backoff_s, 1.0), self.gc.restart_backoff_max_s) if young else 0.0
+        if len(life.deaths) > self.gc.max_restarts_per_hour:
+            life.retired = (f"died {len(life.deaths)} times in the last hour "
+                            f"(generator.max_restarts_per_hour = {self.gc.max_restarts_per_hour:g})")
+        elif life.failed_starts >= self.gc.max_failed_starts:
+            life.retired = (f"failed to start {life.failed_starts} times in a row "
+                            f"(generator.max_failed_starts); last exit code {code}")
+        if life.retired:
+            log.error("generator %d retired: %s; its last log line: %s", gid, life.retired, life.last_error)
+            self._forget(gid, f"retired ({life.retired})")
+            launcher.forget(gid)
+            return
+        self._forget(gid, f"exited (code {code}): restarting in {life.backoff_s:.0f}s")
+        life.restart_at = now + life.backoff_s
+
+    def health(self, now: float) -> dict[int, GeneratorHealth]:
+        """Each generator's state, for the run's health file."""
+        out = {}
+        for gid in sorted(set(self.lives) | set(self.generators)):
+            life, info = self.lives.get(gid), self.generators.get(gid)
+            up = info is not None and info.status in ("ready", "generating", "updating")
+            state = ("retired" if life and life.retired else "restarting" if life and life.restart_at is not None
+                     else "up" if up else "starting")
+            out[gid] = GeneratorHealth(state=state, restarts_last_hour=len(life.deaths) if life else 0,
+                                       retired=life.retired if life else "", last_error=life.last_error if life else "",
+                                       seen_s_ago=now - info.last_seen if info is not None else None)
+        return out
+
+    @property
+    def expected(self) -> int:
+        """Launched generators that are not retired (the ones a start-up waits for)."""
+        return sum(1 for life in self.lives.values() if not life.retired)
+
+    @property
+    def retired(self) -> dict[int, str]:
+        return {gid: life.retired for gid, life in self.lives.items() if life.retired}
+
+    def ready_weights(self) -> dict[int, int]:
+        """Generators ready to sample, joined to their weight group: the newest version each holds
+        or has been handed."""
+        return {gid: max(info.version, self.links[gid].version) for gid, info in self.generators.items()
+                if info.status in ("ready", "generating", "updating")
+                and gid in self.links and self.links[gid].joined}
+
+    def all_hold(self, version: int) -> bool:
+        """Every generator has been sent `version`, and has reported its probe for it."""
+        return (all(link.ready and link.version == version for link in self.links.values())
+                and all(g.checked >= version for g in self.generators.values()))
+
+    def stop_all(self, reason: str = "run finished") -> None:
+        for gid in self.generators:
+            self.send(gid, Stop(reason=reason))
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.close()

@@ -1,0 +1,92 @@
+"""One training run from start to end, as `run.py train` starts it: the model to start from, the
+learner and its generator processes, the run folder's summary. Under torchrun, rank 0 does all
+this; the other ranks hold shards and follow (learner/training/sharded.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import msgspec
+import torch
+from tqdm import tqdm
+
+from learner.training import sharded
+from learner.training.checkpoint import start_from
+from learner.loop import Learner
+from learner.observe.metrics import summarize
+from learner.training.warmstart import prepare_model
+from pipeline.config import Config
+from pipeline.data import load_problems
+from pipeline.launcher import Launcher
+from pipeline.model_settings import derive
+from pipeline.model_settings import write as write_settings
+from pipeline.placement import check_placement
+from pipeline.rundir import RunSummary, write_summary
+
+
+def train(cfg: Config, resume: str | None = None) -> str | None:
+    """Train to the end (or until SIGTERM / SIGINT asks to stop, after a checkpoint); the summary
+    text and RESULT line, or None on a follower rank. `resume`: as `checkpoint.start_from` takes it
+    (None: a fresh run, refused where the run folder already holds one)."""
+    torch.set_num_threads(cfg.run.torch_threads)
+    check_placement(cfg, os.environ.get("CUDA_VISIBLE_DEVICES"), int(os.environ.get("WORLD_SIZE", "1")),
+                    cuda=torch.cuda.is_available())
+    resume = start_from(cfg.run_dir, resume)
+    if resume is not None:
+        print(f"resuming from {resume}")
+
+    def start_model() -> str:  # the model folder training starts from: the checkpoint's when resuming
+        return str(resume) if resume is not None else prepare_model(cfg, progress=cfg.log.progress)
+
+    trainer, model_path = None, ""
+    if sharded.launched():
+        trainer, model_path = sharded.lead_or_follow(cfg, start_model)
+        if trainer is None:
+            return None  # a follower rank: rank 0 has finished the run
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    problems = load_problems(cfg.data)  # fails here, before any process starts, on a bad source
+    model_path = model_path or start_model()
+    # lengths, template and KV cache from the model, unless set: concrete from here on (generators
+    # read this resolved config)
+    cfg, settings = derive(cfg, model_path, sequences=cfg.generator.max_inflight * cfg.learner.group_size)
+    print(settings.block())
+    write_settings(settings, cfg.run_dir / "model_settings.json")
+    try:
+        learner = Learner(cfg, model_path, problems, resume=resume, trainer=trainer)
+    except BaseException:
+        if trainer is not None:
+            trainer.stop_followers()
+            sharded.leave_training_group()
+        raise
+    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version,
+                        weights_backend=learner.weights_backend)
+
+    def request_stop(signum, frame):  # finish the current step, checkpoint, stop generators, exit 0
+        learner.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        with tqdm(total=learner.cfg.learner.steps, desc="RL steps", disable=not cfg.log.progress) as bar:
+            stats = learner.run(launcher, bar)
+        learner.stop_generators()
+        text, result = summarize(stats, learner.counters())
+    except Exception as exc:
+        learner.metrics.alert(f"run {cfg.run.name} stopped at step {learner.trainer.version}", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        launcher.stop()
+        learner.close()
+        if trainer is not None:
+            trainer.stop_followers()
+            sharded.leave_training_group()
+    learner.tracker.dump(cfg.run_dir / "tracker.jsonl")
+    if learner.stop_requested:
+        text += f"\nstopped on request; resume with: run.py train --config ... --resume {cfg.run_dir}"
+    else:  # a finished run
+        write_summary(cfg.run_dir, RunSummary(stats=stats.to_state(), counters=learner.counters(), result=result,
+                                              config=msgspec.to_builtins(cfg), lease_outcomes=learner.leases.binned()))
+    return f"{text}\n{result}"
+

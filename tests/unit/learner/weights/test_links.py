@@ -1,0 +1,65 @@
+"""What a broadcast sends: a snapshot in host memory that later steps cannot touch, declared to vLLM's
+protocol exactly as it is iterated; and the control client's messages."""
+
+import pytest
+import torch
+
+from learner.weights.links import ControlClient, SnapshotSource, choose_backend, take_snapshot, trainer_init_info
+from learner.training.trainer import Trainer
+from pipeline.messages import WeightInit, WeightUpdate
+from tests.builders import with_advantage
+from tests.conftest import make_config
+from benchmarks.learner import random_groups
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_snapshot_is_a_copy_that_training_goes_on_beside(tiny_model, tmp_path):
+    trainer = Trainer.from_config(make_config(tmp_path), tiny_model)
+    snap = take_snapshot(trainer.version, trainer, "bfloat16")
+    live = dict(trainer.model.named_parameters())
+    assert [n for n, _ in snap.weights] == list(live)  # every weight, in the model's order
+    assert all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for _, t in snap.weights)
+    before = {n: t.clone() for n, t in snap.weights}
+    trainer.step(with_advantage(random_groups(2, 4, 4, 4, trainer.model.config.vocab_size)))
+    moved = [n for n, t in snap.weights if not torch.equal(live[n].detach().to(torch.bfloat16), t)]
+    assert moved, "the step moved no weight: the check below would show nothing"
+    assert all(torch.equal(before[n], t) for n, t in snap.weights)  # the step did not reach the snapshot
+    assert snap.nbytes == sum(p.numel() * 2 for p in live.values())
+
+
+def test_the_source_declares_what_it_yields():
+    source = SnapshotSource(torch.device("cpu"))
+    source.snapshot = take_snapshot(3, _Weights(), "float32")
+    meta = source.metadata()
+    got = list(source)
+    assert [(m.name, m.dtype, m.shape) for m in meta] == [(n, t.dtype, tuple(t.shape)) for n, t in got]
+
+
+class _Weights:
+    device = torch.device("cpu")
+
+    def host_weights(self, dtype):
+        return [("a", torch.ones(2, 3, dtype=dtype)), ("b", torch.zeros(4, dtype=dtype))]
+
+
+def test_the_control_client_speaks_in_messages_and_each_update_carries_its_version():
+    posted = []
+    client = ControlClient("gloo", posted.append)
+    client.init_weight_transfer_engine({"master_port": 1})
+    client.version = 7
+    client.start_weight_update()
+    client.update_weights({"names": ["a"]})
+    client.finish_weight_update()
+    assert [type(m) for m in posted] == [WeightInit, WeightUpdate]
+    assert posted[0].backend == "gloo" and posted[1].version == 7 and client.posted == 7
+
+
+def test_backend_choice_and_init_info():
+    assert choose_backend("auto", torch.device("cpu")) == "gloo"
+    assert choose_backend("auto", torch.device("cuda", 1)) == "nccl"
+    assert choose_backend("gloo", torch.device("cuda", 0)) == "gloo"  # one GPU for both, by choice
+    info = trainer_init_info("gloo", "127.0.0.1", 5555, workers=2, bucket_bytes=1 << 20, timeout_s=9.0)
+    assert (info.world_size, info.master_port, info.rank) == (3, 5555, 0)
+    with pytest.raises(ValueError, match="unknown weight-transfer backend 'ipc'"):
+        trainer_init_info("ipc", "127.0.0.1", 1, 1, 1, 1.0)
