@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from pipeline.config import Config, ConfigError
-from pipeline.collective import probe_tokens
+from pipeline.probe import probe_tokens
 from pipeline.messages import WeightUpdate
 from pipeline.model_settings import derive, resolved
 from pipeline.models import load_tokenizer, stop_token_ids

@@ -15,6 +15,7 @@ import multiprocessing as mp
 from dataclasses import dataclass, field
 
 from actors.answers import extract_answer, gold_answer
+from pipeline.scoring import correct
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Verifier:
                 out.append((0.0, "unparsable"))
                 continue
             try:
-                out.append((1.0 if fn(text, entry) >= 1.0 else 0.0, "ok"))
+                out.append((1.0 if correct(fn(text, entry)) else 0.0, "ok"))
             except Exception:  # noqa: BLE001
                 out.append((0.0, "error"))
         return out

@@ -189,7 +189,7 @@ def bench_packing(cfg, model_path: str, trials: int = 3, budget: int = 2048) -> 
         def run():
             trainer.model.load_state_dict(state)
             trainer.lc = r(c.learner, packing=packing)
-            padding[packing] = trainer.step(groups)["padding_frac"]
+            padding[packing] = trainer.step(groups).metrics["padding_frac"]
         return run
 
     def one_by_one():  # a plain transformers fine-tuning step on each sample alone: no padding at all

@@ -38,7 +38,7 @@ class StandInTrainer:
 
 
 def _pipeline_run(cfg, model_path: str, name: str, max_lag: int, standin: tuple[float, float] | None) -> dict:
-    from learner.loop import Learner
+    from learner.session import open_learner
     from learner.training.trainer import Trainer
     from pipeline.data import load_problems
     from pipeline.launcher import Launcher
@@ -52,14 +52,13 @@ def _pipeline_run(cfg, model_path: str, name: str, max_lag: int, standin: tuple[
     if standin is not None:
         trainer = StandInTrainer(trainer, standin[1])
         extra = ["--standin-delay", str(standin[0])]
-    learner = Learner(c, model_path, load_problems(c.data), trainer=trainer)
-    launcher = Launcher(c, learner.endpoint.addresses, model_path, extra_args=extra)
+    learner = open_learner(c, model_path, load_problems(c.data), trainer=trainer,
+                           launcher=lambda cfg_, addresses: Launcher(cfg_, addresses, extra_args=extra))
     try:
-        stats = learner.run(launcher)
+        stats = learner.run()
         busy = sum(g.busy_s for g in learner.supervisor.generators.values())
         learner.stop_generators()
     finally:
-        launcher.stop()
         learner.close()
     # measured from the first optimiser step on: the generators' start-up is not the pipeline's rate
     return {"samples_s": stats.samples_trained / stats.seconds, "dropped_stale": learner.leases.outcomes["dropped_stale"],

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import torch
@@ -14,16 +16,34 @@ from tqdm import tqdm
 
 from learner.training import sharded
 from learner.training.checkpoint import start_from
+from learner.build import build
 from learner.loop import Learner
+from learner.observe.events import Observer
 from learner.observe.metrics import summarize
 from learner.training.warmstart import prepare_model
 from pipeline.config import Config
-from pipeline.data import load_problems
+from pipeline.data import Problem, load_problems
 from pipeline.launcher import Launcher
 from pipeline.model_settings import derive
 from pipeline.model_settings import write as write_settings
 from pipeline.placement import check_placement
 from pipeline.rundir import RunSummary, write_summary
+from pipeline.transport import Addresses, LearnerEndpoint
+
+
+def open_learner(cfg: Config, model_path: str, problems: list[Problem], resume: Path | None = None,
+                 trainer=None, observer: Observer | None = None,
+                 launcher: Callable[[Config, Addresses], Launcher] | None = Launcher) -> Learner:
+    """A learner on sockets of its own (`cfg.transport`), with generator processes started by
+    `launcher(cfg, addresses)` (None: generators join by themselves); as learner/build.py builds it."""
+    t = cfg.transport
+    endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes, t.curve_dir)
+    try:
+        return build(cfg, model_path, problems, endpoint, launcher(cfg, endpoint.addresses) if launcher else None,
+                     resume, trainer, observer)
+    except BaseException:
+        endpoint.close()
+        raise
 
 
 def train(cfg: Config, resume: str | None = None) -> str | None:
@@ -54,14 +74,12 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
     print(settings.block())
     write_settings(settings, cfg.run_dir / "model_settings.json")
     try:
-        learner = Learner(cfg, model_path, problems, resume=resume, trainer=trainer)
+        learner = open_learner(cfg, model_path, problems, resume=resume, trainer=trainer)
     except BaseException:
         if trainer is not None:
             trainer.stop_followers()
             sharded.leave_training_group()
         raise
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version,
-                        weights_backend=learner.weights_backend)
 
     def request_stop(signum, frame):  # finish the current step, checkpoint, stop generators, exit 0
         learner.stop_requested = True
@@ -70,14 +88,13 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
     signal.signal(signal.SIGINT, request_stop)
     try:
         with tqdm(total=learner.cfg.learner.steps, desc="RL steps", disable=not cfg.log.progress) as bar:
-            stats = learner.run(launcher, bar)
+            stats = learner.run(bar)
         learner.stop_generators()
         text, result = summarize(stats, learner.counters())
     except Exception as exc:
         learner.metrics.alert(f"run {cfg.run.name} stopped at step {learner.trainer.version}", f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        launcher.stop()
         learner.close()
         if trainer is not None:
             trainer.stop_followers()

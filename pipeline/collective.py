@@ -1,5 +1,4 @@
-"""The torch.distributed group under the gloo weight-transfer engine (pipeline/weight_transfer.py),
-and the probe sequence both sides score to check they hold the same weights.
+"""The torch.distributed group under the gloo weight-transfer engine (pipeline/weight_transfer.py).
 
 The group is built directly from a TCPStore and a ProcessGroup object, not through
 `init_process_group`, because a generator process already has vLLM's own default group; this one
@@ -35,8 +34,3 @@ class WeightGroup:
         opts.rootRank = 0
         return self.pg.broadcast([buffer], opts)
 
-
-def probe_tokens(vocab_size: int, length: int = 16) -> list[int]:
-    """A fixed token sequence both sides score to check they hold the same weights. Comparing
-    log-probs (not raw tensors) is layout-proof: vLLM fuses q/k/v and on CPU repacks linear weights."""
-    return [(7 * i + 3) % vocab_size for i in range(length)]

@@ -53,7 +53,7 @@ def cpu_binding(workers: int) -> str:
 
 
 class Launcher:
-    def __init__(self, cfg: Config, addresses: Addresses, model_path: str, initial_version: int = 0,
+    def __init__(self, cfg: Config, addresses: Addresses, model_path: str = "", initial_version: int = 0,
                  extra_args: list[str] | None = None, weights_backend: str | None = None):
         """`weights_backend`: the weight group's, as the learner chose it from its device."""
         self.cfg = cfg
@@ -66,6 +66,10 @@ class Launcher:
         self.config_file = self.run_dir / "resolved_config.json"
         self.config_file.write_text(dumps(cfg))
         self.procs: dict[int, subprocess.Popen] = {}
+
+    def starting_from(self, model_path: str, version: int, weights_backend: str) -> None:
+        """What every generator starts from, as the learner decided it (a resumed run's checkpoint)."""
+        self.model_path, self.initial_version, self.weights_backend = model_path, version, weights_backend
 
     def command(self, generator_id: int) -> list[str]:
         a = self.addresses

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import msgspec
 
+# A reward at least this counts as a correct response: verifiers give {0, 1}, and pass@k, a group's
+# outcome and the reasoning-gym scorer's partial credit all read it through this one threshold.
+CORRECT = 1.0
+
+
+def correct(reward: float) -> bool:
+    return reward >= CORRECT
+
 
 class DatasetScore(msgspec.Struct):
     name: str
@@ -20,7 +28,7 @@ def score(name: str, rewards_per_problem: list[list[float]], too_long: int = 0) 
     k = len(rewards_per_problem[0])
     n = len(rewards_per_problem)
     mean = sum(sum(r) / len(r) for r in rewards_per_problem) / n
-    passed = sum(any(x >= 1 for x in r) for r in rewards_per_problem) / n
+    passed = sum(any(correct(x) for x in r) for r in rewards_per_problem) / n
     return DatasetScore(name, n, k, mean, passed, too_long)
 
 

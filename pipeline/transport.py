@@ -14,6 +14,7 @@ import collections
 import ipaddress
 import logging
 import socket
+import threading
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,13 +146,16 @@ class LearnerEndpoint:
         self._wake_w.setblocking(False)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
         self.identities: dict[int, bytes] = {}  # generator id -> ROUTER identity
-        # messages from other threads, sent by the next recv()
-        self._posted: collections.deque[tuple[int, Message]] = collections.deque()
+        # A ZeroMQ socket may pass between threads with a full memory barrier in between: this lock
+        # is that barrier. recv() holds it while it polls, so a sender from another thread wakes the
+        # poll first and gets the socket within one poll, never waiting for the loop's next tick.
+        self._lock = threading.Lock()
 
-    def post(self, generator_id: int, msg: Message) -> None:
-        """`send` from any thread: the message goes out with the next recv(), which this wakes."""
-        self._posted.append((generator_id, msg))
+    def post(self, generator_id: int, msg: Message) -> bool:
+        """`send` from any thread (a weight link's control messages): it goes out now, not at the
+        loop's next recv()."""
         self.wake()
+        return self.send(generator_id, msg)
 
     def wake(self) -> None:
         """Make a recv() that is waiting, or the next one, return without waiting (thread-safe)."""
@@ -165,7 +169,8 @@ class LearnerEndpoint:
         if ident is None:
             return False
         try:
-            self.control.send_multipart([ident, self.encoder.encode(msg)], flags=zmq.NOBLOCK, copy=False)
+            with self._lock:  # the encoder's buffer and the socket: one thread at a time
+                self.control.send_multipart([ident, self.encoder.encode(msg)], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as exc:  # peer gone or its queue full: the lease will expire
             log.warning("send to generator %d failed: %s", generator_id, exc)
@@ -173,9 +178,11 @@ class LearnerEndpoint:
 
     def recv(self, timeout_ms: int) -> list:
         """Every valid message waiting (after at most `timeout_ms`), in arrival order per socket."""
+        with self._lock:
+            return self._recv(timeout_ms)
+
+    def _recv(self, timeout_ms: int) -> list:
         out = []
-        while self._posted:
-            self.send(*self._posted.popleft())
         events = dict(self.poller.poll(timeout_ms))
         if self._wake_r.fileno() in events:
             try:

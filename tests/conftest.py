@@ -47,17 +47,13 @@ def engine(tiny_model, tmp_path_factory):
     return Engine(make_config(tmp_path_factory.mktemp("engine"), "--generator.kv_block_size", "32"), tiny_model, seed=0)
 
 
-def run_pipeline(learner, cfg):
-    """Run a Learner with real generator processes to the end, then stop them."""
-    from pipeline.launcher import Launcher
-
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, learner.initial_version,
-                        weights_backend=learner.weights_backend)
+def run_pipeline(learner, cfg=None):
+    """Run a learner (learner/session.py's `open_learner`) with its generator processes to the end,
+    then stop them."""
     try:
-        stats = learner.run(launcher)
+        stats = learner.run()
         learner.stop_generators()
     finally:
-        launcher.stop()
         learner.close()
     return stats
 

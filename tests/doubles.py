@@ -8,16 +8,23 @@ import time
 
 import torch
 
-from learner.training.trainer import Trainer
+from learner.training.trainer import StepResult, Trainer
 
 
 class ProbeTrainer:
-    """Stands in for the trainer where only its version and probe log-probs matter (the publisher)."""
+    """Stands in for the trainer where only its version, probe log-probs and weights in host memory
+    matter (the weights' publisher): one small tensor that records the version it was copied at."""
 
-    version = 3
+    def __init__(self, version: int = 3):
+        self.version = version
+        self.copies: list[int] = []  # the versions whose weights were copied
 
     def probe_logprobs(self) -> list[float]:
         return [-1.0, -2.0, -0.5]
+
+    def host_weights(self, dtype: torch.dtype) -> list[tuple[str, torch.Tensor]]:
+        self.copies.append(self.version)
+        return [("w", torch.full((2,), float(self.version), dtype=dtype))]
 
 
 class SlowStepTrainer(Trainer):
@@ -35,7 +42,7 @@ class SlowStepTrainer(Trainer):
         return cls(model_path, cfg.learner, cfg.loss, cfg.zvp, cfg.run.seed, cfg.generator.max_tokens,
                    cfg.model.dtype, delay_s=delay_s)
 
-    def step(self, groups, before_update=None, on_batch=None) -> dict:
+    def step(self, groups, before_update=None, on_batch=None) -> StepResult:
         def slow():
             time.sleep(self.delay_s)
             if before_update is not None:
@@ -107,7 +114,7 @@ class ScriptedTrainer:
             raise RuntimeError("the step failed")
         self.events.append("update")
         self.version += 1
-        return {"groups": len(groups)}
+        return StepResult({"groups": len(groups)}, {})
 
 
 class IdleLink:
@@ -123,6 +130,53 @@ class IdleLink:
 
     def close(self) -> None:
         self.closed = True
+
+
+class RecordingMembership:
+    """Stands in for the weights' owner where the supervisor only tells it who joined and who left;
+    a link fails when the test puts an error in `failures`."""
+
+    def __init__(self):
+        self.joins: list[int] = []
+        self.leaves: list[int] = []
+        self.failures: dict[int, BaseException] = {}
+        self._joined: set[int] = set()
+
+    def join(self, gid: int, workers: int, version: int) -> None:
+        self.joins.append(gid)
+        self._joined.add(gid)
+
+    def leave(self, gid: int) -> None:
+        if gid in self._joined:
+            self.leaves.append(gid)
+        self._joined.discard(gid)
+        self.failures.pop(gid, None)
+
+    def joined(self, gid: int) -> bool:
+        return gid in self._joined
+
+    def handed(self, gid: int) -> int:
+        return 0
+
+    def failure(self, gid: int) -> BaseException | None:
+        return self.failures.get(gid)
+
+
+class RecordingLink(IdleLink):
+    """An idle link that records the snapshots handed to it (`busy` holds it as if a broadcast ran)."""
+
+    def __init__(self, gid: int, workers: int):
+        super().__init__(gid, workers)
+        self.sent: list[int] = []
+        self.busy = False
+
+    @property
+    def ready(self) -> bool:
+        return not self.closed and not self.busy
+
+    def submit(self, snapshot) -> None:
+        self.sent.append(snapshot.version)
+        self.version = snapshot.version
 
 
 class FailingStartLauncher:

@@ -4,10 +4,14 @@ finished. Wall-clock times, so that another process (or a person the next mornin
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import msgspec
+
+from learner.training.checkpoint import latest
+from pipeline.config import LearnerConfig
 
 HEALTH = "health.json"
 WRITE_EVERY_S = 5.0
@@ -43,6 +47,23 @@ def write(run_dir: Path, health: Health) -> None:
     tmp = run_dir / (HEALTH + ".tmp")
     tmp.write_bytes(msgspec.json.encode(health))
     tmp.rename(run_dir / HEALTH)
+
+
+def report(run_dir: Path, lc: LearnerConfig, steps_done: int, step: int, stats, leases,
+           generators: dict[int, GeneratorHealth], last_lag: tuple[float, int], started_wall: float,
+           elapsed: float, finished: bool = False) -> None:
+    """Write the run's health as it stands (`stats`: the run statistics; `leases`: the lease book;
+    `elapsed`: seconds since the first rollout; `steps_done`: steps taken by this process)."""
+    newest = latest(run_dir / "checkpoints")
+    write(run_dir, Health(
+        written=time.time(), started=started_wall, pid=os.getpid(), step=step, steps=lc.steps,
+        samples_per_s=stats.samples_trained / elapsed if elapsed > 0 else 0.0,
+        lag_mean=last_lag[0], lag_max=last_lag[1], generators=generators,
+        leases={"dispatched": leases.dispatched, "open": leases.open, **leases.outcomes},
+        weights_mismatch=stats.weights_mismatch, checkpoint=newest.name if newest else "",
+        checkpoint_time=newest.stat().st_mtime if newest else 0.0,
+        checkpoint_every_s=lc.checkpoint_every * elapsed / max(steps_done, 1) if lc.checkpoint_every else 0.0,
+        finished=finished))
 
 
 def _age(seconds: float) -> str:

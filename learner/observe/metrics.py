@@ -8,6 +8,8 @@ from pathlib import Path
 
 import msgspec
 
+from learner.observe.stats import residual_share
+
 log = logging.getLogger(__name__)
 
 
@@ -86,7 +88,7 @@ def summarize(stats, counters: dict) -> tuple[str, str]:
     last = sum(rewards[-q:]) / q if rewards else 0.0
     kinds = stats.arrivals.outcomes
     groups = sum(kinds.values())
-    residual = kinds["positive"] / groups if groups else 0.0  # of all groups that arrived
+    residual = residual_share(kinds)  # of all groups that arrived
     mean_temp = stats.trained_temp_sum / stats.trained_groups if stats.trained_groups else 0.0
     sps = stats.samples_trained / stats.seconds if stats.seconds else 0.0
     res = stats.step_residual

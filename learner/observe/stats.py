@@ -6,16 +6,22 @@ Everything here is a running sum or a short list per step, never a per-sample li
 from __future__ import annotations
 
 import collections
+import collections.abc
 from dataclasses import dataclass, field, fields
 
 import msgspec
 import torch
 
+from learner.training.advantages import Outcome
 from learner.training.groups import Group
-from learner.orchestration.tracker import Tracker
 
 
 TEMP_DECIMALS = 2  # leased temperatures are counted in buckets of this many decimals
+
+
+def residual_share(counts: collections.abc.Mapping[str, int]) -> float:
+    """The share of groups that came back all-correct (residual), of `counts` by outcome; 0 for none."""
+    return counts.get(Outcome.POSITIVE, 0) / (sum(counts.values()) or 1)
 
 
 @dataclass
@@ -29,15 +35,15 @@ class Arrivals:
     temp_max: float = 0.0
     above_t0: int = 0  # groups leased above T0 ...
     above_t0_mixed: int = 0  # ... that came back mixed: reactivated
-    filtered: int = 0  # dropped by dynamic sampling
+    filtered: int = 0  # dropped by dynamic sampling (counted here; the intake decides)
 
-    def add(self, outcome: str, temperature: float) -> None:
+    def add(self, outcome: Outcome, temperature: float) -> None:
         self.by_temp[round(temperature, TEMP_DECIMALS)][outcome] += 1
         self.temp_sum += temperature
         self.temp_max = max(self.temp_max, temperature)
         if temperature > self.t0 + 1e-9:
             self.above_t0 += 1
-            self.above_t0_mixed += outcome == "mixed"
+            self.above_t0_mixed += outcome == Outcome.MIXED
 
     def __iadd__(self, o: "Arrivals") -> "Arrivals":
         for t, c in o.by_temp.items():
@@ -51,7 +57,7 @@ class Arrivals:
 
     @property
     def outcomes(self) -> collections.Counter:
-        out: collections.Counter = collections.Counter({k: 0 for k in ("positive", "negative", "mixed")})
+        out: collections.Counter = collections.Counter({str(k): 0 for k in Outcome})
         for c in self.by_temp.values():
             out.update(c)
         return out
@@ -68,12 +74,12 @@ class Arrivals:
         """The residual-prompt metrics of these arrivals (ALGORITHMS.md §6)."""
         kinds = self.outcomes
         total = sum(kinds.values()) or 1
-        out = {f"groups/{k}": kinds[k] / total for k in ("positive", "negative", "mixed")}
-        out["residual_frac"] = kinds["positive"] / total
+        out = {f"groups/{k}": kinds[k] / total for k in Outcome}
+        out["residual_frac"] = residual_share(kinds)
         for t, c in sorted(self.by_temp.items()):
-            out[f"residual_by_temp/{t:.2f}"] = c["positive"] / (sum(c.values()) or 1)
+            out[f"residual_by_temp/{t:.2f}"] = residual_share(c)
             if t > self.t0 + 1e-9:  # leased above T0: the share that came back mixed (reactivated)
-                out[f"reactivated_by_temp/{t:.2f}"] = c["mixed"] / (sum(c.values()) or 1)
+                out[f"reactivated_by_temp/{t:.2f}"] = c[Outcome.MIXED] / (sum(c.values()) or 1)
         if self.groups:  # a step may see no arrivals at all; then there is no temperature to report
             out["leased_temp_mean"] = self.temp_sum / self.groups
             out["leased_temp_max"] = self.temp_max
@@ -81,11 +87,6 @@ class Arrivals:
             out["reactivated_rate"] = self.above_t0_mixed / self.above_t0
         out["dynamic_sampling_filtered"] = self.filtered
         return out
-
-    def time_share(self) -> dict[str, float]:
-        """Each stage's share of the time inside optimiser steps (the loop's probe checks and
-        checkpoint holds, outside them, as a share of the same)."""
-        return {k: v / self.train_seconds for k, v in sorted(self.time_spent.items())} if self.train_seconds else {}
 
     def to_state(self) -> dict:
         return {"t0": self.t0, "by_temp": {str(t): dict(c) for t, c in self.by_temp.items()},
@@ -98,12 +99,6 @@ class Arrivals:
         for t, c in st["by_temp"].items():
             out.by_temp[float(t)] = collections.Counter(c)
         return out
-
-
-def tracker_metrics(tracker: Tracker) -> dict:
-    """Where the history tracker stands: how far the schedule has pushed prompts (ALGORITHMS.md §6)."""
-    hs = [p.h for p in tracker.prompts]
-    return {"h_mean": sum(hs) / len(hs), "h_max": max(hs), "h_positive_frac": sum(h > 0 for h in hs) / len(hs)}
 
 
 @dataclass
@@ -182,7 +177,7 @@ class RunStats:
         self.trained_lags_max = max(self.trained_lags_max, max(lags))
         return {"reward": float(rewards.mean()),
                 "temperature_mean": sum(g.temperature for g in groups) / len(groups),
-                "trained_residual_frac": sum(g.outcome == "positive" for g in groups) / len(groups),
+                "trained_residual_frac": sum(g.outcome == Outcome.POSITIVE for g in groups) / len(groups),
                 "lag_mean": sum(lags) / len(lags), "lag_max": max(lags), "step_seconds": seconds}
 
 

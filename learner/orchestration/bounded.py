@@ -1,7 +1,8 @@
-"""The dispatch policy: how many prompt visits to lease now, and to which generator each goes.
+"""Bounded lag control (`learner.lag_control = "bounded"`, the default): how many prompt visits to
+lease now, to which generator each goes, and which groups a step trains.
 
-Pure functions of what the learner knows (no sockets): the lease book (learner/orchestration/leases.py) records
-the leases, this module decides. Two rules:
+The policy is pure functions of what the learner knows (no sockets); `BoundedLag` wires them to the
+lease book and the group buffer behind lag control's interface (learner/orchestration/lag.py). Two rules:
 
 - Never lease more than can be trained within `max_lag`. Groups are trained in arrival order, B per
   step, and the `ahead` leases open outside the running step go first, so a new lease is trained at
@@ -18,6 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from learner.orchestration.lag import Lease, Pool
+from learner.orchestration.leases import LeaseBook, LeaseOutcome
+from learner.training.groups import Group, GroupBuffer
 from pipeline.config import LearnerConfig
 
 # A newcomer's rate is shrunk towards the pool's by this many pseudo-groups (see `rates`).
@@ -78,3 +82,57 @@ def plan(budget: int, slots: dict[int, Slot], lc: LearnerConfig, max_inflight: i
         queued[gid] += 1
         ahead += 1
     return out
+
+
+class BoundedLag:
+    """Lag at most `learner.max_lag`, set by timing (learner/orchestration/lag.py's interface)."""
+
+    on_arrival = True
+
+    def __init__(self, lc: LearnerConfig, max_inflight: int, leases: LeaseBook, buffer: GroupBuffer):
+        self.lc, self.max_inflight, self.leases, self.buffer = lc, max_inflight, leases, buffer
+
+    def lease(self, pool: Pool, lease: Lease) -> None:
+        """Keep every ready generator busy, but never lease more than can be trained within max_lag."""
+        budget = lease_budget(self.lc, self.leases.open, self.leases.dispatched)
+        if budget <= 0:
+            return
+        if not pool.started and len(pool.ready) < pool.expected:
+            return  # at the start, wait until every generator is ready, so the first wave is spread over all
+        slots = {gid: Slot(w, self.leases.outstanding(gid), *pool.rates.get(gid, (0, 0.0)))
+                 for gid, w in pool.ready.items()}
+        for gid in plan(budget, slots, self.lc, self.max_inflight, soonest=pool.version + pool.step_running,
+                        ahead=self.leases.open - pool.groups_in_step):
+            if not lease(gid, None)[1]:
+                self.leases.expire(generator_id=gid)
+                return  # its socket is gone; the supervisor will notice, the next tick re-plans
+
+    def next_batch(self, version: int) -> list[Group] | None:
+        """B groups as they arrived (dropping what went stale meanwhile). Once the sample budget is
+        all back, the last groups train as a batch of their own (those samples were paid for)."""
+        for g in self.buffer.drop_stale(version, self.lc.max_lag):
+            self.leases.close(g.lease_id, LeaseOutcome.DROPPED_STALE, mean_tokens=g.mean_tokens)
+        if len(self.buffer) >= self.lc.groups_per_step or (len(self.buffer) and self._budget_returned()):
+            return self.buffer.take(self.lc.groups_per_step)
+        return None
+
+    def settle(self, version: int, trained: list[Group]) -> None:
+        pass  # visits were recorded as their groups arrived
+
+    def _budget_returned(self) -> bool:
+        """The sample budget is all leased and every lease of it has come back."""
+        lc = self.lc
+        return (bool(lc.sample_budget) and self.leases.dispatched * lc.group_size >= lc.sample_budget
+                and not self.leases.outstanding())
+
+    def spent(self) -> bool:
+        return self._budget_returned() and not len(self.buffer)
+
+    def counters(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 
-from learner.training.groups import Group
+from learner.orchestration.lag import Lease, Pool, Tag
+from learner.orchestration.leases import LeaseBook, LeaseOutcome
+from learner.training.groups import Group, GroupBuffer
 from pipeline.config import DAPOConfig, LearnerConfig
 
 
@@ -98,3 +101,69 @@ class Waves:
     def load_state_dict(self, state: dict) -> None:
         self.leased = {int(s): ids for s, ids in state["leased"].items()}
         self.short = state["short"]
+
+
+class ExactLag:
+    """Lag exactly `learner.max_lag`, in waves (learner/orchestration/lag.py's interface)."""
+
+    on_arrival = False  # a wave's visits are recorded at its step's end, in lease order
+
+    def __init__(self, lc: LearnerConfig, dapo: DAPOConfig, run_seed: int, leases: LeaseBook, buffer: GroupBuffer,
+                 record_visit: Callable[[Group], None], count_filtered: Callable[[int], None]):
+        self.steps, self.run_seed = lc.steps, run_seed
+        self.waves = Waves(lc, dapo, run_seed)
+        self.leases, self.buffer = leases, buffer
+        self.record_visit, self.count_filtered = record_visit, count_filtered
+        self._rest: dict[int, list[Group]] = {}  # step -> its wave's groups not trained (recorded at its end)
+
+    def lease(self, pool: Pool, lease: Lease) -> None:
+        """The waves due at this version go out whole, at a fixed point (no step running, the last
+        one's bookkeeping done) and once every generator holds this version."""
+        v = pool.version
+        due = self.waves.due(v, self.steps) if not pool.step_running else []
+        ready = pool.ready
+        if not due or not ready or len(ready) < pool.expected or any(w != v for w in ready.values()):
+            return
+        for step in due:
+            slots = [self.waves.generator_for(i, list(ready)) for i in range(self.waves.size)]
+            self.waves.leased[step] = []
+            for i, gid in enumerate(slots):
+                lease_id, sent = lease(gid, Tag(lease_seed(self.run_seed, step, i), step, slots.count(gid)))
+                self.waves.leased[step].append(lease_id)
+                if not sent:
+                    self.leases.expire(generator_id=gid)  # its socket is gone: re-issued, counted
+
+    def next_batch(self, version: int) -> list[Group] | None:
+        """Step t starts once its whole wave is back, and only after the waves due at version t went
+        out (they must be generated under these weights, before they change)."""
+        t = version
+        if not self.waves.out_before_step(t, self.steps) or not self.waves.complete(t, self.leases.out_at_generators()):
+            return None
+        arrived = self.buffer.take_leases(self.waves.leased[t])
+        if not arrived:  # every lease of the wave failed or was re-issued: the wave goes out again
+            del self.waves.leased[t]
+            return None
+        train, rest = self.waves.choose(t, arrived)
+        for g in rest:
+            self.leases.close(g.lease_id, LeaseOutcome.DROPPED_FILTERED, mean_tokens=g.mean_tokens)
+        self.count_filtered(len(rest))
+        self._rest[t] = rest
+        return train
+
+    def settle(self, version: int, trained: list[Group]) -> None:
+        """The wave's visits, in lease order, at its step's end."""
+        for g in self.waves.in_lease_order(version, trained + self._rest.pop(version, [])):
+            self.record_visit(g)
+        del self.waves.leased[version]
+
+    def spent(self) -> bool:
+        return False  # a sample budget became a number of whole waves (`exact_steps`)
+
+    def counters(self) -> dict:
+        return {"short_waves": self.waves.short}
+
+    def state_dict(self) -> dict:
+        return self.waves.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.waves.load_state_dict(state)  # leases then out at generators are re-issued

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import random
 import time
 from dataclasses import dataclass
@@ -31,7 +32,14 @@ class LeaseIdentityError(RuntimeError):
     pass
 
 
-OUTCOMES = ("trained", "dropped_stale", "dropped_filtered", "failed", "reissued")
+class LeaseOutcome(enum.StrEnum):
+    """How a lease ended: exactly one of these, once."""
+
+    TRAINED = "trained"
+    DROPPED_STALE = "dropped_stale"
+    DROPPED_FILTERED = "dropped_filtered"
+    FAILED = "failed"
+    REISSUED = "reissued"  # expired (or its generator died); the visit went back in the queue
 
 
 @dataclass
@@ -87,7 +95,7 @@ class LeaseBook:
         self.next_lease_id = 1
         self.leases: dict[int, Lease] = {}
         self.dispatched = 0
-        self.outcomes: collections.Counter[str] = collections.Counter({o: 0 for o in OUTCOMES})
+        self.outcomes: collections.Counter[str] = collections.Counter({str(o): 0 for o in LeaseOutcome})
         self.failures: collections.Counter[str] = collections.Counter()
         # outcome counts by H at lease ("0", "1", "2", "3+") and, for groups that came back, by length quarter
         self.by_h: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -146,16 +154,15 @@ class LeaseBook:
         """An open lease's H bin and the length bin of its group."""
         return h_bin(self.leases[lease_id].h), length_bin(mean_tokens, self.max_tokens)
 
-    def close(self, lease_id: int, outcome: str, reason: str = "", mean_tokens: float | None = None) -> None:
+    def close(self, lease_id: int, outcome: LeaseOutcome, reason: str = "", mean_tokens: float | None = None) -> None:
         """End a lease as `outcome`; `mean_tokens`: its group's mean response length, where one came back."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"unknown lease outcome {outcome!r}")
+        outcome = str(LeaseOutcome(outcome))  # counted under its plain name (summaries, checkpoints)
         lease = self.leases.pop(lease_id)
         self.outcomes[outcome] += 1
         self.by_h[h_bin(lease.h)][outcome] += 1
         if mean_tokens is not None:
             self.by_length[length_bin(mean_tokens, self.max_tokens)][outcome] += 1
-        if outcome == "failed":
+        if outcome == LeaseOutcome.FAILED:
             self.failures[reason or "unknown"] += 1
 
     def expire(self, now: float | None = None, generator_id: int | None = None) -> list[Lease]:
@@ -164,7 +171,7 @@ class LeaseBook:
         expired = [l for l in self.leases.values() if not l.returned and (
             l.deadline < now if generator_id is None else l.generator_id == generator_id)]
         for l in expired:
-            self.close(l.lease_id, "reissued")
+            self.close(l.lease_id, LeaseOutcome.REISSUED)
             self.requeue.append((l.prompt_id, l.epoch))
         return expired
 

@@ -1,6 +1,7 @@
-"""Generator supervision: start, welcome, restart and forget generator processes, from their heartbeats.
+"""Generator supervision: start, admit, restart and forget generator processes, from their heartbeats.
 
-Each generator has a weight link of its own (learner/weights/links.py). The launcher's generators are
+A generator whose engine is up joins the weights' owner (learner/weights/publisher.py), which opens
+its weight link; the supervisor reads from it only whether the link formed or failed. The launcher's generators are
 restarted when they die, go silent or lose their weight link, after a back-off while they keep dying
 young; one that dies too often (`generator.max_restarts_per_hour`) or cannot start at all
 (`generator.max_failed_starts` in a row) is retired and the run goes on with the others. A generator
@@ -17,8 +18,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from learner.weights.links import GeneratorLink
 from learner.observe.health import GeneratorHealth
 from pipeline.config import GeneratorConfig
 from pipeline.messages import Alive, Heartbeat, Stop
@@ -30,13 +31,22 @@ class SupervisorError(RuntimeError):
     pass
 
 
+class Membership(Protocol):
+    """What the supervisor needs of the weights' owner: a joiner's link opened, a leaver's closed."""
+
+    def join(self, gid: int, workers: int, version: int) -> None: ...
+    def leave(self, gid: int) -> None: ...
+    def joined(self, gid: int) -> bool: ...
+    def handed(self, gid: int) -> int: ...
+    def failure(self, gid: int) -> BaseException | None: ...
+
+
 @dataclass
 class GeneratorInfo:
     status: str = "starting"
     version: int = 0
     last_seen: float = 0.0
     pid: int = 0
-    checked: int = -1  # newest version whose probe log-probs were compared
     busy_s: float = 0.0  # this process's cumulative generating time, as it last reported
     groups: int = 0  # groups this process has returned (with busy_s: its measured rate)
 
@@ -60,13 +70,12 @@ class Lives:
 
 class Supervisor:
     def __init__(self, gc: GeneratorConfig, send: Callable[[int, object], bool], on_gone: Callable[[int, str], None],
-                 link: Callable[[int, int], GeneratorLink]):
-        """`link(generator, workers)` opens the weight link to a generator whose engine has `workers`
-        worker processes (learner/weights/links.py); it is opened when the generator first says hello."""
-        self.gc, self.make_link = gc, link
+                 weights: Membership):
+        """`weights`: told when a generator's engine is up (its link opens then) and when it is gone."""
+        self.gc, self.weights = gc, weights
         self.send = send
         self.on_gone = on_gone
-        self.links: dict[int, GeneratorLink] = {}  # weight group per generator process
+        self.joined: set[int] = set()  # generators whose weight link was opened
         self.generators: dict[int, GeneratorInfo] = {}  # the ones that have said hello
         self.lives: dict[int, Lives] = {}  # the launched ones, across their restarts
         self.restarts = 0
@@ -82,19 +91,16 @@ class Supervisor:
             self.start(launcher, gid)
 
     def _join(self, hb: Heartbeat) -> None:
-        """A generator's first word (launched here or joining by itself): its own weight group, which
-        it is asked to join (WeightInit); a generator behind the newest version gets it at once."""
-        self.links[hb.generator_id] = link = self.make_link(hb.generator_id, hb.workers)
-        link.version = hb.version
+        """A generator whose engine is up (launched here or joining by itself): its weight link is
+        opened (WeightInit); a generator behind the newest version gets it at once."""
+        self.weights.join(hb.generator_id, hb.workers, hb.version)
+        self.joined.add(hb.generator_id)
         if hb.generator_id not in self.lives:
-            log.info("generator %d joined: its weight group is on port %d", hb.generator_id, link.port)
+            log.info("generator %d joined by itself", hb.generator_id)
 
-    def on_heartbeat(self, hb: Heartbeat, verify: Callable[[int, int, list[float]], bool | None],
-                     now: float | None = None) -> None:
-        """Record a heartbeat (nothing for the last word of a generator already let go), and have
-        `verify(generator, version, probe log-probs)` check a probe it reports for the first time
-        (None: nothing to compare it with yet)."""
-        if hb.generator_id not in self.links:
+    def on_heartbeat(self, hb: Heartbeat, now: float | None = None) -> None:
+        """Record a heartbeat (nothing for the last word of a generator already let go)."""
+        if hb.generator_id not in self.joined:
             if hb.status == "stopping":
                 return None
             if hb.status != "starting":  # its engine is up (a group opened earlier would wait through its load)
@@ -108,9 +114,6 @@ class Supervisor:
             if hb.generator_id in self.lives:
                 life = self.lives[hb.generator_id]
                 life.was_ready, life.failed_starts = True, 0
-        if hb.probe_logprobs and hb.probe_version > info.checked:
-            if verify(hb.generator_id, hb.probe_version, hb.probe_logprobs) is not None:
-                info.checked = hb.probe_version
 
     def count_group(self, gid: int) -> None:
         """A group came back from generator `gid` (its rate is measured from these)."""
@@ -120,8 +123,8 @@ class Supervisor:
     def _forget(self, gid: int, why: str) -> None:
         self.on_gone(gid, why)
         self.generators.pop(gid, None)
-        if gid in self.links:
-            self.links.pop(gid).close()
+        self.joined.discard(gid)
+        self.weights.leave(gid)
 
     def check(self, launcher, now: float | None = None) -> None:
         """Restart the launched generators that died, went silent, or lost their weight link (after
@@ -129,12 +132,12 @@ class Supervisor:
         leave. Raises SupervisorError once no generator has been alive for none_alive_timeout_s."""
         now = time.monotonic() if now is None else now
         timeout = self.gc.heartbeat_timeout_s
-        for gid in sorted(set(self.links) | set(self.generators)):
-            link, info = self.links.get(gid), self.generators.get(gid)
-            failed = link is not None and link.error is not None
+        for gid in sorted(self.joined | set(self.generators)):
+            info, error = self.generators.get(gid), self.weights.failure(gid)
+            failed = error is not None
             silent = info is not None and now - info.last_seen > timeout
             if failed or silent:
-                log.error("generator %d: %s", gid, f"its weight link failed ({link.error})" if failed
+                log.error("generator %d: %s", gid, f"its weight link failed ({error})" if failed
                           else f"silent for {now - info.last_seen:.0f}s (generator.heartbeat_timeout_s)")
             if launcher is not None and launcher.manages(gid):
                 if silent or failed:
@@ -202,19 +205,9 @@ class Supervisor:
     def ready_weights(self) -> dict[int, int]:
         """Generators ready to sample, joined to their weight group: the newest version each holds
         or has been handed."""
-        return {gid: max(info.version, self.links[gid].version) for gid, info in self.generators.items()
-                if info.status in ("ready", "generating", "updating")
-                and gid in self.links and self.links[gid].joined}
-
-    def all_hold(self, version: int) -> bool:
-        """Every generator has been sent `version`, and has reported its probe for it."""
-        return (all(link.ready and link.version == version for link in self.links.values())
-                and all(g.checked >= version for g in self.generators.values()))
+        return {gid: max(info.version, self.weights.handed(gid)) for gid, info in self.generators.items()
+                if info.status in ("ready", "generating", "updating") and self.weights.joined(gid)}
 
     def stop_all(self, reason: str = "run finished") -> None:
         for gid in self.generators:
             self.send(gid, Stop(reason=reason))
-
-    def close(self) -> None:
-        for link in self.links.values():
-            link.close()

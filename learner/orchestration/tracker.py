@@ -39,14 +39,19 @@ class Tracker:
                      version: int) -> None:
         """A complete visit of `prompt_id`, whose group's `outcome` was decided when it arrived."""
         s = self.prompts[prompt_id]
-        if outcome == "positive":
+        if outcome == Outcome.POSITIVE:
             s.h += 1
-        elif outcome == "mixed" and self.reset_on_mixed:
+        elif outcome == Outcome.MIXED and self.reset_on_mixed:
             s.h = 0
         s.visits += 1
         s.last_reward_mean = reward_mean
         s.last_temperature = temperature
         s.last_sampled_version = version
+
+    def metrics(self) -> dict:
+        """Where the tracker stands: how far the schedule has pushed prompts (docs/algorithms.md, metrics)."""
+        hs = [p.h for p in self.prompts]
+        return {"h_mean": sum(hs) / len(hs), "h_max": max(hs), "h_positive_frac": sum(h > 0 for h in hs) / len(hs)}
 
     def record_trained(self, prompt_id: int, version: int) -> None:
         self.prompts[prompt_id].last_trained_version = version

@@ -9,23 +9,29 @@ every other part of the learner reads it from the group.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from pipeline.config import AdvantageConfig, DAPOConfig, ReactivationConfig
+from pipeline.scoring import correct
 
-# What a complete visit of a prompt came back as: every response correct (residual), none, or some.
-Outcome = Literal["positive", "negative", "mixed"]
+
+class Outcome(enum.StrEnum):
+    """What a complete visit of a prompt came back as: every response correct (residual), none, or some."""
+
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+    MIXED = "mixed"
 
 
 def outcome(rewards: torch.Tensor) -> Outcome:
     """The group's outcome, from the verifier's {0, 1} rewards: the one definition in the learner.
     Zero variance with every reward correct is positive, zero variance otherwise negative."""
     if bool((rewards != rewards[0]).any()):
-        return "mixed"
-    return "positive" if float(rewards[0]) >= 1.0 else "negative"
+        return Outcome.MIXED
+    return Outcome.POSITIVE if correct(float(rewards[0])) else Outcome.NEGATIVE
 
 
 def grpo(rewards: torch.Tensor, eps: float = 1e-6, unbiased: bool = True) -> torch.Tensor:
@@ -105,9 +111,9 @@ class AdvantageRule:
             l_max, l_cache = self.overlong
             shaped = rewards + torch.tensor([overlong_penalty(n, l_max, l_cache) for n in lengths], dtype=rewards.dtype)
         eps, unbiased = self.adv.eps, self.adv.std == "unbiased"
-        if kind == "mixed":
+        if kind == Outcome.MIXED:
             return GroupAdvantage(grpo(shaped, eps, unbiased))
-        positive = kind == "positive"
+        positive = kind == Outcome.POSITIVE
         if self.adv.kind == "rlzvp":
             return GroupAdvantage(torch.zeros_like(rewards), zvp=1 if positive else -1)
         if self.ra.enabled and (positive or self.ra.negative):

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -23,10 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from learner.training.advantages import AdvantageRule
-from learner.training.groups import group_from_state
-from learner.weights.publisher import probe_matches
-from learner.observe.stats import RunStats
+from pipeline.probe import probe_matches
 from pipeline.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -166,6 +164,38 @@ class Writer:
         return outcome
 
 
+class Checkpoints:
+    """The run's checkpoints as the loop sees them: a cut started between two steps, written behind
+    the loop, its outcome collected (a failed write is logged and counted: training goes on, since
+    losing the run to a full disk would be worse than a missed checkpoint)."""
+
+    def __init__(self, writer: Writer, clock):
+        self.writer, self.clock = writer, clock  # the clock is charged for the time steps were held
+        self.failures = 0
+        self._started = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.writer.busy
+
+    def start(self, trainer, state: dict) -> None:
+        self.collect(wait=True)  # the one before, if still being written
+        self._started = time.monotonic()
+        self.writer.start(trainer, state)
+
+    def collect(self, wait: bool) -> Path | None:
+        outcome = self.writer.collect(wait)
+        if outcome is not None:
+            self.clock.spent["checkpoint"] += time.monotonic() - self._started
+        if isinstance(outcome, CheckpointError):
+            self.failures += 1
+            log.error("%s", outcome)
+            return None
+        if outcome is not None:
+            log.info("checkpoint written: %s", outcome)
+        return outcome
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
@@ -248,25 +278,3 @@ def verify_weights(ckpt: Path, state: dict, probe_now: list[float], dtype: str) 
                               f"was written (largest difference {diff:.2e}); the model files and state.json "
                               f"do not belong together")
     log.info("checkpoint %s: weights verified by the probe (largest difference %.1e)", ckpt, diff)
-
-
-def restore(ckpt: Path, trainer, tracker, leases, buffer, rule: AdvantageRule, t0: float) -> RunStats:
-    """Put a run's state back as checkpoint `ckpt` saved it (the model itself is loaded from the
-    folder by the trainer); returns the run statistics to continue from. `rule` computes the
-    advantage of a buffered group saved without one (a checkpoint older than the stored advantage)."""
-    state, rng = load_state(ckpt)
-    trainer.version = state["version"]
-    trainer.load_optimizer(ckpt)  # first: under FSDP2 a forward (the probe) must not come before it
-    verify_weights(ckpt, state, trainer.probe_logprobs(), trainer.dtype)
-    torch.set_rng_state(rng)
-    tracker.load_state_dict(state["tracker"])
-    leases.load_state_dict(state["leases"] if "leases" in state else state["dispatcher"])  # (older checkpoints)
-    for raw in state["buffer"]:
-        group = group_from_state(raw)
-        if group.advantage is None:
-            group.advantage = rule.of(group.rewards, group.outcome, [len(r) for r in group.responses])
-        buffer.add(group)
-    stats = RunStats.from_state(state["stats"], t0)
-    log.info("resumed from %s at version %d (epoch %d, cursor %d)", ckpt, trainer.version,
-             leases.epoch, leases.cursor)
-    return stats

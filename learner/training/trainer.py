@@ -25,7 +25,7 @@ from learner.training.groups import Group
 from learner.training.logprobs import response_logprobs, token_logprobs
 from learner.training.packing import attention_for, packed_row
 from learner.training.loss import LossInputs, LossSums, aggregation_coef, policy_loss
-from pipeline.collective import probe_tokens
+from pipeline.probe import probe_tokens
 from pipeline.config import Config, ConfigError, LearnerConfig, LossConfig, ZVPConfig
 from pipeline.models import load_causal_lm
 
@@ -71,6 +71,15 @@ class Batch:
             else:
                 out[k] = v[rows, :length if k in ("input_ids", "attention_mask") else length - 1]
         return Batch(**out)
+
+
+@dataclass
+class StepResult:
+    """What one optimiser step reports: its metrics, and per group of its batch the tokens whose IS
+    weight was cut (the learner bins these by H and length: learner/observe/stats.py)."""
+
+    metrics: dict[str, float]
+    cut_by_group: dict[int, list[float]]  # batch group index -> [cut tokens, tokens]
 
 
 def build_batch(groups: list[Group], version: int, pad_id: int) -> Batch:
@@ -287,7 +296,7 @@ class Trainer:
     # ---- the step ----------------------------------------------------------------------------------
 
     def step(self, groups: list[Group], before_update: Callable[[], object] | None = None,
-             on_batch: Callable[[Batch], None] | None = None) -> dict:
+             on_batch: Callable[[Batch], None] | None = None) -> StepResult:
         """One optimiser step (k updates) on `groups`; `before_update` runs after the first backward
         pass, just before the weights change (the learner uses it to wait for a copy of them);
         `on_batch` sees the batch as built, before it trains (an observer: learner/observe/events.py)."""
@@ -333,7 +342,7 @@ class Trainer:
         k = min(self.lc.updates_per_batch, n_groups)
         return [torch.isin(batch.group, g).nonzero().flatten() for g in split_updates(n_groups, k, self.seed + self.version)]
 
-    def train_batch(self, batch: Batch, before_update: Callable[[], object] | None = None) -> dict:
+    def train_batch(self, batch: Batch, before_update: Callable[[], object] | None = None) -> StepResult:
         """k optimiser updates on the rollout batch, one weight version (ALGORITHMS.md §5, mini-batches)."""
         updates = self.updates(batch)
         k = len(updates)
@@ -357,12 +366,12 @@ class Trainer:
                 metrics[f"update/{u}/clip_frac"] = sums.clip_frac
                 metrics[f"update/{u}/grad_norm"] = float(grad_norm)
         self.version += 1
-        metrics.update(asdict(total.stats()), **total.gap_by_lag(), cut_by_group=total.cut_by_group)
+        metrics.update(asdict(total.stats()), **total.gap_by_lag())
         metrics.update(loss=total.loss / k, grad_norm=float(grad_norm), updates=k, entropy=total.entropy_mean,
                        tokens=int(total.tokens), response_len=float(batch.response_lengths.float().mean()),
                        padding_frac=1.0 - float(batch.lengths.sum()) / max(total.padded, 1.0),
                        **self.clock.take())
-        return metrics
+        return StepResult(metrics, total.cut_by_group)
 
     def gradients(self, batch: Batch, rows: torch.Tensor) -> LossSums:
         """The gradient of one update (`rows` of the batch) in the parameters' .grad, accumulated

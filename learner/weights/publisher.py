@@ -1,10 +1,12 @@
-"""Weight publication: snapshot the learner's weights, send them to the generators (each over its
-weight link, learner/weights/links.py), and check that each generator really holds them by comparing its
-probe log-probs with the learner's.
+"""The one owner of the weights that leave the learner: it decides when to snapshot them, sends them
+to every generator over its link (learner/weights/links.py), and checks from the generators'
+heartbeats that each really holds them, by comparing the probe log-probs a generator reports with
+the learner's own (pipeline/probe.py).
 
-A snapshot is a copy of the weights in host memory (so training may go on) plus the probe log-probs
-that a generator must report back for that version (`pipeline/collective.py` defines the probe sequence).
-The publisher owns the newest published version; the run statistics only count what it did.
+A snapshot is a copy of the weights in host memory (so training may go on) plus the probe log-probs a
+generator must report back for that version. Versions go out every `learner.sync_every` steps, and
+always the last one. The links' control messages go out from their own threads through the
+endpoint's thread-safe `post`, so a broadcast never waits for the loop's tick.
 """
 
 from __future__ import annotations
@@ -12,40 +14,69 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-
-from learner.weights.links import GeneratorLink, Snapshot, take_snapshot
+from learner.observe.clock import StageClock
 from learner.observe.stats import RunStats
+from learner.weights.links import GeneratorLink, Snapshot, take_snapshot
+from pipeline.messages import Heartbeat
+from pipeline.probe import probe_matches
 
 log = logging.getLogger(__name__)
 
-# How far a generator's probe log-probs may be from the learner's for the same weights. In bf16 the two
-# sides differ in kernels and summation order (and the learner may run bf16-mixed against the engine's
-# pure bf16): a bf16 logit holds ~3 significant digits, and on a trained model's peaked distributions
-# a log-prob moves by up to ~0.1-0.2 nats for the same weights (tests/gpu already allows 0.1 on a
-# random model's flat ones). So bf16 catches a load that garbled or skipped most weights, not one
-# optimiser step at a small learning rate; fp32 (the CPU default) catches both.
-PROBE_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.25, "float16": 5e-2}
 # Generators report recent versions only: older probes are pruned, so the table stays small.
 PROBES_KEPT = 64
 
 
-def probe_matches(reported: list[float], expected: list[float], dtype: str,
-                  tolerance: dict[str, float] = PROBE_TOLERANCE) -> tuple[bool, float]:
-    """(match, largest difference) of probe log-probs (a generator's, or a reloaded checkpoint's)
-    against the learner's, within `tolerance[dtype]`."""
-    diff = max((abs(a - b) for a, b in zip(reported, expected)), default=0.0)
-    return len(reported) == len(expected) and diff <= tolerance[dtype], diff
-
-
-class Publisher:
-    def __init__(self, trainer, dtype: str, stats: RunStats, wake: Callable[[], None]):
-        self.trainer = trainer
-        self.dtype = dtype
-        self.stats = stats  # versions published, verified and mismatched are counted there
-        self.wake = wake  # tells the loop a snapshot is ready to go out
+class WeightPublisher:
+    def __init__(self, trainer, dtype: str, sync_every: int, steps: int,
+                 open_link: Callable[[int, int], GeneratorLink], stats: RunStats, clock: StageClock,
+                 wake: Callable[[], None]):
+        """`open_link(generator, workers)`: a weight link to a generator whose engine has `workers`
+        worker processes; `stats`: where versions published, verified and mismatched are counted;
+        `clock`: charged for probe checks; `wake`: tells the loop a snapshot is ready to go out."""
+        self.trainer, self.dtype = trainer, dtype
+        self.sync_every, self.steps = sync_every, steps
+        self.open_link, self.stats, self.clock, self.wake = open_link, stats, clock, wake
+        self.links: dict[int, GeneratorLink] = {}  # one per joined generator
+        self.checked: dict[int, int] = {}  # generator -> newest version whose probe was compared
         self.probes: dict[int, list[float]] = {trainer.version: trainer.probe_logprobs()}
         self.snapshot: Snapshot | None = None
         self.latest = trainer.version  # the newest version published (the generators start from this one)
+        self.finishing = False  # the run's end: the last version goes out whatever sync_every says
+
+    # ---- membership: the supervisor says who joined and who is gone -------------------------------
+
+    def join(self, gid: int, workers: int, version: int) -> None:
+        """Open generator `gid`'s link (WeightInit goes out); it holds `version` already."""
+        self.links[gid] = link = self.open_link(gid, workers)
+        link.version = version
+
+    def leave(self, gid: int) -> None:
+        self.checked.pop(gid, None)
+        if gid in self.links:
+            self.links.pop(gid).close()
+
+    def joined(self, gid: int) -> bool:
+        """Its weight group is formed."""
+        return gid in self.links and self.links[gid].joined
+
+    def handed(self, gid: int) -> int:
+        """The newest version handed to generator `gid`'s link (-1: none)."""
+        return self.links[gid].version if gid in self.links else -1
+
+    def failure(self, gid: int) -> BaseException | None:
+        return self.links[gid].error if gid in self.links else None
+
+    # ---- sending ----------------------------------------------------------------------------------
+
+    def due(self, version: int) -> bool:
+        return version % self.sync_every == 0 or version >= self.steps or self.finishing
+
+    def copy_before_step(self, version: int) -> Callable[[], None] | None:
+        """What a step starting at `version` must do before it changes the weights: copy them, when
+        they are due to go out and not copied yet (the stepper runs it beside the step's forward)."""
+        if self.due(version) and (self.snapshot is None or self.snapshot.version != version):
+            return self.take_snapshot
+        return None
 
     def take_snapshot(self) -> None:
         """Copy the weights as they are now and compute their probe log-probs. Runs on the loop's
@@ -60,26 +91,33 @@ class Publisher:
         self.stats.versions_published.append(v)
         self.wake()
 
-    def needs_snapshot(self, version: int) -> bool:
-        return self.snapshot is None or self.snapshot.version != version
-
-    def publish(self, links: dict[int, GeneratorLink], joined: set[int], due: bool, step_running: bool) -> None:
-        """Send the newest weights to every joined generator whose link is free and that lacks them.
-        A generator behind the newest published version (it restarted or joined) gets them at once;
-        the others when `due` (every `learner.sync_every` steps)."""
-        v = self.trainer.version
-        targets = [gid for gid, link in links.items()
-                   if gid in joined and link.ready and link.version < v and (due or link.version < self.latest)]
+    def publish(self, version: int, step_running: bool) -> None:
+        """Send the newest weights to every generator whose link is free and that lacks them. One
+        behind the newest published version (it restarted or joined) gets them at once; the others
+        when they are due."""
+        due = self.due(version)
+        targets = [gid for gid, link in self.links.items()
+                   if link.ready and link.version < version and (due or link.version < self.latest)]
         if not targets:
             return
-        if self.snapshot is None or (due and self.snapshot.version != v):
+        if self.snapshot is None or (due and self.snapshot.version != version):
             if step_running:
                 return  # a step is changing the weights: its worker snapshots them once it is done
             self.take_snapshot()
-        snap = self.snapshot
         for gid in targets:
-            if links[gid].version < snap.version:
-                links[gid].submit(snap)
+            if self.links[gid].version < self.snapshot.version:
+                self.links[gid].submit(self.snapshot)
+
+    # ---- checking ---------------------------------------------------------------------------------
+
+    def on_heartbeat(self, hb: Heartbeat) -> None:
+        """Check a probe a generator reports for the first time (none from one already let go)."""
+        if hb.status == "stopping" and hb.generator_id not in self.links:
+            return
+        if hb.probe_logprobs and hb.probe_version > self.checked.get(hb.generator_id, -1):
+            with self.clock.stage("probe"):
+                if self.verify(hb.generator_id, hb.probe_version, hb.probe_logprobs) is not None:
+                    self.checked[hb.generator_id] = hb.probe_version
 
     def verify(self, gid: int, version: int, reported: list[float]) -> bool | None:
         """Whether the probe log-probs generator `gid` reports for `version` match the learner's
@@ -96,3 +134,12 @@ class Publisher:
             log.error("generator %d: weights of version %d differ from the learner's (probe log-probs "
                       "differ by up to %.2e)", gid, version, diff)
         return ok
+
+    def all_hold(self, version: int, heard: set[int]) -> bool:
+        """Every link has been sent `version`, and every generator `heard` from has reported its probe."""
+        return (all(link.ready and link.version == version for link in self.links.values())
+                and all(self.checked.get(gid, -1) >= version for gid in heard))
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.close()

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from learner.training import checkpoint
 from learner.orchestration.leases import LeaseIdentityError
-from learner.loop import Learner
+from learner.session import open_learner
 from pipeline.data import load_problems
 from tests.doubles import SlowStepTrainer
 from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
@@ -32,7 +32,7 @@ def test_a_checkpoint_is_a_cut_between_steps_and_resume_loses_no_lease(tiny_mode
     cfg = make_config(tmp_path, "--learner.steps", "6", *common)
     cfg.run_dir.mkdir(parents=True)
     trainer = SlowStepTrainer.slow(cfg, tiny_model, delay_s=0.3)
-    first = Learner(cfg, tiny_model, load_problems(cfg.data), trainer=trainer)
+    first = open_learner(cfg, tiny_model, load_problems(cfg.data), trainer=trainer)
     run_pipeline(first, cfg)
     ckpts = checkpoint.list_checkpoints(cfg.run_dir / "checkpoints")
     assert [c.name for c in ckpts] == ["step-00000002", "step-00000004", "step-00000006"]
@@ -53,7 +53,7 @@ def test_a_checkpoint_is_a_cut_between_steps_and_resume_loses_no_lease(tiny_mode
     mid = ckpts[1]
     saved, _ = checkpoint.load_state(mid)
     cfg2 = make_config(tmp_path, "--learner.steps", "10", *common)
-    second = Learner(cfg2, tiny_model, load_problems(cfg2.data), resume=mid)
+    second = open_learner(cfg2, tiny_model, load_problems(cfg2.data), resume=mid)
     stats = run_pipeline(second, cfg2)  # checks the lease identity at every checkpoint and at the end
     assert second.trainer.version == 10 and stats.weights_mismatch == 0
     assert balanced(second)
@@ -66,7 +66,7 @@ def test_a_checkpoint_is_a_cut_between_steps_and_resume_loses_no_lease(tiny_mode
 def test_lease_identity_violation_names_the_leases(tiny_model, tmp_path):
     cfg = make_config(tmp_path)
     cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data))
     try:
         a = learner.leases.lease(0, 0)
         b = learner.leases.lease(0, 0)
@@ -75,7 +75,7 @@ def test_lease_identity_violation_names_the_leases(tiny_model, tmp_path):
         with pytest.raises(LeaseIdentityError, match=rf"no group anywhere \[{a.lease_id}, {b.lease_id}\]"):
             learner.check_leases()
         with pytest.raises(LeaseIdentityError):
-            learner.training.checkpoint()  # a checkpoint refuses to save a run that has lost leases
+            learner.checkpoint()  # a checkpoint refuses to save a run that has lost leases
         assert checkpoint.list_checkpoints(cfg.run_dir / "checkpoints") == []
     finally:
         learner.close()
@@ -86,12 +86,12 @@ def test_a_checkpoint_whose_weights_were_swapped_is_refused(tiny_model, tmp_path
               "--learner.keep_checkpoints", "5"]
     cfg = make_config(tmp_path, "--learner.steps", "4", *common)
     cfg.run_dir.mkdir(parents=True)
-    run_pipeline(Learner(cfg, tiny_model, load_problems(cfg.data)), cfg)
+    run_pipeline(open_learner(cfg, tiny_model, load_problems(cfg.data)), cfg)
     two, four = checkpoint.list_checkpoints(cfg.run_dir / "checkpoints")
     # the model of step 2 under the state of step 4: the probe recorded at step 4 must catch it
     (four / "model.safetensors").write_bytes((two / "model.safetensors").read_bytes())
     with pytest.raises(checkpoint.CheckpointError, match="step-00000004.*probe"):
-        Learner(make_config(tmp_path, "--learner.steps", "6", *common), tiny_model, load_problems(cfg.data),
+        open_learner(make_config(tmp_path, "--learner.steps", "6", *common), tiny_model, load_problems(cfg.data),
                 resume=four)
 
 

@@ -12,7 +12,7 @@ import psutil
 import torch
 
 from learner.observe.events import BatchBuilt, StepStarted
-from learner.loop import Learner
+from learner.session import open_learner
 from pipeline.data import load_problems
 from tests.conftest import ROOT, balanced, make_config, run_pipeline
 from tests.e2e.killer import Killer
@@ -54,7 +54,7 @@ class Pauser:
         self.thread.join(timeout=10)
 
 
-def _run(tiny_model, tmp_path, name: str, paused: bool) -> tuple[list[dict], list[float], Learner]:
+def _run(tiny_model, tmp_path, name: str, paused: bool) -> tuple[list[dict], list[float], object]:
     cfg = make_config(tmp_path / name, "--learner.lag_control", "exact", "--learner.max_lag", str(K), "--learner.steps", str(STEPS),
                       "--learner.groups_per_step", "4", "--generator.count", "2", "--data.size", "24",
                       "--eval.final", "false", "--learner.checkpoint_every", "0",
@@ -70,7 +70,7 @@ def _run(tiny_model, tmp_path, name: str, paused: bool) -> tuple[list[dict], lis
             steps[-1].update(tokens=[row[m.bool()].tolist() for row, m in zip(b.input_ids, b.attention_mask)],
                              temperature=b.temperature.tolist(), adv=b.adv, mu=b.mu)
 
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data), observer=observe)
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data), observer=observe)
     if paused:
         with Pauser(seed=1) as pauser:
             run_pipeline(learner, cfg)

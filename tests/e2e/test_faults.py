@@ -16,7 +16,7 @@ import torch
 import zmq
 
 from learner.training import checkpoint
-from learner.loop import Learner
+from learner.session import open_learner
 from pipeline.data import load_problems
 from tests.e2e.killer import Killer
 from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
@@ -26,7 +26,7 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     common = ["--learner.groups_per_step", "4", "--learner.checkpoint_every", "3", "--eval.final", "false"]
     cfg = make_config(tmp_path, "--learner.steps", "6", *common)
     cfg.run_dir.mkdir(parents=True)
-    first = Learner(cfg, tiny_model, load_problems(cfg.data))
+    first = open_learner(cfg, tiny_model, load_problems(cfg.data))
     captured = {}
     write = first.checkpoint
 
@@ -46,7 +46,7 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     saved, _ = checkpoint.load_state(ckpt)
 
     cfg2 = make_config(tmp_path, "--learner.steps", "9", *common)
-    second = Learner(cfg2, tiny_model, load_problems(cfg2.data), resume=ckpt)
+    second = open_learner(cfg2, tiny_model, load_problems(cfg2.data), resume=ckpt)
     # the restored state is the first learner's when it wrote the checkpoint (not only the file's):
     # the tracker with its NaN fields, the cursor, the counters, the optimizer tensors, the RNG
     same = lambda a, b: a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))  # noqa: E731
@@ -133,7 +133,7 @@ def test_run_survives_a_flood_of_malformed_frames(tiny_model, tmp_path):
     cfg = make_config(tmp_path, "--learner.steps", "100000", "--learner.groups_per_step", "4", "--eval.final", "false",
                       "--learner.checkpoint_every", "0")
     cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data))
     addrs = learner.endpoint.addresses
     sent = {"n": 0}
 
@@ -178,7 +178,7 @@ def test_training_survives_generator_kills(tiny_model, tmp_path):
     cfg = make_config(tmp_path, "--learner.steps", "100000", "--learner.groups_per_step", "4",
                       "--eval.final", "false", "--learner.checkpoint_every", "0")
     cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data))
     killer = Killer(learner, kills=3, steps_between=2, pause_s=0.3, seed=7).start()
     stats = run_pipeline(learner, cfg)
     killer.join()

@@ -10,7 +10,7 @@ import torch
 import zmq
 
 from learner.observe.events import BatchBuilt, Leased, StepStarted
-from learner.loop import Learner
+from learner.session import open_learner
 from learner.training.trainer import Trainer
 from learner.orchestration.schedule import temperature
 from pipeline.data import load_problems
@@ -36,7 +36,7 @@ class Recorder:
             a = event.assignment
             self.leased.append((a.lease_id, event.h, a.temperature))
         elif isinstance(event, StepStarted):
-            tracker = self.learner.orchestration.tracker if self.learner is not None else None
+            tracker = self.learner.tracker if self.learner is not None else None
             self.steps.append({"version": event.version,
                                "groups": [(g.lease_id, g.temperature, g.prompt_id, g.token_versions) for g in event.groups],
                                "schedule_now": {g.lease_id: temperature(tracker.h(g.prompt_id), self.schedule)
@@ -89,7 +89,7 @@ def test_erpo_temperature_path_asynchrony_and_every_outcome(tiny_model, tmp_path
                                      temperature=a.temperature, prompt_tokens=a.prompt_tokens, samples=[bad],
                                      gen_seconds=0.0, verify_seconds=0.0)))
 
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data), observer=observe)
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data), observer=observe)
     recorder.learner = learner
     recorder.weights[0] = copy.deepcopy(learner.trainer.model.state_dict())
     push.connect(learner.endpoint.addresses.rollouts())
@@ -127,7 +127,7 @@ def test_erpo_temperature_path_asynchrony_and_every_outcome(tiny_model, tmp_path
     # asynchronous: samples trained on weights newer than those that generated them
     assert sum(n for lag, n in stats.lag_hist.items() if lag >= 1) > 0
     # every outcome in one real run, and the identity holds
-    d = learner.orchestration.leases
+    d = learner.leases
     assert d.outcomes["dropped_filtered"] > 0 and d.outcomes["failed"] == 1 and d.failures["bad_rollout"] == 1
     assert learner.intake.rejected["unknown_lease"] >= 1  # the real rollout of the failed lease, rejected
     assert balanced(learner)
@@ -146,7 +146,7 @@ def test_inflight_updates_train_samples_that_span_two_versions(tiny_model, tmp_p
                       "--generator.update_mode", "inflight", "--eval.final", "false", "--learner.checkpoint_every", "0")
     cfg.run_dir.mkdir(parents=True)
     recorder = Recorder()
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data), observer=recorder)
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data), observer=recorder)
     stats = run_pipeline(learner, cfg)
     seen = recorder.steps
     spanning = 0

@@ -4,7 +4,7 @@ the real generator loop with the stand-in engine (actors/standin.py), so that re
 
 import pytest
 
-from learner.loop import Learner
+from learner.session import open_learner
 from learner.orchestration.supervisor import SupervisorError
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
@@ -15,13 +15,17 @@ from tests.doubles import FailingStartLauncher
 STANDIN = ["--standin-delay", "0.05"]
 
 
-def _run(learner, launcher):
+def standin(cfg, addresses) -> Launcher:
+    """Generator processes on the stand-in engine."""
+    return Launcher(cfg, addresses, extra_args=STANDIN)
+
+
+def _run(learner):
     try:
-        stats = learner.run(launcher)
+        stats = learner.run()
         learner.stop_generators()
         return stats
     finally:
-        launcher.stop()
         learner.close()
 
 
@@ -30,10 +34,9 @@ def test_twenty_five_kills_of_one_generator_finish_the_run_with_every_lease_acco
                       "--learner.checkpoint_every", "0", "--generator.restart_backoff_max_s", "0.5",
                       "--generator.max_restarts_per_hour", "60")
     cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, extra_args=STANDIN)
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data), launcher=standin)
     killer = Killer(learner, kills=25, steps_between=1, pause_s=0.2, seed=3, timeout_s=120).start()
-    stats = _run(learner, launcher)
+    stats = _run(learner)
     killer.join()
     kills, problems = killer.kills, killer.problems
     assert problems == [] and len(kills) == 25, (problems, kills)
@@ -46,10 +49,9 @@ def test_a_generator_that_cannot_start_is_retired_while_another_keeps_the_run_go
     cfg = make_config(tmp_path, "--learner.steps", "4", "--generator.count", "2", "--eval.final", "false",
                       "--generator.max_failed_starts", "2", "--generator.restart_backoff_max_s", "0.2")
     cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
-    launcher = FailingStartLauncher(cfg, learner.endpoint.addresses, learner.model_path, extra_args=STANDIN,
-                                    broken={1})
-    stats = _run(learner, launcher)
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data), launcher=lambda c, addresses: FailingStartLauncher(
+        c, addresses, extra_args=STANDIN, broken={1}))
+    stats = _run(learner)
     assert learner.trainer.version == 4 and balanced(learner)
     assert set(stats.rollouts_by_generator) == {0}
     (why,) = learner.supervisor.retired.values()
@@ -62,10 +64,10 @@ def test_when_the_last_generator_is_retired_the_run_stops_naming_it(tiny_model, 
     cfg = make_config(tmp_path, "--learner.steps", "4", "--eval.final", "false", "--generator.max_failed_starts", "2",
                       "--generator.restart_backoff_max_s", "0.2", "--generator.none_alive_timeout_s", "3")
     cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
-    launcher = FailingStartLauncher(cfg, learner.endpoint.addresses, learner.model_path, broken={0})
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data), launcher=lambda c, addresses: FailingStartLauncher(
+        c, addresses, broken={0}))
     with pytest.raises(SupervisorError, match=r"no generator has been alive.*generator 0: failed to start 2 times"):
-        _run(learner, launcher)
+        _run(learner)
 
 
 def test_a_stalled_step_stops_the_run_naming_the_stage_and_status_tells(tiny_model, tmp_path):
@@ -78,9 +80,8 @@ def test_a_stalled_step_stops_the_run_naming_the_stage_and_status_tells(tiny_mod
     cfg = make_config(tmp_path, "--learner.steps", "20", "--eval.final", "false", "--learner.step_timeout_s", "2")
     cfg.run_dir.mkdir(parents=True)
     trainer = SlowStepTrainer.slow(cfg, tiny_model, delay_s=6.0)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data), trainer=trainer)
-    launcher = Launcher(cfg, learner.endpoint.addresses, learner.model_path, extra_args=STANDIN)
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data), trainer=trainer, launcher=standin)
     with pytest.raises(LearnerError, match=r"optimiser step at version 0 .* has run for \d+s \(learner.step_timeout_s"):
-        _run(learner, launcher)
+        _run(learner)
     text = status(cfg.run_dir)
     assert "step 0 / 20" in text and "generator 0: up" in text, text

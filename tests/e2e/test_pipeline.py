@@ -10,14 +10,14 @@ import time
 
 import psutil
 
-from learner.loop import Learner
+from learner.session import open_learner
 from pipeline.data import load_problems
 from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
 
 
 def _run(cfg, model):
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    learner = Learner(cfg, model, load_problems(cfg.data))
+    learner = open_learner(cfg, model, load_problems(cfg.data))
     return learner, run_pipeline(learner, cfg)
 
 
@@ -107,7 +107,7 @@ def test_a_generator_joins_and_leaves_a_running_run(tiny_model, tmp_path):
     cfg = make_config(tmp_path, "--learner.steps", "100000", "--eval.final", "false",
                       "--learner.checkpoint_every", "0")
     cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data))
     seen: dict = {}
 
     def wait(cond, what, timeout=240.0):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from learner.observe.events import BatchBuilt
-from learner.loop import Learner
+from learner.session import open_learner
 from pipeline.data import load_problems
 from tests.conftest import balanced, make_config, run_pipeline
 
@@ -47,7 +47,7 @@ def test_a_tensor_parallel_generator_trains_verified(tiny_model, tmp_path, tempe
                       "--learner.idle_timeout_s", "1800", "--generator.heartbeat_timeout_s", "1800")
     cfg.run_dir.mkdir(parents=True)
     gaps = Gaps()
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data), observer=gaps)
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data), observer=gaps)
     gaps.learner = learner
     stats = run_pipeline(learner, cfg)
     assert learner.trainer.version == 3

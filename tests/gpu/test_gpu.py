@@ -160,13 +160,13 @@ def _generate(engine, request):
 @vllm_cuda
 def test_nccl_broadcast_into_a_cuda_engine_is_verified_by_the_probe(tiny_model, tmp_path):
     from tests.conftest import run_pipeline
-    from learner.loop import Learner
+    from learner.session import open_learner
     from pipeline.data import load_problems
 
     cfg = make_config(tmp_path, "--learner.steps", "3", "--learner.device", "cuda:1", "--generator.devices",
                       '["0"]', "--eval.final", "false")
     cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data))
     stats = run_pipeline(learner, cfg)
     assert learner.weights_backend == "nccl"
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
@@ -177,14 +177,14 @@ def test_one_gpu_shared_by_learner_and_generator(tiny_model, tmp_path):
     """configs/gpu/one-gpu-qwen2.5-0.5b.toml's layout on the tiny model: both on GPU 0, weights over
     gloo through host memory, every version verified by the probe."""
     from tests.conftest import run_pipeline
-    from learner.loop import Learner
+    from learner.session import open_learner
     from pipeline.data import load_problems
 
     cfg = make_config(tmp_path, "--learner.steps", "3", "--learner.device", "cuda:0", "--generator.devices",
                       '["0"]', "--weights.backend", "gloo", "--generator.gpu_memory_utilization", "0.3",
                       "--generator.kv_cache_bytes", "auto", "--eval.final", "false")
     cfg.run_dir.mkdir(parents=True)
-    learner = Learner(cfg, tiny_model, load_problems(cfg.data))
+    learner = open_learner(cfg, tiny_model, load_problems(cfg.data))
     stats = run_pipeline(learner, cfg)
     assert learner.weights_backend == "gloo"
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 2

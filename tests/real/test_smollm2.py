@@ -104,12 +104,12 @@ def test_learner_logprobs_match_vllm_at_mixed_temperatures_in_one_batch(engine, 
 
 
 def test_a_step_then_a_broadcast_verified_by_the_probe(engine, trainer, tmp_path):
-    from learner.weights.publisher import probe_matches
+    from pipeline.probe import probe_matches
     from tests.links import open_link, send
 
     before = engine.probe()
     assert probe_matches(before, trainer.probe_logprobs(), "float32")[0]
-    metrics = trainer.step(_groups(engine, _cfg(tmp_path), [1.0, 1.0]))
+    metrics = trainer.step(_groups(engine, _cfg(tmp_path), [1.0, 1.0])).metrics
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["grad_norm"] > 0
     link, outbox = open_link(engine, bucket_bytes=64 << 20)  # 540 MB of float32 weights: nine buckets
     send(link, outbox, engine, trainer)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from learner.observe.stats import Arrivals, RunStats, tracker_metrics
+from learner.observe.stats import Arrivals, RunStats, residual_share
 from learner.orchestration.tracker import Tracker
 from tests.builders import group
 
@@ -25,7 +25,7 @@ def test_arrival_metrics_residual_share_by_temperature_and_reactivation():
     assert m["leased_temp_max"] == pytest.approx(1.1)
     tracker = Tracker(4)
     tracker.record_visit(0, "positive", 1.0, 1.0, 0)
-    assert tracker_metrics(tracker)["h_positive_frac"] == pytest.approx(1 / 4)
+    assert tracker.metrics()["h_positive_frac"] == pytest.approx(1 / 4)
 
 
 def test_run_totals_are_the_sum_of_the_windows():
@@ -54,3 +54,13 @@ def test_run_stats_survive_a_json_round_trip():
     assert back.time_share() == pytest.approx({"checkpoint": 0.3, "forward": 0.3})
     assert back.lag_hist[1] == 4 and back.trained_lags_max == 1
     assert torch.isclose(torch.tensor(back.trained_temp_sum), torch.tensor(2.2))
+
+
+def test_the_residual_share_is_the_all_correct_groups_share_of_all():
+    assert residual_share({"positive": 1, "negative": 2, "mixed": 1}) == 0.25
+    assert residual_share({}) == 0.0  # no groups: no share, not a division by zero
+    w = Arrivals(1.0)
+    w.add("positive", 1.3)
+    w.add("negative", 1.0)
+    assert w.metrics()["residual_frac"] == residual_share(w.outcomes) == 0.5
+    assert w.metrics()["residual_by_temp/1.30"] == 1.0

@@ -5,129 +5,111 @@ import pytest
 from learner.orchestration.supervisor import Supervisor, SupervisorError
 from pipeline.config import GeneratorConfig
 from pipeline.messages import Alive, Heartbeat
-from tests.doubles import IdleLink, RecordingSend, ScriptedLauncher
+from tests.doubles import RecordingMembership, RecordingSend, ScriptedLauncher
 
 
 def _supervisor(**generator):
     send, gone = RecordingSend(), []
-    sup = Supervisor(GeneratorConfig(**generator), send, lambda gid, why: gone.append((gid, why)), link=IdleLink)
+    sup = Supervisor(GeneratorConfig(**generator), send, lambda gid, why: gone.append((gid, why)),
+                     weights=RecordingMembership())
     return sup, send, gone
 
 
-def _beat(gid=0, status="ready", probe_version=-1, probe=()):
-    return Heartbeat(generator_id=gid, status=status, version=max(probe_version, 0), pid=1, inflight=0,
-                     probe_version=probe_version, probe_logprobs=list(probe))
+def _beat(gid=0, status="ready"):
+    return Heartbeat(generator_id=gid, status=status, version=0, pid=1, inflight=0)
 
 
-def test_each_reported_probe_is_verified_once_and_recorded_by_the_supervisor():
-    sup, send, _ = _supervisor()
-    calls = []
-
-    def verify(gid, version, probe):
-        calls.append((gid, version))
-        return version != 7 if version < 9 else None  # 9: the learner has no probe of that version
-
-    try:
-        sup.on_heartbeat(_beat(3), verify)  # a joiner: its weight link opened, answered, no probe yet
-        assert 3 in sup.links and [type(m) for _, m in send.sent] == [Alive]
-        for v in (5, 5, 7, 9, 9):
-            sup.on_heartbeat(_beat(3, probe_version=v, probe=[-1.0]), verify)
-        assert calls == [(3, 5), (3, 7), (3, 9), (3, 9)]  # 9 stays unchecked until it can be compared
-        assert sup.generators[3].checked == 7
-    finally:
-        sup.close()
+def test_a_generator_whose_engine_is_up_joins_the_weights_once_and_leaves_them_when_gone():
+    sup, send, gone = _supervisor(count=1)
+    launcher = ScriptedLauncher()
+    sup.start_all(launcher)
+    sup.on_heartbeat(_beat(3))  # a joiner by itself: its weight link opened, answered
+    sup.on_heartbeat(_beat(3))
+    assert sup.weights.joins == [3] and 3 in sup.joined and [type(m) for _, m in send.sent] == [Alive, Alive]
+    assert sup.ready_weights() == {3: 0}
+    sup.weights.failures[3] = RuntimeError("gloo: connection reset")  # its link failed: it is let go
+    sup.check(launcher, now=sup.generators[3].last_seen)
+    assert 3 not in sup.joined and sup.weights.leaves == [3] and gone == [(3, "left")]
 
 
 def test_a_generators_rate_counts_its_own_groups_only():
     sup, _, _ = _supervisor()
-    try:
-        sup.on_heartbeat(_beat(1), lambda *a: None)
-        sup.count_group(1)
-        sup.count_group(1)
-        sup.count_group(2)  # never said hello (or was let go): nothing to count
-        assert sup.generators[1].groups == 2 and 2 not in sup.generators
-    finally:
-        sup.close()
+    sup.on_heartbeat(_beat(1))
+    sup.count_group(1)
+    sup.count_group(1)
+    sup.count_group(2)  # never said hello (or was let go): nothing to count
+    assert sup.generators[1].groups == 2 and 2 not in sup.generators
 
 
 def _ready(sup, gid, now=None):
-    sup.on_heartbeat(_beat(gid), lambda *a: None, now=now)
+    sup.on_heartbeat(_beat(gid), now=now)
 
 
 def test_a_generator_that_keeps_dying_young_backs_off_and_one_that_lived_restarts_at_once():
     sup, _, gone = _supervisor(count=1)
     launcher = ScriptedLauncher()
-    try:
-        sup.start_all(launcher)
-        _ready(sup, 0)
-        t = sup.last_alive
-        sup.lives[0].started = t - 10.0
-        for backoff in (1.0, 2.0, 4.0, 8.0):  # it dies within a minute of each start: 1, 2, 4, 8 s
-            launcher.exited[0] = 1
-            sup.check(launcher, now=t)
-            assert sup.lives[0].restart_at == t + backoff and len(launcher.started) == 1 + sup.restarts
-            sup.check(launcher, now=t + backoff - 0.1)  # not before its back-off is over
-            assert sup.lives[0].restart_at is not None
-            t += backoff
-            sup.check(launcher, now=t)
-            assert sup.lives[0].restart_at is None and 0 not in sup.links  # restarted; no word from it yet
-            _ready(sup, 0, t)
-            assert 0 in sup.links  # its first heartbeat opened its weight link
-        t += 120.0  # it lived two minutes: the next death restarts at once
-        _ready(sup, 0, t)
+    sup.start_all(launcher)
+    _ready(sup, 0)
+    t = sup.last_alive
+    sup.lives[0].started = t - 10.0
+    for backoff in (1.0, 2.0, 4.0, 8.0):  # it dies within a minute of each start: 1, 2, 4, 8 s
         launcher.exited[0] = 1
-        restarts = sup.restarts
         sup.check(launcher, now=t)
-        assert sup.restarts == restarts + 1 and sup.lives[0].restart_at is None and not sup.retired
-        assert [gid for gid, _ in gone] == [0] * 5  # its leases were released at every death
-    finally:
-        sup.close()
+        assert sup.lives[0].restart_at == t + backoff and len(launcher.started) == 1 + sup.restarts
+        sup.check(launcher, now=t + backoff - 0.1)  # not before its back-off is over
+        assert sup.lives[0].restart_at is not None
+        t += backoff
+        sup.check(launcher, now=t)
+        assert sup.lives[0].restart_at is None and 0 not in sup.joined  # restarted; no word from it yet
+        _ready(sup, 0, t)
+        assert 0 in sup.joined  # its first heartbeat opened its weight link
+    t += 120.0  # it lived two minutes: the next death restarts at once
+    _ready(sup, 0, t)
+    launcher.exited[0] = 1
+    restarts = sup.restarts
+    sup.check(launcher, now=t)
+    assert sup.restarts == restarts + 1 and sup.lives[0].restart_at is None and not sup.retired
+    assert [gid for gid, _ in gone] == [0] * 5  # its leases were released at every death
 
 
 def test_a_generator_past_its_hourly_budget_is_retired_and_the_others_go_on():
     sup, _, gone = _supervisor(count=2, max_restarts_per_hour=3)
     launcher = ScriptedLauncher()
-    try:
-        sup.start_all(launcher)
-        t = sup.last_alive
-        _ready(sup, 0, t)
+    sup.start_all(launcher)
+    t = sup.last_alive
+    _ready(sup, 0, t)
+    _ready(sup, 1, t)
+    for death in range(4):
+        t += 600.0  # it lived ten minutes each time: no back-off, but four deaths in the hour
         _ready(sup, 1, t)
-        for death in range(4):
-            t += 600.0  # it lived ten minutes each time: no back-off, but four deaths in the hour
-            _ready(sup, 1, t)
-            launcher.exited[0] = 9
-            sup.check(launcher, now=t)
-            if not sup.lives[0].retired:
-                _ready(sup, 0, t)
-        assert "died 4 times in the last hour" in sup.retired[0]
-        assert sup.expected == 1 and 0 not in sup.links and not launcher.manages(0)
-        assert "retired" in gone[-1][1]
-    finally:
-        sup.close()
+        launcher.exited[0] = 9
+        sup.check(launcher, now=t)
+        if not sup.lives[0].retired:
+            _ready(sup, 0, t)
+    assert "died 4 times in the last hour" in sup.retired[0]
+    assert sup.expected == 1 and 0 not in sup.joined and not launcher.manages(0)
+    assert "retired" in gone[-1][1]
 
 
 def test_a_generator_that_cannot_start_is_retired_and_the_last_one_stops_the_run_naming_it():
     sup, _, _ = _supervisor(count=1, max_failed_starts=3, none_alive_timeout_s=1000)
     launcher = ScriptedLauncher()
-    try:
-        sup.start_all(launcher)
-        t = sup.last_alive
-        for _ in range(3):  # it dies before it ever said it was ready
-            launcher.exited[0] = 3
-            sup.check(launcher, now=t)
-            t += 60.0
-            sup.check(launcher, now=t)
-        assert "failed to start 3 times in a row" in sup.retired[0]
-        assert sup.lives[0].last_error == "RuntimeError: no engine for generator 0"
-        with pytest.raises(SupervisorError, match=r"no generator has been alive for 1000s.*generator 0: failed to start"):
-            sup.check(launcher, now=sup.last_alive + 1001.0)
-    finally:
-        sup.close()
+    sup.start_all(launcher)
+    t = sup.last_alive
+    for _ in range(3):  # it dies before it ever said it was ready
+        launcher.exited[0] = 3
+        sup.check(launcher, now=t)
+        t += 60.0
+        sup.check(launcher, now=t)
+    assert "failed to start 3 times in a row" in sup.retired[0]
+    assert sup.lives[0].last_error == "RuntimeError: no engine for generator 0"
+    with pytest.raises(SupervisorError, match=r"no generator has been alive for 1000s.*generator 0: failed to start"):
+        sup.check(launcher, now=sup.last_alive + 1001.0)
 
 
 def test_the_last_word_of_a_generator_already_let_go_is_ignored():
     sup, send, _ = _supervisor()
-    sup.on_heartbeat(_beat(4, status="stopping"), lambda *a: None)
+    sup.on_heartbeat(_beat(4, status="stopping"))
     assert send.sent == [] and sup.generators == {}
 
 
@@ -136,14 +118,28 @@ def test_a_generator_loading_its_engine_gets_its_weight_group_only_once_up_and_i
     beyond vLLM's NCCL rendezvous timeout); silence while loading still counts."""
     sup, _, gone = _supervisor(count=1, heartbeat_timeout_s=30)
     launcher = ScriptedLauncher()
-    try:
-        sup.start_all(launcher)
-        t = sup.last_alive
-        sup.on_heartbeat(_beat(0, status="starting"), lambda *a: None, now=t)
-        assert 0 not in sup.links and sup.generators[0].status == "starting"
-        sup.check(launcher, now=t + 31)  # silent while loading: killed, then restarted
-        assert launcher.killed == [0] and gone and gone[0][0] == 0
-        sup.on_heartbeat(_beat(0, status="joining"), lambda *a: None, now=t + 40)
-        assert 0 in sup.links
-    finally:
-        sup.close()
+    sup.start_all(launcher)
+    t = sup.last_alive
+    sup.on_heartbeat(_beat(0, status="starting"), now=t)
+    assert 0 not in sup.joined and sup.generators[0].status == "starting"
+    sup.check(launcher, now=t + 31)  # silent while loading: killed, then restarted
+    assert launcher.killed == [0] and gone and gone[0][0] == 0
+    sup.on_heartbeat(_beat(0, status="joining"), now=t + 40)
+    assert 0 in sup.joined
+
+
+def test_the_restart_budget_is_a_rate_over_the_last_hour_not_a_lifetime_count():
+    """Deaths 25 minutes apart never put more than three in one hour: ten of them retire nothing,
+    where a count over the generator's lifetime would retire it at the fourth."""
+    sup, _, _ = _supervisor(count=1, max_restarts_per_hour=3)
+    launcher = ScriptedLauncher()
+    sup.start_all(launcher)
+    t = sup.last_alive
+    for death in range(10):
+        t += 25 * 60.0
+        _ready(sup, 0, t)  # up and heard from until it dies
+        launcher.exited[0] = 9
+        sup.check(launcher, now=t)
+        assert not sup.retired, f"retired at death {death + 1}"
+        assert len(sup.lives[0].deaths) <= 3
+    assert sup.restarts == 10

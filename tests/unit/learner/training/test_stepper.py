@@ -29,7 +29,7 @@ def test_the_snapshot_is_taken_before_the_update_and_the_step_is_collected_once(
         assert stepper.collect() is None and "update" not in trainer.events  # it waits for the copy
         release.set()
         done = stepper.wait()
-        assert done.future.result() == {"groups": 2} and done.version == 0 and done.lags == [0, 1]
+        assert done.future.result().metrics == {"groups": 2} and done.version == 0 and done.lags == [0, 1]
         assert sorted(trainer.events) == ["backward", "snapshot", "update"]
         assert trainer.events.index("snapshot") < trainer.events.index("update")
         assert woken.wait(5) and stepper.running is None and stepper.collect() is None

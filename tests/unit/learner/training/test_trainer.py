@@ -218,7 +218,7 @@ def test_pi_prox_is_the_policy_at_the_start_of_the_batch_for_all_k_updates(tiny_
     trainer.optimizer.step = counting_step
     real_accumulate = trainer._accumulate
     trainer._accumulate = lambda sub: (update_of.append(updates["n"]), real_accumulate(sub))[1]
-    metrics = trainer.train_batch(batch)
+    metrics = trainer.train_batch(batch).metrics
     assert updates["n"] == 3 and metrics["updates"] == 3 and "update/2/clip_frac" in metrics
     assert set(update_of) == {0, 1, 2} and len(update_of) == len(loss_inputs)
     # pi_prox in every update is the start policy's log-prob, computed by the learner (not vLLM's mu)
@@ -241,10 +241,10 @@ def test_pi_prox_is_the_policy_at_the_start_of_the_batch_for_all_k_updates(tiny_
 
 
 def test_a_sample_that_can_never_fit_the_budget_is_a_startup_error(tiny_model, tmp_path):
-    from learner.loop import Learner
+    from learner.session import open_learner
     from pipeline.data import load_problems
 
     cfg = make_config(tmp_path, "--learner.micro_batch_tokens", "8")
     cfg.run_dir.mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"learner.micro_batch_tokens.*generator.max_tokens"):
-        Learner(cfg, tiny_model, load_problems(cfg.data))
+        open_learner(cfg, tiny_model, load_problems(cfg.data), launcher=None)

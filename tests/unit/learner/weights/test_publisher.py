@@ -1,26 +1,90 @@
-"""The publisher: a probe mismatch is counted, a match verified; it owns the newest published version."""
+"""The weights' one owner: it decides when to snapshot, sends to every joined link that lacks the
+newest version, and checks the probes generators report in their heartbeats (counted either way)."""
 
 import pytest
 
-from learner.weights.publisher import Publisher, probe_matches
+from learner.observe.clock import StageClock
 from learner.observe.stats import Arrivals, RunStats
-from tests.doubles import ProbeTrainer
+from learner.weights.publisher import WeightPublisher
+from pipeline.messages import Heartbeat
+from pipeline.probe import probe_matches
+from tests.doubles import ProbeTrainer, RecordingLink
 
 
-def test_probe_mismatch_is_counted_and_a_match_is_verified():
-    stats = RunStats(Arrivals(1.0))
-    pub = Publisher(ProbeTrainer(), "float32", stats, wake=lambda: None)
-    assert pub.verify(4, 3, [-1.0, -2.0001, -0.5]) is True
-    assert (stats.weights_verified, stats.weights_mismatch) == (1, 0)
-    assert pub.verify(5, 3, [-1.0, -2.5, -0.5]) is False
+def _publisher(trainer=None, sync_every=1, steps=10):
+    stats, links = RunStats(Arrivals(1.0)), {}
+
+    def open_link(gid, workers):
+        links[gid] = RecordingLink(gid, workers)
+        return links[gid]
+
+    pub = WeightPublisher(trainer or ProbeTrainer(), "float32", sync_every, steps, open_link, stats, StageClock(),
+                          wake=lambda: None)
+    return pub, stats, links
+
+
+def _beat(gid, version, probe, status="ready"):
+    return Heartbeat(generator_id=gid, status=status, version=version, pid=1, inflight=[],
+                     probe_version=version, probe_logprobs=probe)
+
+
+def test_a_probe_in_a_heartbeat_is_checked_once_and_counted_either_way():
+    pub, stats, _ = _publisher()
+    pub.join(4, 1, 3)
+    pub.on_heartbeat(_beat(4, 3, [-1.0, -2.0001, -0.5]))
+    pub.on_heartbeat(_beat(4, 3, [-1.0, -2.0001, -0.5]))  # the same report again: not counted twice
+    assert (stats.weights_verified, stats.weights_mismatch) == (1, 0) and pub.checked[4] == 3
+    pub.join(5, 1, 3)
+    pub.on_heartbeat(_beat(5, 3, [-1.0, -2.5, -0.5]))
     assert stats.weights_mismatch == 1 and stats.probe_max_diff == pytest.approx(0.5)
-    assert pub.verify(5, 9, [-1.0]) is None  # no probe of that version: nothing to compare, nothing counted
-    assert (stats.weights_verified, stats.weights_mismatch) == (1, 1)
+    pub.on_heartbeat(_beat(5, 9, [-1.0]))  # no probe of that version: nothing to compare, nothing counted
+    assert (stats.weights_verified, stats.weights_mismatch) == (1, 1) and pub.checked[5] == 3
+    pub.leave(5)
+    pub.on_heartbeat(_beat(5, 3, [-1.0, -2.0, -0.5], status="stopping"))  # the last word of one let go
+    assert stats.weights_verified == 1 and 5 not in pub.checked
     assert probe_matches([-1.0, -2.0], [-1.0, -2.0, -0.5], "float32")[0] is False  # a short report never matches
     assert probe_matches([-1.0, -2.02, -0.5], [-1.0, -2.0, -0.5], "bfloat16")[0] is True
 
 
-def test_the_newest_published_version_starts_at_the_trainers():
-    """A resumed run's generators start from the checkpoint's version: that is the newest published."""
-    pub = Publisher(ProbeTrainer(), "float32", RunStats(Arrivals(1.0)), wake=lambda: None)
-    assert pub.latest == 3 and pub.needs_snapshot(3)
+def test_it_decides_when_a_step_copies_the_weights_and_sends_each_version_once():
+    trainer = ProbeTrainer(version=0)
+    pub, stats, links = _publisher(trainer, sync_every=2, steps=5)
+    assert pub.latest == 0 and pub.copy_before_step(0) is not None  # due at 0, not copied yet
+    pub.join(0, 1, 0)
+    pub.join(1, 1, 0)
+    pub.publish(0, step_running=False)
+    assert links[0].sent == [] and trainer.copies == []  # they hold version 0 already
+    trainer.version = 1
+    assert pub.copy_before_step(1) is None  # sync_every = 2: version 1 does not go out
+    pub.publish(1, step_running=False)
+    assert trainer.copies == [] and links[0].sent == []
+    trainer.version = 2
+    copy = pub.copy_before_step(2)
+    assert copy is not None
+    copy()  # the stepper runs it beside the step's forward
+    assert pub.copy_before_step(2) is None  # copied once
+    links[1].busy = True  # its last broadcast still running: it gets the version once free
+    pub.publish(2, step_running=True)
+    assert links[0].sent == [2] and links[1].sent == [] and trainer.copies == [2]
+    links[1].busy = False
+    pub.publish(2, step_running=True)
+    assert links[1].sent == [2] and stats.versions_published == [2]
+    trainer.version = 5  # the last version always goes out
+    pub.publish(5, step_running=False)
+    assert links[0].sent == [2, 5] and pub.latest == 5
+    assert pub.all_hold(5, heard={0, 1}) is False  # sent, but no probe reported yet
+    for gid in (0, 1):
+        pub.on_heartbeat(_beat(gid, 5, [-1.0, -2.0, -0.5]))
+    assert pub.all_hold(5, heard={0, 1})
+
+
+def test_a_newcomer_behind_the_newest_version_gets_it_at_once_even_between_due_versions():
+    trainer = ProbeTrainer(version=4)
+    pub, _, links = _publisher(trainer, sync_every=4, steps=10)
+    pub.join(0, 1, 3)
+    pub.publish(4, step_running=False)  # due: copied and sent
+    assert links[0].sent == [4]
+    trainer.version = 5  # not due
+    pub.join(1, 1, 0)  # a restarted generator at its start version
+    pub.publish(5, step_running=False)
+    assert links[1].sent == [4] and links[0].sent == [4]  # the newest published, not the undue 5

@@ -1,0 +1,121 @@
+"""The learner put together: each part built from the config section it reads, a resumed run's state
+put back, and the loop (learner/loop.py) handed its endpoint and launcher.
+
+    endpoint = LearnerEndpoint.open(cfg.transport)
+    learner = build(cfg, model_path, problems, endpoint, launcher)
+    learner.run()
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import msgspec
+import torch
+
+from learner.loop import Learner, Rooms
+from learner.observe.clock import StageClock
+from learner.observe.events import BatchBuilt, Observer
+from learner.observe.metrics import MetricsLog
+from learner.observe.stats import Arrivals, RunStats
+from learner.orchestration.heldout import Evaluator
+from learner.orchestration.intake import Intake
+from learner.orchestration.exact import exact_steps
+from learner.orchestration.lag import lag_control
+from learner.orchestration.leases import LeaseBook
+from learner.orchestration.supervisor import Supervisor
+from learner.orchestration.tracker import Tracker
+from learner.training import checkpoint
+from learner.training.advantages import AdvantageRule
+from learner.training.groups import GroupBuffer, group_from_state
+from learner.training.stepper import Stepper
+from learner.training.trainer import Trainer, check_fits
+from learner.weights.links import choose_backend, opener
+from learner.weights.publisher import WeightPublisher
+from pipeline.config import Config, to_toml_dict
+from pipeline.data import Problem
+from pipeline.model_settings import derive, resolved
+from pipeline.models import load_tokenizer
+from pipeline.prompts import render
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launcher=None, resume: Path | None = None,
+          trainer: Trainer | None = None, observer: Observer | None = None) -> Learner:
+    """The learner of one run. `resume`: a checkpoint folder; the run continues from it (model,
+    optimiser, tracker, cursor, counters, RNG) and its model folder becomes what generators load at
+    start. `trainer`: one made already (a sharded one under torchrun). `launcher`: told what the
+    generators start from (model, version, weight backend) before it starts any."""
+    model_path = str(resume) if resume is not None else model_path
+    cfg = resolve(cfg, model_path)
+    lc, gc = cfg.learner, cfg.generator
+    tokenizer = load_tokenizer(model_path)
+    prompt_tokens = [render(tokenizer, p.question, cfg.data) for p in problems]
+    check_fits(lc.micro_batch_tokens, gc.max_tokens, max(len(t) for t in prompt_tokens))
+    tracker = Tracker(len(problems), cfg.tracker.reset_on_mixed)
+    leases = LeaseBook(problems, prompt_tokens, tracker, cfg.schedule, lc.group_size, gc.max_tokens,
+                       lc.lease_timeout_s, cfg.data.seed)
+    torch.manual_seed(cfg.run.seed)
+    trainer = trainer or Trainer.from_config(cfg, model_path)
+    buffer, clock = GroupBuffer(), StageClock()
+    stats = RunStats(Arrivals(cfg.schedule.t0))
+    rule = AdvantageRule.from_config(cfg.advantage, cfg.ra, cfg.dapo, gc.max_tokens)
+    intake = Intake(leases, tracker, buffer, stats, rule, cfg.dapo, lc.group_size, lc.groups_per_step, cfg.schedule.t0)
+    lag = lag_control(lc, cfg.dapo, cfg.run.seed, gc.max_inflight, leases, buffer, intake.record_visit,
+                      intake.count_filtered)
+    intake.in_arrival_order = lag.on_arrival
+    if resume is not None:
+        stats = _restore(resume, trainer, tracker, leases, intake, lag, cfg.schedule.t0)
+        intake.stats = stats
+    if lc.lag_control == "exact":
+        log.info("exact lag control: step t trains the wave leased under version t - %d (%d steps)", lc.max_lag, lc.steps)
+    backend = choose_backend(cfg.weights.backend, trainer.device)  # weights leave from the learner's own device
+    link = opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post)
+    weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, link, stats, clock, endpoint.wake)
+    supervisor = Supervisor(gc, endpoint.send, on_gone=lambda gid, why: None, weights=weights)
+    on_batch = (lambda v, b: observer(BatchBuilt(v, b))) if observer else None
+    ev = cfg.eval
+    heldout = Evaluator(ev, cfg.data, gc.max_tokens, tokenizer, cfg.run.seed) if ev.every or ev.final or ev.first else None
+    metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb, wandb_mode=cfg.log.wandb_mode,
+                         run_name=cfg.run.name, config=to_toml_dict(cfg),
+                         resumed_at=trainer.version if resume is not None else None,
+                         checkpoint=resume.name if resume is not None else "")
+    writer = checkpoint.Writer(cfg.run_dir / "checkpoints", model_path, lc.keep_checkpoints)
+    rooms = Rooms(trainer, tracker, leases, buffer, intake, lag, supervisor, weights,
+                  Stepper(trainer, endpoint.wake, on_batch=on_batch), heldout, stats, metrics,
+                  checkpoint.Checkpoints(writer, clock), clock)
+    if launcher is not None:
+        launcher.starting_from(model_path, trainer.version, backend)
+    return Learner(cfg, rooms, endpoint, launcher, observer, eval_first=ev.first and resume is None)
+
+
+def resolve(cfg: Config, model_path: str) -> Config:
+    """The config as the learner runs it: model-derived settings decided (where a config came straight
+    from a file), and under exact lag control a sample budget turned into a number of whole waves."""
+    if not resolved(cfg):
+        cfg = derive(cfg, model_path, cfg.generator.max_inflight * cfg.learner.group_size)[0]
+    lc = cfg.learner
+    if lc.lag_control == "exact" and lc.sample_budget:
+        lc = msgspec.structs.replace(lc, steps=exact_steps(lc, cfg.dapo), sample_budget=0)
+        cfg = msgspec.structs.replace(cfg, learner=lc)
+    return cfg
+
+
+def _restore(ckpt: Path, trainer, tracker: Tracker, leases: LeaseBook, intake: Intake, lag, t0: float) -> RunStats:
+    """Put a run's state back as checkpoint `ckpt` saved it (the model itself is loaded from the
+    folder by the trainer); returns the run statistics to continue from."""
+    state, rng = checkpoint.load_state(ckpt)
+    trainer.version = state["version"]
+    trainer.load_optimizer(ckpt)  # first: under FSDP2 a forward (the probe) must not come before it
+    checkpoint.verify_weights(ckpt, state, trainer.probe_logprobs(), trainer.dtype)
+    torch.set_rng_state(rng)
+    tracker.load_state_dict(state["tracker"])
+    leases.load_state_dict(state["leases"] if "leases" in state else state["dispatcher"])  # (older checkpoints)
+    for raw in state["buffer"]:
+        intake.readmit(group_from_state(raw))
+    if state.get("lag") or state.get("waves"):  # exact lag control's waves; leases then out are re-issued
+        lag.load_state_dict(state.get("lag") or state["waves"])
+    log.info("resumed from %s at version %d (epoch %d, cursor %d)", ckpt, trainer.version, leases.epoch, leases.cursor)
+    return RunStats.from_state(state["stats"], t0)
