@@ -22,14 +22,14 @@ from pathlib import Path
 
 import msgspec
 
-from learner.observe import health
 from learner.observe.clock import StageClock
 from learner.observe.events import Leased, Observer, StepStarted
 from learner.observe.metrics import MetricsLog
 from learner.observe.stats import RunStats, run_counters
+from learner.observe.watch import Watch
 from learner.orchestration.heldout import Evaluator
 from learner.orchestration.intake import Intake
-from learner.orchestration.lag import LagControl, Pool, Tag
+from learner.orchestration.lag import LagControl, Tag
 from learner.orchestration.leases import LeaseBook, LeaseOutcome
 from learner.orchestration.supervisor import Supervisor
 from learner.orchestration.tracker import Tracker
@@ -41,10 +41,6 @@ from pipeline.config import Config
 from pipeline.messages import Heartbeat, Rollout
 
 log = logging.getLogger(__name__)
-
-
-class LearnerError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -82,31 +78,29 @@ class Learner:
         self.observe = observer or (lambda event: None)
         self.stop_requested = False  # set by a signal handler: finish the step, checkpoint, stop
         self._eval_first = eval_first
-        self.initial_version = self.trainer.version
-        self._first_rollout_at: float | None = None
-        self._started, self._started_wall, self._health_at = time.monotonic(), time.time(), 0.0
-        self._last_lag = (0.0, 0)  # the last step's mean and largest lag (for the health file)
-        self._last_rollout = self._started
+        self.watch = Watch(cfg.run_dir, cfg.learner, self.trainer.version)
 
     # ---- the tick ----------------------------------------------------------------------------------
 
     def run(self, progress=None) -> RunStats:
         if self.launcher is not None:
             self.supervisor.start_all(self.launcher)
-        self._last_rollout = time.monotonic()
+        self.watch.last_rollout = time.monotonic()  # generator start-up is not a stall
         while self.stepper.running is not None or (  # a started step is always finished
                 self.trainer.version < self.cfg.learner.steps and not self.stop_requested and not self.lag.spent()):
             self.tick(progress)
-        # throughput clock: from the first rollout, so generator start-up (loading vLLM) is not in it
-        self.stats.seconds += time.monotonic() - (self._first_rollout_at or self._started)
+        self.stats.seconds += self.watch.since_first_rollout
         self.intake.close_window()  # what arrived after the last step counts in the run's totals
         self.weights.finishing = True
         self.checkpoint()  # which checks the lease identity in full first
-        if not self.stop_requested:
-            self._finish_broadcasts()
+        if not self.stop_requested:  # the last version verified at every generator, then scored
+            self.weights.finish(self.trainer.version, lambda: set(self.supervisor.generators), self._poll)
             if self.rooms.heldout is not None and self.cfg.eval.final:
-                self._final_eval()
-        self._write_health(finished=True)
+                self.rooms.heldout.wait(self._poll, self.cfg.learner.idle_timeout_s)  # a mid-run round first
+                self._start_eval()
+                self.rooms.heldout.wait(self._poll, self.cfg.learner.idle_timeout_s)
+        self.watch.write(self.trainer.version, self.stats, self.leases, self.supervisor.health(time.monotonic()),
+                         finished=True)
         return self.stats
 
     def tick(self, progress=None, timeout_ms: int = 20) -> None:
@@ -114,9 +108,10 @@ class Learner:
         if self._eval_first and len(self.supervisor.ready_weights()) >= max(self.supervisor.expected, 1):
             self._eval_first = False
             self._start_eval()                           #    (a held-out round on the starting weights)
-        self.lag.lease(self._pool(), self._lease)        # 2. lease prompt visits to them
-        if self._poll(timeout_ms):                       # 3. rollouts -> groups -> buffer; heartbeats
-            self._last_rollout = time.monotonic()
+        self.lag.lease(self.supervisor.pool(self.trainer.version, self.stepper.groups_in_step,
+                                            self.stepper.running is not None, self.watch.first_rollout is not None),
+                       self._lease)                      # 2. lease prompt visits to them
+        self._poll(timeout_ms)                           # 3. rollouts -> groups -> buffer; heartbeats
         self.leases.expire()                             # 4. overdue leases go back in the queue
         done = self.stepper.collect()                    # 5. a finished step, if any
         if done is None or not self._checkpoint_due():
@@ -126,7 +121,9 @@ class Learner:
             self._start_if_ready()
         self.weights.publish(self.trainer.version, self.stepper.running is not None)  # 8. new weights out
         self.rooms.checkpoints.collect(wait=False)       # 9. a checkpoint written behind the loop
-        self._watch()                                    # 10. stalls named, health written
+        self.trainer.keep_alive()                        # 10. sharded: the other ranks wait for the next batch
+        self.watch.check(self.stepper.running, self.trainer.version, self.stats, self.leases,
+                         self.supervisor.health)         # 11. stalls named, health written
 
     def _poll(self, timeout_ms: int) -> bool:
         """Hand whatever arrives within `timeout_ms` to its owner; True if a rollout did."""
@@ -136,7 +133,7 @@ class Learner:
                 self.supervisor.on_heartbeat(msg)
                 self.weights.on_heartbeat(msg)
             elif isinstance(msg, Rollout):
-                self._first_rollout_at = self._first_rollout_at or time.monotonic()
+                self.watch.rollout()
                 got_rollout = True
                 heldout = self.rooms.heldout
                 if heldout is not None and heldout.owns(msg.lease_id):
@@ -144,12 +141,6 @@ class Learner:
                 elif self.intake.on_rollout(msg) is not None:
                     self.supervisor.count_group(msg.generator_id)
         return got_rollout
-
-    def _pool(self) -> Pool:
-        info = self.supervisor.generators
-        return Pool(self.trainer.version, self.stepper.running is not None, self.stepper.groups_in_step,
-                    self.supervisor.ready_weights(), self.supervisor.expected, self._first_rollout_at is not None,
-                    {gid: (g.groups, g.busy_s) for gid, g in info.items()})
 
     def _lease(self, gid: int, tag: Tag | None) -> tuple[int, bool]:
         extra = {} if tag is None else {"seed": tag.seed, "wave": tag.wave, "wave_size": tag.wave_size}
@@ -180,15 +171,12 @@ class Learner:
         self.lag.settle(done.version, done.groups)
         metrics = {**result.metrics, **self.rooms.clock.take()}  # the loop's stages since the last step too
         arrived = self.intake.close_window().metrics()
-        metrics.update(arrived, **self.tracker.metrics(),
+        stages = {k: v for k, v in metrics.items() if k.startswith("time/")}
+        metrics.update(arrived, **self.tracker.metrics(), **self.leases.metrics(), buffered=len(self.buffer),
                        **self.stats.record_step(done.groups, done.lags, arrived["residual_frac"],
-                                                done.finished - done.started,
-                                                {k: v for k, v in metrics.items() if k.startswith("time/")}))
-        metrics.update({"buffered": len(self.buffer), "open_leases": self.leases.open,
-                        "leases/dispatched": self.leases.dispatched,
-                        **{f"leases/{k}": v for k, v in self.leases.outcomes.items()}})
+                                                done.finished - done.started, stages))
         self.metrics.log(self.trainer.version, metrics)
-        self._last_lag = (metrics["lag_mean"], metrics["lag_max"])
+        self.watch.last_lag = (metrics["lag_mean"], metrics["lag_max"])
         return metrics
 
     def _checkpoint_due(self) -> bool:
@@ -206,30 +194,6 @@ class Learner:
             progress.set_postfix(reward=f"{metrics['reward']:.2f}", T=f"{metrics['temperature_mean']:.2f}",
                                  lag=f"{metrics['lag_mean']:.1f}")
 
-    def _watch(self) -> None:
-        """A stall ends the run with an error naming the stage, never a silent hang; and the run's
-        health file is kept fresh for `run.py status`."""
-        lc, now = self.cfg.learner, time.monotonic()
-        self.trainer.keep_alive()  # sharded: the other training processes wait for the next batch
-        running = self.stepper.running
-        if running is not None and now - running.started > lc.step_timeout_s:
-            self._write_health()  # the run folder says where it stood when it stalled
-            raise LearnerError(f"the optimiser step at version {running.version} ({len(running.groups)} groups) has "
-                               f"run for {now - running.started:.0f}s (learner.step_timeout_s = {lc.step_timeout_s:.0f})")
-        if now - self._last_rollout > lc.idle_timeout_s:
-            self._write_health()
-            raise LearnerError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s); generators: "
-                               f"{ {g: h.state for g, h in self.supervisor.health(now).items()} }")
-        if now - self._health_at > health.WRITE_EVERY_S:
-            self._write_health()
-
-    def _write_health(self, finished: bool = False) -> None:
-        self._health_at = time.monotonic()
-        health.report(self.cfg.run_dir, self.cfg.learner, self.trainer.version - self.initial_version,
-                      self.trainer.version, self.stats, self.leases, self.supervisor.health(self._health_at),
-                      self._last_lag, self._started_wall, self._health_at - (self._first_rollout_at or self._started),
-                      finished)
-
     def _generator_gone(self, gid: int, why: str) -> None:
         if why.startswith("retired"):
             self.metrics.alert(f"generator {gid} retired", why)
@@ -238,37 +202,9 @@ class Learner:
         if self.rooms.heldout is not None and self.rooms.heldout.busy:
             self.rooms.heldout.abandon()  # its share of the round is gone; the next round starts afresh
 
-    # ---- held-out rounds, the last broadcast -------------------------------------------------------
-
     def _start_eval(self) -> None:
         self.rooms.heldout.start_round(self.trainer.version, self.leases.new_lease_id,
                                        sorted(self.supervisor.generators), self.endpoint.send)
-
-    def _final_eval(self) -> None:
-        """A held-out round on the final weights. Its timeout is on progress, not on the whole round
-        (AIME at k = 32 and 16k tokens takes hours): it fails only when no rollout at all arrives for
-        `learner.idle_timeout_s`."""
-        idle, heldout = self.cfg.learner.idle_timeout_s, self.rooms.heldout
-        for start in (False, True):  # a mid-run round still out finishes first
-            if start:
-                self._start_eval()
-            last = time.monotonic()
-            while heldout.busy:
-                if time.monotonic() - last > idle:
-                    raise LearnerError(f"held-out evaluation: no result for {idle:.0f}s (learner.idle_timeout_s); "
-                                       f"{len(heldout.current.pending)} problems still out")
-                if self._poll(timeout_ms=50):
-                    last = time.monotonic()
-
-    def _finish_broadcasts(self, timeout_s: float = 60.0) -> None:
-        """Let the last broadcast land and the generators report its probe, so it is verified."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.weights.publish(self.trainer.version, step_running=False)
-            if self.weights.latest == self.trainer.version and self.weights.all_hold(
-                    self.trainer.version, set(self.supervisor.generators)):
-                return
-            self._poll(timeout_ms=20)
 
     # ---- checkpoints, end of run -------------------------------------------------------------------
 
@@ -290,7 +226,7 @@ class Learner:
         written): model, optimiser, version, tracker, lease book and buffer describe one moment.
         `wait=False` leaves the files to the writer's thread (the loop goes on answering heartbeats)."""
         if self.stepper.running is not None:
-            raise LearnerError("a checkpoint must not be taken while an optimiser step runs")
+            raise RuntimeError("a checkpoint must not be taken while an optimiser step runs")
         self.rooms.checkpoints.collect(wait=True)
         self.check_leases()
         self.rooms.checkpoints.start(self.trainer, self.state_dict())
@@ -298,7 +234,6 @@ class Learner:
 
     def stop_generators(self) -> None:
         self.supervisor.stop_all()
-
     def close(self) -> None:
         if self.launcher is not None:
             self.launcher.stop()

@@ -194,3 +194,90 @@ class FailingStartLauncher:
                 return super().command(generator_id)
 
         return _Failing(*args, **kwargs)
+
+
+class QueueEndpoint:
+    """Stands in for the learner's endpoint (pipeline/transport.py) in tests of the loop's tick: what
+    the test `deliver`s comes out of the next recv(); what the learner sends is recorded."""
+
+    def __init__(self):
+        import collections
+
+        self.inbox: list = []
+        self.sent: list[tuple[int, object]] = []
+        self.rejected = collections.Counter()
+        self.rejected.counts = {}
+
+    def deliver(self, *messages) -> None:
+        self.inbox.extend(messages)
+
+    def recv(self, timeout_ms: int) -> list:
+        out, self.inbox = self.inbox, []
+        return out
+
+    def send(self, gid: int, msg) -> bool:
+        self.sent.append((gid, msg))
+        return True
+
+    post = send
+
+    def wake(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def assignments(self) -> list:
+        from pipeline.messages import Assignment
+
+        return [m for _, m in self.sent if isinstance(m, Assignment)]
+
+
+class GatedTrainer(ProbeTrainer):
+    """Stands in for the trainer in tests of the loop's tick: a step records its groups and ends only
+    once the test opens its gate (open from the start unless `gated`)."""
+
+    concurrent_snapshot = True
+    device = torch.device("cpu")
+    dtype = "float32"
+
+    def __init__(self, gated: bool = False):
+        import threading
+
+        super().__init__(version=0)
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+        self.steps: list[list[int]] = []  # each step's lease ids
+
+    def step(self, groups, before_update=None, on_batch=None) -> StepResult:
+        self.steps.append([g.lease_id for g in groups])
+        if before_update is not None:
+            before_update()
+        assert self.gate.wait(60), "the test never let the step finish"
+        self.version += 1
+        return StepResult({"loss": 0.0}, {i: [0.0, 1.0] for i in range(len(groups))})
+
+    def keep_alive(self) -> None:
+        pass
+
+
+class HeldWriter:
+    """Stands in for the checkpoint writer (learner/training/checkpoint.py) in tests of the loop: it
+    records each cut (the version, and whether a step was running) and stays busy until `release()`."""
+
+    def __init__(self, stepper_of):
+        self.stepper_of = stepper_of  # () -> the learner's stepper, to see whether a step runs at the cut
+        self.cuts: list[tuple[int, bool, list[int]]] = []  # (version, a step running, buffered lease ids)
+        self.busy = False
+
+    def start(self, trainer, state: dict) -> None:
+        self.cuts.append((trainer.version, self.stepper_of().running is not None,
+                          sorted(g.lease_id for g in state["buffer"])))
+        self.busy = True
+
+    def release(self) -> None:
+        self.busy = False
+
+    def collect(self, wait: bool = False):
+        return None

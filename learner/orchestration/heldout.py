@@ -9,6 +9,8 @@ weights alike, and a round's change from the last is less buried in sampling noi
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -20,6 +22,10 @@ from pipeline.data import heldout_problems
 from pipeline.messages import Assignment, Rollout, pack_ids
 from pipeline.scoring import DatasetScore, score
 from pipeline.prompts import render
+
+
+class HeldOutError(RuntimeError):
+    pass
 
 
 @dataclass
@@ -75,6 +81,18 @@ class Evaluator:
         if result is not None:
             stats.evals.append((self.results[-1][0], msgspec.to_builtins(result)))
             metrics.log(version, {"eval/mean_at_k": result.mean_at_k, "eval/pass_at_k": result.pass_at_k})
+
+    def wait(self, poll: Callable[[int], bool], idle_s: float) -> None:
+        """Until the round out (if any) is complete, `poll(timeout_ms)` handing rollouts in (True when
+        one came). Its timeout is on progress, not on the whole round (AIME at k = 32 and 16k tokens
+        takes hours): it fails only when no rollout at all arrives for `idle_s` seconds."""
+        last = time.monotonic()
+        while self.busy:
+            if time.monotonic() - last > idle_s:
+                raise HeldOutError(f"held-out evaluation: no result for {idle_s:.0f}s (learner.idle_timeout_s); "
+                                   f"{len(self.current.pending)} problems still out")
+            if poll(50):
+                last = time.monotonic()
 
     def abandon(self) -> None:
         self.current = None

@@ -175,6 +175,11 @@ class LeaseBook:
             self.requeue.append((l.prompt_id, l.epoch))
         return expired
 
+    def metrics(self) -> dict:
+        """The book as a step's metrics show it."""
+        return {"open_leases": self.open, "leases/dispatched": self.dispatched,
+                **{f"leases/{k}": v for k, v in self.outcomes.items()}}
+
     @property
     def open(self) -> int:
         return len(self.leases)

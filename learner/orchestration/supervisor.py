@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from learner.observe.health import GeneratorHealth
+from learner.orchestration.lag import Pool
 from pipeline.config import GeneratorConfig
 from pipeline.messages import Alive, Heartbeat, Stop
 
@@ -207,6 +208,11 @@ class Supervisor:
         or has been handed."""
         return {gid: max(info.version, self.weights.handed(gid)) for gid, info in self.generators.items()
                 if info.status in ("ready", "generating", "updating") and self.weights.joined(gid)}
+
+    def pool(self, version: int, groups_in_step: int, step_running: bool, started: bool) -> Pool:
+        """The generators as lag control sees them at a tick (learner/orchestration/lag.py)."""
+        return Pool(version, step_running, groups_in_step, self.ready_weights(), self.expected, started,
+                    {gid: (g.groups, g.busy_s) for gid, g in self.generators.items()})
 
     def stop_all(self, reason: str = "run finished") -> None:
         for gid in self.generators:

@@ -12,6 +12,7 @@ endpoint's thread-safe `post`, so a broadcast never waits for the loop's tick.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from learner.observe.clock import StageClock
@@ -107,6 +108,17 @@ class WeightPublisher:
         for gid in targets:
             if self.links[gid].version < self.snapshot.version:
                 self.links[gid].submit(self.snapshot)
+
+    def finish(self, version: int, heard: Callable[[], set[int]], poll: Callable[[int], object],
+               timeout_s: float = 60.0) -> None:
+        """At the run's end: let the last version land everywhere and every generator `heard()` from
+        report its probe, so it is verified (`poll(timeout_ms)` hands heartbeats in meanwhile)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.publish(version, step_running=False)
+            if self.latest == version and self.all_hold(version, heard()):
+                return
+            poll(20)
 
     # ---- checking ---------------------------------------------------------------------------------
 

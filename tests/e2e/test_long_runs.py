@@ -74,14 +74,14 @@ def test_a_stalled_step_stops_the_run_naming_the_stage_and_status_tells(tiny_mod
     """An optimiser step that hangs (here: a test double that sleeps in it) ends the run with an
     error naming the step, never a silent hang; the run folder's health says how far it got."""
     from learner.observe.health import status
-    from learner.loop import LearnerError
+    from learner.observe.watch import StallError
     from tests.doubles import SlowStepTrainer
 
     cfg = make_config(tmp_path, "--learner.steps", "20", "--eval.final", "false", "--learner.step_timeout_s", "2")
     cfg.run_dir.mkdir(parents=True)
     trainer = SlowStepTrainer.slow(cfg, tiny_model, delay_s=6.0)
     learner = open_learner(cfg, tiny_model, load_problems(cfg.data), trainer=trainer, launcher=standin)
-    with pytest.raises(LearnerError, match=r"optimiser step at version 0 .* has run for \d+s \(learner.step_timeout_s"):
+    with pytest.raises(StallError, match=r"optimiser step at version 0 .* has run for \d+s \(learner.step_timeout_s"):
         _run(learner)
     text = status(cfg.run_dir)
     assert "step 0 / 20" in text and "generator 0: up" in text, text
