@@ -95,7 +95,8 @@ def random_groups(count: int, size: int, prompt: int, response: int, vocab: int,
 def bench_step_ratio(cfg, model_path: str, trials: int = 3) -> dict:
     import torch
 
-    from learner.training.trainer import Trainer, build_batch
+    from learner.training.trainer import Trainer
+    from learner.training.batch import build_batch
 
     budget = 2048
     r = msgspec.structs.replace
@@ -173,7 +174,8 @@ def response_groups(vocab: int, seed: int = 0):
 def bench_packing(cfg, model_path: str, trials: int = 3, budget: int = 2048) -> dict:
     import torch
 
-    from learner.training.trainer import Trainer, build_batch
+    from learner.training.trainer import Trainer
+    from learner.training.batch import build_batch
 
     r = msgspec.structs.replace
     c = r(cfg, learner=r(cfg.learner, micro_batch_tokens=budget, logit_chunk_tokens=budget),

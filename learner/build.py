@@ -15,7 +15,7 @@ import msgspec
 import torch
 
 from learner.loop import Learner, Rooms
-from learner.observe.clock import StageClock
+from learner.training.clock import StageClock
 from learner.observe.events import BatchBuilt, Observer
 from learner.observe.metrics import MetricsLog
 from learner.observe.stats import Arrivals, RunStats
@@ -30,7 +30,8 @@ from learner.training import checkpoint
 from learner.training.advantages import AdvantageRule
 from learner.training.groups import GroupBuffer, group_from_state
 from learner.training.stepper import Stepper
-from learner.training.trainer import Trainer, check_fits
+from learner.training.trainer import Trainer
+from learner.training.batch import check_fits
 from learner.weights.links import choose_backend, opener
 from learner.weights.publisher import WeightPublisher
 from pipeline.config import Config, to_toml_dict

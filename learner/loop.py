@@ -7,7 +7,7 @@ only wires them:
                   what it trains: bounded or exact), lease book, intake (rollout -> group), tracker
   training/       stepper (the optimiser step on its own thread), trainer, checkpoints
   weights/        publisher: snapshots, links to the generators, probe checks
-  observe/        statistics, metrics, health, events: they record, nothing reads them to decide
+  observe/        statistics, metrics, health, events, the watch: they record, nothing reads them to decide
 
 Words: a *step* is an optimiser step (one weight version); one pass of `Learner.run`'s loop is a
 *tick*; the engine's forward over its running requests is a *decode step* (actors/engine.py).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgspec
 
-from learner.observe.clock import StageClock
+from learner.training.clock import StageClock
 from learner.observe.events import Leased, Observer, StepStarted
 from learner.observe.metrics import MetricsLog
 from learner.observe.stats import RunStats, run_counters

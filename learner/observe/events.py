@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from learner.training.groups import Group
-from learner.training.trainer import Batch
+from learner.training.batch import Batch
 from pipeline.messages import Assignment
 
 

@@ -123,7 +123,7 @@ class RunStats:
     version_regressions: int = 0  # a generator's rollouts going back in weight version (must stay 0)
     seconds: float = 0.0
     train_seconds: float = 0.0  # time inside optimiser steps (the rest of `seconds` the learner waited)
-    time_spent: collections.Counter = field(default_factory=collections.Counter)  # stage -> seconds (learner/observe/clock.py)
+    time_spent: collections.Counter = field(default_factory=collections.Counter)  # stage -> seconds (learner/training/clock.py)
     # trained tokens whose IS weight was truncated or masked, by the prompt's H at lease and by the group's
     # response length (learner/orchestration/leases.py bins): bin -> [cut tokens, tokens]
     cut_by_h: dict = field(default_factory=dict)

@@ -27,7 +27,8 @@ import torch.distributed as dist
 
 from learner.training import checkpoint
 from learner.training.groups import Group
-from learner.training.trainer import Batch, Trainer, build_batch
+from learner.training.trainer import Trainer
+from learner.training.batch import Batch, build_batch
 from pipeline.config import Config
 from pipeline.model_settings import derive
 

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from learner.observe.clock import StageClock
+from learner.training.clock import StageClock
 from learner.observe.stats import RunStats
 from learner.weights.links import GeneratorLink, Snapshot, take_snapshot
 from pipeline.messages import Heartbeat

@@ -7,7 +7,8 @@ import pytest
 from actors.engine import Request
 from learner.training.groups import Group
 from learner.training.logprobs import token_logprobs
-from learner.training.trainer import Trainer, build_batch
+from learner.training.trainer import Trainer
+from learner.training.batch import build_batch
 from tests.builders import with_advantage
 from tests.links import open_link, send
 from tests.conftest import make_config

@@ -124,7 +124,8 @@ def test_learner_logprobs_match_vllm_in_bf16(qwen05, tmp_path):
     and summation orders; a bf16 logit carries ~3 significant digits, so a softmax over 152k entries
     differs by ~1e-2 typically, while the bug this guards (raw vs tempered log-probs) is ~0.1-1."""
     from actors.engine import Engine, Request
-    from learner.training.trainer import Trainer, build_batch
+    from learner.training.trainer import Trainer
+    from learner.training.batch import build_batch
     from learner.training.groups import Group
 
     # the engine's context and cache for this test (the toy default's 64 MiB cannot hold a 32k context)

@@ -81,7 +81,7 @@ def test_chat_template_prompt_and_model_derived_settings(engine, smollm2, tmp_pa
 
 def test_learner_logprobs_match_vllm_at_mixed_temperatures_in_one_batch(engine, trainer, tmp_path):
     """T = 0.7 and 1.3 in one batch, on the model's own chat-templated responses; fp32 both sides."""
-    from learner.training.trainer import build_batch
+    from learner.training.batch import build_batch
 
     groups = _groups(engine, _cfg(tmp_path), [0.7, 1.3])
     batch = build_batch(groups, 0, trainer.pad_id)

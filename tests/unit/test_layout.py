@@ -1,29 +1,60 @@
-"""The dependency rule of DESIGN.md §2, read from every Python file's imports (the `ast` module):
-`pipeline/` imports neither `actors/` nor `learner/`; `actors/` and `learner/` never import each
-other, not even inside a function. (`run.py`, `benchmarks/` and `tests/` may import both sides.)"""
+"""The dependency rules (docs/design.md, "Layout"), read from every Python file's imports (the `ast`
+module), wherever the import statement sits:
+
+- `pipeline/` imports neither `actors/` nor `learner/`; `actors/` and `learner/` never import each
+  other. (`run.py`, `benchmarks/`, `experiments/` and `tests/` may import both sides.)
+- Inside `learner/`, the rooms import downwards only: `training/` (the algorithm and the optimiser)
+  imports no other room; `observe/` only `training/` (for the types it records); `weights/` and
+  `orchestration/` import `training/` and `observe/`, never each other. The loop and its builder, at the top of
+  `learner/`, wire them all; no room imports them."""
 
 import ast
 from pathlib import Path
 
 from tests.conftest import ROOT
 
-FORBIDDEN = {"pipeline": {"actors", "learner", "benchmarks"}, "actors": {"learner", "benchmarks"},
-             "learner": {"actors", "benchmarks"}}
+FORBIDDEN = {"pipeline": {"actors", "learner", "benchmarks", "experiments"},
+             "actors": {"learner", "benchmarks", "experiments"}, "learner": {"actors", "benchmarks", "experiments"}}
+# room -> the rooms it may import (itself included)
+ROOMS = {"training": {"training"}, "observe": {"observe", "training"}, "weights": {"weights", "observe", "training"},
+         "orchestration": {"orchestration", "training", "observe"}}
+TOP = {"loop", "build", "session"}  # learner/'s own modules: they wire the rooms
 
 
-def imported_packages(path: Path) -> set[str]:
-    """Top-level package of every import in the file, wherever the import statement sits."""
+def imported_modules(path: Path) -> set[str]:
+    """The dotted name of every import in the file (`from a.b import c` gives a.b.c and a.b)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            out |= {alias.name.split(".")[0] for alias in node.names}
+            out |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            out.add(node.module.split(".")[0])
+            out.add(node.module)
+            out |= {f"{node.module}.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "__import__" and node.args:
             arg = node.args[0]
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                out.add(arg.value.split(".")[0])
+                out.add(arg.value)
     return out
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level package of every import in the file."""
+    return {name.split(".")[0] for name in imported_modules(path)}
+
+
+def room_crossings(root: Path) -> list[str]:
+    """Imports inside learner/ that break the rooms' order."""
+    found = []
+    for room, allowed in ROOMS.items():
+        for path in sorted((root / "learner" / room).rglob("*.py")):
+            for name in sorted(imported_modules(path)):
+                parts = name.split(".")
+                if parts[0] != "learner" or len(parts) < 2:
+                    continue
+                target = parts[1]
+                if target in TOP or (target in ROOMS and target not in allowed):
+                    found.append(f"{path.relative_to(root)} imports {'.'.join(parts[:2])}")
+    return sorted(set(found))
 
 
 def crossings(root: Path) -> list[str]:
@@ -37,6 +68,21 @@ def crossings(root: Path) -> list[str]:
 
 def test_no_package_imports_across_the_dependency_rule():
     assert crossings(ROOT) == []
+
+
+def test_the_learners_rooms_import_downwards_only():
+    assert room_crossings(ROOT) == []
+    assert {p.name for p in (ROOT / "learner").iterdir() if p.is_dir() and p.name != "__pycache__"} == set(ROOMS)
+
+
+def test_the_room_check_catches_an_upward_import(tmp_path):
+    for room in ROOMS:
+        (tmp_path / "learner" / room).mkdir(parents=True)
+    (tmp_path / "learner" / "training" / "a.py").write_text("from learner.orchestration.leases import LeaseBook\n")
+    (tmp_path / "learner" / "weights" / "b.py").write_text("def f():\n    import learner.loop\n")
+    (tmp_path / "learner" / "observe" / "c.py").write_text("from learner.training import checkpoint\n")
+    assert room_crossings(tmp_path) == ["learner/training/a.py imports learner.orchestration",
+                                        "learner/weights/b.py imports learner.loop"]
 
 
 def test_the_check_catches_an_import_inside_a_function(tmp_path):

@@ -5,7 +5,7 @@ gated trainer, recording weight links and a held checkpoint writer (tests/double
 import pytest
 
 from learner.loop import Learner, Rooms
-from learner.observe.clock import StageClock
+from learner.training.clock import StageClock
 from learner.observe.metrics import MetricsLog
 from learner.observe.stats import Arrivals, RunStats
 from learner.orchestration.exact import lease_seed

@@ -10,7 +10,8 @@ import torch
 import learner.training.trainer as trainer_mod
 from learner.training.groups import Group
 from learner.training.logprobs import token_logprobs
-from learner.training.trainer import Trainer, build_batch, pack
+from learner.training.trainer import Trainer
+from learner.training.batch import build_batch, pack
 from pipeline.config import ConfigError
 from tests.builders import group, rule
 from tests.conftest import make_config

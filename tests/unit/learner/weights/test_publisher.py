@@ -3,7 +3,7 @@ newest version, and checks the probes generators report in their heartbeats (cou
 
 import pytest
 
-from learner.observe.clock import StageClock
+from learner.training.clock import StageClock
 from learner.observe.stats import Arrivals, RunStats
 from learner.weights.publisher import WeightPublisher
 from pipeline.messages import Heartbeat
