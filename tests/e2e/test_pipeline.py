@@ -129,13 +129,13 @@ def test_a_generator_joins_and_leaves_a_running_run(tiny_model, tmp_path):
                 [sys.executable, str(ROOT / "run.py"), "generate", "--config-json",
                  str(cfg.run_dir / "resolved_config.json"), "--generator-id", "7", "--host", a.host,
                  "--control-port", str(a.control_port), "--rollout-port", str(a.rollout_port),
-                 "--model-path", learner.model_path], stdout=log, stderr=subprocess.STDOUT)
+                 "--model-path", tiny_model], stdout=log, stderr=subprocess.STDOUT)
             seen["joined_at"] = learner.trainer.version
             if wait(lambda: learner.stats.rollouts_by_generator[7] >= 20, "the joiner's rollouts"):
-                seen["checked"] = learner.supervisor.generators[7].checked
+                seen["checked"] = learner.weights.checked.get(7, -1)
             proc.send_signal(signal.SIGTERM)
             seen["rc"] = proc.wait(60)
-            if wait(lambda: 7 not in learner.supervisor.links, "the joiner to be let go", 30):
+            if wait(lambda: 7 not in learner.supervisor.joined, "the joiner to be let go", 30):
                 v = learner.trainer.version
                 wait(lambda: learner.trainer.version >= v + 3, "training to go on without it", 60)
         finally:
@@ -150,5 +150,5 @@ def test_a_generator_joins_and_leaves_a_running_run(tiny_model, tmp_path):
     assert stats.rollouts_by_generator[7] >= 20 and stats.rollouts_by_generator[0] > 0
     assert seen["checked"] >= seen["joined_at"]  # it got the newest weights, not its model folder's
     assert stats.weights_mismatch == 0
-    assert learner.supervisor.restarts == 0 and 7 not in learner.supervisor.links and 7 not in learner.supervisor.generators
+    assert learner.supervisor.restarts == 0 and 7 not in learner.supervisor.joined and 7 not in learner.supervisor.generators
     assert balanced(learner)

@@ -169,7 +169,7 @@ def test_nccl_broadcast_into_a_cuda_engine_is_verified_by_the_probe(tiny_model, 
     cfg.run_dir.mkdir(parents=True)
     learner = open_learner(cfg, tiny_model, load_problems(cfg.data))
     stats = run_pipeline(learner, cfg)
-    assert learner.weights_backend == "nccl"
+    assert learner.launcher.weights_backend == "nccl"
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
 
 
@@ -187,7 +187,7 @@ def test_one_gpu_shared_by_learner_and_generator(tiny_model, tmp_path):
     cfg.run_dir.mkdir(parents=True)
     learner = open_learner(cfg, tiny_model, load_problems(cfg.data))
     stats = run_pipeline(learner, cfg)
-    assert learner.weights_backend == "gloo"
+    assert learner.launcher.weights_backend == "gloo"
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
 
 
