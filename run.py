@@ -69,7 +69,7 @@ def cmd_generate(args, overrides: list[str]) -> int:
     from actors.generator import Generator
     from pipeline.transport import Addresses
 
-    cfg = config_mod.loads(Path(args.config_json).read_bytes())
+    cfg = config_mod.loads_generator(Path(args.config_json).read_bytes())
     if args.parent_pid:  # launched by a learner: die with it
         from pipeline.launcher import die_with_parent
 

@@ -6,10 +6,9 @@ import logging
 import os
 from dataclasses import dataclass
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import ConfigError, GeneratorSettings
 from pipeline.probe import probe_tokens
 from pipeline.messages import WeightUpdate
-from pipeline.model_settings import derive, resolved
 from pipeline.models import load_tokenizer, stop_token_ids
 
 
@@ -44,7 +43,8 @@ logging.getLogger("vllm.renderers.base").addFilter(_NoChatWarmup())
 
 
 class Engine:
-    def __init__(self, cfg: Config, model_path: str, seed: int, weights_backend: str = "gloo", initial_version: int = 0):
+    def __init__(self, cfg: GeneratorSettings, model_path: str, seed: int, weights_backend: str = "gloo",
+                 initial_version: int = 0):
         """`weights_backend`: vLLM's weight-transfer engine new weights arrive through ("gloo": ours,
         pipeline/weight_transfer.py; "nccl": vLLM's)."""
         # The engine core runs in this process: no extra process per generator (tensor-parallel
@@ -56,9 +56,10 @@ class Engine:
 
         register()  # here too, not only as the plugin vLLM loads: an uninstalled checkout still works
 
-        if not resolved(cfg):  # lengths, template and cache from the model (a launched generator's are already)
-            cfg = derive(cfg, model_path, cfg.generator.max_inflight * cfg.learner.group_size)[0]
         gen = cfg.generator
+        if gen.max_tokens == "auto" or gen.kv_cache_bytes == "auto":
+            raise ConfigError("the engine takes resolved settings: generator.max_tokens and generator.kv_cache_bytes "
+                              "decided from the model (pipeline/model_settings.py's derive) before it starts")
         # the context derive() settled on (the model folder's own when nothing set it: vLLM reads it)
         max_model_len = gen.max_model_len or None
         try:
@@ -81,7 +82,7 @@ class Engine:
         self._probes = 0
 
     @staticmethod
-    def _start(LLM, cfg: Config, model_path: str, seed: int, max_model_len: int | None, weights_backend: str):
+    def _start(LLM, cfg: GeneratorSettings, model_path: str, seed: int, max_model_len: int | None, weights_backend: str):
         import torch
         from vllm.config import WeightTransferConfig
 

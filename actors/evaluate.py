@@ -9,6 +9,7 @@ import msgspec
 
 from actors.answers import extract_answer
 from actors.engine import Engine, Request
+from pipeline.config import GeneratorSettings
 from actors.reward import Verifier
 from pipeline.config import Config
 from pipeline.data import heldout_problems
@@ -35,7 +36,7 @@ def evaluate(cfg: Config, model_path: str, datasets: list[str], out_json: Path, 
     cfg, settings = derive(cfg, model_path, sequences=batch_size * cfg.eval.k)  # lengths, template, cache
     print(settings.block())
     write_settings(settings, out_json.with_suffix(".model_settings.json"))
-    engine = Engine(cfg, model_path, seed=cfg.run.seed)
+    engine = Engine(GeneratorSettings.of(cfg), model_path, seed=cfg.run.seed)
     verifier = Verifier(cfg.generator.verifier_timeout_s)
     ev = cfg.eval
     max_tokens = ev.max_tokens or cfg.generator.max_tokens

@@ -19,7 +19,7 @@ from collections import deque
 
 from actors.engine import Completion, Engine, Request
 from actors.reward import Verifier
-from pipeline.config import Config
+from pipeline.config import GeneratorSettings
 from pipeline.messages import (
     Assignment, Heartbeat, Rollout, Sample, Stop, WeightInit, WeightUpdate, pack_floats, pack_ids, unpack_ids,
 )
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Generator:
-    def __init__(self, cfg: Config, generator_id: int, addresses: Addresses, model_path: str,
+    def __init__(self, cfg: GeneratorSettings, generator_id: int, addresses: Addresses, model_path: str,
                  backend: str = "gloo", initial_version: int = 0, engine=None):
         self.cfg = cfg
         self.id = generator_id
@@ -59,7 +59,7 @@ class Generator:
     def heartbeat(self) -> None:
         self.endpoint.send_control(Heartbeat(
             generator_id=self.id, pid=os.getpid(), status=self.status, version=self.version,
-            inflight=[a.lease_id for a, _ in self.running.values()], probe_version=self.probe[0],
+            probe_version=self.probe[0],
             probe_logprobs=self.probe[1],
             busy_s=self.busy_s, workers=self.workers,
         ))

@@ -18,6 +18,7 @@ from benchmarks.timing import print_table
 
 def bench_generator(cfg, model_path: str, prompts_n: int = 32, trials: int = 2) -> dict:
     from actors.engine import Engine, Request
+    from pipeline.config import GeneratorSettings
     from actors.generator import Generator
     from learner.weights.links import await_generator
     from pipeline.data import load_problems
@@ -25,7 +26,7 @@ def bench_generator(cfg, model_path: str, prompts_n: int = 32, trials: int = 2) 
     from pipeline.prompts import render
     from pipeline.transport import LearnerEndpoint
 
-    engine = Engine(cfg, model_path, seed=0)
+    engine = Engine(GeneratorSettings.of(cfg), model_path, seed=0)
     problems = load_problems(cfg.data)[:prompts_n]
     prompts = [render(engine.tokenizer, p.question, cfg.data) for p in problems]
     n, T, max_tokens = cfg.learner.group_size, 1.0, cfg.generator.max_tokens
@@ -74,7 +75,7 @@ def bench_generator(cfg, model_path: str, prompts_n: int = 32, trials: int = 2) 
         rates["vllm"].append(vllms())
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
-        Generator(cfg, 0, ep.addresses, model_path, engine=engine).run()  # until the feeder's Stop
+        Generator(GeneratorSettings.of(cfg), 0, ep.addresses, model_path, engine=engine).run()  # until the feeder's Stop
         feeder.join(30)
         for _ in range(trials - 1):
             rates["vllm"].append(vllms())

@@ -71,13 +71,15 @@ def _standalone_generation(cfg, model_path: str, seconds: float = 10.0) -> float
     import time
 
     from actors.engine import Engine, Request  # the bench process may hold an engine; the learner never does
+
+    from pipeline.config import GeneratorSettings
     from pipeline.data import load_problems
     from pipeline.models import load_tokenizer
     from pipeline.prompts import render
 
     tok = load_tokenizer(model_path)
     prompts = [render(tok, p.question, cfg.data) for p in load_problems(cfg.data)]
-    engine = Engine(cfg, model_path, seed=0)
+    engine = Engine(GeneratorSettings.of(cfg), model_path, seed=0)
     g = cfg.generator
     batch = [Request(prompts[i % len(prompts)], cfg.learner.group_size, 1.0, g.max_tokens) for i in range(g.max_inflight)]
     engine.generate(batch)

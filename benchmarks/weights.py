@@ -117,6 +117,8 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
     import torch
 
     from actors.engine import Engine
+
+    from pipeline.config import GeneratorSettings
     from learner.weights.links import ControlClient, GeneratorLink, SnapshotSource, take_snapshot, trainer_init_info
     from pipeline.messages import WeightInit, WeightUpdate
     from pipeline.models import load_causal_lm
@@ -133,7 +135,7 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
 
     snapshot = take_snapshot(1, Learner(), cfg.model.dtype)
     model_mb = snapshot.nbytes / 1e6
-    engine = Engine(cfg, model_path, seed=0)
+    engine = Engine(GeneratorSettings.of(cfg), model_path, seed=0)
 
     # the full path: learner link -> control messages -> vLLM's worker engine -> load_weights
     posted: list = []

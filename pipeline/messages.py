@@ -13,7 +13,8 @@ from typing import Any, Union
 import msgspec
 import numpy as np
 
-PROTOCOL_VERSION = 4  # 2: Alive; 3: seeded waves (exact lag); 4: vLLM's weight-transfer protocol (WeightInit)
+PROTOCOL_VERSION = 5  # 2: Alive; 3: seeded waves (exact lag); 4: vLLM's weight-transfer protocol (WeightInit);
+# 5: Heartbeat without its unread in-flight list
 
 _IDS = np.dtype("<i4")
 _FLOATS = np.dtype("<f4")
@@ -106,9 +107,8 @@ class Heartbeat(Message, kw_only=True):
     pid: int
     status: str  # starting (engine loading) | joining (its weight group) | ready | generating | updating | stopping
     version: int  # weight version loaded in the engine (vLLM's own: `get_weight_version`)
-    inflight: list[int]  # lease ids being generated
     probe_version: int = -1  # weight version the probe was scored under
-    probe_logprobs: list[float] = []  # log-probs of the fixed probe sequence (pipeline.collective)
+    probe_logprobs: list[float] = []  # log-probs of the fixed probe sequence (pipeline/probe.py)
     busy_s: float = 0.0  # cumulative seconds spent generating and verifying
     workers: int = 1  # the engine's worker processes (tensor-parallel size): its ranks in the weight group
 

@@ -41,10 +41,12 @@ def tiny_model(tmp_path_factory) -> str:
 def engine(tiny_model, tmp_path_factory):
     """One real in-process vLLM engine on the tiny model (an engine per process is the vLLM norm)."""
     from actors.engine import Engine
+    from pipeline.config import GeneratorSettings
 
     # blocks of 32 tokens (vLLM's CPU default is 128, longer than the tiny model's prompts), so that a
     # test can see a group's samples share their prompt's prefill
-    return Engine(make_config(tmp_path_factory.mktemp("engine"), "--generator.kv_block_size", "32"), tiny_model, seed=0)
+    return Engine(GeneratorSettings.of(make_config(tmp_path_factory.mktemp("engine"), "--generator.kv_block_size", "32")),
+                  tiny_model, seed=0)
 
 
 def run_pipeline(learner, cfg=None):

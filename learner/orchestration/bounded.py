@@ -29,7 +29,7 @@ PRIOR_GROUPS = 4.0
 
 
 @dataclass
-class Slot:
+class Candidate:
     """What the policy knows of one joined, ready generator."""
 
     version: int  # newest weight version it holds or has been handed
@@ -46,38 +46,38 @@ def lease_budget(lc: LearnerConfig, open_leases: int, dispatched: int) -> int:
     return budget
 
 
-def rates(slots: dict[int, Slot]) -> dict[int, float]:
+def rates(candidates: dict[int, Candidate]) -> dict[int, float]:
     """Each generator's throughput in groups per busy second, shrunk towards the pool's rate by a
     few pseudo-groups. A newcomer thus starts at the pool's rate, not at an arbitrary prior: with
     a fixed prior of 1 group/s, a joiner beside an engine measured at ~100 groups/s never won a
     lease, so it was never measured and starved for good."""
-    n_all = sum(s.groups for s in slots.values())
-    busy_all = sum(s.busy_s for s in slots.values())
+    n_all = sum(s.groups for s in candidates.values())
+    busy_all = sum(s.busy_s for s in candidates.values())
     pool = n_all / busy_all if n_all > 0 and busy_all > 0 else 1.0
-    return {gid: (s.groups + PRIOR_GROUPS) / (s.busy_s + PRIOR_GROUPS / pool) for gid, s in slots.items()}
+    return {gid: (s.groups + PRIOR_GROUPS) / (s.busy_s + PRIOR_GROUPS / pool) for gid, s in candidates.items()}
 
 
-def plan(budget: int, slots: dict[int, Slot], lc: LearnerConfig, max_inflight: int,
+def plan(budget: int, candidates: dict[int, Candidate], lc: LearnerConfig, max_inflight: int,
          soonest: int, ahead: int) -> list[int]:
     """The generators the next `budget` (at most) leases go to, in order.
 
     `soonest`: the version of the next step to start (the trainer's, +1 if a step is running);
     `ahead`: leases open outside the running step, which are trained before a new one."""
     B = lc.groups_per_step
-    queued = {gid: s.queued for gid, s in slots.items()
+    queued = {gid: s.queued for gid, s in candidates.items()
               if soonest - s.version <= lc.max_lag}  # else it could only make stale samples
-    rate = rates(slots)
+    rate = rates(candidates)
     out: list[int] = []
     while len(out) < budget:
-        open_slots = [gid for gid, q in queued.items() if q < max_inflight and (
-            lc.max_open_groups > 0 or soonest + ahead // B - slots[gid].version <= lc.max_lag)]
-        if not open_slots:
+        free = [gid for gid, q in queued.items() if q < max_inflight and (
+            lc.max_open_groups > 0 or soonest + ahead // B - candidates[gid].version <= lc.max_lag)]
+        if not free:
             break
         # An idle engine starts a lease at once, so it goes first. Otherwise, when the learner is
         # the bottleneck and only a few leases free up per step, the engine that batches most
         # would take them all. A generator held at one group at a time looks slow per busy
         # second, so it would never get more (a joiner starved this way).
-        gid = min(open_slots, key=lambda g: (queued[g] > 0, (queued[g] + 1) / rate[g], g))
+        gid = min(free, key=lambda g: (queued[g] > 0, (queued[g] + 1) / rate[g], g))
         out.append(gid)
         queued[gid] += 1
         ahead += 1
@@ -99,9 +99,9 @@ class BoundedLag:
             return
         if not pool.started and len(pool.ready) < pool.expected:
             return  # at the start, wait until every generator is ready, so the first wave is spread over all
-        slots = {gid: Slot(w, self.leases.outstanding(gid), *pool.rates.get(gid, (0, 0.0)))
+        candidates = {gid: Candidate(w, self.leases.outstanding(gid), *pool.rates.get(gid, (0, 0.0)))
                  for gid, w in pool.ready.items()}
-        for gid in plan(budget, slots, self.lc, self.max_inflight, soonest=pool.version + pool.step_running,
+        for gid in plan(budget, candidates, self.lc, self.max_inflight, soonest=pool.version + pool.step_running,
                         ahead=self.leases.open - pool.groups_in_step):
             if not lease(gid, None)[1]:
                 self.leases.expire(generator_id=gid)

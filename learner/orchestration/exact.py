@@ -9,7 +9,7 @@ has lag t - v(t), exactly k once t >= k. What makes a run the same whatever the 
   temperatures are read then and only then.
 - The tracker records a wave's visits at its step's bookkeeping, in lease order, never on arrival.
 - Each lease carries a sampling seed derived from `run.seed`, the step and its place in the wave
-  (vLLM's per-request seed), and goes to a generator by a fixed rule (slot i to the i-th of the live
+  (vLLM's per-request seed), and goes to a generator by a fixed rule (place i to the i-th of the live
   generators, round robin); a generator starts a wave's leases together, with nothing else running.
 - Step t waits for its whole wave, then trains the first B groups in lease order (with DAPO's dynamic
   sampling: the first B with signal, of ceil(B x `dapo.oversample`) leased; the rest are counted).
@@ -42,9 +42,9 @@ def wave_size(lc: LearnerConfig, dapo: DAPOConfig) -> int:
     return math.ceil(lc.groups_per_step * dapo.oversample) if dapo.dynamic_sampling else lc.groups_per_step
 
 
-def lease_seed(run_seed: int, step: int, slot: int) -> int:
-    """The sampling seed of the `slot`-th lease of step `step`'s wave (sample j uses seed + j)."""
-    digest = hashlib.blake2b(f"{run_seed}:{step}:{slot}".encode(), digest_size=8).digest()
+def lease_seed(run_seed: int, step: int, place: int) -> int:
+    """The sampling seed of the `place`-th lease of step `step`'s wave (sample j uses seed + j)."""
+    digest = hashlib.blake2b(f"{run_seed}:{step}:{place}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 32  # 32 bits: room for + j, and any engine's seed type
 
 
@@ -72,8 +72,8 @@ class Waves:
         return not self.due(version, steps)
 
     @staticmethod
-    def generator_for(slot: int, generators: list[int]) -> int:
-        return sorted(generators)[slot % len(generators)]
+    def generator_for(place: int, generators: list[int]) -> int:
+        return sorted(generators)[place % len(generators)]
 
     def complete(self, step: int, open_at_generators: set[int]) -> bool:
         """Whether every lease of the wave is back (or closed): nothing of it is out at a generator."""
@@ -125,10 +125,10 @@ class ExactLag:
         if not due or not ready or len(ready) < pool.expected or any(w != v for w in ready.values()):
             return
         for step in due:
-            slots = [self.waves.generator_for(i, list(ready)) for i in range(self.waves.size)]
+            owners = [self.waves.generator_for(i, list(ready)) for i in range(self.waves.size)]
             self.waves.leased[step] = []
-            for i, gid in enumerate(slots):
-                lease_id, sent = lease(gid, Tag(lease_seed(self.run_seed, step, i), step, slots.count(gid)))
+            for i, gid in enumerate(owners):
+                lease_id, sent = lease(gid, Tag(lease_seed(self.run_seed, step, i), step, owners.count(gid)))
                 self.waves.leased[step].append(lease_id)
                 if not sent:
                     self.leases.expire(generator_id=gid)  # its socket is gone: re-issued, counted

@@ -133,6 +133,7 @@ def test_sigkill_of_the_learner_leaves_no_generator_and_resume_completes(tmp_pat
 def test_a_generator_whose_learner_is_silent_exits_by_itself(tiny_model, tmp_path):
     """No word from the learner for generator.learner_timeout_s: the generator leaves, releasing its engine."""
     from actors.generator import Generator
+    from pipeline.config import GeneratorSettings
     from actors.standin import StandInEngine
     from learner.weights.links import await_generator
     from pipeline.transport import LearnerEndpoint
@@ -142,7 +143,7 @@ def test_a_generator_whose_learner_is_silent_exits_by_itself(tiny_model, tmp_pat
     link = None
     try:
         def generate():
-            Generator(cfg, 0, ep.addresses, tiny_model, engine=StandInEngine(tiny_model, delay_s=0.1)).run()
+            Generator(GeneratorSettings.of(cfg), 0, ep.addresses, tiny_model, engine=StandInEngine(tiny_model, delay_s=0.1)).run()
 
         thread = threading.Thread(target=generate, daemon=True)
         thread.start()

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from actors.generator import Generator
+
+from pipeline.config import GeneratorSettings
 from actors.standin import StandInEngine
 from learner.weights.links import Snapshot, await_generator
 from pipeline.messages import Assignment, Rollout, Stop, pack_ids, unpack_ids
@@ -34,7 +36,7 @@ class Harness:
         self.link = await_generator(self.ep, 0, bucket_bytes=1 << 20, timeout_s=60)
 
     def _generate(self, cfg, model_path: str) -> None:
-        self.gen = Generator(cfg, 0, self.ep.addresses, model_path, engine=self.engine)
+        self.gen = Generator(GeneratorSettings.of(cfg), 0, self.ep.addresses, model_path, engine=self.engine)
         self.gen.run()
 
     def _wait(self, done, what: str, timeout: float = 30.0) -> None:

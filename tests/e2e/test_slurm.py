@@ -37,7 +37,7 @@ def test_slurm_dry_run_commands_resolve_and_agree(tiny_model, tmp_path):
     assert cfg["generator"]["count"] == 0 and cfg["learner"]["updates_per_batch"] == 16
     for line in generate:
         assert f"--control-port {t['control_port']}" in line and f"--rollout-port {t['rollout_port']}" in line
-        assert "--host 'node-a'" in line and str(tmp_path / "job" / "resolved_config.json") in line
+        assert "--host 'node-a'" in line and str(tmp_path / "job" / "generator.json") in line
     # each step asks for its own GPUs, cores and memory, so steps side by side on a node neither
     # serialise nor see no GPU
     assert all("--exact" in line and "--gpus-per-task" in line and "--mem-per-gpu" in line for line in lines)

@@ -124,6 +124,7 @@ def test_learner_logprobs_match_vllm_in_bf16(qwen05, tmp_path):
     and summation orders; a bf16 logit carries ~3 significant digits, so a softmax over 152k entries
     differs by ~1e-2 typically, while the bug this guards (raw vs tempered log-probs) is ~0.1-1."""
     from actors.engine import Engine, Request
+    from pipeline.config import GeneratorSettings
     from learner.training.trainer import Trainer
     from learner.training.batch import build_batch
     from learner.training.groups import Group
@@ -132,7 +133,7 @@ def test_learner_logprobs_match_vllm_in_bf16(qwen05, tmp_path):
     cfg = make_config(tmp_path, "--model.dtype", "bfloat16", "--learner.precision", "bf16",
                       "--generator.max_tokens", "64", "--learner.device", "cuda",
                       "--generator.max_model_len", "2048", "--generator.kv_cache_bytes", "auto")
-    engine = Engine(cfg, qwen05, seed=0)
+    engine = Engine(GeneratorSettings.of(cfg), qwen05, seed=0)
     trainer = Trainer.from_config(cfg, qwen05)
     prompt = list(range(100, 140))
     for T in (0.7, 1.3):

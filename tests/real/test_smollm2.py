@@ -39,8 +39,9 @@ def smollm2(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(smollm2, tmp_path_factory):
     from actors.engine import Engine
+    from pipeline.config import GeneratorSettings
 
-    return Engine(_cfg(tmp_path_factory.mktemp("e")), smollm2, seed=0)
+    return Engine(GeneratorSettings.of(_cfg(tmp_path_factory.mktemp("e"))), smollm2, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def _learner(tmp_path, launcher=None, gated=False, **sections) -> tuple[Learner,
 
 
 def _ready(gid=0, version=0):
-    return Heartbeat(generator_id=gid, status="ready", version=version, pid=1, inflight=[])
+    return Heartbeat(generator_id=gid, status="ready", version=version, pid=1)
 
 
 def _join(learner, endpoint, gid=0):

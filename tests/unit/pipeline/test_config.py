@@ -67,3 +67,20 @@ def test_cli_config_error_exits_2_with_field():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "learner.lr" in out.stderr
+
+
+def test_a_removed_setting_is_named_with_what_became_of_it():
+    with pytest.raises(ConfigError, match=r"transport.weights_port was removed: each generator's weight group"):
+        from_dict({"transport": {"weights_port": 29500}})
+
+
+def test_a_generator_receives_only_its_sections():
+    from pipeline.config import GeneratorSettings, dumps, dumps_generator, loads_generator
+
+    cfg = from_dict({"generator": {"max_tokens": 7}, "learner": {"lr": 0.5}})
+    text = dumps_generator(cfg)
+    assert set(msgspec.json.decode(text)) == {"run", "model", "transport", "generator", "weights"}
+    assert loads_generator(text) == GeneratorSettings.of(cfg) and loads_generator(text).generator.max_tokens == 7
+    assert loads_generator(dumps(cfg)) == GeneratorSettings.of(cfg)  # a run's whole resolved config also does
+    with pytest.raises(ConfigError, match=r"generator.max_tokens"):
+        loads_generator(b'{"generator": {"max_tokens": -1}}')

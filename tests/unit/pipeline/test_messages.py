@@ -31,7 +31,7 @@ def test_round_trip_every_message():
     ]
     for m in msgs_g:
         assert to_gen.decode(encode(m)) == m
-    hb = Heartbeat(generator_id=1, pid=os.getpid(), status="ready", version=2, inflight=[1, 2],
+    hb = Heartbeat(generator_id=1, pid=os.getpid(), status="ready", version=2,
                    probe_version=2, probe_logprobs=[-1.5, -0.2])
     for m in (hb, _rollout()):
         assert to_learner.decode(encode(m)) == m

@@ -20,7 +20,7 @@ def test_messages_flow_both_ways_and_bad_frames_are_counted():
     learner = LearnerEndpoint("127.0.0.1", 0, 0, max_frame_bytes=4096)
     gen = GeneratorEndpoint(learner.addresses, 3, max_frame_bytes=4096)
     try:
-        gen.send_control(Heartbeat(generator_id=3, pid=1, status="ready", version=0, inflight=[]))
+        gen.send_control(Heartbeat(generator_id=3, pid=1, status="ready", version=0))
         (hb,) = _recv_until(learner, 1)
         assert hb.generator_id == 3 and learner.identities[3] == b"gen-3"
         assert learner.send(3, Stop(reason="x"))
@@ -37,7 +37,7 @@ def test_messages_flow_both_ways_and_bad_frames_are_counted():
             push.send(bytes([i % 256]) * (i + 1))
             dealer.send(b"\x93\x01\x02")
         push.send(b"x" * 10_000)  # over max_frame_bytes: zmq drops it at the socket
-        gen.send_control(Heartbeat(generator_id=3, pid=1, status="ready", version=1, inflight=[]))
+        gen.send_control(Heartbeat(generator_id=3, pid=1, status="ready", version=1))
         deadline = time.monotonic() + 5
         seen = []
         while time.monotonic() < deadline and not any(getattr(m, "version", 0) == 1 for m in seen):
@@ -79,7 +79,7 @@ def test_curve_lets_keyed_peers_in_and_refuses_others(tmp_path):
              GeneratorEndpoint(learner.addresses, 3, 4096)]  # no CURVE at all
     try:
         for i, p in enumerate(peers, start=1):
-            p.send_control(Heartbeat(generator_id=i, pid=1, status="ready", version=0, inflight=[]))
+            p.send_control(Heartbeat(generator_id=i, pid=1, status="ready", version=0))
         got = _recv_until(learner, 3, timeout=3.0)
         assert [m.generator_id for m in got] == [1]
     finally:

@@ -16,7 +16,7 @@ def _supervisor(**generator):
 
 
 def _beat(gid=0, status="ready"):
-    return Heartbeat(generator_id=gid, status=status, version=0, pid=1, inflight=0)
+    return Heartbeat(generator_id=gid, status=status, version=0, pid=1)
 
 
 def test_a_generator_whose_engine_is_up_joins_the_weights_once_and_leaves_them_when_gone():

@@ -24,7 +24,7 @@ def _publisher(trainer=None, sync_every=1, steps=10):
 
 
 def _beat(gid, version, probe, status="ready"):
-    return Heartbeat(generator_id=gid, status=status, version=version, pid=1, inflight=[],
+    return Heartbeat(generator_id=gid, status=status, version=version, pid=1,
                      probe_version=version, probe_logprobs=probe)
 
 
