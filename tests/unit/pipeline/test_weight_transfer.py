@@ -84,6 +84,21 @@ def test_every_worker_receives_every_tensor_in_buckets():
             assert torch.equal(got[name], t)
 
 
+def test_buckets_of_one_size_arrive_and_load_in_the_order_declared():
+    """Buckets of equal size: a swap would not abort on a size mismatch, it would load one tensor's
+    bytes under another's name. Each worker loads the names in order, each with its own values."""
+    named = [(f"w{i}", torch.full((256,), float(i))) for i in range(5)]
+    workers = _Workers(1)
+    engine = GlooTrainerWeightTransferEngine.trainer_init(
+        GlooTrainerInitInfo(master_address="127.0.0.1", master_port=free_port(), world_size=2, bucket_bytes=1024,
+                            timeout_s=60, rank=0),
+        client=workers, source=_Source(named))  # 1 KiB buckets: one tensor each
+    engine.send_weights()
+    assert [n for n, _ in workers.loaded[0]] == [n for n, _ in named]
+    for (name, t), (_, got) in zip(named, workers.loaded[0]):
+        assert torch.equal(got, t), name
+
+
 def test_a_source_that_disagrees_with_its_metadata_is_named():
     class Liar(_Source):
         def metadata(self):

@@ -76,3 +76,10 @@ def test_outcomes_are_counted_by_h_at_lease_and_by_response_length():
     _, again = lease_book(num=2, cfg=cfg)
     again.load_state_dict(d.state_dict())  # a resumed run keeps counting from here
     assert again.binned() == binned
+
+
+def test_the_length_bin_is_capped_at_the_last_quarter():
+    from learner.orchestration.leases import length_bin
+
+    assert [length_bin(t, 64) for t in (0, 15.9, 16, 47.9, 48, 63.9)] == ["q1", "q1", "q2", "q3", "q4", "q4"]
+    assert length_bin(64, 64) == "q4" and length_bin(1000, 64) == "q4"  # a full-length (or longer) response

@@ -188,6 +188,20 @@ def test_a_packed_sample_attends_to_itself_only(tiny_model, tmp_path):
     assert float(moved[others].max()) < 1e-5, moved
 
 
+def test_packed_position_ids_restart_at_zero_in_every_sample():
+    """Rotary embeddings would hide a constant offset from the loss (it shifts every q and k alike), so
+    the ids themselves are checked."""
+    from learner.training.packing import packed_row
+
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [1, 2, 3, 4]])
+    mask = (ids != 0).long()
+    mask[2] = 1
+    row = packed_row(ids, mask)
+    assert row["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
+    assert row["input_ids"].tolist() == [[5, 6, 7, 8, 9, 1, 2, 3, 4]]
+    assert row["cu_seq_lens_q"].tolist() == [0, 3, 5, 9] and row["max_length_q"] == 4
+
+
 def test_packed_micro_batches_hold_each_row_once_within_every_share_of_the_budget():
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(5, 60, (37,), generator=gen).tolist()
