@@ -123,11 +123,11 @@ class GeneratorConfig(Section):
     # settings). The KV cache must hold at least one sequence of it.
     max_model_len: NonNegInt = 0
     heartbeat_s: PosFloat = 1.0
-    # A generator silent for this long is killed and restarted (it beats between generation batches,
-    # so this must exceed the longest batch).
+    # A generator silent for this long is killed and restarted (it beats between decode steps; a weight
+    # load or a group's verification holds it, so this must exceed the longest of those).
     heartbeat_timeout_s: PosFloat = 300.0
     # A generator that hears nothing from its learner for this long exits, releasing its engine (the
-    # learner answers every heartbeat, except while it writes a checkpoint: this must exceed that).
+    # learner answers every heartbeat; checkpoints are written behind its loop).
     learner_timeout_s: PosFloat = 600.0
     # A launched generator that dies is restarted, after a back-off that doubles (from 1 s, to at most
     # restart_backoff_max_s) while it keeps dying within a minute of its start. One that dies more

@@ -48,7 +48,9 @@ class Assignment(Message, kw_only=True):
     epoch: int
     temperature: float
     n: int
-    policy_version: int  # learner version when leased (for diagnostics; the sample records its own)
+    # the learner's version when leased: a wave (exact lag) waits for these weights and is sampled under
+    # them; a sample records the versions it was actually sampled under
+    policy_version: int
     prompt_tokens: bytes
     answer: str
     verifier: str  # "math" (math-verify) or "reasoning_gym:<task>"

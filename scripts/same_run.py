@@ -63,9 +63,11 @@ def compare(a: Path, b: Path, tol: float) -> list[str]:
 
 
 def run_at(commit: str, work: Path) -> Path:
-    tree = work / commit
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", commit], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    tree = work / sha  # by commit, not by name: HEAD moves
     if not tree.exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), sha], check=True)
     run_dir = tree / "runs" / "same-run"
     if not (run_dir / "summary.json").exists():
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}

@@ -71,7 +71,7 @@ def main(config_json: str, model_path: str, out: str, quiet_s: float = 0.0) -> N
     Path(out).write_text(json.dumps({
         "resumed": resumed_diff,
         "weights": diff, "probe": probe, "state": state_diff, "optim": optim_diff,
-        "grad_norm": [a["grad_norm"], b["grad_norm"]], "version": trainer.version,
+        "grad_norm": [a.metrics["grad_norm"], b.metrics["grad_norm"]], "version": trainer.version,
         "moved": max(float((p - q).abs().max()) for (_, p), (_, q) in
                      zip(one.named_weights(), Trainer.from_config(cfg, model_path).named_weights())),
         "param_groups": optim["param_groups"][0]["params"] == one_optim["param_groups"][0]["params"]}))
