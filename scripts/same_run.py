@@ -4,6 +4,7 @@ run folders already made) and checks that every step logged the same loss, rewar
 temperatures, H and lag, to `--tol`, and that the trackers ended equal.
 
     python scripts/same_run.py --commits bccc535 HEAD          # run the 30-step exact run at both
+    python scripts/same_run.py --commits bccc535 HEAD --config configs/train.toml   # the ERPO default
     python scripts/same_run.py --runs runs/a runs/b            # compare two finished runs
 
 Under exact lag control (`learner.lag_control = "exact"`) a run is a function of its config and seed,
@@ -22,8 +23,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND = ["--config", "configs/default.toml", "--learner.lag_control", "exact", "--learner.max_lag", "2",
-           "--learner.steps", "30", "--run.seed", "3", "--eval.final", "false"]
+CONFIG = ["configs/default.toml"]
+COMMAND = ["--learner.lag_control", "exact", "--learner.max_lag", "2", "--learner.steps", "30", "--run.seed", "3",
+           "--eval.final", "false"]
 # what must match step by step: the loss, rewards, token counts, temperatures, H and lag
 WATCHED = ("loss", "reward", "tokens", "temperature", "temp", "h_", "lag", "residual", "groups/", "leases/")
 SKIPPED = ("time", "seconds", "per_s", "memory", "mem_")
@@ -62,17 +64,18 @@ def compare(a: Path, b: Path, tol: float) -> list[str]:
     return diffs
 
 
-def run_at(commit: str, work: Path) -> Path:
+def run_at(commit: str, work: Path, config: list[str]) -> Path:
     sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", commit], check=True, capture_output=True,
                          text=True).stdout.strip()
     tree = work / sha  # by commit, not by name: HEAD moves
     if not tree.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), sha], check=True)
-    run_dir = tree / "runs" / "same-run"
+    name = "same-run-" + "-".join(Path(c).stem for c in config)
+    run_dir = tree / "runs" / name
     if not (run_dir / "summary.json").exists():
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
         cache = work / "cache"  # the warm-started model, shared (its key hashes what shaped it)
-        subprocess.run([sys.executable, "run.py", "train", *COMMAND, "--run.name", "same-run",
+        subprocess.run([sys.executable, "run.py", "train", "--config", *config, *COMMAND, "--run.name", name,
                         "--run.out_dir", str(tree / "runs"), "--log.progress", "false",
                         "--run.cache_dir", str(cache)],
                        cwd=tree, env=env, check=True)
@@ -86,8 +89,9 @@ def main() -> int:
     group.add_argument("--runs", nargs=2, type=Path, metavar=("DIR_A", "DIR_B"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/same-run"))
     ap.add_argument("--tol", type=float, default=1e-5)
+    ap.add_argument("--config", nargs="+", default=CONFIG, help="the config files of the run (default: %(default)s)")
     args = ap.parse_args()
-    runs = args.runs or [run_at(c, args.work) for c in args.commits]
+    runs = args.runs or [run_at(c, args.work, args.config) for c in args.commits]
     diffs = compare(*runs, tol=args.tol)
     for d in diffs[:40]:
         print(d)
