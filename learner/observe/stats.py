@@ -1,4 +1,4 @@
-"""Run statistics: what the summary is made of, and the residual-prompt metrics of each step (§6).
+"""Run statistics: what the summary is made of, and the residual-prompt metrics of each step (docs/algorithms.md §6).
 
 Everything here is a running sum or a short list per step, never a per-sample list: a run may last days.
 """
@@ -71,7 +71,7 @@ class Arrivals:
         return sorted(t for t, c in self.by_temp.items() for _ in range(sum(c.values())))
 
     def metrics(self) -> dict:
-        """The residual-prompt metrics of these arrivals (ALGORITHMS.md §6)."""
+        """The residual-prompt metrics of these arrivals (docs/algorithms.md §6)."""
         kinds = self.outcomes
         total = sum(kinds.values()) or 1
         out = {f"groups/{k}": kinds[k] / total for k in Outcome}

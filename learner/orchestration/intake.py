@@ -2,7 +2,7 @@
 tracker, apply DAPO's dynamic-sampling filter, and put the group in the buffer.
 
 A rollout that cannot become a group closes its lease as `failed` (with a reason) or, if it belongs to
-no open lease, is rejected and counted: either way nothing is silently lost (DESIGN.md §3).
+no open lease, is rejected and counted: either way nothing is silently lost (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 and accounts for every one of them. (Which generator gets the next lease is the dispatch policy's
 call: learner/orchestration/bounded.py.)
 
-Every dispatched lease ends as exactly one outcome (DESIGN.md §3, "no silent loss"):
+Every dispatched lease ends as exactly one outcome (docs/design.md §3, "no silent loss"):
 trained, dropped_stale, dropped_filtered, failed, or reissued (expired; the visit goes back in the
 queue under a new lease). Until then it is open: out at a generator, or back and waiting in the
 group buffer. So at any time: dispatched == sum(outcomes) + open.

@@ -1,4 +1,4 @@
-"""ERPO temperature schedule (ALGORITHMS.md §2): T_i = min(T0 + Ts * H_i, Tmax)."""
+"""ERPO temperature schedule (docs/algorithms.md §2): T_i = min(T0 + Ts * H_i, Tmax)."""
 
 from __future__ import annotations
 

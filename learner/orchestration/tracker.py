@@ -1,6 +1,6 @@
 """Per-prompt history: the single source of truth for H_i, visits and what each prompt last saw.
 
-Update rule (ALGORITHMS.md §2): after a complete visit of prompt i, H_i <- H_i + 1 if all n responses
+Update rule (docs/algorithms.md §2): after a complete visit of prompt i, H_i <- H_i + 1 if all n responses
 were correct; otherwise H_i is unchanged (or reset to 0 with `reset_on_mixed`). A visit is recorded
 when its whole group arrives, whether or not it is later trained on: the prompt was observed either way.
 """

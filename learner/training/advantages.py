@@ -1,4 +1,4 @@
-"""Advantages over a complete group of n responses (ALGORITHMS.md §1-§3).
+"""Advantages over a complete group of n responses (docs/algorithms.md §1-§3).
 
 `AdvantageRule.of` decides, per group, what signal it carries: GRPO's normalised reward for a mixed
 group; for a zero-variance group (all correct or all wrong) either nothing (GRPO/DAPO), ERPO's
@@ -35,7 +35,7 @@ def outcome(rewards: torch.Tensor) -> Outcome:
 
 
 def grpo(rewards: torch.Tensor, eps: float = 1e-6, unbiased: bool = True) -> torch.Tensor:
-    """GRPO, ALGORITHMS.md §1:  A_j = (R_j - mean(R)) / (std(R) + eps).
+    """GRPO, docs/algorithms.md §1:  A_j = (R_j - mean(R)) / (std(R) + eps).
 
     `unbiased` (default, `advantage.std = "unbiased"`): std divides by n - 1, as verl and TRL compute it
     and so as the DAPO, ERPO and RL-ZVP experiments ran; else by n (population). A zero-variance group
@@ -49,7 +49,7 @@ def grpo(rewards: torch.Tensor, eps: float = 1e-6, unbiased: bool = True) -> tor
 
 def reactivation(rewards: torch.Tensor, m: int, r_virtual: float, eps: float = 1e-6,
                  unbiased: bool = True) -> torch.Tensor:
-    """ERPO Reactivation Advantage, ALGORITHMS.md §2: normalise each real reward against the group
+    """ERPO Reactivation Advantage, docs/algorithms.md §2: normalise each real reward against the group
     extended by m virtual responses of reward r_virtual,
         A_j = (R_j - mean(R ∪ V)) / (std(R ∪ V) + eps),   V = {r_virtual} x m.
     For n ones, m = 1, r_virtual = 0:  A_j = 1/sqrt(n + 1) with the unbiased std, 1/sqrt(n) with the
@@ -59,7 +59,7 @@ def reactivation(rewards: torch.Tensor, m: int, r_virtual: float, eps: float = 1
 
 
 def zvp_token_advantages(entropy: torch.Tensor, positive: bool, alpha: float) -> torch.Tensor:
-    """RL-ZVP, ALGORITHMS.md §3 (arXiv 2509.21880 Eq. 5), over the tokens of one response:
+    """RL-ZVP, docs/algorithms.md §3 (arXiv 2509.21880 Eq. 5), over the tokens of one response:
         positive group:  A_t = alpha * H_t
         negative group:  A_t = -alpha * (max_k H_k - H_t)
     H is detached: it scales the token's advantage and carries no gradient of its own."""
@@ -70,7 +70,7 @@ def zvp_token_advantages(entropy: torch.Tensor, positive: bool, alpha: float) ->
 
 
 def overlong_penalty(length: int, l_max: int, l_cache: int) -> float:
-    """DAPO soft overlong punishment, ALGORITHMS.md §1, added to the reward."""
+    """DAPO soft overlong punishment, docs/algorithms.md §1, added to the reward."""
     if length <= l_max - l_cache:
         return 0.0
     if length <= l_max:
@@ -104,7 +104,7 @@ class AdvantageRule:
     def of(self, rewards: torch.Tensor, kind: Outcome, lengths: list[int]) -> GroupAdvantage:
         """The advantage of one complete group: `rewards` are the verifier's {0, 1}, `kind` their
         outcome. The outcome is decided on the verifier's rewards, before overlong shaping
-        (ALGORITHMS.md §5): a correct answer that ran long must not turn a mixed group into an
+        (docs/algorithms.md §5): a correct answer that ran long must not turn a mixed group into an
         all-wrong one."""
         shaped = rewards
         if self.overlong is not None:

@@ -7,7 +7,7 @@ chunk runs under activation checkpointing, so at most `chunk` x vocabulary logit
 the forward and in the backward (the backward recomputes its chunk). Values and gradients equal the
 unchunked computation (tested to 1e-6).
 
-Per-sample temperature as everywhere (DESIGN.md §3): position t of sample j uses softmax(logits / T_j).
+Per-sample temperature as everywhere (docs/design.md §3): position t of sample j uses softmax(logits / T_j).
 """
 
 from __future__ import annotations

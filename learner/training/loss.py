@@ -1,4 +1,4 @@
-"""Clipped policy loss with lag correction and the references' loss aggregations (ALGORITHMS.md §1, §5).
+"""Clipped policy loss with lag correction and the references' loss aggregations (docs/algorithms.md §1, §5).
 
 The loss sees one micro-batch as `LossInputs`: padded [N, L] tensors over predicted positions (N
 samples) and per-sample scalars, and knows nothing of the pipeline. All three log-probs are of the
@@ -44,7 +44,7 @@ class LossInputs:
 
 def aggregation_coef(lengths: torch.Tensor, mode: str, norm_tokens: int) -> torch.Tensor:
     """Each sample's weight in J = sum_j coef_j sum_t ell_{j,t}, over the N samples of one update
-    with response lengths |o_j| (ALGORITHMS.md §1, `loss.aggregation`):
+    with response lengths |o_j| (docs/algorithms.md §1, `loss.aggregation`):
 
       token_mean               (DAPO)      coef_j = 1 / sum_k |o_k|
       seq_mean_token_mean      (GRPO)      coef_j = 1 / (N |o_j|)
@@ -119,7 +119,7 @@ class LossSums:
                          ess=self.ess, is_weight_mean=self.w_sum / max(self.tokens, 1.0), is_weight_max=self.w_max)
 
     def gap_by_lag(self) -> dict[str, float]:
-        """mean |pi_prox - mu| per token-lag bucket (§4)."""
+        """mean |pi_prox - mu| per token-lag bucket (docs/algorithms.md §5)."""
         return {f"prox_mu_gap/lag{lag}": s / n for lag, (s, n) in sorted(self.gap.items()) if n}
 
 
@@ -177,7 +177,7 @@ def seq_mis(x: LossInputs, cfg: LossConfig) -> TokenTerms:
     return _decoupled(x, cfg, torch.exp(log_w) * ~cut, cut)
 
 
-# `loss.correction` -> the per-token objective (ALGORITHMS.md §5)
+# `loss.correction` -> the per-token objective (docs/algorithms.md §5)
 CORRECTIONS: dict[str, Callable[[LossInputs, LossConfig], TokenTerms]] = {
     "ppo_behaviour": ppo_behaviour, "tis": tis, "mis": mis, "seq_mis": seq_mis}
 

@@ -7,7 +7,7 @@ score the probe, gather a checkpoint, load a checkpoint's optimiser state, stop)
 takes part. Micro-batches are planned over the whole batch, the same on every rank (each gets every
 row's lengths), and each rank trains every world-th row of each, packed, and receives the tokens of
 those rows only, in host memory; the loss coefficients are the whole update's, and the loss is
-scaled by the world size, so FSDP's averaged gradient is the one-device gradient (ALGORITHMS.md §5).
+scaled by the world size, so FSDP's averaged gradient is the one-device gradient (docs/algorithms.md §5).
 
 Collectives must run in the same order on every rank, so each operation holds one lock from the
 moment rank 0 tells the followers to its end, whichever of the learner's threads calls it.

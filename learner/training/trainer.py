@@ -4,7 +4,7 @@ One step (one weight version) is `learner.updates_per_batch` = k optimiser updat
 shuffled by group and split into k parts; each update accumulates gradients over micro-batches of at
 most `learner.micro_batch_tokens` tokens (packed end to end, `learner.packing`). The loss's normaliser is the update's, never a
 micro-batch's (`learner/training/loss.py`, `aggregation_coef`), so however the samples are cut, the gradient is
-that of the update in one piece (DESIGN.md §3, "the split never changes the step"). The learner's
+that of the update in one piece (docs/design.md §3, "the split never changes the step"). The learner's
 peak memory is thus set by the token budget and the logits chunk (`learner/training/logprobs.py`), not by the
 batch.
 """
@@ -172,7 +172,7 @@ class Trainer:
         return self.forward(batch, entropy=False)[0]
 
     def _fill_zvp(self, batch: Batch, entropy: torch.Tensor) -> None:
-        """RL-ZVP token advantages from the detached entropy of the training policy (§3)."""
+        """RL-ZVP token advantages from the detached entropy of the training policy (docs/algorithms.md §3)."""
         for i in (batch.zvp != 0).nonzero().flatten().tolist():
             pos = batch.response_mask[i].bool()
             batch.adv[i, pos] = zvp_token_advantages(entropy[i][pos], bool(batch.zvp[i] > 0), self.zvp.alpha)
@@ -227,7 +227,7 @@ class Trainer:
         return [torch.isin(batch.group, g).nonzero().flatten() for g in split_updates(n_groups, k, self.seed + self.version)]
 
     def train_batch(self, batch: Batch, before_update: Callable[[], object] | None = None) -> StepResult:
-        """k optimiser updates on the rollout batch, one weight version (ALGORITHMS.md §5, mini-batches)."""
+        """k optimiser updates on the rollout batch, one weight version (docs/algorithms.md §5, mini-batches)."""
         updates = self.updates(batch)
         k = len(updates)
         if k > 1:

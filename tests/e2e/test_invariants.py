@@ -1,4 +1,4 @@
-"""DESIGN.md §3's invariants pinned end to end on the real pipeline (learner, a vLLM generator process,
+"""docs/design.md §3's invariants pinned end to end on the real pipeline (learner, a vLLM generator process,
 ZeroMQ, gloo), observed through the learner's events (learner/observe/events.py), which only record: ERPO's temperature path from the tracker to the trained
 batch, asynchrony, in-flight updates, and the dropped-filtered and failed outcomes of a real run."""
 

@@ -1,4 +1,4 @@
-"""The learner's peak memory is set by its token budget, not by the batch (DESIGN.md §3), measured as
+"""The learner's peak memory is set by its token budget, not by the batch (docs/design.md §3), measured as
 a child process's peak resident memory."""
 
 from benchmarks.learner import step_peak_memory

@@ -1,4 +1,4 @@
-"""ERPO's temperature schedule (ALGORITHMS.md §2)."""
+"""ERPO's temperature schedule (docs/algorithms.md §2)."""
 
 import pytest
 

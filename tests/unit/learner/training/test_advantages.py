@@ -1,4 +1,4 @@
-"""Hand-computed advantages: GRPO, ERPO's Reactivation Advantage, RL-ZVP, overlong shaping (ALGORITHMS.md §1-§3)."""
+"""Hand-computed advantages: GRPO, ERPO's Reactivation Advantage, RL-ZVP, overlong shaping (docs/algorithms.md §1-§3)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Log-probs at each sample's own temperature (DESIGN.md §3); chunked equals unchunked."""
+"""Log-probs at each sample's own temperature (docs/design.md §3); chunked equals unchunked."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Hand-computed cases of the clipped, lag-corrected loss (ALGORITHMS.md §1, §5)."""
+"""Hand-computed cases of the clipped, lag-corrected loss (docs/algorithms.md §1, §5)."""
 
 import math
 import typing
@@ -74,7 +74,7 @@ def test_tis_is_weight_is_detached():
     assert float(logp.grad) == pytest.approx(-1.5)
 
 
-# ---- ERPO, RL-ZVP, DAPO (ALGORITHMS.md §1-§3) --------------------------------------------------
+# ---- ERPO, RL-ZVP, DAPO (docs/algorithms.md §1-§3) --------------------------------------------------
 
 def test_ppo_behaviour_is_bounded_for_a_stale_sample_with_negative_advantage():
     """rho = pi_theta / mu of a very stale token can be huge; with A < 0 the pessimistic PPO term is

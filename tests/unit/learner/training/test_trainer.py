@@ -1,4 +1,4 @@
-"""The trainer (issue 10): the split never changes the step (DESIGN.md §3). Micro-batches, mini-batch
+"""The trainer (issue 10): the split never changes the step (docs/design.md §3). Micro-batches, mini-batch
 updates with a fixed pi_prox, memory set by the token budget; each group's advantage reaches its own
 rows, and RL-ZVP's token advantage only the zero-variance ones."""
 
