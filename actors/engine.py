@@ -107,6 +107,10 @@ class Engine:
             # under as its cache salt (`submit`): a prefix is reused only under the weights that
             # computed it.
             enable_prefix_caching=True,
+            # vLLM schedules the next step while this one runs on CUDA (async scheduling): a step would
+            # return with a batch in flight, and under in-flight updates its tokens would be recorded
+            # under the new version. Off there; drain mode loads weights only when nothing runs.
+            **({"async_scheduling": False} if gen.update_mode == "inflight" else {}),
             **({"block_size": gen.kv_block_size} if gen.kv_block_size else {}),
         )
 

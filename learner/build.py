@@ -72,7 +72,8 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launc
         intake.stats = stats
     if lc.lag_control == "exact":
         log.info("exact lag control: step t trains the wave leased under version t - %d (%d steps)", lc.max_lag, lc.steps)
-    backend = choose_backend(cfg.weights.backend, trainer.device)  # weights leave from the learner's own device
+    # weights leave from the learner's own device; NCCL only to generators on other GPUs
+    backend = choose_backend(cfg.weights.backend, trainer.device, shares_gpu=not gc.devices and gc.count > 0)
     link = opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post)
     weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, link, stats, clock, endpoint.wake)
     supervisor = Supervisor(gc, endpoint.send, on_gone=lambda gid, why: None, weights=weights)

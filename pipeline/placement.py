@@ -35,6 +35,10 @@ def check_placement(cfg: Config, visible: str | None, world: int = 1, cuda: bool
             raise ConfigError(f"generator.devices[{i}] = {entry!r} holds {len(gpus)} GPU(s), but "
                               f"generator.tensor_parallel_size = {gc.tensor_parallel_size}: each generator's entry "
                               f"lists exactly its tensor-parallel GPUs (e.g. \"0,1\" for a size of 2)")
+    if cuda and gc.count and not gc.devices and cfg.weights.backend == "nccl" and world == 1:
+        raise ConfigError("weights.backend = \"nccl\" with no generator.devices: the launched generators would take "
+                          "the learner's GPU, and NCCL refuses two ranks on one GPU; list their GPUs in "
+                          "generator.devices, or leave weights.backend = \"auto\" (gloo through host memory)")
     if not cuda or not gc.devices or not gc.count:
         return  # no GPU, or no generator launched beside the learner (they join from other nodes)
     taken = {g.strip(): i for i, entry in enumerate(gc.devices) for g in entry.split(",")}

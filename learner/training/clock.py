@@ -1,8 +1,10 @@
 """Where a step's time goes: seconds per stage, summed until read.
 
 On a GPU, kernels run behind the Python thread that launched them; each stage boundary waits for
-the device (`torch.cuda.synchronize`) so that a stage is charged for its own kernels. That wait costs
-a little throughput, which is the price of a breakdown that means something.
+this thread's current stream so that a stage is charged for its own kernels. Never for the whole
+device: a weight broadcast runs on streams of its own and may wait on a slow generator, and a
+device-wide synchronise would make every step wait for it (docs/gpu.md). The wait costs a little
+throughput, the price of a breakdown that means something.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class StageClock:
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
     @contextlib.contextmanager
     def stage(self, name: str):

@@ -94,10 +94,16 @@ def trainer_init_info(backend: str, host: str, port: int, workers: int, bucket_b
     raise ValueError(f"unknown weight-transfer backend {backend!r} (gloo or nccl)")
 
 
-def choose_backend(setting: str, device: torch.device) -> str:
-    """`weights.backend`: "auto" is NCCL from a learner on a GPU, else gloo."""
+def choose_backend(setting: str, device: torch.device, shares_gpu: bool = False) -> str:
+    """`weights.backend`: "auto" is NCCL from a learner on a GPU of its own, else gloo. `shares_gpu`:
+    a generator sees the learner's GPU (no `generator.devices` on a CUDA machine), where NCCL would put
+    two ranks on one GPU and refuse."""
     if setting != "auto":
         return setting
+    if device.type == "cuda" and shares_gpu:
+        log.warning("generator.devices is empty, so the generators share the learner's GPU: weights go through "
+                    "host memory (gloo); give them GPUs of their own in generator.devices for NCCL")
+        return "gloo"
     return "nccl" if device.type == "cuda" else "gloo"
 
 

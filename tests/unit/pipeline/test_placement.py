@@ -55,3 +55,11 @@ def test_one_gpu_for_both_is_a_choice_with_room_left_for_the_learner():
         check_placement(one(generator={"gpu_memory_utilization": 0.9}), visible=None)
     shipped = load([ROOT / "configs" / "gpu" / "one-gpu-qwen2.5-0.5b.toml"], ["--model.path", str(ROOT)])  # any folder
     check_placement(shipped, visible=None)
+
+
+def test_nccl_asked_for_with_generators_on_the_learners_gpu_is_refused():
+    """No generator.devices on a CUDA machine: a launched generator sees the learner's GPU."""
+    with pytest.raises(ConfigError, match=r"weights.backend = \"nccl\" with no generator.devices"):
+        check_placement(from_dict({"weights": {"backend": "nccl"}}), visible=None)
+    check_placement(from_dict({}), visible=None)  # auto: the learner picks gloo (learner/weights/links.py)
+    check_placement(from_dict({"weights": {"backend": "nccl"}, "generator": {"count": 0}}), visible=None)  # joiners

@@ -59,6 +59,9 @@ def test_backend_choice_and_init_info():
     assert choose_backend("auto", torch.device("cpu")) == "gloo"
     assert choose_backend("auto", torch.device("cuda", 1)) == "nccl"
     assert choose_backend("gloo", torch.device("cuda", 0)) == "gloo"  # one GPU for both, by choice
+    # generators launched without generator.devices see the learner's GPU: NCCL would refuse two ranks on it
+    assert choose_backend("auto", torch.device("cuda", 0), shares_gpu=True) == "gloo"
+    assert choose_backend("nccl", torch.device("cuda", 0), shares_gpu=True) == "nccl"  # said so: check_placement's
     info = trainer_init_info("gloo", "127.0.0.1", 5555, workers=2, bucket_bytes=1 << 20, timeout_s=9.0)
     assert (info.world_size, info.master_port, info.rank) == (3, 5555, 0)
     with pytest.raises(ValueError, match="unknown weight-transfer backend 'ipc'"):
