@@ -100,7 +100,9 @@ class Trainer:
         out = []
         for name, t in self._full_parameters():
             host = torch.empty(t.shape, dtype=dtype, pin_memory=pin)
-            host.copy_(t)
+            # cast where the tensor is: a copy that also casts would go through a pageable host
+            # temporary in the source dtype and cast on the CPU
+            host.copy_(t.detach().to(dtype))
             out.append((name, host))
         return out
 
