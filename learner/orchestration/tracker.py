@@ -49,7 +49,7 @@ class Tracker:
         s.last_sampled_version = version
 
     def metrics(self) -> dict:
-        """Where the tracker stands: how far the schedule has pushed prompts (docs/algorithms.md, metrics)."""
+        """Where the tracker stands: how far the schedule has pushed prompts (docs/algorithms.md §6)."""
         hs = [p.h for p in self.prompts]
         return {"h_mean": sum(hs) / len(hs), "h_max": max(hs), "h_positive_frac": sum(h > 0 for h in hs) / len(hs)}
 

@@ -1,5 +1,5 @@
-"""The dependency rules (docs/design.md, "Layout"), read from every Python file's imports (the `ast`
-module), wherever the import statement sits:
+"""The dependency rules, read from every Python file's imports (the `ast`
+module), wherever the import statement sits (docs/design.md §2):
 
 - `pipeline/` imports neither `actors/` nor `learner/`; `actors/` and `learner/` never import each
   other. (`run.py`, `benchmarks/`, `experiments/` and `tests/` may import both sides.)
