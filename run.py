@@ -88,6 +88,9 @@ def cmd_generate(args, overrides: list[str]) -> int:
         die_with_parent(args.parent_pid)
     torch.set_num_threads(cfg.run.torch_threads)
     addresses = Addresses(args.host, args.control_port, args.rollout_port)
+    # NVML's answer, not the CUDA driver's: a driver initialised here would be inherited, poisoned, by
+    # the tensor-parallel workers vLLM forks
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     backend = args.weights_backend or ("nccl" if torch.cuda.is_available() else "gloo")
     engine = None
     if args.standin_delay is not None:  # benchmark-only: fixed-cost sampling, real everything else

@@ -41,9 +41,10 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
 AttentionInterface.register(PACKED_SDPA, packed_sdpa)
 
 
-def attention_for(device: torch.device) -> str:
-    """The attention implementation packed rows run with on `device`."""
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+def attention_for(device: torch.device, precision: str = "fp32") -> str:
+    """The attention implementation packed rows run with on `device` at `learner.precision`:
+    flash-attention only where it is installed and the compute is bf16 (it has no fp32 kernels)."""
+    if device.type == "cuda" and precision != "fp32" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return PACKED_SDPA
 

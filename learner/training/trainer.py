@@ -58,7 +58,7 @@ class Trainer:
         self.device = self._pick_device()
         model = load_causal_lm(model_path, PRECISION_DTYPE[lc.precision])
         if lc.packing:
-            model.set_attn_implementation(attention_for(self.device))
+            model.set_attn_implementation(attention_for(self.device, lc.precision))
         if lc.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = self._distribute(model.to(self.device))

@@ -263,3 +263,16 @@ def test_a_sample_that_can_never_fit_the_budget_is_a_startup_error(tiny_model, t
     cfg.run_dir.mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"learner.micro_batch_tokens.*generator.max_tokens"):
         open_learner(cfg, tiny_model, load_problems(cfg.data), launcher=None)
+
+
+def test_flash_attention_only_for_bf16_compute_on_a_gpu(monkeypatch):
+    """flash-attention has no fp32 kernels: an fp32 learner on a GPU packs through packed_sdpa."""
+    import importlib.util
+
+    from learner.training import packing
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else None)
+    cuda = torch.device("cuda", 0)
+    assert packing.attention_for(cuda, "bf16-mixed") == packing.attention_for(cuda, "bf16") == "flash_attention_2"
+    assert packing.attention_for(cuda, "fp32") == packing.PACKED_SDPA
+    assert packing.attention_for(torch.device("cpu"), "bf16") == packing.PACKED_SDPA
