@@ -64,6 +64,10 @@ def cmd_train(args, overrides: list[str]) -> int:
     cfg = config_mod.load(_config_files(args), [*overrides, *_model_override(args),
                                                 *(["--data.source", args.data] if args.data else [])])
     if args.dry_run:
+        from pipeline.placement import check_placement
+
+        # GPU placement from the config alone, as on a GPU machine: a cluster config checks on a laptop
+        check_placement(cfg, os.environ.get("CUDA_VISIBLE_DEVICES"), int(os.environ.get("WORLD_SIZE", "1")), cuda=True)
         print(msgspec.json.format(config_mod.dumps(cfg), indent=2))
         return 0
     from learner.session import train

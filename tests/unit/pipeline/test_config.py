@@ -62,6 +62,13 @@ def test_dry_run_prints_resolved_config_and_exits():
     assert resolved["learner"]["steps"] == 7
 
 
+def test_dry_run_checks_gpu_placement_from_the_config_alone():
+    """On a CPU machine too: a cluster config whose learner sits on a generator's GPU is refused."""
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "train", "--dry-run", "--generator.devices", '["0"]',
+                          "--learner.device", "cuda:0"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "generator.devices[0] gives to a generator" in out.stderr, out.stderr
+
+
 def test_cli_config_error_exits_2_with_field():
     out = subprocess.run([sys.executable, str(ROOT / "run.py"), "train", "--learner.lr", "oops"],
                          capture_output=True, text=True, timeout=120)
