@@ -141,7 +141,7 @@ def test_inflight_updates_train_samples_that_span_two_versions(tiny_model, tmp_p
     # arrive (with exact dispatch the tiny model finishes its leases before the next version exists).
     # This run once crashed the generator at each such update: its probe ran `generate` over the
     # streaming requests (actors/engine.py, `probe`); the restarts hid it.
-    cfg = make_config(tmp_path, "--learner.steps", "12", "--learner.groups_per_step", "2", "--learner.group_size", "16",
+    cfg = make_config(tmp_path, "--learner.steps", "30", "--learner.groups_per_step", "2", "--learner.group_size", "16",
                       "--learner.max_lag", "3", "--learner.max_open_groups", "32", "--generator.max_inflight", "8",
                       "--generator.update_mode", "inflight", "--eval.final", "false", "--learner.checkpoint_every", "0")
     cfg.run_dir.mkdir(parents=True)

@@ -35,7 +35,7 @@ def test_twenty_five_kills_of_one_generator_finish_the_run_with_every_lease_acco
                       "--generator.max_restarts_per_hour", "60")
     cfg.run_dir.mkdir(parents=True)
     learner = open_learner(cfg, tiny_model, load_problems(cfg.data), launcher=standin)
-    killer = Killer(learner, kills=25, steps_between=1, pause_s=0.2, seed=3, timeout_s=120).start()
+    killer = Killer(learner, kills=25, steps_between=1, pause_s=0.2, seed=3, timeout_s=300).start()
     stats = _run(learner)
     killer.join()
     kills, problems = killer.kills, killer.problems
