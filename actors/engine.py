@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from pipeline.config import ConfigError, GeneratorSettings
+from pipeline.model_settings import generator_resolved
 from pipeline.probe import probe_tokens
 from pipeline.messages import WeightUpdate
 from pipeline.models import load_tokenizer, stop_token_ids
@@ -57,7 +58,7 @@ class Engine:
         register()  # here too, not only as the plugin vLLM loads: an uninstalled checkout still works
 
         gen = cfg.generator
-        if gen.max_tokens == "auto" or gen.kv_cache_bytes == "auto":
+        if not generator_resolved(gen):
             raise ConfigError("the engine takes resolved settings: generator.max_tokens and generator.kv_cache_bytes "
                               "decided from the model (pipeline/model_settings.py's derive) before it starts")
         # the context derive() settled on (the model folder's own when nothing set it: vLLM reads it)

@@ -61,22 +61,22 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launc
     torch.manual_seed(cfg.run.seed)
     trainer = trainer or Trainer.from_config(cfg, model_path)
     buffer, clock = GroupBuffer(), StageClock()
-    stats = RunStats(Arrivals(cfg.schedule.t0))
+    saved = checkpoint.load_state(resume) if resume is not None else None
+    stats = RunStats.from_state(saved[0]["stats"], cfg.schedule.t0) if saved else RunStats(Arrivals(cfg.schedule.t0))
     rule = AdvantageRule.from_config(cfg.advantage, cfg.ra, cfg.dapo, gc.max_tokens)
     intake = Intake(leases, tracker, buffer, stats, rule, cfg.dapo, lc.group_size, lc.groups_per_step, cfg.schedule.t0)
     lag = lag_control(lc, cfg.dapo, cfg.run.seed, gc.max_inflight, leases, buffer, intake.record_visit,
                       intake.count_filtered)
     intake.in_arrival_order = lag.on_arrival
-    if resume is not None:
-        stats = _restore(resume, trainer, tracker, leases, intake, lag, cfg.schedule.t0)
-        intake.stats = stats
+    if saved is not None:
+        _restore(resume, *saved, trainer, tracker, leases, intake, lag)
     if lc.lag_control == "exact":
         log.info("exact lag control: step t trains the wave leased under version t - %d (%d steps)", lc.max_lag, lc.steps)
     # weights leave from the learner's own device; NCCL only to generators on other GPUs
     backend = choose_backend(cfg.weights.backend, trainer.device, shares_gpu=not gc.devices and gc.count > 0)
     link = opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post)
     weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, link, stats, clock, endpoint.wake)
-    supervisor = Supervisor(gc, endpoint.send, on_gone=lambda gid, why: None, weights=weights)
+    supervisor = Supervisor(gc, endpoint.send, on_gone=None, weights=weights)  # the loop says what a death does
     on_batch = (lambda v, b: observer(BatchBuilt(v, b))) if observer else None
     ev = cfg.eval
     heldout = Evaluator(ev, cfg.data, gc.max_tokens, tokenizer, cfg.run.seed) if ev.every or ev.final or ev.first else None
@@ -105,10 +105,10 @@ def resolve(cfg: Config, model_path: str) -> Config:
     return cfg
 
 
-def _restore(ckpt: Path, trainer, tracker: Tracker, leases: LeaseBook, intake: Intake, lag, t0: float) -> RunStats:
-    """Put a run's state back as checkpoint `ckpt` saved it (the model itself is loaded from the
-    folder by the trainer); returns the run statistics to continue from."""
-    state, rng = checkpoint.load_state(ckpt)
+def _restore(ckpt: Path, state: dict, rng: torch.Tensor, trainer, tracker: Tracker, leases: LeaseBook,
+             intake: Intake, lag) -> None:
+    """Put a run's state back as checkpoint `ckpt` saved it (`state`, `rng`: its learner and RNG
+    state; the model itself is loaded from the folder by the trainer, the statistics by `build`)."""
     trainer.version = state["version"]
     trainer.load_optimizer(ckpt)  # first: under FSDP2 a forward (the probe) must not come before it
     checkpoint.verify_weights(ckpt, state, trainer.probe_logprobs(), trainer.dtype)
@@ -120,4 +120,3 @@ def _restore(ckpt: Path, trainer, tracker: Tracker, leases: LeaseBook, intake: I
     if state.get("lag") or state.get("waves"):  # exact lag control's waves; leases then out are re-issued
         lag.load_state_dict(state.get("lag") or state["waves"])
     log.info("resumed from %s at version %d (epoch %d, cursor %d)", ckpt, trainer.version, leases.epoch, leases.cursor)
-    return RunStats.from_state(state["stats"], t0)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, GeneratorConfig
 from pipeline.models import load_tokenizer, stop_token_ids
 
 # The generation length of a real model whose generation config names none: long enough for a
@@ -145,9 +145,14 @@ def derive(cfg: Config, model_path: str, sequences: int, on_gpu: bool | None = N
     return out, settings
 
 
+def generator_resolved(gc: GeneratorConfig) -> bool:
+    """The engine's model-derived settings are concrete (what a generator process needs)."""
+    return "auto" not in (gc.max_tokens, gc.kv_cache_bytes)
+
+
 def resolved(cfg: Config) -> bool:
     """Every model-derived setting is concrete (`derive` has run, or the user set them all)."""
-    return "auto" not in (cfg.generator.max_tokens, cfg.generator.kv_cache_bytes, cfg.data.chat_template)
+    return generator_resolved(cfg.generator) and cfg.data.chat_template != "auto"
 
 
 def write(settings: ModelSettings, path: Path) -> None:

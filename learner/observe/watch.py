@@ -45,8 +45,9 @@ class Watch:
             raise StallError(f"the optimiser step at version {running.version} ({len(running.groups)} groups) has "
                              f"run for {now - running.started:.0f}s (learner.step_timeout_s = {lc.step_timeout_s:.0f})")
         if now - self.last_rollout > lc.idle_timeout_s:
-            states = {g: h.state for g, h in generators(now).items()}
-            self.write(version, stats, leases, generators(now))
+            seen = generators(now)
+            self.write(version, stats, leases, seen)
+            states = {g: h.state for g, h in seen.items()}
             raise StallError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s); generators: {states}")
         if now - self._written > health.WRITE_EVERY_S:
             self.write(version, stats, leases, generators(now))

@@ -100,7 +100,7 @@ class BoundedLag:
         if not pool.started and len(pool.ready) < pool.expected:
             return  # at the start, wait until every generator is ready, so the first wave is spread over all
         candidates = {gid: Candidate(w, self.leases.outstanding(gid), *pool.rates.get(gid, (0, 0.0)))
-                 for gid, w in pool.ready.items()}
+                      for gid, w in pool.ready.items()}
         for gid in plan(budget, candidates, self.lc, self.max_inflight, soonest=pool.version + pool.step_running,
                         ahead=self.leases.open - pool.groups_in_step):
             if not lease(gid, None)[1]:

@@ -124,8 +124,8 @@ class ExactLag:
         ready = pool.ready
         if not due or not ready or len(ready) < pool.expected or any(w != v for w in ready.values()):
             return
+        owners = [self.waves.generator_for(i, list(ready)) for i in range(self.waves.size)]
         for step in due:
-            owners = [self.waves.generator_for(i, list(ready)) for i in range(self.waves.size)]
             self.waves.leased[step] = []
             for i, gid in enumerate(owners):
                 lease_id, sent = lease(gid, Tag(lease_seed(self.run_seed, step, i), step, owners.count(gid)))

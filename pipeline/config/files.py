@@ -103,14 +103,19 @@ def _check_removed(raw: dict[str, Any]) -> None:
             raise ConfigError(f"{key} was removed: {why}")
 
 
-def from_dict(raw: dict[str, Any]) -> Config:
+def _convert(raw: dict[str, Any], kind: type, what: str):
+    """`raw` as a `kind`, after the removed settings are named; an error names the field at fault."""
     _check_removed(raw)
     try:
-        cfg = msgspec.convert(raw, Config, strict=False)
+        return msgspec.convert(raw, kind, strict=False)
     except msgspec.ValidationError as exc:
         # msgspec names the field as `$.section.field`; turn that into the dotted name users type.
         msg = str(exc).replace("`$.", "`").replace("$.", "")
-        raise ConfigError(f"invalid config: {msg}") from None
+        raise ConfigError(f"invalid {what}: {msg}") from None
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    cfg = _convert(raw, Config, "config")
     _check_semantics(cfg)
     return cfg
 
@@ -175,9 +180,5 @@ def loads_generator(text: str | bytes) -> GeneratorSettings:
     """A generator's settings, from the file the launcher writes (or from a run's whole resolved
     config: its other sections are not a generator's business and are left out)."""
     raw = msgspec.json.decode(text)
-    _check_removed(raw)
-    try:
-        return msgspec.convert({k: v for k, v in raw.items() if k in GeneratorSettings.__struct_fields__},
-                               GeneratorSettings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid generator settings: {str(exc).replace('`$.', '`').replace('$.', '')}") from None
+    return _convert({k: v for k, v in raw.items() if k in GeneratorSettings.__struct_fields__}, GeneratorSettings,
+                    "generator settings")
