@@ -17,6 +17,7 @@ import os
 import time
 from collections import deque
 
+from actors.beacon import Beacon, exit_process
 from actors.engine import Completion, Engine, Request
 from actors.reward import Verifier
 from pipeline.config import GeneratorSettings
@@ -30,7 +31,9 @@ log = logging.getLogger(__name__)
 
 class Generator:
     def __init__(self, cfg: GeneratorSettings, generator_id: int, addresses: Addresses, model_path: str,
-                 backend: str = "gloo", initial_version: int = 0, engine=None):
+                 backend: str = "gloo", initial_version: int = 0, engine=None, abandon=exit_process):
+        """`engine`: a test double in place of vLLM's; `abandon(why)`: what a learner that went silent
+        while the loop was away (loading, in a transfer) does: ends the process."""
         self.cfg = cfg
         self.id = generator_id
         self.addresses = addresses
@@ -47,10 +50,14 @@ class Generator:
         self.stopping = False
         self._last_beat = 0.0
         self._heard = time.monotonic()  # last message from the learner
+        self._inbox: deque = deque()  # messages the beacon received while the loop was away
         self.workers = cfg.generator.tensor_parallel_size
-        self.heartbeat()  # the learner learns it is loading, and opens its weight group
-        self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id,
-                                       weights_backend=backend, initial_version=initial_version)
+        self.beacon = Beacon(self.heartbeat, self.endpoint.recv, self._keep, lambda: self._heard,
+                             cfg.generator.heartbeat_s, cfg.generator.learner_timeout_s, abandon)
+        self.heartbeat()  # the learner learns it is loading, and opens its weight group once it is up
+        with self.beacon.covering("the engine loads"):
+            self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id,
+                                           weights_backend=backend, initial_version=initial_version)
         self.verifier = Verifier(cfg.generator.verifier_timeout_s)
         self.tokenizer = self.engine.tokenizer
         self.status = "joining"  # engine up: the learner opens its weight group now
@@ -65,13 +72,17 @@ class Generator:
         ))
         self._last_beat = time.monotonic()
 
+    def _keep(self, msg) -> None:
+        self._inbox.append(msg)
+        self._heard = time.monotonic()
+
     def _await_weight_init(self, timeout_s: float) -> WeightInit:
         """The learner answers this generator's first heartbeat with the weight group to join (a
         generator started by hand joins a running run the same way, and then gets the newest weights)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.heartbeat()
-            for msg in self.endpoint.recv(200):
+            for msg in self._received(200):
                 if isinstance(msg, WeightInit):
                     return msg
                 if isinstance(msg, Stop):
@@ -83,11 +94,18 @@ class Generator:
     def _join(self, init: WeightInit) -> None:
         """Join the learner's weight group (all of the engine's workers), then report the probe of the
         weights held."""
-        self.engine.init_weight_transfer(init.backend, init.info)
+        with self.beacon.covering("joining the weight group"):
+            self.engine.init_weight_transfer(init.backend, init.info)
         self.probe = (self.version, self.engine.probe())
 
+    def _received(self, timeout_ms: int) -> list:
+        """What the beacon kept while the loop was away, then what the channel holds now."""
+        kept = list(self._inbox)
+        self._inbox.clear()
+        return kept + self.endpoint.recv(0 if kept else timeout_ms)
+
     def _drain_messages(self, timeout_ms: int) -> None:
-        for msg in self.endpoint.recv(timeout_ms):
+        for msg in self._received(timeout_ms):
             self._heard = time.monotonic()
             if isinstance(msg, Assignment):
                 self.pending.append(msg)
@@ -111,7 +129,8 @@ class Generator:
                             self.version)
                 continue
             self.status = "updating"
-            self.engine.load_weights(update)
+            with self.beacon.covering(f"receiving version {update.version}"):
+                self.engine.load_weights(update)
             self.version = self.engine.weight_version
             self.probe = (update.version, self.engine.probe(update.version))
             self.heartbeat()

@@ -74,7 +74,8 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launc
         log.info("exact lag control: step t trains the wave leased under version t - %d (%d steps)", lc.max_lag, lc.steps)
     # weights leave from the learner's own device; NCCL only to generators on other GPUs
     backend = choose_backend(cfg.weights.backend, trainer.device, shares_gpu=not gc.devices and gc.count > 0)
-    link = opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post)
+    link = opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post,
+                  cfg.transport.weight_ports)
     weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, link, stats, clock, endpoint.wake)
     supervisor = Supervisor(gc, endpoint.send, on_gone=None, weights=weights)  # the loop says what a death does
     on_batch = (lambda v, b: observer(BatchBuilt(v, b))) if observer else None

@@ -195,8 +195,8 @@ class Learner:
                                  lag=f"{metrics['lag_mean']:.1f}")
 
     def _generator_gone(self, gid: int, why: str) -> None:
-        if why.startswith("retired"):
-            self.metrics.alert(f"generator {gid} retired", why)
+        if why.startswith("cooling"):
+            self.metrics.alert(f"generator {gid} cooling down", why)
         expired = self.leases.expire(generator_id=gid)
         log.warning("generator %d %s; %d leases re-issued", gid, why, len(expired))
         if self.rooms.heldout is not None and self.rooms.heldout.busy:
@@ -246,5 +246,5 @@ class Learner:
     def counters(self) -> dict:
         return run_counters(self.leases, len(self.buffer), self.stats, rejected_frames=self.endpoint.rejected.counts,
                             rejected_rollouts=self.intake.rejected, checkpoint_failures=self.rooms.checkpoints.failures,
-                            generator_restarts=self.supervisor.restarts, generators_retired=self.supervisor.retired,
+                            generator_restarts=self.supervisor.restarts, generators_cooling=self.supervisor.cooling,
                             **self.lag.counters())

@@ -108,10 +108,6 @@ class Launcher:
                 pass
             p.wait(timeout=10)
 
-    def forget(self, generator_id: int) -> None:
-        """A retired generator: no longer this launcher's to watch or restart."""
-        self.procs.pop(generator_id, None)
-
     def manages(self, generator_id: int) -> bool:
         """Started by this launcher (else it joined the run by itself)."""
         return generator_id in self.procs

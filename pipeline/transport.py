@@ -35,10 +35,61 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", port: int = 0) -> int:
+    """`port` if it can be bound on `host` now (any free port for 0); OSError if not."""
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind((host, port))
         return s.getsockname()[1]
+
+
+class Ports:
+    """Ports for the weight groups' rendezvous: from `transport.weight_ports = [first, last]`, taken in
+    turn (a port just released is not taken again at once) and skipped while something else holds
+    them; any free port without a range."""
+
+    def __init__(self, host: str, span: list[int] | tuple[int, ...] = ()):
+        self.host, self.span = host, tuple(span)
+        self._next = self.span[0] if self.span else 0
+
+    def take(self) -> int:
+        if not self.span:
+            return free_port(self.host)
+        first, last = self.span
+        for _ in range(last - first + 1):
+            port, self._next = self._next, self._next + 1 if self._next < last else first
+            try:
+                return free_port(self.host, port)
+            except OSError:
+                continue
+        raise OSError(f"no free port in transport.weight_ports = [{first}, {last}] on {self.host}: widen the range "
+                      f"(one port per generator link)")
+
+
+def check_reachable(host: str) -> None:
+    """A learner that generators on other hosts dial must bind an address they can reach: refuse a
+    name that resolves to a loopback address (Debian maps a machine's own name to 127.0.1.1), one that
+    does not resolve, and one that is not this machine's."""
+    if is_loopback(host):
+        return
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except socket.gaierror as exc:
+        raise ValueError(f"transport.host={host!r} does not resolve ({exc}): give an address of this machine "
+                         f"that the generators can reach") from None
+    loop = sorted(a for a in addresses if ipaddress.ip_address(a.split("%")[0]).is_loopback)
+    if loop:
+        raise ValueError(f"transport.host={host!r} resolves to the loopback address {loop[0]}: generators on other "
+                         f"hosts could not reach it; give this machine's address on their network instead")
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family) as s:
+            try:
+                s.bind((address, 0))
+                return
+            except OSError:
+                continue
+    raise ValueError(f"transport.host={host!r} ({', '.join(sorted(addresses))}) is not an address of this machine: "
+                     f"the learner cannot listen there")
 
 
 class RejectCounter:
@@ -109,6 +160,7 @@ class LearnerEndpoint:
             raise ValueError(
                 f"transport.host={host!r} is not a loopback address: set transport.curve_dir to keys "
                 "made by `run.py keys` (non-loopback binds require CURVE authentication)")
+        check_reachable(host)
         self.ctx = zmq.Context()
         self.auth = None
         self.control = self.ctx.socket(zmq.ROUTER)

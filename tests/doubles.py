@@ -87,10 +87,6 @@ class ScriptedLauncher:
     def dead(self) -> dict[int, int]:
         return dict(self.exited)
 
-    def forget(self, gid: int) -> None:
-        self.started = [g for g in self.started if g != gid]
-        self.exited.pop(gid, None)
-
     def log_tail(self, gid: int) -> str:
         return f"(log of generator {gid})\nRuntimeError: no engine for generator {gid}"
 
@@ -128,8 +124,12 @@ class IdleLink:
     def ready(self) -> bool:
         return not self.closed
 
-    def close(self) -> None:
+    def failure(self) -> BaseException | None:
+        return self.error
+
+    def close(self, timeout: float = 0.0) -> bool:
         self.closed = True
+        return True
 
 
 class RecordingMembership:

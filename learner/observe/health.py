@@ -18,9 +18,10 @@ WRITE_EVERY_S = 5.0
 
 
 class GeneratorHealth(msgspec.Struct, kw_only=True):
-    state: str  # up | starting | restarting | retired | gone
+    state: str  # up | starting | restarting | cooling
     restarts_last_hour: int = 0
-    retired: str = ""
+    cooling: str = ""  # why it rests (over which budget, its exit code and last log line)
+    retry_in_s: float | None = None  # when it is tried again
     last_error: str = ""
     seen_s_ago: float | None = None
 
@@ -89,7 +90,8 @@ def status(run_dir: Path, now: float | None = None) -> str:
              f"  leases {h.leases}"]
     for gid, g in sorted(h.generators.items()):
         seen = f", last heard {_age(g.seen_s_ago)} ago" if g.seen_s_ago is not None else ""
-        extra = f": {g.retired}" if g.retired else ""
+        extra = (f", tried again in {_age(max(0.0, g.retry_in_s - (now - h.written)))}: {g.cooling}"
+                 if g.cooling and g.retry_in_s is not None else "")
         lines.append(f"  generator {gid}: {g.state}{extra} ({g.restarts_last_hour} restarts in the last hour{seen})"
                      + (f"\n      last error: {g.last_error}" if g.last_error else ""))
     ckpt_age = now - h.checkpoint_time if h.checkpoint else None
@@ -98,8 +100,8 @@ def status(run_dir: Path, now: float | None = None) -> str:
     warnings = []
     if h.weights_mismatch:
         warnings.append(f"{h.weights_mismatch} weight updates did not verify (weights_mismatch)")
-    if any(g.state == "retired" for g in h.generators.values()):
-        warnings.append("a generator was retired (see above)")
+    if any(g.state == "cooling" for g in h.generators.values()):
+        warnings.append("a generator is cooling down after failing (see above)")
     since = ckpt_age if ckpt_age is not None else now - h.started
     if not h.finished and h.checkpoint_every_s and since > 2 * h.checkpoint_every_s:
         warnings.append(f"no checkpoint for {_age(since)}, over two intervals ({_age(h.checkpoint_every_s)} each)")

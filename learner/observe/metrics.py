@@ -60,7 +60,7 @@ class MetricsLog:
 
     def alert(self, title: str, text: str) -> None:
         """A wandb alert (e-mail or Slack, where the user set them up) for what an operator must see:
-        a generator retired, a run stopped. Offline, or without wandb, only the log has it."""
+        a generator cooling down, a run stopped. Offline, or without wandb, only the log has it."""
         log.error("%s: %s", title, text)
         if self.wandb is not None:
             try:

@@ -28,7 +28,7 @@ class Pool:
     step_running: bool
     groups_in_step: int  # groups of the running step (0 if none)
     ready: dict[int, int]  # ready generator -> newest version it holds or has been handed
-    expected: int  # launched generators not retired (the start waits for them)
+    expected: int  # launched generators not cooling down (the start waits for them)
     started: bool  # a training rollout has arrived: the start-up wait is over
     rates: dict[int, tuple[int, float]] = field(default_factory=dict)  # generator -> (groups, busy seconds)
 

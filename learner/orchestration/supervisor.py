@@ -1,14 +1,18 @@
 """Generator supervision: start, admit, restart and forget generator processes, from their heartbeats.
 
 A generator whose engine is up joins the weights' owner (learner/weights/publisher.py), which opens
-its weight link; the supervisor reads from it only whether the link formed or failed. The launcher's generators are
-restarted when they die, go silent or lose their weight link, after a back-off while they keep dying
-young; one that dies too often (`generator.max_restarts_per_hour`) or cannot start at all
-(`generator.max_failed_starts` in a row) is retired and the run goes on with the others. A generator
-that joined by itself (`run.py generate` by hand, here or on another host) is let go when it leaves,
-cleanly or by going silent. Either way the learner is told (`on_gone`) so that it re-issues the
-generator's leases. The run stops only when no generator has been alive for
-`generator.none_alive_timeout_s`.
+its weight link; the supervisor reads from it only whether the link formed or failed. The launcher's
+generators are restarted when they die, go silent or lose their weight link, after a back-off while
+they keep dying young. One that dies too often (`generator.max_restarts_per_hour`) or cannot start
+(`generator.max_failed_starts` in a row) cools down: it rests for the next entry of
+`generator.cooldown_s` and is tried again, never set aside for good, since a cause that passes (memory
+pressure, a preempted neighbour, a driver reset) must not end a run left alone for days. The one
+exception is a start that never worked: when no generator has been ready since the learner started
+and every launched one has used up its failed starts, the run stops, naming each one's exit code and
+last log line. A generator that joined by itself (`run.py generate` by hand, here or on another host)
+is let go when it leaves, cleanly or by going silent. Either way the learner is told (`on_gone`) so
+that it re-issues the generator's leases. A run that launches none of its own (all join by
+themselves) stops when none has been alive for `generator.none_alive_timeout_s`.
 """
 
 from __future__ import annotations
@@ -63,10 +67,11 @@ class Lives:
     deaths: collections.deque = field(default_factory=collections.deque)  # times of deaths in the last hour
     failed_starts: int = 0  # deaths in a row before it was ever ready
     backoff_s: float = 0.0
-    restart_at: float | None = None  # a restart waiting out its back-off
+    restart_at: float | None = None  # a restart waiting out its back-off or its cool-down
     was_ready: bool = False
-    retired: str = ""  # why it was retired, if it was
-    last_error: str = ""
+    cooldowns: int = 0  # cool-downs in a row (reset once it lives past YOUNG_S)
+    cooling: str = ""  # why it is resting now, if it is
+    last_error: str = ""  # its last death: exit code and last log line
 
 
 class Supervisor:
@@ -82,6 +87,7 @@ class Supervisor:
         self.lives: dict[int, Lives] = {}  # the launched ones, across their restarts
         self.restarts = 0
         self.last_alive = time.monotonic()  # the last moment some generator was ready
+        self.ever_ready = False  # some generator has been ready since the learner started
 
     def start(self, launcher, gid: int, now: float | None = None) -> None:
         life = self.lives.setdefault(gid, Lives())
@@ -112,7 +118,7 @@ class Supervisor:
         info.status, info.version, info.pid, info.busy_s = hb.status, hb.version, hb.pid, hb.busy_s
         info.last_seen = time.monotonic() if now is None else now
         if info.status in ("ready", "generating", "updating"):
-            self.last_alive = info.last_seen
+            self.last_alive, self.ever_ready = info.last_seen, True
             if hb.generator_id in self.lives:
                 life = self.lives[hb.generator_id]
                 life.was_ready, life.failed_starts = True, 0
@@ -130,8 +136,9 @@ class Supervisor:
 
     def check(self, launcher, now: float | None = None) -> None:
         """Restart the launched generators that died, went silent, or lost their weight link (after
-        their back-off), retire the ones past their budget; let the ones that joined by themselves
-        leave. Raises SupervisorError once no generator has been alive for none_alive_timeout_s."""
+        their back-off or cool-down), cool down the ones past their budget; let the ones that joined by themselves
+        leave. Raises SupervisorError when no generator could ever start, or, in a run of joiners
+        only, none has been alive for none_alive_timeout_s."""
         now = time.monotonic() if now is None else now
         timeout = self.gc.heartbeat_timeout_s
         for gid in sorted(self.joined | set(self.generators)):
@@ -146,41 +153,62 @@ class Supervisor:
                     launcher.kill(gid)  # dead to us (e.g. it never joined its weight group): restarted below
             elif silent or failed or (info is not None and info.status == "stopping"):
                 self._forget(gid, "left")
+        for gid, life in self.lives.items():
+            up = gid in self.generators and self.generators[gid].status not in ("starting", "joining")
+            if launcher is not None and life.restart_at is None and not up and \
+                    now - life.started > self.gc.start_timeout_s and gid not in launcher.dead():
+                log.error("generator %d: not up %.0f s after its start (generator.start_timeout_s)", gid,
+                          now - life.started)
+                launcher.kill(gid)  # a failed start: its death is handled below
         for gid, code in (launcher.dead() if launcher is not None else {}).items():
-            if gid in self.lives and self.lives[gid].restart_at is None and not self.lives[gid].retired:
+            if gid in self.lives and self.lives[gid].restart_at is None:
                 self._died(launcher, gid, code, now)
         for gid, life in self.lives.items():
             if life.restart_at is not None and now >= life.restart_at:
                 self.restarts += 1
+                if life.cooling:
+                    log.info("generator %d: its cool-down is over; starting it again", gid)
+                life.cooling = ""
                 self.start(launcher, gid, now)
-        if now - self.last_alive > self.gc.none_alive_timeout_s and not self.ready_weights():
+        if now - self.last_alive > self.gc.none_alive_timeout_s and not self.ready_weights() and not self.lives:
             raise SupervisorError(f"no generator has been alive for {self.gc.none_alive_timeout_s:.0f}s "
-                                  f"(generator.none_alive_timeout_s); retired: "
-                                  f"{'; '.join(f'generator {g}: {why}' for g, why in self.retired.items()) or 'none'}")
+                                  f"(generator.none_alive_timeout_s), and the run launches none of its own")
 
     def _died(self, launcher, gid: int, code: int, now: float) -> None:
-        """A launched generator's process ended: schedule its restart, or retire it."""
+        """A launched generator's process ended: schedule its restart, after a cool-down if it is over
+        its budget."""
         life = self.lives.setdefault(gid, Lives())
-        life.last_error = (launcher.log_tail(gid).strip().splitlines() or [""])[-1][:300]
+        line = (launcher.log_tail(gid).strip().splitlines() or [""])[-1][:300]
+        life.last_error = f"exit code {code}: {line}" if line else f"exit code {code}"
         life.deaths.append(now)
         while life.deaths and now - life.deaths[0] > 3600.0:
             life.deaths.popleft()
         life.failed_starts = 0 if life.was_ready else life.failed_starts + 1
         young = now - life.started < YOUNG_S
+        if not young:
+            life.cooldowns = 0
         life.backoff_s = min(max(2 * life.backoff_s, 1.0), self.gc.restart_backoff_max_s) if young else 0.0
+        over = ""
         if len(life.deaths) > self.gc.max_restarts_per_hour:
-            life.retired = (f"died {len(life.deaths)} times in the last hour "
-                            f"(generator.max_restarts_per_hour = {self.gc.max_restarts_per_hour:g})")
+            over = (f"died {len(life.deaths)} times in the last hour "
+                    f"(generator.max_restarts_per_hour = {self.gc.max_restarts_per_hour:g})")
         elif life.failed_starts >= self.gc.max_failed_starts:
-            life.retired = (f"failed to start {life.failed_starts} times in a row "
-                            f"(generator.max_failed_starts); last exit code {code}")
-        if life.retired:
-            log.error("generator %d retired: %s; its last log line: %s", gid, life.retired, life.last_error)
-            self._forget(gid, f"retired ({life.retired})")
-            launcher.forget(gid)
+            over = f"failed to start {life.failed_starts} times in a row (generator.max_failed_starts)"
+        if not over:
+            self._forget(gid, f"exited ({life.last_error}): restarting in {life.backoff_s:.0f}s")
+            life.restart_at = now + life.backoff_s
             return
-        self._forget(gid, f"exited (code {code}): restarting in {life.backoff_s:.0f}s")
-        life.restart_at = now + life.backoff_s
+        rest = self.gc.cooldown_s[min(life.cooldowns, len(self.gc.cooldown_s) - 1)]
+        life.cooldowns += 1
+        life.cooling = f"{over}; {life.last_error}"
+        life.deaths.clear()  # after its rest, the hour's budget and its starts begin afresh
+        life.failed_starts = 0
+        life.restart_at = now + rest
+        log.error("generator %d cools down for %.0f s (generator.cooldown_s): %s", gid, rest, life.cooling)
+        self._forget(gid, f"cooling down for {rest:.0f}s ({life.cooling})")
+        if not self.ever_ready and all(other.cooling for other in self.lives.values()):
+            raise SupervisorError("no generator could start since the learner did: "
+                                  + "; ".join(f"generator {g}: {l.cooling}" for g, l in sorted(self.lives.items())))
 
     def health(self, now: float) -> dict[int, GeneratorHealth]:
         """Each generator's state, for the run's health file."""
@@ -188,21 +216,24 @@ class Supervisor:
         for gid in sorted(set(self.lives) | set(self.generators)):
             life, info = self.lives.get(gid), self.generators.get(gid)
             up = info is not None and info.status in ("ready", "generating", "updating")
-            state = ("retired" if life and life.retired else "restarting" if life and life.restart_at is not None
+            state = ("cooling" if life and life.cooling else "restarting" if life and life.restart_at is not None
                      else "up" if up else "starting")
-            out[gid] = GeneratorHealth(state=state, restarts_last_hour=len(life.deaths) if life else 0,
-                                       retired=life.retired if life else "", last_error=life.last_error if life else "",
-                                       seen_s_ago=now - info.last_seen if info is not None else None)
+            out[gid] = GeneratorHealth(
+                state=state, restarts_last_hour=len(life.deaths) if life else 0, cooling=life.cooling if life else "",
+                retry_in_s=max(0.0, life.restart_at - now) if life and life.cooling else None,
+                last_error=life.last_error if life else "",
+                seen_s_ago=now - info.last_seen if info is not None else None)
         return out
 
     @property
     def expected(self) -> int:
-        """Launched generators that are not retired (the ones a start-up waits for)."""
-        return sum(1 for life in self.lives.values() if not life.retired)
+        """Launched generators not cooling down (the ones a start, or exact lag's wave, waits for)."""
+        return sum(1 for life in self.lives.values() if not life.cooling)
 
     @property
-    def retired(self) -> dict[int, str]:
-        return {gid: life.retired for gid, life in self.lives.items() if life.retired}
+    def cooling(self) -> dict[int, str]:
+        """The generators resting now, and why."""
+        return {gid: life.cooling for gid, life in self.lives.items() if life.cooling}
 
     def ready_weights(self) -> dict[int, int]:
         """Generators ready to sample, joined to their weight group: the newest version each holds

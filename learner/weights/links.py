@@ -32,7 +32,7 @@ import torch
 
 from pipeline.config import WeightsConfig
 from pipeline.messages import WeightInit, WeightUpdate
-from pipeline.transport import free_port
+from pipeline.transport import Ports
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,15 @@ def choose_backend(setting: str, device: torch.device, shares_gpu: bool = False)
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def opener(backend: str, wc, host: str, device: torch.device,
-           post: Callable[[int, object], None]) -> Callable[[int, int], "GeneratorLink"]:
+def opener(backend: str, wc, host: str, device: torch.device, post: Callable[[int, object], None],
+           ports: list[int] | tuple[int, ...] = ()) -> Callable[[int, int], "GeneratorLink"]:
     """What the supervisor calls to open generator `gid`'s link, for an engine of `workers` workers:
-    a fresh port on `host` (transport.host), settings from the `weights` section (`wc`)."""
+    a port on `host` (transport.host) from `ports` (transport.weight_ports; any free one if empty),
+    settings from the `weights` section (`wc`)."""
+    chooser = Ports(host, ports)
+
     def open_link(gid: int, workers: int) -> GeneratorLink:
-        info = trainer_init_info(backend, host, free_port(host), workers, wc.bucket_bytes, wc.timeout_s)
+        info = trainer_init_info(backend, host, chooser.take(), workers, wc.bucket_bytes, wc.timeout_s)
         # NCCL sends from the learner's GPU; gloo from the snapshot's host memory, where it already is
         return GeneratorLink(info, ControlClient(backend, lambda msg: post(gid, msg)),
                              device if backend == "nccl" else torch.device("cpu"))
@@ -139,16 +142,27 @@ class SnapshotSource:
 
 
 class GeneratorLink:
-    """One generator's weight group (learner side) and the thread that feeds it."""
+    """One generator's weight group (learner side) and the thread that feeds it.
 
-    def __init__(self, init_info, client: ControlClient, device: torch.device | str = "cpu"):
+    Joining and each broadcast are bounded by `timeout_s` (weights.timeout_s): past it, `failure()`
+    reports a TimeoutError and shuts the group down, which for vLLM's NCCL engine aborts the
+    communicator (`PyNcclCommunicator.destroy`: ncclCommAbort), so a thread blocked on a dead or
+    stopped generator is released; gloo ops time out by themselves. The supervisor then kills and
+    restarts the generator as for any death.
+    """
+
+    def __init__(self, init_info, client: ControlClient, device: torch.device | str = "cpu",
+                 timeout_s: float | None = None):
         """`init_info`: vLLM's trainer init info (`trainer_init_info`); `device`: the learner's (NCCL
-        sends from it: set as this thread's current device, never the default cuda:0)."""
+        sends from it: set as this thread's current device, never the default cuda:0); `timeout_s`:
+        the longest a join or a broadcast may take (default: the init info's)."""
         self.port, self.client, self.device = init_info.master_port, client, torch.device(device)
+        self.timeout_s = timeout_s if timeout_s is not None else getattr(init_info, "timeout_s", 1800.0)
         self.engine = None  # vLLM's trainer-side engine, once the generator has joined
         self.error: BaseException | None = None
         self.version = -1  # last version handed to this link
         self._job: Snapshot | None = None
+        self._busy_since: float | None = time.monotonic()  # joining, or sending `_job`
         self._cv = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, args=(init_info,), name=f"weights-{self.port}", daemon=True)
@@ -157,30 +171,36 @@ class GeneratorLink:
     def _run(self, init_info) -> None:
         from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
+        engine = None
         try:
             if self.device.type == "cuda" and self.device.index is not None:
                 torch.cuda.set_device(self.device)  # vLLM's engines take the thread's current device
             source = SnapshotSource(self.device)
             engine = WeightTransferTrainerFactory.trainer_init(init_info, client=self.client, source=source)
             with self._cv:
-                self.engine = engine
+                if self.error is not None or self._closed:
+                    return  # timed out or closed while joining
+                self.engine, self._busy_since = engine, None
                 self._cv.notify_all()
             while True:
                 with self._cv:
                     self._cv.wait_for(lambda: self._job is not None or self._closed)
-                    if self._closed:
+                    if self._closed or self.error is not None:
                         return
                     source.snapshot = self._job
                 self.client.version = source.snapshot.version
                 engine.send_weights()
                 with self._cv:
-                    self._job = None
+                    self._job, self._busy_since = None, None
                     self._cv.notify_all()
         except BaseException as exc:  # noqa: BLE001 - surfaced through .error; the learner restarts it
             with self._cv:
-                self.error = exc
+                self.error = self.error or exc
                 self._cv.notify_all()
             log.warning("weight link on port %d ended: %s", self.port, exc)
+        finally:
+            if engine is not None:
+                engine.shutdown()  # the group goes with the thread: nothing is left per restart
 
     @property
     def joined(self) -> bool:
@@ -190,6 +210,22 @@ class GeneratorLink:
     def ready(self) -> bool:
         """Group formed, alive, and no broadcast in progress."""
         return self.engine is not None and self._job is None and self.error is None
+
+    def failure(self, now: float | None = None) -> BaseException | None:
+        """Why this link failed, if it did: an error of its thread, or a join or broadcast that has
+        taken longer than `timeout_s` (which then shuts the group down)."""
+        now = time.monotonic() if now is None else now
+        with self._cv:
+            if self.error is not None or self._busy_since is None or now - self._busy_since <= self.timeout_s:
+                return self.error
+            what = "joining" if self.engine is None else f"the broadcast of version {self.version}"
+            self.error = TimeoutError(f"{what} took over {self.timeout_s:.0f} s (weights.timeout_s)")
+            self._cv.notify_all()
+            engine = self.engine
+        log.error("weight link on port %d: %s; shutting its group down", self.port, self.error)
+        if engine is not None:
+            engine.shutdown()  # NCCL: ncclCommAbort, which frees the thread blocked in the broadcast
+        return self.error
 
     def wait_joined(self, timeout: float) -> bool:
         """Block until the generator has joined the weight group (True), the link failed, or `timeout`."""
@@ -202,7 +238,7 @@ class GeneratorLink:
             if self.engine is None:
                 raise RuntimeError(f"weight link on port {self.port}: no generator has joined yet (check `ready`)")
             assert self._job is None, "a broadcast is already in progress"
-            self._job = snapshot
+            self._job, self._busy_since = snapshot, time.monotonic()
             self.version = snapshot.version
             self._cv.notify_all()
 
@@ -210,10 +246,15 @@ class GeneratorLink:
         with self._cv:
             return self._cv.wait_for(lambda: self._job is None or self.error is not None, timeout)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 0.0) -> bool:
+        """End the link; its thread shuts the group down as it leaves. A thread inside a broadcast
+        leaves when that ends (the generator is killed, or the transfer times out). Waits up to
+        `timeout` for the thread; True if it has ended."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 def await_generator(endpoint, gid: int, backend: str = "gloo", bucket_bytes: int = 64 << 20,

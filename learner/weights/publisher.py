@@ -65,7 +65,8 @@ class WeightPublisher:
         return self.links[gid].version if gid in self.links else -1
 
     def failure(self, gid: int) -> BaseException | None:
-        return self.links[gid].error if gid in self.links else None
+        """Why generator `gid`'s link failed (an error, or a join or broadcast past weights.timeout_s)."""
+        return self.links[gid].failure() if gid in self.links else None
 
     # ---- sending ----------------------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from pipeline.config.schema import Config, GeneratorSettings
 
 # Settings that existed once: a config that still sets one is told what became of it.
 REMOVED = {
-    "transport.weights_port": "each generator's weight group takes a free port when it joins (learner/weights/links.py); "
-                              "delete the setting",
+    "transport.weights_port": "each generator's weight group takes its own port when it joins; to keep them in a "
+                              "range, set transport.weight_ports = [first, last]",
 }
 
 
@@ -84,6 +84,9 @@ def _check_semantics(cfg: Config) -> None:
     if lc.updates_per_batch > lc.groups_per_step:
         raise ConfigError(f"learner.updates_per_batch ({lc.updates_per_batch}) must be <= learner.groups_per_step "
                           f"({lc.groups_per_step}): an update is at least one whole group")
+    ports = cfg.transport.weight_ports
+    if ports and (len(ports) != 2 or not 0 < ports[0] <= ports[1]):
+        raise ConfigError(f"transport.weight_ports must be [first, last] with 0 < first <= last (got {ports})")
     if cfg.schedule.tmax < cfg.schedule.t0:
         raise ConfigError(f"schedule.tmax ({cfg.schedule.tmax}) must be >= schedule.t0 ({cfg.schedule.t0})")
     if cfg.learner.group_size < 2:

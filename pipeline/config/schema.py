@@ -111,6 +111,9 @@ class TransportConfig(Section):
     rollout_port: Annotated[Port, D("rollout socket; 0: a free port")] = 0
     max_frame_bytes: Annotated[PosInt, D("the largest message accepted; larger frames are rejected and counted")
                                ] = 64 * 1024 * 1024
+    weight_ports: Annotated[list[Port], D("first and last port the weight groups' rendezvous may take, one "
+                                          "per generator link (open them in a firewall); empty: any free port")
+                            ] = msgspec.field(default_factory=list)
 
 
 class GeneratorConfig(Section):
@@ -129,17 +132,24 @@ class GeneratorConfig(Section):
     max_model_len: Annotated[NonNegInt, D("the engine's context; 0: the model's own")] = 0
     heartbeat_s: Annotated[PosFloat, D("seconds between a generator's heartbeats")] = 1.0
     heartbeat_timeout_s: Annotated[PosFloat, D("a generator silent this long is killed and restarted (it beats "
-                                               "between decode steps; must exceed a weight load or a verification)")
-                                   ] = 300.0
+                                               "between decode steps, and from a thread while its engine loads or "
+                                               "weights arrive)")] = 300.0
     learner_timeout_s: Annotated[PosFloat, D("a generator that hears nothing from its learner this long exits, "
-                                             "releasing its engine")] = 600.0
+                                             "releasing its engine, even from inside a weight transfer")] = 600.0
     max_restarts_per_hour: Annotated[PosFloat, D("a launched generator that dies more often than this in the last "
-                                                 "hour is retired")] = 30.0
-    max_failed_starts: Annotated[PosInt, D("retired after failing to start this many times in a row")] = 3
+                                                 "hour cools down (cooldown_s)")] = 30.0
+    max_failed_starts: Annotated[PosInt, D("a generator that fails to start this many times in a row cools down; "
+                                           "if none has been ready since the learner started, the run stops")] = 3
+    cooldown_s: Annotated[list[PosFloat], Meta(min_length=1),
+                          D("rests of a generator over its budget before it is tried again, one per cool-down in "
+                            "a row (the last repeats)")] = msgspec.field(default_factory=lambda: [60.0, 300.0, 900.0,
+                                                                                                  1800.0, 3600.0])
     restart_backoff_max_s: Annotated[PosFloat, D("longest back-off before restarting one that keeps dying young "
                                                  "(doubles from 1 s)")] = 60.0
-    none_alive_timeout_s: Annotated[PosFloat, D("the run stops, naming the retired, when no generator has been "
-                                                "alive this long")] = 900.0
+    start_timeout_s: Annotated[PosFloat, D("a launched generator whose engine is not up this long after its start "
+                                           "is killed, a failed start")] = 1800.0
+    none_alive_timeout_s: Annotated[PosFloat, D("a run that launches no generator of its own stops when none has "
+                                                "been alive this long")] = 900.0
     verifier_timeout_s: Annotated[PosFloat, D("a math-verify call past this is killed and scored 0")] = 10.0
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1), D("vLLM's share of a GPU's memory")] = 0.5
     enforce_eager: Annotated[bool | Literal["auto"], D("no CUDA graphs; auto: graphs on a GPU, eager on a CPU")

@@ -21,13 +21,14 @@ def test_status_shows_step_rate_generators_checkpoint_and_time_left(tmp_path):
     assert "newest checkpoint: step-00000100 (17 min old)" in text and "WARNING" not in text
 
 
-def test_status_warns_of_a_retired_generator_a_mismatch_an_old_checkpoint_and_a_silent_learner(tmp_path):
-    gens = {0: GeneratorHealth(state="retired", retired="failed to start 3 times in a row")}
+def test_status_warns_of_a_cooling_generator_a_mismatch_an_old_checkpoint_and_a_silent_learner(tmp_path):
+    gens = {0: GeneratorHealth(state="cooling", cooling="failed to start 3 times in a row; exit code 1: OOM",
+                               retry_in_s=900.0)}
     write(tmp_path, _health(generators=gens, weights_mismatch=2, checkpoint_time=7_000.0))
-    text = status(tmp_path, now=10_500.0)
-    assert "generator 0: retired: failed to start 3 times in a row" in text
+    text = status(tmp_path, now=10_500.0)  # written at 10,000: 400 s of its 900 s rest are left
+    assert "generator 0: cooling, tried again in 7 min: failed to start 3 times in a row; exit code 1: OOM" in text
     assert "WARNING: 2 weight updates did not verify" in text
-    assert "WARNING: a generator was retired" in text
+    assert "WARNING: a generator is cooling down after failing" in text
     assert "WARNING: no checkpoint for 58 min, over two intervals" in text
     assert "WARNING: the learner has not written its health for" in text
     assert "no health.json" in status(tmp_path / "elsewhere")

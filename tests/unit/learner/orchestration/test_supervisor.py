@@ -68,12 +68,12 @@ def test_a_generator_that_keeps_dying_young_backs_off_and_one_that_lived_restart
     launcher.exited[0] = 1
     restarts = sup.restarts
     sup.check(launcher, now=t)
-    assert sup.restarts == restarts + 1 and sup.lives[0].restart_at is None and not sup.retired
+    assert sup.restarts == restarts + 1 and sup.lives[0].restart_at is None and not sup.cooling
     assert [gid for gid, _ in gone] == [0] * 5  # its leases were released at every death
 
 
-def test_a_generator_past_its_hourly_budget_is_retired_and_the_others_go_on():
-    sup, _, gone = _supervisor(count=2, max_restarts_per_hour=3)
+def test_a_generator_past_its_hourly_budget_cools_down_for_growing_rests_and_the_others_go_on():
+    sup, _, gone = _supervisor(count=2, max_restarts_per_hour=3, cooldown_s=[60.0, 300.0])
     launcher = ScriptedLauncher()
     sup.start_all(launcher)
     t = sup.last_alive
@@ -84,27 +84,66 @@ def test_a_generator_past_its_hourly_budget_is_retired_and_the_others_go_on():
         _ready(sup, 1, t)
         launcher.exited[0] = 9
         sup.check(launcher, now=t)
-        if not sup.lives[0].retired:
+        if not sup.lives[0].cooling:
             _ready(sup, 0, t)
-    assert "died 4 times in the last hour" in sup.retired[0]
-    assert sup.expected == 1 and 0 not in sup.joined and not launcher.manages(0)
-    assert "retired" in gone[-1][1]
+    assert "died 4 times in the last hour" in sup.cooling[0] and "exit code -9: RuntimeError" in sup.cooling[0]
+    assert sup.expected == 1 and 0 not in sup.joined and "cooling down for 60s" in gone[-1][1]
+    assert sup.health(t)[0].state == "cooling" and sup.health(t)[0].retry_in_s == 60.0
+    started = len(launcher.started)
+    sup.check(launcher, now=t + 59.0)  # still resting
+    assert len(launcher.started) == started
+    _ready(sup, 1, t + 60.0)
+    sup.check(launcher, now=t + 60.0)  # tried again, with a fresh budget
+    assert len(launcher.started) == started + 1 and not sup.cooling and sup.expected == 2
+    for rest in (300.0, 300.0):  # now it cannot start: each rest in a row is the next, and the last repeats
+        t = _die_until_cooling(sup, launcher, sup.lives[0].started + 5.0)
+        assert sup.lives[0].restart_at == t + rest and "failed to start 3 times" in sup.cooling[0]
+        sup.check(launcher, now=t + rest)
+    assert not sup.cooling and sup.lives[0].cooldowns == 3
 
 
-def test_a_generator_that_cannot_start_is_retired_and_the_last_one_stops_the_run_naming_it():
+def _die_until_cooling(sup, launcher, t):
+    """Generator 0 dies at `t` and then 5 s after each restart, never ready, until it cools down:
+    returns when it did."""
+    while True:
+        launcher.exited[0] = 9
+        sup.check(launcher, now=t)
+        if sup.lives[0].cooling:
+            return t
+        t = sup.lives[0].restart_at
+        sup.check(launcher, now=t)  # its back-off is over: restarted
+        t += 5.0
+
+
+def test_a_generator_that_cannot_start_cools_down_and_the_run_stops_if_none_ever_started():
     sup, _, _ = _supervisor(count=1, max_failed_starts=3, none_alive_timeout_s=1000)
     launcher = ScriptedLauncher()
     sup.start_all(launcher)
     t = sup.last_alive
-    for _ in range(3):  # it dies before it ever said it was ready
+    with pytest.raises(SupervisorError, match=r"no generator could start.*generator 0: failed to start 3 times in a "
+                                              r"row.*exit code 3: RuntimeError: no engine for generator 0"):
+        for _ in range(3):  # it dies before it ever said it was ready
+            launcher.exited[0] = 3
+            sup.check(launcher, now=t)
+            t += 60.0
+            sup.check(launcher, now=t)
+
+
+def test_once_the_run_was_up_a_generator_that_cannot_start_only_cools_down_and_the_run_waits_for_it():
+    sup, _, _ = _supervisor(count=1, max_failed_starts=2, none_alive_timeout_s=100, cooldown_s=[500.0])
+    launcher = ScriptedLauncher()
+    sup.start_all(launcher)
+    t = sup.last_alive
+    _ready(sup, 0, t)
+    t += 120.0
+    for _ in range(3):  # a death after it was up, then two failed starts
         launcher.exited[0] = 3
         sup.check(launcher, now=t)
         t += 60.0
         sup.check(launcher, now=t)
-    assert "failed to start 3 times in a row" in sup.retired[0]
-    assert sup.lives[0].last_error == "RuntimeError: no engine for generator 0"
-    with pytest.raises(SupervisorError, match=r"no generator has been alive for 1000s.*generator 0: failed to start"):
-        sup.check(launcher, now=sup.last_alive + 1001.0)
+    assert "failed to start 2 times in a row" in sup.cooling[0]
+    sup.check(launcher, now=t + 400.0)  # none alive for longer than none_alive_timeout_s, but one will be tried
+    assert sup.cooling and sup.lives[0].restart_at is not None
 
 
 def test_the_last_word_of_a_generator_already_let_go_is_ignored():
@@ -129,8 +168,8 @@ def test_a_generator_loading_its_engine_gets_its_weight_group_only_once_up_and_i
 
 
 def test_the_restart_budget_is_a_rate_over_the_last_hour_not_a_lifetime_count():
-    """Deaths 25 minutes apart never put more than three in one hour: ten of them retire nothing,
-    where a count over the generator's lifetime would retire it at the fourth."""
+    """Deaths 25 minutes apart never put more than three in one hour: ten of them cool nothing down,
+    where a count over the generator's lifetime would at the fourth."""
     sup, _, _ = _supervisor(count=1, max_restarts_per_hour=3)
     launcher = ScriptedLauncher()
     sup.start_all(launcher)
@@ -140,6 +179,6 @@ def test_the_restart_budget_is_a_rate_over_the_last_hour_not_a_lifetime_count():
         _ready(sup, 0, t)  # up and heard from until it dies
         launcher.exited[0] = 9
         sup.check(launcher, now=t)
-        assert not sup.retired, f"retired at death {death + 1}"
+        assert not sup.cooling, f"cooled down at death {death + 1}"
         assert len(sup.lives[0].deaths) <= 3
     assert sup.restarts == 10

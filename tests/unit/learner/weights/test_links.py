@@ -1,6 +1,8 @@
 """What a broadcast sends: a snapshot in host memory that later steps cannot touch, declared to vLLM's
 protocol exactly as it is iterated; and the control client's messages."""
 
+import time
+
 import pytest
 import torch
 
@@ -66,3 +68,78 @@ def test_backend_choice_and_init_info():
     assert (info.world_size, info.master_port, info.rank) == (3, 5555, 0)
     with pytest.raises(ValueError, match="unknown weight-transfer backend 'ipc'"):
         trainer_init_info("ipc", "127.0.0.1", 1, 1, 1, 1.0)
+
+
+# ---- a link to a real gloo peer: bounded waits, nothing left behind --------------------------------
+
+def _peer(outbox):
+    """The generator's side of a link, played by the test: join the group the WeightInit names."""
+    from pipeline.collective import WeightGroup
+    from pipeline.weight_wire import GlooInit
+
+    init = GlooInit(**outbox.take(WeightInit).info)
+    return init, WeightGroup(init.master_address, init.master_port, init.rank_offset, init.world_size, init.timeout_s)
+
+
+def _link(timeout_s: float):
+    from learner.weights.links import GeneratorLink
+    from pipeline.transport import free_port
+    from tests.links import Outbox
+
+    outbox = Outbox()
+    info = trainer_init_info("gloo", "127.0.0.1", free_port(), 1, 1 << 20, timeout_s)
+    return GeneratorLink(info, ControlClient("gloo", outbox)), outbox
+
+
+class _Big:
+    """Weights larger than what loopback sockets buffer (so a send to a peer that never reads blocks)."""
+    device = torch.device("cpu")
+
+    def host_weights(self, dtype):
+        return [(f"w{i}", torch.ones(1 << 20, dtype=dtype)) for i in range(16)]  # 64 MB in float32
+
+
+def test_a_broadcast_to_a_peer_that_never_receives_fails_the_link_at_its_timeout_and_frees_its_thread():
+    link, outbox = _link(timeout_s=3.0)
+    _, group = _peer(outbox)  # joined, and then stopped (as SIGSTOP would): it never receives
+    assert link.wait_joined(30)
+    assert link.failure() is None
+    link.submit(take_snapshot(1, _Big(), "float32"))
+    outbox.take(WeightUpdate)
+    assert not link.wait_idle(1.0) and link.failure() is None  # blocked, and not yet overdue
+    err = link.failure(now=time.monotonic() + 3.5)
+    assert isinstance(err, TimeoutError) and "the broadcast of version 1" in str(err) and "weights.timeout_s" in str(err)
+    assert not link.ready
+    assert link.close(timeout=30), "the link's thread outlived its group's timeout"
+    del group
+
+
+def test_ten_links_opened_and_closed_leave_no_thread_and_no_socket_behind():
+    """Each generator restart opens a link and closes the old one: nothing may pile up over days."""
+    import gc
+    import os
+    import threading
+
+    def census():
+        gc.collect()
+        return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+    def one_life():
+        from pipeline.weight_wire import GlooUpdate, receive
+
+        link, outbox = _link(timeout_s=30.0)
+        init, group = _peer(outbox)
+        assert link.wait_joined(30)
+        link.submit(take_snapshot(1, _Weights(), "float32"))
+        receive(group, GlooUpdate(**outbox.take(WeightUpdate).info), init.bucket_bytes, lambda tensors: None)
+        assert link.wait_idle(30) and link.failure() is None
+        assert link.close(timeout=30)
+        del group, link
+
+    one_life()  # the first opens what is opened once per process (gloo's and torch's own threads)
+    threads, fds = census()
+    for _ in range(10):
+        one_life()
+    after_threads, after_fds = census()
+    assert after_threads == threads, f"threads: {threads} before ten links, {after_threads} after"
+    assert after_fds <= fds + 2, f"open files: {fds} before ten links, {after_fds} after"
