@@ -81,6 +81,7 @@ class Engine:
         self._open: dict[int, list[Completion]] = {}  # streaming groups by key, filled as tokens come
         self._finished_early: list[tuple[int, list[Completion]]] = []  # groups that finished during a probe
         self._probes = 0
+        self._joined = False  # a weight group joined (released before the next one)
 
     @staticmethod
     def _start(LLM, cfg: GeneratorSettings, model_path: str, seed: int, max_model_len: int | None, weights_backend: str):
@@ -192,7 +193,12 @@ class Engine:
         if backend != self.weights_backend:
             raise ValueError(f"the learner sends weights over {backend!r}, but this engine was started for "
                              f"{self.weights_backend!r} (run.py generate --weights-backend)")
+        if self._joined:
+            # a new group from the learner (it restarted this link): vLLM's NCCL worker would otherwise
+            # keep the old communicator alive beside the new one
+            self.llm.shutdown_weight_transfer_engine()
         self.llm.init_weight_transfer_engine({"init_info": info})
+        self._joined = True
 
     def load_weights(self, update: WeightUpdate) -> None:
         """vLLM's three update phases for one version; the weights arrive over the weight group as the

@@ -130,7 +130,7 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
         device = torch.device("cpu")
         model = load_causal_lm(model_path, cfg.model.dtype)
 
-        def host_weights(self, dtype):
+        def host_weights(self, dtype, into=None):
             return [(n, p.detach().to(dtype).clone()) for n, p in self.model.named_parameters()]
 
     snapshot = take_snapshot(1, Learner(), cfg.model.dtype)
@@ -160,7 +160,7 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
         engine.load_weights(update)
         assert link.wait_idle(600) and link.error is None
 
-    source = SnapshotSource(torch.device("cpu"))
+    source = SnapshotSource()
     source.snapshot = snapshot
     bare_sender = _sender(source, BareWorkers(1), 2, bucket_bytes)
 

@@ -22,8 +22,11 @@ class ProbeTrainer:
     def probe_logprobs(self) -> list[float]:
         return [-1.0, -2.0, -0.5]
 
-    def host_weights(self, dtype: torch.dtype) -> list[tuple[str, torch.Tensor]]:
+    def host_weights(self, dtype: torch.dtype, into=None) -> list[tuple[str, torch.Tensor]]:
         self.copies.append(self.version)
+        if into is not None:
+            into[0][1].fill_(float(self.version))
+            return into
         return [("w", torch.full((2,), float(self.version), dtype=dtype))]
 
 
@@ -119,6 +122,7 @@ class IdleLink:
 
     def __init__(self, gid: int, workers: int):
         self.port, self.joined, self.error, self.version, self.closed = 1000 + gid, True, None, -1, False
+        self.sending = None  # the snapshot being sent: none, ever
 
     @property
     def ready(self) -> bool:

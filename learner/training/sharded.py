@@ -177,10 +177,10 @@ class ShardedTrainer(Trainer):
             self._tell_followers(WEIGHTS)
             return list(self._full_parameters())
 
-    def host_weights(self, dtype: torch.dtype) -> list[tuple[str, torch.Tensor]]:
+    def host_weights(self, dtype: torch.dtype, into=None) -> list[tuple[str, torch.Tensor]]:
         with self._lock:
             self._tell_followers(WEIGHTS)
-            return super().host_weights(dtype)
+            return super().host_weights(dtype, into)
 
     def probe_logprobs(self) -> list[float]:
         with self._lock:

@@ -12,6 +12,7 @@ batch.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +42,18 @@ class StepResult:
 
 
 PRECISION_DTYPE = {"fp32": "float32", "bf16-mixed": "float32", "bf16": "bfloat16"}
+
+
+def host_buffer(layout: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype, pin: bool
+                ) -> list[tuple[str, torch.Tensor]]:
+    """Tensors of the given names and shapes, views of one host block (pinned if `pin`)."""
+    sizes = [math.prod(shape) for _, shape in layout]
+    block = torch.empty(sum(sizes), dtype=dtype, pin_memory=pin)
+    out, offset = [], 0
+    for (name, shape), n in zip(layout, sizes):
+        out.append((name, block[offset:offset + n].view(shape)))
+        offset += n
+    return out
 
 
 class Trainer:
@@ -92,19 +105,22 @@ class Trainer:
         return list(self.model.named_parameters())
 
     @torch.no_grad()
-    def host_weights(self, dtype: torch.dtype) -> list[tuple[str, torch.Tensor]]:
-        """The weights copied to host memory in `dtype` (pinned beside a GPU, so they go back to it
-        fast), one parameter at a time: the device never holds more than one parameter's extra full
-        copy (a sharded trainer gathers each in turn)."""
-        pin = self.device.type == "cuda"
-        out = []
-        for name, t in self._full_parameters():
-            host = torch.empty(t.shape, dtype=dtype, pin_memory=pin)
+    def host_weights(self, dtype: torch.dtype, into: list[tuple[str, torch.Tensor]] | None = None
+                     ) -> list[tuple[str, torch.Tensor]]:
+        """The weights copied to host memory in `dtype`, one parameter at a time: the device never
+        holds more than one parameter's extra full copy (a sharded trainer gathers each in turn).
+        They land in `into` (an earlier copy no longer needed), else in a new host buffer: one block
+        for the whole model (pinned beside a GPU, so they go back to it fast; the pinned allocator
+        rounds each block up to a power of two, so one block wastes far less than one per tensor)."""
+        if into is None:
+            layout = [(name, tuple(p.shape)) for name, p in self.model.named_parameters()]
+            into = host_buffer(layout, dtype, pin=self.device.type == "cuda")
+        for (name, t), (host_name, host) in zip(self._full_parameters(), into, strict=True):
+            assert name == host_name, f"snapshot buffer laid out for {host_name}, given {name}"
             # cast where the tensor is: a copy that also casts would go through a pageable host
             # temporary in the source dtype and cast on the CPU
             host.copy_(t.detach().to(dtype))
-            out.append((name, host))
-        return out
+        return into
 
     def _full_parameters(self):
         yield from self.model.named_parameters()

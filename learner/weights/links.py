@@ -49,8 +49,10 @@ class Snapshot:
         return sum(t.numel() * t.element_size() for _, t in self.weights)
 
 
-def take_snapshot(version: int, trainer, dtype: str) -> Snapshot:
-    return Snapshot(version, trainer.host_weights(getattr(torch, dtype)))
+def take_snapshot(version: int, trainer, dtype: str, reuse: Snapshot | None = None) -> Snapshot:
+    """The trainer's weights now, as `version`, in the host memory of `reuse` (a snapshot no link
+    holds any more) if given."""
+    return Snapshot(version, trainer.host_weights(getattr(torch, dtype), reuse.weights if reuse else None))
 
 
 class ControlClient:
@@ -118,17 +120,16 @@ def opener(backend: str, wc, host: str, device: torch.device, post: Callable[[in
         info = trainer_init_info(backend, host, chooser.take(), workers, wc.bucket_bytes, wc.timeout_s)
         # NCCL sends from the learner's GPU; gloo from the snapshot's host memory, where it already is
         return GeneratorLink(info, ControlClient(backend, lambda msg: post(gid, msg)),
-                             device if backend == "nccl" else torch.device("cpu"))
+                             device if backend == "nccl" else torch.device("cpu"), wc.timeout_s)
 
     return open_link
 
 
 class SnapshotSource:
-    """vLLM's `WeightSource` over the snapshot being sent: metadata from the host copies, and each
-    tensor moved to the sending device only as its bucket is packed."""
+    """vLLM's `WeightSource` over the snapshot being sent, in host memory: the gloo engine sends from
+    there, and the NCCL one (learner/weights/nccl.py) copies each tensor into its own device buffer."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self):
         self.snapshot: Snapshot | None = None
 
     def metadata(self):
@@ -137,8 +138,19 @@ class SnapshotSource:
         return [ParamMeta(name, t.dtype, tuple(t.shape)) for name, t in self.snapshot.weights]
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name, t in self.snapshot.weights:
-            yield name, t.to(self.device, non_blocking=True)
+        return iter(self.snapshot.weights)
+
+
+def trainer_engine(init_info, client: ControlClient, source: SnapshotSource):
+    """vLLM's trainer-side engine for `init_info`: NCCL's on streams of its own (learner/weights/nccl.py),
+    else the registered one (gloo: pipeline/weight_transfer.py)."""
+    if init_info.backend == "nccl":
+        from learner.weights.nccl import LinkNcclTrainer
+
+        return LinkNcclTrainer.trainer_init(init_info, client=client, source=source)
+    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+    return WeightTransferTrainerFactory.trainer_init(init_info, client=client, source=source)
 
 
 class GeneratorLink:
@@ -169,14 +181,15 @@ class GeneratorLink:
         self._thread.start()
 
     def _run(self, init_info) -> None:
-        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
-
         engine = None
         try:
-            if self.device.type == "cuda" and self.device.index is not None:
-                torch.cuda.set_device(self.device)  # vLLM's engines take the thread's current device
-            source = SnapshotSource(self.device)
-            engine = WeightTransferTrainerFactory.trainer_init(init_info, client=self.client, source=source)
+            if self.device.type == "cuda":
+                # vLLM's engines take the thread's current device, and its communicator set-up the
+                # thread's current stream: both this link's own, never the training stream
+                torch.cuda.set_device(self.device)
+                torch.cuda.set_stream(torch.cuda.Stream(self.device))
+            source = SnapshotSource()
+            engine = trainer_engine(init_info, self.client, source)
             with self._cv:
                 if self.error is not None or self._closed:
                     return  # timed out or closed while joining
@@ -207,6 +220,11 @@ class GeneratorLink:
         return self.engine is not None
 
     @property
+    def sending(self) -> Snapshot | None:
+        """The snapshot this link is sending, if any."""
+        return self._job
+
+    @property
     def ready(self) -> bool:
         """Group formed, alive, and no broadcast in progress."""
         return self.engine is not None and self._job is None and self.error is None
@@ -223,8 +241,8 @@ class GeneratorLink:
             self._cv.notify_all()
             engine = self.engine
         log.error("weight link on port %d: %s; shutting its group down", self.port, self.error)
-        if engine is not None:
-            engine.shutdown()  # NCCL: ncclCommAbort, which frees the thread blocked in the broadcast
+        if engine is not None:  # NCCL: ncclCommAbort frees the thread blocked in the broadcast
+            getattr(engine, "abort", engine.shutdown)()
         return self.error
 
     def wait_joined(self, timeout: float) -> bool:

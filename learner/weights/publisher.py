@@ -41,6 +41,8 @@ class WeightPublisher:
         self.checked: dict[int, int] = {}  # generator -> newest version whose probe was compared
         self.probes: dict[int, list[float]] = {trainer.version: trainer.probe_logprobs()}
         self.snapshot: Snapshot | None = None
+        self._retired: list[Snapshot] = []  # older snapshots, whose host memory is reused once no link sends them
+        self.snapshot_buffers = 0  # host blocks allocated for snapshots over the run (reuse keeps it small)
         self.latest = trainer.version  # the newest version published (the generators start from this one)
         self.finishing = False  # the run's end: the last version goes out whatever sync_every says
 
@@ -84,7 +86,14 @@ class WeightPublisher:
         """Copy the weights as they are now and compute their probe log-probs. Runs on the loop's
         thread when no step is running, else on the snapshot thread beside the next step."""
         v = self.trainer.version
-        snapshot = take_snapshot(v, self.trainer, self.dtype)
+        snapshot = take_snapshot(v, self.trainer, self.dtype, reuse=self._free_buffer())
+        if not any(snapshot.weights[0][1] is old.weights[0][1] for old in self._retired):
+            self.snapshot_buffers += 1
+            log.info("weight snapshot: %.1f MB of %s host memory (block %d of the run)", snapshot.nbytes / 2**20,
+                     "pinned" if snapshot.weights[0][1].is_pinned() else "pageable", self.snapshot_buffers)
+        self._retired = [old for old in self._retired if old.weights[0][1] is not snapshot.weights[0][1]]
+        if self.snapshot is not None:
+            self._retired.append(self.snapshot)
         self.probes[v] = self.trainer.probe_logprobs()
         for old in [k for k in self.probes if k < v - PROBES_KEPT]:
             del self.probes[old]
@@ -92,6 +101,15 @@ class WeightPublisher:
         self.latest = v
         self.stats.versions_published.append(v)
         self.wake()
+
+    def _free_buffer(self) -> Snapshot | None:
+        """A retired snapshot that no link is sending (its memory takes the next copy); at most one
+        such spare is kept, so the host holds the current snapshot, those still being sent, and one."""
+        busy = [link.sending for link in list(self.links.values())]
+        free = [old for old in self._retired if not any(old is b for b in busy)]
+        for extra in free[1:]:
+            self._retired.remove(extra)  # released
+        return free[0] if free else None
 
     def publish(self, version: int, step_running: bool) -> None:
         """Send the newest weights to every generator whose link is free and that lacks them. One

@@ -31,7 +31,7 @@ def test_a_snapshot_is_a_copy_that_training_goes_on_beside(tiny_model, tmp_path)
 
 
 def test_the_source_declares_what_it_yields():
-    source = SnapshotSource(torch.device("cpu"))
+    source = SnapshotSource()
     source.snapshot = take_snapshot(3, _Weights(), "float32")
     meta = source.metadata()
     got = list(source)
@@ -41,7 +41,7 @@ def test_the_source_declares_what_it_yields():
 class _Weights:
     device = torch.device("cpu")
 
-    def host_weights(self, dtype):
+    def host_weights(self, dtype, into=None):
         return [("a", torch.ones(2, 3, dtype=dtype)), ("b", torch.zeros(4, dtype=dtype))]
 
 
@@ -95,7 +95,7 @@ class _Big:
     """Weights larger than what loopback sockets buffer (so a send to a peer that never reads blocks)."""
     device = torch.device("cpu")
 
-    def host_weights(self, dtype):
+    def host_weights(self, dtype, into=None):
         return [(f"w{i}", torch.ones(1 << 20, dtype=dtype)) for i in range(16)]  # 64 MB in float32
 
 
@@ -143,3 +143,29 @@ def test_ten_links_opened_and_closed_leave_no_thread_and_no_socket_behind():
     after_threads, after_fds = census()
     assert after_threads == threads, f"threads: {threads} before ten links, {after_threads} after"
     assert after_fds <= fds + 2, f"open files: {fds} before ten links, {after_fds} after"
+
+
+@pytest.mark.filterwarnings("ignore:Tensor .* exceeds buffer_size_bytes")
+def test_the_nccl_links_chunks_are_vllms_chunks_byte_for_byte():
+    """The NCCL link packs its own chunks (learner/weights/nccl.py) for vLLM's unchanged consumer on the
+    generators: the cuts and the bytes must be those of vLLM's own `pack_tensors`, which the
+    consumer mirrors. Checked on host tensors (this torch has no NCCL to send them with)."""
+    from vllm.distributed.weight_transfer.packed_tensor import pack_tensors
+
+    from learner.weights.nccl import chunk_plan, pack_into
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = [(f"t{i}", torch.randn(int(n), generator=gen).to(dtype))
+               for i, (n, dtype) in enumerate(zip(torch.randint(1, 400, (40,), generator=gen),
+                                                  [torch.float32, torch.bfloat16] * 20))]
+    tensors.insert(7, ("huge", torch.randn(900)))  # larger than a chunk by itself
+    for buffer_bytes in (256, 1000, 4096, 1 << 20):
+        sizes = [t.numel() * t.element_size() for _, t in tensors]
+        plan = chunk_plan(sizes, buffer_bytes)
+        theirs, it = [], iter(tensors)
+        while (chunk := pack_tensors(it, lambda item: item[1], buffer_bytes)) is not None:  # noqa
+            theirs.append(chunk)
+        assert [[tensors[i][0] for i in c] for c in plan] == [c.names for c in theirs], buffer_bytes
+        buffer = torch.empty(max(sum(sizes[i] for i in c) for c in plan), dtype=torch.uint8)
+        for c, chunk in zip(plan, theirs):
+            assert torch.equal(pack_into(buffer, [tensors[i][1] for i in c]), chunk.packed_tensor)

@@ -88,3 +88,26 @@ def test_a_newcomer_behind_the_newest_version_gets_it_at_once_even_between_due_v
     pub.join(1, 1, 0)  # a restarted generator at its start version
     pub.publish(5, step_running=False)
     assert links[1].sent == [4] and links[0].sent == [4]  # the newest published, not the undue 5
+
+
+def test_a_snapshots_host_memory_is_reused_once_no_link_sends_it_and_never_while_one_does():
+    trainer = ProbeTrainer(version=1)
+    pub, _, links = _publisher(trainer)
+    pub.join(0, 1, 0)
+    pub.take_snapshot()
+    first = pub.snapshot
+    links[0].sending = first  # a slow generator is still being sent version 1
+    trainer.version = 2
+    pub.take_snapshot()
+    second = pub.snapshot
+    trainer.version = 3
+    pub.take_snapshot()  # version 1 is still in flight: its memory must not be overwritten
+    assert first.weights[0][1][0].item() == 1.0 and pub.snapshot_buffers == 3
+    third = pub.snapshot
+    links[0].sending = None  # version 1 has landed
+    trainer.version = 4
+    pub.take_snapshot()  # reuses a retired block: version 1's or 2's
+    assert pub.snapshot_buffers == 3
+    assert any(pub.snapshot.weights[0][1] is old.weights[0][1] for old in (first, second))
+    assert third.weights[0][1][0].item() == 3.0 and pub.snapshot.weights[0][1][0].item() == 4.0
+    assert len(pub._retired) <= 2  # the previous one, and one spare at most
