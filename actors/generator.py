@@ -129,6 +129,7 @@ class Generator:
                             self.version)
                 continue
             self.status = "updating"
+            log.info("generator %d: receiving version %d", self.id, update.version)
             with self.beacon.covering(f"receiving version {update.version}"):
                 self.engine.load_weights(update)
             self.version = self.engine.weight_version

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -178,8 +179,11 @@ class Supervisor:
         """A launched generator's process ended: schedule its restart, after a cool-down if it is over
         its budget."""
         life = self.lives.setdefault(gid, Lives())
-        line = (launcher.log_tail(gid).strip().splitlines() or [""])[-1][:300]
-        life.last_error = f"exit code {code}: {line}" if line else f"exit code {code}"
+        # its own last words; the launcher's first line (`# command`) is not one
+        lines = [ln for ln in launcher.log_tail(gid).strip().splitlines() if ln and not ln.startswith("# ")]
+        how = f"exit code {code}" + (f" ({signal.Signals(-code).name})" if code < 0 and -code in signal.valid_signals()
+                                     else "")
+        life.last_error = f"{how}: {lines[-1][:300]}" if lines else how
         life.deaths.append(now)
         while life.deaths and now - life.deaths[0] > 3600.0:
             life.deaths.popleft()

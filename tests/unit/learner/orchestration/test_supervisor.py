@@ -86,7 +86,7 @@ def test_a_generator_past_its_hourly_budget_cools_down_for_growing_rests_and_the
         sup.check(launcher, now=t)
         if not sup.lives[0].cooling:
             _ready(sup, 0, t)
-    assert "died 4 times in the last hour" in sup.cooling[0] and "exit code -9: RuntimeError" in sup.cooling[0]
+    assert "died 4 times in the last hour" in sup.cooling[0] and "exit code -9 (SIGKILL): RuntimeError" in sup.cooling[0]
     assert sup.expected == 1 and 0 not in sup.joined and "cooling down for 60s" in gone[-1][1]
     assert sup.health(t)[0].state == "cooling" and sup.health(t)[0].retry_in_s == 60.0
     started = len(launcher.started)
