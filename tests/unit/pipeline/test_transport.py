@@ -88,3 +88,55 @@ def test_curve_lets_keyed_peers_in_and_refuses_others(tmp_path):
         learner.close()
     with pytest.raises(ValueError, match="not found"):
         LearnerEndpoint("127.0.0.1", 0, 0, 4096, curve_dir=str(tmp_path / "missing"))
+
+
+def test_weight_ports_come_from_the_configured_range_in_turn_skipping_ports_held_elsewhere():
+    import socket
+
+    from pipeline.transport import Ports, free_port
+
+    base = free_port()
+    held = socket.socket()
+    try:
+        for first in range(base, base + 50):  # a range of three whose middle port someone else holds
+            try:
+                held.bind(("127.0.0.1", first + 1))
+                break
+            except OSError:
+                continue
+        held.listen()
+        ports = Ports("127.0.0.1", [first, first + 2])
+        assert [ports.take() for _ in range(4)] == [first, first + 2, first, first + 2]
+        with socket.socket() as a, socket.socket() as b:  # all three held: the error names the setting
+            a.bind(("127.0.0.1", first))
+            b.bind(("127.0.0.1", first + 2))
+            with pytest.raises(OSError, match=r"no free port in transport.weight_ports"):
+                ports.take()
+    finally:
+        held.close()
+    assert Ports("127.0.0.1").take() > 0  # no range: any free port
+
+
+def test_an_address_generators_cannot_reach_is_refused_naming_transport_host(monkeypatch):
+    import socket
+
+    from pipeline.transport import check_reachable
+
+    check_reachable("127.0.0.1")  # loopback is for generators on this machine: nothing to check
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if host == "node7":  # as Debian's /etc/hosts maps a machine's own name
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.1.1", 0))]
+        if host == "elsewhere":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", 0))]  # TEST-NET: not ours
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with pytest.raises(ValueError, match=r"transport.host='node7' resolves to the loopback address 127.0.1.1"):
+        check_reachable("node7")
+    with pytest.raises(ValueError, match=r"transport.host='elsewhere' .* is not an address of this machine"):
+        check_reachable("elsewhere")
+    with pytest.raises(ValueError, match=r"transport.host='no-such-host.invalid' does not resolve"):
+        monkeypatch.setattr(socket, "getaddrinfo", real)
+        check_reachable("no-such-host.invalid")
