@@ -71,7 +71,7 @@ class StandInEngine:
         init = GlooInit(**info)
         self.bucket_bytes = init.bucket_bytes
         self.group = WeightGroup(init.master_address, init.master_port, init.rank_offset, init.world_size,
-                                 init.timeout_s)
+                                 init.timeout_s, init.key)
 
     def load_weights(self, update: WeightUpdate) -> None:
         receive(self.group, GlooUpdate(**update.info), self.bucket_bytes, lambda tensors: None)

@@ -70,7 +70,8 @@ class BareWorkers:
         self.groups = [None] * self.workers
 
         def join(r):
-            self.groups[r] = WeightGroup(info.master_address, info.master_port, info.rank_offset + r, info.world_size)
+            self.groups[r] = WeightGroup(info.master_address, info.master_port, info.rank_offset + r, info.world_size,
+                                         key=info.key)
         self._each(join)
 
     def start_weight_update(self) -> None:

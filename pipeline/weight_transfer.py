@@ -16,6 +16,7 @@ every process it starts, the workers of a tensor-parallel engine included, so th
 from __future__ import annotations
 
 import logging
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -64,7 +65,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         self.shutdown()
         self.bucket_bytes = init_info.bucket_bytes
         self.group = WeightGroup(init_info.master_address, init_info.master_port, rank, init_info.world_size,
-                                 init_info.timeout_s)
+                                 init_info.timeout_s, init_info.key)
 
     def start_weight_update(self) -> None:
         """Nothing to prepare: tensors load in place as their buckets arrive (on CPU the linear layers
@@ -100,6 +101,7 @@ class GlooTrainerInitInfo(TrainerInitInfo):
     world_size: int
     bucket_bytes: int = DEFAULT_BUCKET_BYTES
     timeout_s: float = 600.0
+    key: str = ""  # the group's secret: a fresh one per group if empty (pipeline/collective.py)
 
 
 class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerInitInfo]):
@@ -122,15 +124,16 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         engine = cls(client=client, source=source, is_sender=init_info.is_sender, bucket_bytes=init_info.bucket_bytes)
         if not engine.is_sender:
             return engine
+        key = init_info.key or secrets.token_hex(32)  # reaches the workers only over the control channel
         worker = GlooInitInfo(master_address=init_info.master_address, master_port=init_info.master_port,
                               rank_offset=1, world_size=init_info.world_size, bucket_bytes=init_info.bucket_bytes,
-                              timeout_s=init_info.timeout_s)
+                              timeout_s=init_info.timeout_s, key=key)
         # The workers block in the rendezvous inside init_weight_transfer_engine: ask on a side thread
         # while this side opens the group.
         with ThreadPoolExecutor(max_workers=1) as exe:
             future = exe.submit(client.init_weight_transfer_engine, asdict(worker))
             engine.group = WeightGroup(init_info.master_address, init_info.master_port, 0, init_info.world_size,
-                                       init_info.timeout_s)
+                                       init_info.timeout_s, key)
             future.result()
         return engine
 

@@ -44,6 +44,7 @@ class GlooInit:
     world_size: int
     bucket_bytes: int = DEFAULT_BUCKET_BYTES
     timeout_s: float = 600.0
+    key: str = ""  # the group's secret (hex), which every member must show (pipeline/collective.py)
 
 
 @dataclass

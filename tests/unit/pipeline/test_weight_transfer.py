@@ -8,7 +8,7 @@ import pytest
 import torch
 from vllm.distributed.weight_transfer.base import ParamMeta
 
-from pipeline.collective import WeightGroup
+from pipeline.collective import GroupAuthError, WeightGroup
 from pipeline.transport import free_port
 from pipeline.weight_transfer import GlooInitInfo, GlooTrainerInitInfo, GlooTrainerWeightTransferEngine, GlooUpdateInfo
 from pipeline.weight_wire import receive
@@ -45,8 +45,8 @@ class _Workers:
         info = GlooInitInfo(**init_info)
         self.calls.append("init")
         self._each(lambda r: self.groups.__setitem__(r, (WeightGroup(info.master_address, info.master_port,
-                                                                     info.rank_offset + r, info.world_size),
-                                                         info.bucket_bytes)))
+                                                                     info.rank_offset + r, info.world_size,
+                                                                     key=info.key), info.bucket_bytes)))
 
     def start_weight_update(self) -> None:
         self.calls.append("start")
@@ -108,3 +108,28 @@ def test_a_source_that_disagrees_with_its_metadata_is_named():
                                              bucket_bytes=1 << 20)
     with pytest.raises(ValueError, match="yielded b .* declared a"):
         engine._broadcast(engine.source.metadata())
+
+
+class _Intruder(_Workers):
+    """A peer that reached the rendezvous port, but not through the run's control channel: it joins
+    the group without the group's key."""
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        info = GlooInitInfo(**{**init_info, "key": ""})
+        self.refused = []
+
+        def join(r):
+            try:
+                WeightGroup(info.master_address, info.master_port, info.rank_offset + r, info.world_size, key="00" * 32)
+            except GroupAuthError as exc:
+                self.refused.append(str(exc))
+        self._each(join)
+
+
+def test_a_peer_without_the_groups_key_is_refused_before_any_weight_moves():
+    intruder = _Intruder(1)
+    with pytest.raises(GroupAuthError, match="rank 1 did not present the group's key"):
+        GlooTrainerWeightTransferEngine.trainer_init(
+            GlooTrainerInitInfo(master_address="127.0.0.1", master_port=free_port(), world_size=2, timeout_s=60, rank=0),
+            client=intruder, source=_Source([("a", torch.zeros(4))]))
+    assert intruder.refused and "rank 0" in intruder.refused[0]  # it learns nothing either: rank 0's proof fails too

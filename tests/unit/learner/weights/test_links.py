@@ -78,7 +78,8 @@ def _peer(outbox):
     from pipeline.weight_wire import GlooInit
 
     init = GlooInit(**outbox.take(WeightInit).info)
-    return init, WeightGroup(init.master_address, init.master_port, init.rank_offset, init.world_size, init.timeout_s)
+    return init, WeightGroup(init.master_address, init.master_port, init.rank_offset, init.world_size, init.timeout_s,
+                             init.key)
 
 
 def _link(timeout_s: float):
