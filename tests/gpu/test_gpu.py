@@ -205,3 +205,48 @@ def test_five_steps_of_a_real_model(tmp_path):
                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "RESULT steps=5" in out.stdout and "'weights_mismatch': 0" in out.stdout
+
+
+@cuda
+def test_the_stage_clock_times_the_training_stream_while_a_side_stream_is_busy():
+    """A broadcast blocked on a slow generator keeps its own stream busy: a step's stages, timed by
+    events on the training stream, must neither wait for it nor be charged for it."""
+    from learner.training.clock import StageClock
+
+    side = torch.cuda.Stream()
+    a = torch.randn(4096, 4096, device="cuda")
+    with torch.cuda.stream(side):
+        for _ in range(400):  # seconds of work on the side stream (a stand-in for a stuck broadcast)
+            a = a @ a / 64.0
+    clock = StageClock(torch.device("cuda", torch.cuda.current_device()))
+    t0 = time.perf_counter()
+    with clock.stage("forward"):
+        b = torch.randn(1024, 1024, device="cuda") @ torch.randn(1024, 1024, device="cuda")
+    took = clock.take()["time/forward"]
+    host = time.perf_counter() - t0
+    side_done = side.query()
+    side.synchronize()
+    print(json.dumps({"card": torch.cuda.get_device_name(), "clock_stage_ms": took * 1e3, "host_ms": host * 1e3,
+                      "side_stream_still_busy": not side_done}))
+    assert not side_done, "the side stream finished too soon to show anything: make its work longer"
+    assert took < 0.05 and host < 0.5, (took, host)
+    del b
+
+
+@cuda
+def test_fsdp2_with_one_rank_under_torchrun_steps_as_one_device(tiny_model, tmp_path):
+    """The sharded learner on the GPU (FSDP2, the `cpu:gloo,cuda:nccl` group) under torchrun with one
+    rank: its steps, probe, gathered checkpoint and resume match the one-device trainer's."""
+    from pipeline.config import dumps
+
+    cfg = make_config(tmp_path, "--learner.device", "cuda")
+    (tmp_path / "cfg.json").write_text(dumps(cfg))
+    out = tmp_path / "out.json"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                        str(ROOT / "tests" / "scripts" / "sharded_step.py"), str(tmp_path / "cfg.json"), tiny_model,
+                        str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    print(json.dumps({"card": torch.cuda.get_device_name(), "fsdp2_one_rank_weights_diff": res["weights"],
+                      "fsdp2_one_rank_resumed_diff": res["resumed"]}))
+    assert res["version"] == 2 and res["moved"] > 1e-4 and res["weights"] < 1e-4 and res["resumed"] < 1e-4
