@@ -19,7 +19,7 @@ from learner.training.clock import StageClock
 from learner.observe.stats import RunStats
 from learner.weights.links import GeneratorLink, Snapshot, take_snapshot
 from pipeline.messages import Heartbeat
-from pipeline.probe import probe_matches
+from pipeline.probe import PROBE_TOLERANCE, PROBE_TOLERANCE_GPU, probe_matches
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ class WeightPublisher:
         expected = self.probes.get(version)
         if expected is None:
             return None
-        ok, diff = probe_matches(reported, expected, self.dtype)
+        on_gpu = getattr(self.trainer, "device", None) is not None and self.trainer.device.type == "cuda"
+        ok, diff = probe_matches(reported, expected, self.dtype, PROBE_TOLERANCE_GPU if on_gpu else PROBE_TOLERANCE)
         self.stats.probe_max_diff = max(self.stats.probe_max_diff, diff)
         if ok:
             self.stats.weights_verified += 1
@@ -171,6 +172,12 @@ class WeightPublisher:
         return (all(link.ready and link.version == version for link in self.links.values())
                 and all(self.checked.get(gid, -1) >= version for gid in heard))
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 30.0) -> None:
+        """End every link and wait (up to `timeout_s` in all) for their threads to release their groups:
+        a group torn down on a thread the interpreter is leaving behind aborts the process."""
         for link in self.links.values():
             link.close()
+        deadline = time.monotonic() + timeout_s
+        for gid, link in self.links.items():
+            if not link.close(timeout=max(0.0, deadline - time.monotonic())):
+                log.warning("weight link of generator %d still busy at exit", gid)
