@@ -11,6 +11,7 @@ micro-batches' losses therefore gives the update's loss exactly, however the sam
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ class LossInputs:
     token_lag: torch.Tensor | None = None  # [N, L] versions between each token's weights and the step's
     entropy: torch.Tensor | None = None  # [N, L] detached token entropy, for the metrics
     group: torch.Tensor | None = None  # [N] each row's group in the step's batch, for per-group metrics
+    temperature: torch.Tensor | None = None  # [N] each sample's sampling temperature T_j (tis_temp)
 
     @property
     def log_w(self) -> torch.Tensor:
@@ -177,9 +179,66 @@ def seq_mis(x: LossInputs, cfg: LossConfig) -> TokenTerms:
     return _decoupled(x, cfg, torch.exp(log_w) * ~cut, cut)
 
 
+def m2po(x: LossInputs, cfg: LossConfig) -> TokenTerms:
+    """M2PO (Zheng et al. 2025, as in AReaL): the tokens of largest (log w)^2 are masked, largest
+    first, until the second moment M2 = mean_t (log w_t)^2 of those left is at most tau
+    (`loss.m2_threshold`); ell = sg(w m_t) u A, with no PPO clip (the moment constraint replaces
+    it). Decided over the micro-batch, the most the loss sees at once."""
+    log_w = x.log_w
+    on = x.mask.bool()
+    sq = (log_w * log_w)[on]
+    keep = torch.ones_like(sq, dtype=torch.bool)
+    if sq.numel():
+        order = torch.argsort(sq, descending=True)
+        # after masking the i largest, the mean of the rest is (total - sum of the i largest) / (n - i)
+        n = sq.numel()
+        removed = torch.cat([sq.new_zeros(1), torch.cumsum(sq[order], 0)])[:n]
+        remaining = torch.arange(n, 0, -1, device=sq.device, dtype=sq.dtype)
+        ok = (sq.sum() - removed) / remaining <= cfg.m2_threshold  # ok[i]: M2 of what is left after i
+        keep[order[:int(ok.nonzero()[0]) if bool(ok.any()) else n]] = False
+    cut = torch.zeros_like(on)
+    cut[on] = ~keep
+    u = torch.exp(x.logp - x.prox.detach())
+    return TokenTerms((torch.exp(log_w) * ~cut).detach() * u * x.adv, torch.zeros_like(cut), cut)
+
+
+def ess_tis(x: LossInputs, cfg: LossConfig) -> TokenTerms:
+    """tis with the step scaled by the micro-batch's effective sample size (in the spirit of VCPO):
+    ell = ESS sg(min(w, C)) min(u A, clip(u) A),  ESS = (sum_t w_t)^2 / (N sum_t w_t^2) in (0, 1]
+    over its response tokens: the more the weights spread (the staler the data), the smaller the step."""
+    w = torch.exp(x.log_w) * x.mask
+    n = x.mask.sum().clamp(min=1.0)
+    ess = (w.sum() ** 2 / (n * (w * w).sum()).clamp(min=1e-12)).clamp(max=1.0)
+    return _decoupled(x, cfg, ess * torch.clamp(w, max=cfg.is_cap), w > cfg.is_cap)
+
+
+def ipo(x: LossInputs, cfg: LossConfig) -> TokenTerms:
+    """prime-rl's IPO mask: a token is masked when its probability, not its ratio, moved more than
+    eps (`loss.ipo_eps`) between behaviour and learner, |pi_prox - mu| > eps;
+    ell = sg(w 1[|pi_prox - mu| <= eps]) min(u A, clip(u) A). A ratio treats a hot sample's flat
+    distribution like a peaked one; a probability gap does not (a 0.01 -> 0.03 move is ratio 3 but
+    gap 0.02)."""
+    gap = (torch.exp(x.prox) - torch.exp(x.mu)).abs().detach()
+    cut = (gap > cfg.ipo_eps) & x.mask.bool()
+    return _decoupled(x, cfg, torch.exp(x.log_w) * ~cut, cut)
+
+
+def tis_temp(x: LossInputs, cfg: LossConfig) -> TokenTerms:
+    """tis whose cap widens with the sample's temperature: C_j = C^(T_j), so log C_j = T_j log C
+    (C itself at T = 1). A hotter sample is drawn from a flatter distribution whose tokens'
+    log-ratios spread wider for the same policy change (the ratio's natural scale grows with the
+    entropy, which grows with T); a cap fixed for T = 1 would truncate ERPO's heated samples most."""
+    if x.temperature is None:
+        raise ValueError("loss.correction = \"tis_temp\" needs each sample's temperature (LossInputs.temperature)")
+    w = torch.exp(x.log_w)
+    cap = torch.exp(x.temperature.to(w.dtype).view(-1, 1) * math.log(cfg.is_cap))
+    return _decoupled(x, cfg, torch.minimum(w, cap), w > cap)
+
+
 # `loss.correction` -> the per-token objective (docs/algorithms.md §5)
 CORRECTIONS: dict[str, Callable[[LossInputs, LossConfig], TokenTerms]] = {
-    "ppo_behaviour": ppo_behaviour, "tis": tis, "mis": mis, "seq_mis": seq_mis}
+    "ppo_behaviour": ppo_behaviour, "tis": tis, "mis": mis, "seq_mis": seq_mis, "m2po": m2po, "ess_tis": ess_tis,
+    "ipo": ipo, "tis_temp": tis_temp}
 
 
 def policy_loss(x: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, LossSums]:

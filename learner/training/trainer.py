@@ -302,7 +302,7 @@ class Trainer:
             # With one update per batch, pi_prox is pi_theta at the start of the step: detaching gives it.
             prox = batch.prox if batch.prox is not None else logp.detach()
             loss, sums = policy_loss(LossInputs(logp, prox, batch.mu, batch.adv, batch.response_mask, batch.coef,
-                                                batch.token_lag, entropy, batch.group), self.loss)
+                                                batch.token_lag, entropy, batch.group, batch.temperature), self.loss)
         with self.clock.stage("backward"):
             (loss * self.loss_scale).backward()
         return sums

@@ -189,12 +189,15 @@ class TrackerConfig(Section):
 class LossConfig(Section):
     """The clipped policy loss and its lag correction (docs/algorithms.md §5); w = pi_prox/mu, u = pi_theta/pi_prox."""
 
-    correction: Annotated[Literal["ppo_behaviour", "tis", "mis", "seq_mis"],
+    correction: Annotated[Literal["ppo_behaviour", "tis", "mis", "seq_mis", "m2po", "ess_tis", "ipo", "tis_temp"],
                           D("lag correction: ppo_behaviour, tis (truncated w), mis (mask tokens), seq_mis "
-                            "(mask sequences)")] = "tis"
+                            "(mask sequences), m2po (second-moment mask), ess_tis (tis scaled by the ESS), ipo "
+                            "(mask by probability gap), tis_temp (cap widening with T)")] = "tis"
     eps_low: Annotated[float, Meta(ge=0, lt=1), D("PPO clip below 1")] = 0.2
     eps_high: Annotated[NonNegFloat, D("PPO clip above 1 (clip-higher); eps_low for symmetric clipping")] = 0.28
     is_cap: Annotated[float, Meta(ge=1), D("C: truncate w at C (tis) or mask outside [1/C, C] (mis)")] = 2.0
+    m2_threshold: Annotated[PosFloat, D("m2po: tau, the largest second moment mean (log w)^2 left unmasked")] = 0.04
+    ipo_eps: Annotated[float, Meta(gt=0, le=1), D("ipo: a token is masked when |pi_prox - mu| exceeds this")] = 0.3
     logprob_temperature: Annotated[Literal["sample", "one"], D("log-probs at each sample's temperature, or at 1")
                                    ] = "sample"
     aggregation: Annotated[Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"],

@@ -121,3 +121,20 @@ def test_the_report_gives_drop_and_cut_shares_by_h(tmp_path, monkeypatch):
     table, _ = write_sweep_report(out)
     # H 0: none stale, 2 of 10 filtered (failed leases brought no group back), 1 % cut; H 3+: (2 + 4) / 2 / 8 stale
     assert "| max_lag=1 | 0.000 / 0.200 / 0.010 | 0.375 / 0.000 / 0.030 |" in table
+
+
+def test_every_shipped_grid_gives_cells_whose_configs_load():
+    """A typo in a grid's field or value would surface only when its cell runs, minutes in."""
+    from experiments.sweep import PRESET_AXIS, SWEEP_DEFAULTS, _override, read_grid
+    from pipeline.config import load
+    from tests.conftest import ROOT
+
+    grids = sorted((ROOT / "configs" / "sweeps").glob("*.toml"))
+    assert grids
+    for path in grids:
+        grid = read_grid(path)
+        for cell in grid.cells():
+            files = [*grid.base, *(v for k, v in cell.values if k == PRESET_AXIS)]
+            args = SWEEP_DEFAULTS + [a for k, v in [*grid.fixed.items(), *cell.values] if k != PRESET_AXIS
+                                     for a in _override(k, v)]
+            load(files, args)  # raises, naming the field, on any bad setting

@@ -12,10 +12,12 @@ from pipeline.config import LossConfig
 CFG = LossConfig(eps_low=0.2, eps_high=0.28, is_cap=2.0)
 
 
-def _loss(logp, prox, mu, adv, mask, cfg):
-    """The loss of one batch with DAPO's token-level normalisation over its own tokens."""
+def _loss(logp, prox, mu, adv, mask, cfg, temperature=None):
+    """The loss of one batch with DAPO's token-level normalisation over its own tokens (samples at
+    T = 1 unless told)."""
     coef = torch.full((mask.shape[0],), 1.0 / float(mask.sum()))
-    return policy_loss(LossInputs(logp, prox, mu, adv, mask, coef), cfg)
+    temperature = torch.ones(mask.shape[0]) if temperature is None else temperature
+    return policy_loss(LossInputs(logp, prox, mu, adv, mask, coef, temperature=temperature), cfg)
 
 
 def test_every_configurable_correction_is_in_the_table():
@@ -90,7 +92,7 @@ def test_ppo_behaviour_is_bounded_for_a_stale_sample_with_negative_advantage():
     assert torch.isfinite(logp.grad).all() and float(logp.grad[0, 0]) == 0.0  # the dual clip carries no gradient
 
 
-@pytest.mark.parametrize("correction", ["ppo_behaviour", "tis", "mis", "seq_mis"])
+@pytest.mark.parametrize("correction", sorted(CORRECTIONS))
 def test_corrections_agree_without_lag_and_differ_with_it(correction):
     cfg = LossConfig(correction=correction, is_cap=2.0)
     logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
@@ -105,6 +107,13 @@ def test_corrections_agree_without_lag_and_differ_with_it(correction):
         "tis": -(0.25 + 1.0 + 2.0) / 3,
         "mis": -(0.0 + 1.0 + 0.0) / 3,  # w outside [0.5, 2] masked
         "seq_mis": -(0.25 + 1.0 + 3.0) / 3,  # geometric mean (0.75)^(1/3) = 0.91 is inside [0.5, 2]
+        # (log w)^2 = [1.92, 0, 1.21]: M2 = 1.04, then 0.60 without the first, then 0 without both
+        "m2po": -(0.0 + 1.0 + 0.0) / 3,
+        # ESS = 4.25^2 / (3 * 10.0625) = 0.598, times tis
+        "ess_tis": -(4.25 ** 2 / (3 * 10.0625)) * (0.25 + 1.0 + 2.0) / 3,
+        # probabilities: pi_prox = e^logp, mu = pi_prox / w: gaps [1.10, 0, 0.40] > 0.3 masked
+        "ipo": -(0.0 + 1.0 + 0.0) / 3,
+        "tis_temp": -(0.25 + 1.0 + 2.0) / 3,  # at T = 1 the cap is C: tis
     }[correction]
     if correction == "ppo_behaviour":
         # rho = exp(pi_theta - mu) = w = [0.25, 1, 3]; min(rho, clip(rho, 0.8, 1.28)) with A = 1
@@ -134,3 +143,58 @@ def test_the_cut_tokens_are_counted_per_group_of_the_batch():
     both = sums
     both += sums  # micro-batches of one update add up
     assert both.cut_by_group[5] == [4.0, 4.0]
+
+
+def test_m2po_masks_the_largest_squared_log_weights_until_the_second_moment_fits_and_does_not_clip():
+    cfg = LossConfig(correction="m2po", m2_threshold=0.04)
+    prox = torch.zeros(1, 4)
+    log_w = torch.tensor([[0.5, -0.1, 0.05, 0.0]])  # (log w)^2 = [0.25, 0.01, 0.0025, 0]: M2 = 0.066 > 0.04
+    mu = prox - log_w
+    logp = torch.log(torch.full((1, 4), 1.5)).requires_grad_(True)  # u = 1.5, beyond clip-higher's 1.28
+    loss, stats = _loss(logp, prox, mu, torch.ones(1, 4), torch.ones(1, 4), cfg)
+    # the first masked leaves M2 = 0.0125 / 3 <= 0.04; the rest keep sg(w) u A, unclipped
+    w = torch.exp(log_w)[0]
+    assert float(loss.detach()) == pytest.approx(-float(1.5 * w[1:].sum()) / 4, rel=1e-5)
+    assert stats.truncated_frac == pytest.approx(0.25) and stats.clip_frac == 0
+    loss.backward()
+    assert logp.grad[0, 0] == 0 and logp.grad[0, 1:].tolist() == pytest.approx((-1.5 * w[1:] / 4).tolist(), rel=1e-5)
+
+
+def test_ess_tis_scales_the_step_by_the_effective_sample_size():
+    cfg = LossConfig(correction="ess_tis", is_cap=2.0)
+    logp = torch.zeros(1, 4, requires_grad=True)
+    mu = -torch.log(torch.tensor([[1.0, 1.0, 2.0, 4.0]]))  # w = [1, 1, 2, 4]
+    loss, stats = _loss(logp, logp.detach(), mu, torch.ones(1, 4), torch.ones(1, 4), cfg)
+    ess = 8.0 ** 2 / (4 * 22.0)  # (sum w)^2 / (N sum w^2) = 0.727
+    assert float(loss.detach()) == pytest.approx(-ess * (1 + 1 + 2 + 2) / 4, rel=1e-5)
+    assert stats.truncated_frac == pytest.approx(0.25)  # w = 4 > C
+    loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([-ess / 4, -ess / 4, -2 * ess / 4, -2 * ess / 4], rel=1e-5)
+
+
+def test_ipo_masks_by_the_probability_gap_where_a_ratio_mask_would_not():
+    """A token whose probability went 0.01 -> 0.03 has ratio 1/3 (mis masks it) but a gap of 0.02
+    (IPO keeps it); one that went 0.5 -> 0.1 has a gap of 0.4 (IPO masks it)."""
+    p_prox, p_mu = torch.tensor([[0.5, 0.9, 0.01]]), torch.tensor([[0.1, 0.85, 0.03]])
+    logp = torch.log(p_prox).requires_grad_(True)
+    w = p_prox / p_mu
+    args = (logp, logp.detach(), torch.log(p_mu), torch.ones(1, 3), torch.ones(1, 3))
+    loss, stats = _loss(*args, LossConfig(correction="ipo", ipo_eps=0.3, is_cap=2.0))
+    assert float(loss.detach()) == pytest.approx(-float(w[0, 1] + w[0, 2]) / 3, rel=1e-5)
+    assert stats.truncated_frac == pytest.approx(1 / 3)
+    loss_mis, stats_mis = _loss(*args, LossConfig(correction="mis", is_cap=2.0))
+    assert float(loss_mis.detach()) == pytest.approx(-float(w[0, 1]) / 3, rel=1e-5)  # 5 and 1/3 both masked
+    assert stats_mis.truncated_frac == pytest.approx(2 / 3)
+
+
+def test_tis_temp_widens_the_cap_with_the_samples_temperature():
+    """w = 2.2 at C = 2: truncated at T = 1 (cap 2), kept at T = 1.2 (cap 2^1.2 = 2.30)."""
+    cfg = LossConfig(correction="tis_temp", is_cap=2.0)
+    logp = torch.zeros(2, 1, requires_grad=True)
+    mu = torch.full((2, 1), -math.log(2.2))
+    loss, stats = _loss(logp, logp.detach(), mu, torch.ones(2, 1), torch.ones(2, 1), cfg,
+                        temperature=torch.tensor([1.0, 1.2]))
+    assert float(loss.detach()) == pytest.approx(-(2.0 + 2.2) / 2, rel=1e-5)
+    assert stats.truncated_frac == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="needs each sample's temperature"):
+        policy_loss(LossInputs(logp, logp.detach(), mu, torch.ones(2, 1), torch.ones(2, 1), torch.ones(2)), cfg)
