@@ -39,6 +39,7 @@ class WeightPublisher:
         self.open_link, self.stats, self.clock, self.wake = open_link, stats, clock, wake
         self.links: dict[int, GeneratorLink] = {}  # one per joined generator
         self.checked: dict[int, int] = {}  # generator -> newest version whose probe was compared
+        self.no_probe: set[int] = set()  # generators that report no probe at all (the benchmark's stand-in engine)
         self.probes: dict[int, list[float]] = {trainer.version: trainer.probe_logprobs()}
         self.snapshot: Snapshot | None = None
         self._retired: list[Snapshot] = []  # older snapshots, whose host memory is reused once no link sends them
@@ -145,6 +146,8 @@ class WeightPublisher:
         """Check a probe a generator reports for the first time (none from one already let go)."""
         if hb.status == "stopping" and hb.generator_id not in self.links:
             return
+        if hb.status in ("ready", "generating") and not hb.probe_logprobs:
+            self.no_probe.add(hb.generator_id)  # an engine with nothing to score by (the stand-in): never waited for
         if hb.probe_logprobs and hb.probe_version > self.checked.get(hb.generator_id, -1):
             with self.clock.stage("probe"):
                 if self.verify(hb.generator_id, hb.probe_version, hb.probe_logprobs) is not None:
@@ -170,7 +173,7 @@ class WeightPublisher:
     def all_hold(self, version: int, heard: set[int]) -> bool:
         """Every link has been sent `version`, and every generator `heard` from has reported its probe."""
         return (all(link.ready and link.version == version for link in self.links.values())
-                and all(self.checked.get(gid, -1) >= version for gid in heard))
+                and all(self.checked.get(gid, -1) >= version for gid in heard - self.no_probe))
 
     def close(self, timeout_s: float = 30.0) -> None:
         """End every link and wait (up to `timeout_s` in all) for their threads to release their groups:
