@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 
 from pipeline.config import ConfigError, DataConfig, EvalConfig
+from pipeline.traces import PREFIX as TRACES, traced_problems
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ def load_problems(cfg: DataConfig, *, split: str | None = None, size: int | None
     split = split or cfg.split
     if cfg.source.startswith(REASONING_GYM):
         return _reasoning_gym(cfg, size or cfg.size, cfg.seed if seed is None else seed)
+    if cfg.source.startswith(TRACES):
+        return traced_problems(cfg.source, size or cfg.size, cfg.seed if seed is None else seed, cfg.task_options)
     rows = load_rows(cfg.source, split, cfg)
     if not rows:
         raise ConfigError(f"data.source={cfg.source!r} split {split!r}: the dataset is empty")

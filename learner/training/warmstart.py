@@ -9,6 +9,7 @@ a half-written model behind.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -63,8 +64,14 @@ def _examples(cfg: Config, tokenizer, size: int, seed: int) -> list[tuple[list[i
     out = []
     for p in problems:
         prompt = render(tokenizer, p.question, cfg.data)
-        out.append((prompt, tokenizer.encode(p.answer) + [tokenizer.eos_token_id]))
+        out.append((prompt, tokenizer.encode(_target(p)) + [tokenizer.eos_token_id]))
     return out
+
+
+def _target(p) -> str:
+    """What the warm start teaches: a task whose responses write their work (pipeline/traces.py) is
+    taught the work, else the answer."""
+    return json.loads(p.metadata).get("trace", p.answer) if p.metadata else p.answer
 
 
 def supervised_warmstart(cfg: Config, model_dir: Path, progress: bool) -> float:
@@ -107,10 +114,11 @@ def greedy_accuracy(model, tokenizer, cfg: Config, size: int) -> float:
     correct = 0
     for p in problems:
         ids = torch.tensor([render(tokenizer, p.question, cfg.data)])
-        # (before the model's settings are derived, "auto" reads as: the answer's length)
-        length = cfg.generator.max_tokens if cfg.generator.max_tokens != "auto" else len(p.answer) + 1
+        target = _target(p)
+        # (before the model's settings are derived, "auto" reads as: the target's length)
+        length = cfg.generator.max_tokens if cfg.generator.max_tokens != "auto" else len(target) + 1
         out = model.generate(ids, max_new_tokens=length, do_sample=False,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        correct += text == p.answer
+        correct += (text.rsplit("####", 1)[-1].strip() if "####" in text else text) == p.answer
     return correct / len(problems)
