@@ -152,7 +152,10 @@ def cmd_model(args, overrides: list[str]) -> int:
 def cmd_study(args, overrides: list[str]) -> int:
     from experiments.study import ALGORITHMS, run_study
 
-    print(run_study(Path(args.out), overrides, args.algorithms or ALGORITHMS, args.seeds, args.parallel))
+    from experiments.study import TASK
+
+    task = Path(args.config) if args.config else TASK
+    print(run_study(Path(args.out), overrides, args.algorithms or ALGORITHMS, args.seeds, args.parallel, task))
     return 0
 
 
@@ -277,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     md.add_argument("name")
     md.add_argument("--config", nargs="+", default=[str(DEFAULT_CONFIG)], metavar="TOML")
     st = sub.add_parser("study", help="GRPO vs DAPO vs ERPO vs RL-ZVP, same warm start and sample budget")
+    st.add_argument("--config", default="", metavar="TOML", help="the task (default: the embedded one); e.g. "
+                    "configs/tasks/traces.toml")
     st.add_argument("--out", default="runs/study")
     st.add_argument("--algorithms", nargs="+", help="default: grpo dapo erpo rlzvp")
     st.add_argument("--seeds", type=int, default=5)

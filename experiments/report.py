@@ -27,6 +27,7 @@ FIGURES = [  # (key, column title, format)
     ("entropy", "entropy, last quarter", ".3f"),
     ("lag_mean", "trained lag, mean", ".2f"),
     ("leased_t_max", "leased T, max", ".3f"),
+    ("response_tokens", "response tokens, mean", ".1f"),
 ]
 
 
@@ -53,6 +54,7 @@ def cell_figures(run_dir: Path) -> dict:
         "heldout_pass": evals[-1]["eval/pass_at_k"] if evals else float("nan"),
         "ess": _mean(r["ess"] for r in steps), "truncated": _mean(r["truncated_frac"] for r in steps),
         "prox_mu_gap": _mean(gaps), "entropy": _mean(r["entropy"] for r in steps[-q:]),
+        "response_tokens": _mean(r.get("response_len") for r in steps),
         "lag_mean": sum(k * v for k, v in lag_hist.items()) / total, "lag_max": max(lag_hist, default=0),
         "lag_share": {k: v / total for k, v in sorted(lag_hist.items())},
         "asked_max_lag": summary.config["learner"]["max_lag"],

@@ -1,7 +1,8 @@
 """`run.py study`: GRPO, DAPO, ERPO and RL-ZVP at the same sample budget, over several seeds.
 
-A sweep (experiments/sweep.py) over the four presets x seeds on the embedded task: each cell is
-`run.py train --config configs/default.toml configs/algos/<name>.toml` plus the study's overrides.
+A sweep (experiments/sweep.py) over the four presets x seeds on the embedded task, or on a task of
+its own (`--config configs/tasks/traces.toml`): each cell is `run.py train --config TASK
+configs/algos/<name>.toml` plus the study's overrides.
 The report gives every figure as mean ± 95 % interval over seeds and says whether ERPO's residual
 share and accuracy differ from DAPO's beyond them.
 """
@@ -19,21 +20,31 @@ ALGORITHMS = ["grpo", "dapo", "erpo", "rlzvp"]
 CONFIGS = RUN_PY.parent / "configs" / "algos"  # algorithm presets: algorithm settings only
 TASK = RUN_PY.parent / "configs" / "default.toml"  # the task, model and lengths they run on
 
-# A warm start that leaves headroom (held-out mean@4 about 0.57 at step 0, where a 600-step one
-# saturated the task at 0.9+ so that no accuracy effect could show) while a share of prompts is
-# residual at T = 1 (the regime ERPO targets); few enough prompts that each is visited often enough
-# for H_i to grow; one generation budget for all; held-out accuracy at step 0 and at the end.
+# On the embedded task: a warm start that leaves headroom (held-out mean@4 about 0.57 at step 0, where
+# a 600-step one saturated the task at 0.9+ so that no accuracy effect could show) while a share of
+# prompts is residual at T = 1 (the regime ERPO targets); few enough prompts that each is visited
+# often enough for H_i to grow. A task of its own (`--config`) sets these itself.
+EMBEDDED_TASK_OVERRIDES = ["--warmstart.steps", "350", "--warmstart.seed", "0", "--data.size", "128"]
+# Every study: one generation budget for all (unless the task sets its own), held-out accuracy at
+# step 0 and at the end.
 STUDY_OVERRIDES = [
-    "--warmstart.steps", "350", "--warmstart.seed", "0", "--data.size", "128", "--learner.steps", "100000",
-    "--learner.sample_budget", "12800", "--eval.size", "256", "--eval.k", "4", "--eval.first", "true",
+    "--learner.steps", "100000", "--eval.size", "256", "--eval.k", "4", "--eval.first", "true",
     "--eval.final", "true", "--log.progress", "false",
 ]
+SAMPLE_BUDGET = ["--learner.sample_budget", "12800"]
 
 
-def study_grid(out_dir: Path, seeds: int) -> Path:
-    """The study as a sweep grid: the four presets x `seeds` seeds on the embedded task."""
-    lines = [f'base = ["{TASK}"]', "[fixed]"]
-    it = iter(STUDY_OVERRIDES)
+def study_grid(out_dir: Path, seeds: int, task: Path = TASK) -> Path:
+    """The study as a sweep grid: the four presets x `seeds` seeds on `task` (a config file)."""
+    from pipeline import config as config_mod
+
+    overrides = list(STUDY_OVERRIDES)
+    if Path(task).resolve() == TASK.resolve():
+        overrides = EMBEDDED_TASK_OVERRIDES + overrides
+    if not config_mod.load([str(task)], []).learner.sample_budget:
+        overrides += SAMPLE_BUDGET
+    lines = [f'base = ["{Path(task).resolve()}"]', "[fixed]"]
+    it = iter(overrides)
     lines += [f'"{k.lstrip("-")}" = {v if v.replace(".", "").isdigit() or v in ("true", "false") else json.dumps(v)}'
               for k, v in zip(it, it)]
     lines += ["[axes]", f'preset = {json.dumps([str(CONFIGS / (a + ".toml")) for a in ALGORITHMS])}',
@@ -45,9 +56,9 @@ def study_grid(out_dir: Path, seeds: int) -> Path:
 
 
 def run_study(out_dir: Path, overrides: list[str], algorithms: list[str] = ALGORITHMS, seeds: int = 3,
-              parallel: int = 1) -> str:
-    """GRPO, DAPO, ERPO and RL-ZVP over `seeds` seeds (experiments/sweep.py), with 95 % intervals."""
-    grid = study_grid(out_dir, seeds)
+              parallel: int = 1, task: Path = TASK) -> str:
+    """GRPO, DAPO, ERPO and RL-ZVP over `seeds` seeds on `task` (experiments/sweep.py), with 95 % intervals."""
+    grid = study_grid(out_dir, seeds, task)
     cells, failed = run_sweep(grid, out_dir, parallel, overrides)
     return study_report(out_dir, algorithms, seeds)
 
@@ -76,4 +87,5 @@ def study_report(out_dir: Path, algorithms: list[str] = ALGORITHMS, seeds: int =
         + [f"{a}_acc={by[a]['heldout_mean'][0]:.4f}" for a in present]
         + [f"{a}_acc_start={by[a]['heldout_start'][0]:.4f}" for a in present]
         + [f"{a}_acc_ci={by[a]['heldout_mean'][1]:.4f}" for a in present]
-        + [f"{a}_pass={by[a]['heldout_pass'][0]:.4f}" for a in present] + [f"seeds={n}"])
+        + [f"{a}_pass={by[a]['heldout_pass'][0]:.4f}" for a in present] + [f"seeds={n}"]
+        + [f"mean_response_tokens={sum(by[a]['response_tokens'][0] for a in present) / max(len(present), 1):.1f}"])
