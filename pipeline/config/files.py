@@ -123,10 +123,17 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+# Settings that are whole values, not sections: a file that sets one replaces it, keys and all (a
+# task's options belong to the task `data.source` names; another task's would be unknown to it).
+WHOLE_VALUES = {("data", "task_options")}
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any], _at: tuple[str, ...] = ()) -> dict[str, Any]:
     out = dict(base)
     for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        whole = (*_at, k) in WHOLE_VALUES
+        out[k] = _merge(out[k], v, (*_at, k)) if isinstance(v, dict) and isinstance(out.get(k), dict) and not whole \
+            else v
     return out
 
 

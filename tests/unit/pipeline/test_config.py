@@ -91,3 +91,16 @@ def test_a_generator_receives_only_its_sections():
     assert loads_generator(dumps(cfg)) == GeneratorSettings.of(cfg)  # a run's whole resolved config also does
     with pytest.raises(ConfigError, match=r"generator.max_tokens"):
         loads_generator(b'{"generator": {"max_tokens": -1}}')
+
+
+def test_a_tasks_options_are_replaced_whole_by_a_file_that_sets_them_not_merged(tmp_path):
+    """The embedded default's reasoning-gym options would be unknown to another task."""
+    from pipeline.config import load
+
+    base = tmp_path / "base.toml"
+    base.write_text('[data]\nsource = "reasoning_gym:basic_arithmetic"\ntask_options = { min_terms = 2, max_digits = 1 }\n'
+                    '[learner]\nsteps = 7\n')
+    top = tmp_path / "top.toml"
+    top.write_text('extends = "base.toml"\n[data]\nsource = "traces:add"\ntask_options = { digits = 3 }\n')
+    cfg = load([str(top)], ["--data.task_options.digits", "4"])
+    assert cfg.data.task_options == {"digits": 4} and cfg.learner.steps == 7  # other sections still merge
