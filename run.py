@@ -109,16 +109,23 @@ def cmd_generate(args, overrides: list[str]) -> int:
     return 0
 
 
-def cmd_eval(args, overrides: list[str]) -> int:
+def _sampled_model(args, overrides: list[str]):
+    """(config, model folder) for a command that samples a model through vLLM in this process: the
+    model's own context, stop tokens and template count."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from actors.evaluate import evaluate
     from learner.training.warmstart import prepare_model
 
-    # the model evaluated is the one whose context, stop tokens and template count
     cfg = config_mod.load(_config_files(args), [*overrides, *_model_override(args)])
     model = prepare_model(cfg, progress=cfg.log.progress)
     if not Path(model).exists():
         raise ConfigError(f"--model: no such folder: {model}")
+    return cfg, model
+
+
+def cmd_eval(args, overrides: list[str]) -> int:
+    from actors.evaluate import evaluate
+
+    cfg, model = _sampled_model(args, overrides)
     out = Path(args.out) if args.out else cfg.run_dir / "eval.json"
     evaluate(cfg, model, args.data or [cfg.eval.source or cfg.data.source], out, progress=cfg.log.progress)
     print(f"results written to {out}")
@@ -126,14 +133,9 @@ def cmd_eval(args, overrides: list[str]) -> int:
 
 
 def cmd_diagnose(args, overrides: list[str]) -> int:
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from actors.diagnose import diagnose
-    from learner.training.warmstart import prepare_model
 
-    cfg = config_mod.load(_config_files(args), [*overrides, *_model_override(args)])
-    model = prepare_model(cfg, progress=cfg.log.progress)
-    if not Path(model).exists():
-        raise ConfigError(f"--model: no such folder: {model}")
+    cfg, model = _sampled_model(args, overrides)
     out = Path(args.out) if args.out else cfg.run_dir / "diagnose"
     print(diagnose(cfg, model, args.temperatures, args.samples, args.prompts, out, cfg.log.progress).table())
     print(f"written: {out / 'diagnose.json'}, {out / 'diagnose.png'}, every group: {out / 'diagnose.groups.jsonl'}")

@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,18 @@ def run_pipeline(learner, cfg=None):
     finally:
         learner.close()
     return stats
+
+
+def wait_for(cond, what: str, seen: dict, timeout: float = 240.0, every_s: float = 0.02) -> bool:
+    """Wait on the learner's own state (never on time alone) until `cond()` holds; past `timeout`,
+    record `what` was waited for in vain as seen["timeout"] (the test asserts on it) and say False."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            seen.setdefault("timeout", what)
+            return False
+        time.sleep(every_s)
+    return True
 
 
 def balanced(learner) -> bool:

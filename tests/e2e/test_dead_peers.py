@@ -21,7 +21,7 @@ from pipeline.messages import WeightUpdate
 from pipeline.models import build_tiny_model
 from pipeline.transport import LearnerEndpoint
 from pipeline.weight_wire import buckets, describe
-from tests.conftest import ROOT, balanced, make_config, run_pipeline
+from tests.conftest import ROOT, balanced, make_config, run_pipeline, wait_for
 
 STANDIN = ["--standin-delay", "0.05"]
 # Wider than the default tiny model: 59 MB of float32 weights, more than loopback sockets buffer,
@@ -34,16 +34,6 @@ WIDE = ["--model.tiny.hidden_size", "512", "--model.tiny.intermediate_size", "40
 def wide_model(tmp_path_factory):
     cfg = make_config(tmp_path_factory.mktemp("wide"), *WIDE)
     return str(build_tiny_model(tmp_path_factory.mktemp("wide-model"), cfg.model, seed=0))
-
-
-def _wait(cond, what: str, seen: dict, timeout: float = 240.0) -> bool:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            seen.setdefault("timeout", what)
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_a_generator_stopped_mid_broadcast_costs_its_link_not_a_step_and_is_restarted(wide_model, tmp_path, caplog):
@@ -59,12 +49,12 @@ def test_a_generator_stopped_mid_broadcast_costs_its_link_not_a_step_and_is_rest
         try:
             sup = learner.supervisor
             by = learner.stats.rollouts_by_generator
-            if not _wait(lambda: learner.trainer.version >= 2 and by[0] > 0 and by[1] > 0, "both at work", seen):
+            if not wait_for(lambda: learner.trainer.version >= 2 and by[0] > 0 and by[1] > 0, "both at work", seen):
                 return
             pid = sup.generators[1].pid
             os.kill(pid, signal.SIGSTOP)  # it stops reading: the broadcasts to it block part-way
             seen["stopped_at"] = learner.trainer.version
-            if not _wait(lambda: sup.restarts >= 1, "its restart", seen, timeout=120):
+            if not wait_for(lambda: sup.restarts >= 1, "its restart", seen, timeout=120):
                 os.kill(pid, signal.SIGCONT)
                 return
             seen["restarted_at"] = learner.trainer.version
@@ -72,7 +62,7 @@ def test_a_generator_stopped_mid_broadcast_costs_its_link_not_a_step_and_is_rest
             back = by[1]
             # its successor joins, is sent the newest weights (the stand-in engine reports no probe to
             # verify them by) and samples
-            if _wait(lambda: by[1] >= back + 3 and learner.weights.handed(1) > seen["restarted_at"],
+            if wait_for(lambda: by[1] >= back + 3 and learner.weights.handed(1) > seen["restarted_at"],
                      "its successor at work", seen):
                 seen["done_at"] = learner.trainer.version
         finally:
@@ -81,7 +71,7 @@ def test_a_generator_stopped_mid_broadcast_costs_its_link_not_a_step_and_is_rest
     thread = threading.Thread(target=stop_one, daemon=True)
     with caplog.at_level(logging.ERROR, logger="learner.orchestration.supervisor"):
         thread.start()
-        stats = run_pipeline(learner, cfg)
+        run_pipeline(learner, cfg)
         thread.join(10)
     assert "timeout" not in seen, seen
     # the learner went on stepping while generator 1 was stopped and its link waited out weights.timeout_s

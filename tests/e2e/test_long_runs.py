@@ -6,7 +6,6 @@ the real generator loop with the stand-in engine (actors/standin.py), so that re
 import os
 import signal
 import threading
-import time
 
 import pytest
 
@@ -14,7 +13,7 @@ from learner.session import open_learner
 from learner.orchestration.supervisor import SupervisorError
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
-from tests.conftest import balanced, make_config
+from tests.conftest import balanced, make_config, wait_for
 from tests.e2e.killer import Killer
 from tests.doubles import FailingStartLauncher
 
@@ -91,13 +90,7 @@ def test_a_generator_killed_during_its_starts_cools_down_and_comes_back(tiny_mod
     seen: dict = {}
 
     def wait(cond, what, timeout=180.0):
-        end = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > end:
-                seen.setdefault("timeout", what)
-                return False
-            time.sleep(0.005)
-        return True
+        return wait_for(cond, what, seen, timeout, every_s=0.005)  # a restart is caught within its start
 
     def kill_its_starts():
         sup = learner.supervisor
