@@ -160,7 +160,10 @@ def test_the_nccl_links_chunks_are_vllms_chunks_byte_for_byte():
                for i, (n, dtype) in enumerate(zip(torch.randint(1, 400, (40,), generator=gen),
                                                   [torch.float32, torch.bfloat16] * 20))]
     tensors.insert(7, ("huge", torch.randn(900)))  # larger than a chunk by itself
-    for buffer_bytes in (256, 1000, 4096, 1 << 20):
+    # sizes that land exactly on the buffer: a chunk is cut only once it holds *more* than the buffer
+    tensors += [(f"even{i}", torch.zeros(64)) for i in range(6)]  # 256 bytes each
+    assert chunk_plan([256] * 6, 512) == [[0, 1, 2], [3, 4, 5]]
+    for buffer_bytes in (256, 512, 1000, 4096, 1 << 20):
         sizes = [t.numel() * t.element_size() for _, t in tensors]
         plan = chunk_plan(sizes, buffer_bytes)
         theirs, it = [], iter(tensors)
