@@ -19,6 +19,7 @@ from pipeline.config import ConfigError
 
 PREFIX = "traces:"
 TASKS = ("add",)
+MARK = "####"  # what precedes the answer (GSM8K's marker: the `math:marker` verifier reads it)
 
 
 def trace_of(a: int, b: int) -> str:
@@ -30,7 +31,12 @@ def trace_of(a: int, b: int) -> str:
         total = x + y + carry
         steps.append(f"{x}+{y}+{carry}={total}" if carry else f"{x}+{y}={total}")
         carry = total // 10
-    return ",".join(steps) + f"####{a + b}"
+    return ",".join(steps) + f"{MARK}{a + b}"
+
+
+def final_answer(text: str) -> str:
+    """What follows the last marker of a response (the whole text if it has none)."""
+    return text.rsplit(MARK, 1)[-1].strip()
 
 
 def traced_problems(source: str, size: int, seed: int, options: dict):

@@ -154,14 +154,15 @@ class Supervisor:
                     launcher.kill(gid)  # dead to us (e.g. it never joined its weight group): restarted below
             elif silent or failed or (info is not None and info.status == "stopping"):
                 self._forget(gid, "left")
+        dead = launcher.dead() if launcher is not None else {}
         for gid, life in self.lives.items():
             up = gid in self.generators and self.generators[gid].status not in ("starting", "joining")
-            if launcher is not None and life.restart_at is None and not up and \
-                    now - life.started > self.gc.start_timeout_s and gid not in launcher.dead():
+            if life.restart_at is None and not up and gid not in dead and now - life.started > self.gc.start_timeout_s:
                 log.error("generator %d: not up %.0f s after its start (generator.start_timeout_s)", gid,
                           now - life.started)
                 launcher.kill(gid)  # a failed start: its death is handled below
-        for gid, code in (launcher.dead() if launcher is not None else {}).items():
+                dead = launcher.dead()
+        for gid, code in dead.items():
             if gid in self.lives and self.lives[gid].restart_at is None:
                 self._died(launcher, gid, code, now)
         for gid, life in self.lives.items():

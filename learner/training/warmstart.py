@@ -22,6 +22,7 @@ from pipeline.config import Config
 from pipeline.data import load_problems
 from pipeline.models import PACKAGED, build_tiny_model, load_causal_lm, load_tokenizer, packaged_model
 from pipeline.prompts import render
+from pipeline.traces import final_answer
 
 log = logging.getLogger(__name__)
 
@@ -120,5 +121,5 @@ def greedy_accuracy(model, tokenizer, cfg: Config, size: int) -> float:
         out = model.generate(ids, max_new_tokens=length, do_sample=False,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        correct += (text.rsplit("####", 1)[-1].strip() if "####" in text else text) == p.answer
+        correct += final_answer(text) == p.answer
     return correct / len(problems)

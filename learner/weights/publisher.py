@@ -41,6 +41,8 @@ class WeightPublisher:
         self.checked: dict[int, int] = {}  # generator -> newest version whose probe was compared
         self.no_probe: set[int] = set()  # generators that report no probe at all (the benchmark's stand-in engine)
         self.probes: dict[int, list[float]] = {trainer.version: trainer.probe_logprobs()}
+        on_gpu = getattr(trainer, "device", None) is not None and trainer.device.type == "cuda"
+        self.tolerance = PROBE_TOLERANCE_GPU if on_gpu else PROBE_TOLERANCE  # pipeline/probe.py argues both
         self.snapshot: Snapshot | None = None
         self._retired: list[Snapshot] = []  # older snapshots, whose host memory is reused once no link sends them
         self.snapshot_buffers = 0  # host blocks allocated for snapshots over the run (reuse keeps it small)
@@ -87,12 +89,14 @@ class WeightPublisher:
         """Copy the weights as they are now and compute their probe log-probs. Runs on the loop's
         thread when no step is running, else on the snapshot thread beside the next step."""
         v = self.trainer.version
-        snapshot = take_snapshot(v, self.trainer, self.dtype, reuse=self._free_buffer())
-        if not any(snapshot.weights[0][1] is old.weights[0][1] for old in self._retired):
+        reuse = self._free_buffer()
+        snapshot = take_snapshot(v, self.trainer, self.dtype, reuse=reuse)
+        if reuse is not None:
+            self._retired.remove(reuse)  # its memory is the new snapshot's now
+        else:
             self.snapshot_buffers += 1
             log.info("weight snapshot: %.1f MB of %s host memory (block %d of the run)", snapshot.nbytes / 2**20,
                      "pinned" if snapshot.weights[0][1].is_pinned() else "pageable", self.snapshot_buffers)
-        self._retired = [old for old in self._retired if old.weights[0][1] is not snapshot.weights[0][1]]
         if self.snapshot is not None:
             self._retired.append(self.snapshot)
         self.probes[v] = self.trainer.probe_logprobs()
@@ -159,8 +163,7 @@ class WeightPublisher:
         expected = self.probes.get(version)
         if expected is None:
             return None
-        on_gpu = getattr(self.trainer, "device", None) is not None and self.trainer.device.type == "cuda"
-        ok, diff = probe_matches(reported, expected, self.dtype, PROBE_TOLERANCE_GPU if on_gpu else PROBE_TOLERANCE)
+        ok, diff = probe_matches(reported, expected, self.dtype, self.tolerance)
         self.stats.probe_max_diff = max(self.stats.probe_max_diff, diff)
         if ok:
             self.stats.weights_verified += 1

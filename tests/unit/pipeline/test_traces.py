@@ -8,7 +8,7 @@ import pytest
 
 from actors.answers import extract_answer
 from pipeline.config import ConfigError
-from pipeline.traces import trace_of, traced_problems
+from pipeline.traces import final_answer, trace_of, traced_problems
 
 pytestmark = pytest.mark.unit
 
@@ -46,3 +46,8 @@ def test_bad_options_name_the_field():
         traced_problems("traces:add", 4, seed=0, options={"width": 3})
     with pytest.raises(ConfigError, match="traced tasks are traces:add"):
         traced_problems("traces:mul", 4, seed=0, options={})
+
+
+def test_the_final_answer_is_what_follows_the_last_marker():
+    assert final_answer("7+5=12,4+8+1=13####132 ") == "132"
+    assert final_answer("1####2####3") == "3" and final_answer("42") == "42"

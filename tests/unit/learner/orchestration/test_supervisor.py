@@ -182,3 +182,19 @@ def test_the_restart_budget_is_a_rate_over_the_last_hour_not_a_lifetime_count():
         assert not sup.cooling, f"cooled down at death {death + 1}"
         assert len(sup.lives[0].deaths) <= 3
     assert sup.restarts == 10
+
+
+def test_a_start_that_hangs_while_beating_is_killed_at_start_timeout_s_as_a_failed_start():
+    """A loading engine beats (actors/beacon.py), so silence cannot catch a hung load: the start's own
+    bound does."""
+    sup, _, _ = _supervisor(count=1, start_timeout_s=100, heartbeat_timeout_s=30)
+    launcher = ScriptedLauncher()
+    sup.start_all(launcher)
+    t = sup.lives[0].started
+    for at in (50.0, 99.0):
+        sup.on_heartbeat(_beat(0, status="starting"), now=t + at)
+        sup.check(launcher, now=t + at)
+    assert launcher.killed == []  # still within its bound, and beating
+    sup.on_heartbeat(_beat(0, status="starting"), now=t + 101)
+    sup.check(launcher, now=t + 101)
+    assert launcher.killed == [0] and sup.lives[0].failed_starts == 1 and sup.restarts == 1  # and started again
