@@ -42,6 +42,8 @@ class Generator:
         self.version = initial_version  # the weights in model_path (0 = the initial model, else a checkpoint)
         self.probe: tuple[int, list[float]] = (-1, [])
         self.status = "starting"
+        self.receiving = -1  # the version being received now (the learner pins a shared group's failure by it)
+        self.torn = False  # a receive failed part-way: the engine holds parts of two versions until the next lands
         self.running: dict[int, tuple[Assignment, float]] = {}  # engine key -> (lease, submit time)
         self._key = 0
         self.busy_s = 0.0  # time spent generating and verifying, for idle-fraction figures
@@ -68,7 +70,7 @@ class Generator:
             generator_id=self.id, pid=os.getpid(), status=self.status, version=self.version,
             probe_version=self.probe[0],
             probe_logprobs=self.probe[1],
-            busy_s=self.busy_s, workers=self.workers,
+            busy_s=self.busy_s, workers=self.workers, receiving=self.receiving,
         ))
         self._last_beat = time.monotonic()
 
@@ -96,7 +98,17 @@ class Generator:
         weights held."""
         with self.beacon.covering("joining the weight group"):
             self.engine.init_weight_transfer(init.backend, init.info)
-        self.probe = (self.version, self.engine.probe())
+        if not self.torn:
+            self.probe = (self.version, self.engine.probe())
+
+    def _rejoin(self, init: WeightInit) -> None:
+        """A new group from the learner (it re-formed the shared one, or restarted this one's link).
+        Failing to join costs nothing held: the learner re-forms the group again, or restarts us."""
+        self.updates.clear()
+        try:
+            self._join(init)
+        except Exception as exc:  # noqa: BLE001 - a peer that died during the rendezvous; the learner re-forms
+            log.warning("generator %d: could not join the new weight group (%s); waiting for the next", self.id, exc)
 
     def _received(self, timeout_ms: int) -> list:
         """What the beacon kept while the loop was away, then what the channel holds now."""
@@ -111,35 +123,54 @@ class Generator:
                 self.pending.append(msg)
             elif isinstance(msg, WeightUpdate):
                 self.updates.append(msg)
-            elif isinstance(msg, WeightInit):  # the learner opened a new group for this process
-                self.updates.clear()
-                self._join(msg)
+            elif isinstance(msg, WeightInit):
+                self._rejoin(msg)
             elif isinstance(msg, Stop):
                 self.stopping = True
 
     def _apply_updates(self) -> None:
-        if self.cfg.generator.update_mode == "drain" and self.running:
+        if self.cfg.generator.update_mode == "drain" and self.running and not self.torn:
             return  # drain first: every sample of a running group stays on one version
-        if self.updates and any(a.wave_size and a.policy_version < self.updates[0].version for a in self.pending):
+        if (self.updates and not self.torn
+                and any(a.wave_size and a.policy_version < self.updates[0].version for a in self.pending)):
             return  # a wave leased under the weights held now is sampled under them (exact lag control)
         while self.updates:
             update = self.updates.popleft()
-            if update.version <= self.version:
+            if update.version < self.version:
                 log.warning("generator %d: ignoring weight update %d (have %d)", self.id, update.version,
                             self.version)
                 continue
-            self.status = "updating"
-            log.info("generator %d: receiving version %d", self.id, update.version)
+            self._receive(update)
+
+    def _receive(self, update: WeightUpdate) -> None:
+        """Receive one version (one the engine holds already too: a shared group's broadcast needs
+        every member). A receive that fails part-way leaves the engine torn between two versions: it
+        samples nothing until a whole version has landed (the learner re-forms the group and re-sends)."""
+        self.status, self.receiving = "updating", update.version
+        log.info("generator %d: receiving version %d", self.id, update.version)
+        self.heartbeat()  # the learner knows at once that this one is not what holds the broadcast up
+        try:
             with self.beacon.covering(f"receiving version {update.version}"):
                 self.engine.load_weights(update)
-            self.version = self.engine.weight_version
-            self.probe = (update.version, self.engine.probe(update.version))
-            self.heartbeat()
+        except Exception as exc:  # noqa: BLE001 - a peer (or the learner) failed mid-broadcast
+            self.torn, self.status = True, "torn"
+            log.error("generator %d: receiving version %d failed (%s); sampling nothing until a whole version "
+                      "lands", self.id, update.version, exc)
+            return
+        finally:
+            self.receiving = -1
+        self.torn = False
+        self.version = self.engine.weight_version
+        self.probe = (update.version, self.engine.probe(update.version))
+        self.heartbeat()
 
     def _admit(self) -> None:
         """Start the leases that wait, up to max_inflight running groups. In drain mode a waiting
         weight update closes the door: the running groups finish, the update lands, then new ones start
-        (except a wave leased before the update: it is sampled under the weights it was leased for)."""
+        (except a wave leased before the update: it is sampled under the weights it was leased for).
+        Nothing starts on torn weights."""
+        if self.torn:
+            return
         if self.pending and self.pending[0].wave_size:
             # a wave is sampled under the weights it was leased for: if they are on their way (their
             # WeightUpdate may come after the leases), it waits for them
@@ -212,7 +243,7 @@ class Generator:
                     break
                 self._apply_updates()
                 self._admit()
-                if self.running:
+                if self.running and not self.torn:
                     self._decode_step()
                 if time.monotonic() - self._last_beat >= self.cfg.generator.heartbeat_s:
                     self.heartbeat()

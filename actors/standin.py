@@ -74,7 +74,11 @@ class StandInEngine:
                                  init.timeout_s, init.key)
 
     def load_weights(self, update: WeightUpdate) -> None:
-        receive(self.group, GlooUpdate(**update.info), self.bucket_bytes, lambda tensors: None)
+        try:
+            receive(self.group, GlooUpdate(**update.info), self.bucket_bytes, lambda tensors: None)
+        except Exception:
+            self.group = None  # as the gloo engine: leave at once (pipeline/weight_transfer.py)
+            raise
         self.weight_version = self._version = update.version
         self.events.append(("load", update.version))
 

@@ -141,7 +141,7 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
     # the full path: learner link -> control messages -> vLLM's worker engine -> load_weights
     posted: list = []
     link = GeneratorLink(trainer_init_info("gloo", "127.0.0.1", free_port(), 1, bucket_bytes, 600.0),
-                         ControlClient("gloo", posted.append))
+                         ControlClient("gloo", lambda gid, msg: posted.append(msg), {0: 1}))
     while not posted:
         time.sleep(0.01)
     init = posted.pop()

@@ -32,7 +32,9 @@ from learner.training.groups import GroupBuffer, group_from_state
 from learner.training.stepper import Stepper
 from learner.training.trainer import Trainer
 from learner.training.batch import check_fits
+from learner.weights.groups import OwnGroups
 from learner.weights.links import choose_backend, opener
+from learner.weights.shared import SharedGroup
 from learner.weights.publisher import WeightPublisher
 from pipeline.config import Config, to_toml_dict
 from pipeline.data import Problem
@@ -41,6 +43,10 @@ from pipeline.models import load_tokenizer
 from pipeline.prompts import render
 
 log = logging.getLogger(__name__)
+
+# A shared weight group's member unheard for this many heartbeats is taken for dead or stopped when a
+# broadcast fails (its beacon beats even inside a transfer: actors/beacon.py); a few, for a busy machine.
+STALE_BEATS = 5
 
 
 def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launcher=None, resume: Path | None = None,
@@ -74,9 +80,11 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launc
         log.info("exact lag control: step t trains the wave leased under version t - %d (%d steps)", lc.max_lag, lc.steps)
     # weights leave from the learner's own device; NCCL only to generators on other GPUs
     backend = choose_backend(cfg.weights.backend, trainer.device, shares_gpu=not gc.devices and gc.count > 0)
-    link = opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post,
-                  cfg.transport.weight_ports)
-    weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, link, stats, clock, endpoint.wake)
+    open_link = opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post,
+                       cfg.transport.weight_ports)
+    groups = (SharedGroup(open_link, stale_s=STALE_BEATS * gc.heartbeat_s) if cfg.weights.group == "shared"
+              else OwnGroups(open_link))
+    weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, groups, stats, clock, endpoint.wake)
     supervisor = Supervisor(gc, endpoint.send, on_gone=None, weights=weights)  # the loop says what a death does
     on_batch = (lambda v, b: observer(BatchBuilt(v, b))) if observer else None
     ev = cfg.eval

@@ -107,12 +107,13 @@ class WeightUpdate(Message, kw_only=True):
 class Heartbeat(Message, kw_only=True):
     generator_id: int
     pid: int
-    status: str  # starting (engine loading) | joining (its weight group) | ready | generating | updating | stopping
+    status: str  # starting (engine loading) | joining (its weight group) | ready | generating | updating | torn | stopping
     version: int  # weight version loaded in the engine (vLLM's own: `get_weight_version`)
     probe_version: int = -1  # weight version the probe was scored under
     probe_logprobs: list[float] = []  # log-probs of the fixed probe sequence (pipeline/probe.py)
     busy_s: float = 0.0  # cumulative seconds spent generating and verifying
     workers: int = 1  # the engine's worker processes (tensor-parallel size): its ranks in the weight group
+    receiving: int = -1  # the weight version it is receiving now (-1: none); a shared group's failure is pinned by it
 
 
 class Stop(Message, kw_only=True):

@@ -83,7 +83,13 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
         if self.group is None:
             raise RuntimeError("gloo weight transfer: init_weight_transfer_engine was not called")
-        receive(self.group, update_info, self.bucket_bytes, self.model.load_weights)
+        try:
+            receive(self.group, update_info, self.bucket_bytes, self.model.load_weights)
+        except Exception:
+            # Leave the group at once: in a shared group's tree, members downstream of this one wait on
+            # its sockets, which close with it, so they fail now rather than at their timeout.
+            self.shutdown()
+            raise
 
     def shutdown(self) -> None:
         self.group = None

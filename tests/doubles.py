@@ -128,7 +128,7 @@ class IdleLink:
     def ready(self) -> bool:
         return not self.closed
 
-    def failure(self) -> BaseException | None:
+    def failure(self, now: float | None = None) -> BaseException | None:
         return self.error
 
     def close(self, timeout: float = 0.0) -> bool:
@@ -181,6 +181,12 @@ class RecordingLink(IdleLink):
     def submit(self, snapshot) -> None:
         self.sent.append(snapshot.version)
         self.version = snapshot.version
+
+
+def recording_link(members: dict[int, int]) -> RecordingLink:
+    """`OpenLink` for a group of one generator each (learner/weights/groups.py's OwnGroups)."""
+    (gid, workers), = members.items()
+    return RecordingLink(gid, workers)
 
 
 class FailingStartLauncher:
@@ -284,3 +290,32 @@ class HeldWriter:
 
     def collect(self, wait: bool = False):
         return None
+
+
+class FormationLink:
+    """Stands in for one formation of a shared weight group (learner/weights/shared.py): the test
+    says when it has joined (`joined`), when its broadcast ends (`sending`) and how it fails (`error`)."""
+
+    def __init__(self, members: dict[int, int]):
+        self.members, self.port = dict(members), 2000
+        self.version, self.joined, self.error, self.sending = -1, False, None, None
+        self.closed, self.sent = False, []
+
+    @property
+    def ready(self) -> bool:
+        return self.joined and self.sending is None and self.error is None and not self.closed
+
+    @property
+    def ended(self) -> bool:
+        return self.closed and self.sending is None
+
+    def failure(self, now: float | None = None) -> BaseException | None:
+        return self.error
+
+    def submit(self, snapshot) -> None:
+        self.sending, self.version = snapshot, snapshot.version
+        self.sent.append(snapshot.version)
+
+    def close(self, timeout: float = 0.0) -> bool:
+        self.closed = True
+        return True

@@ -34,7 +34,7 @@ def open_link(engine, workers: int = 1, bucket_bytes: int = 64 << 20) -> tuple[G
     """A link to `engine` (its `workers` workers joined at ranks 1..workers)."""
     outbox = Outbox()
     info = trainer_init_info("gloo", "127.0.0.1", free_port(), workers, bucket_bytes, 120.0)
-    link = GeneratorLink(info, ControlClient("gloo", outbox))
+    link = GeneratorLink(info, ControlClient("gloo", lambda gid, msg: outbox(msg), {0: workers}))
     init = outbox.take(WeightInit)
     engine.init_weight_transfer(init.backend, init.info)
     assert link.wait_joined(120) and link.error is None

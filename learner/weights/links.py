@@ -9,14 +9,12 @@ plane is `ControlClient`: the protocol's calls become msgspec messages on the Ze
 point. The engine's workers join at ranks 1..tensor_parallel_size, so a tensor-parallel generator's
 workers each receive the weights.
 
-Each generator has its own group. A collective needs every member, so with one shared group a dead
-generator would stall every broadcast until the group was rebuilt; with one group per generator, a
-crash only ends that generator's group, and its replacement joins a fresh one. The price: the learner
-sends the weights once per generator (`run.py bench weights` measures both; README, GPU pools).
+A link is one weight group: the learner at rank 0 and the workers of one or more generators after it
+(learner/weights/groups.py decides which: the whole pool, or one generator each).
 
 What is sent is a `Snapshot`: the weights copied into host memory one parameter at a time (so training
 goes on meanwhile, and the learner's device holds no second copy of the model), sent in packed buckets
-of `weights.bucket_bytes`. One broadcast at a time per generator: while one is in progress, newer
+of `weights.bucket_bytes`. One broadcast at a time per link: while one is in progress, newer
 versions wait and only the latest is sent.
 """
 
@@ -56,24 +54,32 @@ def take_snapshot(version: int, trainer, dtype: str, reuse: Snapshot | None = No
 
 
 class ControlClient:
-    """vLLM's `VLLMWeightSyncClient` over the control channel. `post(msg)` queues a message for one
-    generator (safe from any thread; the loop's endpoint sends it). The generator starts, loads and
-    finishes an update on one WeightUpdate message, at a point where no decode step runs, and records
-    `version` as vLLM's weight version; so start and finish need no message of their own."""
+    """vLLM's `VLLMWeightSyncClient` over the control channel, for the generators of one weight group.
+    `post(generator, msg)` queues a message for one generator (safe from any thread; the loop's
+    endpoint sends it). `members`: the group's generators in rank order, each with its engine's
+    worker count: the first one's workers take ranks 1.., the next one's follow (a group of one
+    generator is the case vLLM's trainer engines know; the rank offsets are all a shared group adds).
+    A generator starts, loads and finishes an update on one WeightUpdate message, at a point where no
+    decode step runs, and records `version` as vLLM's weight version; so start and finish need no
+    message of their own."""
 
-    def __init__(self, backend: str, post: Callable[[object], None]):
-        self.backend, self.post = backend, post
+    def __init__(self, backend: str, post: Callable[[int, object], None], members: dict[int, int]):
+        self.backend, self.post, self.members = backend, post, dict(members)
         self.version = -1  # the version the next update carries
         self.posted = -1  # the version of the last WeightUpdate handed to `post`
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
-        self.post(WeightInit(backend=self.backend, info=init_info))
+        offset = init_info.get("rank_offset", 1)  # vLLM's trainer engines put the (first) engine's workers at 1
+        for gid, workers in self.members.items():
+            self.post(gid, WeightInit(backend=self.backend, info={**init_info, "rank_offset": offset}))
+            offset += workers
 
     def start_weight_update(self) -> None:
         pass
 
     def update_weights(self, update_info: dict) -> None:
-        self.post(WeightUpdate(version=self.version, info=update_info))
+        for gid in self.members:
+            self.post(gid, WeightUpdate(version=self.version, info=update_info))
         self.posted = self.version
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
@@ -110,16 +116,16 @@ def choose_backend(setting: str, device: torch.device, shares_gpu: bool = False)
 
 
 def opener(backend: str, wc, host: str, device: torch.device, post: Callable[[int, object], None],
-           ports: list[int] | tuple[int, ...] = ()) -> Callable[[int, int], "GeneratorLink"]:
-    """What the supervisor calls to open generator `gid`'s link, for an engine of `workers` workers:
-    a port on `host` (transport.host) from `ports` (transport.weight_ports; any free one if empty),
-    settings from the `weights` section (`wc`)."""
+           ports: list[int] | tuple[int, ...] = ()) -> Callable[[dict[int, int]], "GeneratorLink"]:
+    """What opens a weight link to `members` (generator -> its engine's workers: one generator for a
+    group of its own, the pool for a shared one): a port on `host` (transport.host) from `ports`
+    (transport.weight_ports; any free one if empty), settings from the `weights` section (`wc`)."""
     chooser = Ports(host, ports)
 
-    def open_link(gid: int, workers: int) -> GeneratorLink:
-        info = trainer_init_info(backend, host, chooser.take(), workers, wc.bucket_bytes, wc.timeout_s)
+    def open_link(members: dict[int, int]) -> GeneratorLink:
+        info = trainer_init_info(backend, host, chooser.take(), sum(members.values()), wc.bucket_bytes, wc.timeout_s)
         # NCCL sends from the learner's GPU; gloo from the snapshot's host memory, where it already is
-        return GeneratorLink(info, ControlClient(backend, lambda msg: post(gid, msg)),
+        return GeneratorLink(info, ControlClient(backend, post, members),
                              device if backend == "nccl" else torch.device("cpu"), wc.timeout_s)
 
     return open_link
@@ -154,7 +160,8 @@ def trainer_engine(init_info, client: ControlClient, source: SnapshotSource):
 
 
 class GeneratorLink:
-    """One generator's weight group (learner side) and the thread that feeds it.
+    """One weight group (learner side: its generators are the control client's members) and the thread
+    that feeds it.
 
     Joining and each broadcast are bounded by `timeout_s` (weights.timeout_s): past it, `failure()`
     reports a TimeoutError and shuts the group down, which for vLLM's NCCL engine aborts the
@@ -245,6 +252,11 @@ class GeneratorLink:
             getattr(engine, "abort", engine.shutdown)()
         return self.error
 
+    @property
+    def ended(self) -> bool:
+        """Its thread is gone (closed or failed, and out of any broadcast)."""
+        return not self._thread.is_alive()
+
     def wait_joined(self, timeout: float) -> bool:
         """Block until the generator has joined the weight group (True), the link failed, or `timeout`."""
         with self._cv:
@@ -289,7 +301,7 @@ def await_generator(endpoint, gid: int, backend: str = "gloo", bucket_bytes: int
         up = any(getattr(m, "generator_id", None) == gid and getattr(m, "status", "") != "starting"
                  for m in endpoint.recv(20))
     link = opener(backend, WeightsConfig(timeout_s=timeout_s, bucket_bytes=bucket_bytes), endpoint.addresses.host,
-                  torch.device("cpu"), endpoint.post)(gid, 1)
+                  torch.device("cpu"), endpoint.post)({gid: 1})
     while not link.joined and link.error is None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"generator {gid} never joined its weight group")

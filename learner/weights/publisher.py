@@ -1,7 +1,7 @@
 """The one owner of the weights that leave the learner: it decides when to snapshot them, sends them
-to every generator over its link (learner/weights/links.py), and checks from the generators'
-heartbeats that each really holds them, by comparing the probe log-probs a generator reports with
-the learner's own (pipeline/probe.py).
+to the generators over their weight groups (learner/weights/groups.py: one shared by the pool, or one
+each), and checks from the generators' heartbeats that each really holds them, by comparing the probe
+log-probs a generator reports with the learner's own (pipeline/probe.py).
 
 A snapshot is a copy of the weights in host memory (so training may go on) plus the probe log-probs a
 generator must report back for that version. Versions go out every `learner.sync_every` steps, and
@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from learner.training.clock import StageClock
 from learner.observe.stats import RunStats
-from learner.weights.links import GeneratorLink, Snapshot, take_snapshot
+from learner.weights.groups import WeightGroups
+from learner.weights.links import Snapshot, take_snapshot
 from pipeline.messages import Heartbeat
 from pipeline.probe import PROBE_TOLERANCE, PROBE_TOLERANCE_GPU, probe_matches
 
@@ -29,15 +30,13 @@ PROBES_KEPT = 64
 
 class WeightPublisher:
     def __init__(self, trainer, dtype: str, sync_every: int, steps: int,
-                 open_link: Callable[[int, int], GeneratorLink], stats: RunStats, clock: StageClock,
-                 wake: Callable[[], None]):
-        """`open_link(generator, workers)`: a weight link to a generator whose engine has `workers`
-        worker processes; `stats`: where versions published, verified and mismatched are counted;
-        `clock`: charged for probe checks; `wake`: tells the loop a snapshot is ready to go out."""
+                 groups: WeightGroups, stats: RunStats, clock: StageClock, wake: Callable[[], None]):
+        """`groups`: the generators' weight groups; `stats`: where versions published, verified and
+        mismatched are counted; `clock`: charged for probe checks; `wake`: tells the loop a snapshot
+        is ready to go out."""
         self.trainer, self.dtype = trainer, dtype
         self.sync_every, self.steps = sync_every, steps
-        self.open_link, self.stats, self.clock, self.wake = open_link, stats, clock, wake
-        self.links: dict[int, GeneratorLink] = {}  # one per joined generator
+        self.groups, self.stats, self.clock, self.wake = groups, stats, clock, wake
         self.checked: dict[int, int] = {}  # generator -> newest version whose probe was compared
         self.no_probe: set[int] = set()  # generators that report no probe at all (the benchmark's stand-in engine)
         self.probes: dict[int, list[float]] = {trainer.version: trainer.probe_logprobs()}
@@ -52,26 +51,25 @@ class WeightPublisher:
     # ---- membership: the supervisor says who joined and who is gone -------------------------------
 
     def join(self, gid: int, workers: int, version: int) -> None:
-        """Open generator `gid`'s link (WeightInit goes out); it holds `version` already."""
-        self.links[gid] = link = self.open_link(gid, workers)
-        link.version = version
+        """Generator `gid`'s engine is up and holds `version`: it enters a weight group (WeightInit)."""
+        self.groups.join(gid, workers, version)
 
     def leave(self, gid: int) -> None:
         self.checked.pop(gid, None)
-        if gid in self.links:
-            self.links.pop(gid).close()
+        self.groups.leave(gid)
 
     def joined(self, gid: int) -> bool:
-        """Its weight group is formed."""
-        return gid in self.links and self.links[gid].joined
+        """It is in a weight group."""
+        return self.groups.joined(gid)
 
     def handed(self, gid: int) -> int:
-        """The newest version handed to generator `gid`'s link (-1: none)."""
-        return self.links[gid].version if gid in self.links else -1
+        """The newest version handed to generator `gid` (-1: none)."""
+        return self.groups.handed(gid)
 
-    def failure(self, gid: int) -> BaseException | None:
-        """Why generator `gid`'s link failed (an error, or a join or broadcast past weights.timeout_s)."""
-        return self.links[gid].failure() if gid in self.links else None
+    def failure(self, gid: int, now: float | None = None) -> BaseException | None:
+        """Why generator `gid` must go: its link failed (an error, or a join or broadcast past
+        weights.timeout_s), or it was cut out of the shared group."""
+        return self.groups.failure(gid, time.monotonic() if now is None else now)
 
     # ---- sending ----------------------------------------------------------------------------------
 
@@ -110,7 +108,7 @@ class WeightPublisher:
     def _free_buffer(self) -> Snapshot | None:
         """A retired snapshot that no link is sending (its memory takes the next copy); at most one
         such spare is kept, so the host holds the current snapshot, those still being sent, and one."""
-        busy = [link.sending for link in list(self.links.values())]
+        busy = self.groups.sending()
         free = [old for old in self._retired if not any(old is b for b in busy)]
         for extra in free[1:]:
             self._retired.remove(extra)  # released
@@ -121,17 +119,16 @@ class WeightPublisher:
         behind the newest published version (it restarted or joined) gets them at once; the others
         when they are due."""
         due = self.due(version)
-        targets = [gid for gid, link in self.links.items()
-                   if link.ready and link.version < version and (due or link.version < self.latest)]
-        if not targets:
+        links = self.groups.behind(version if due else self.latest)
+        if not links:
             return
         if self.snapshot is None or (due and self.snapshot.version != version):
             if step_running:
                 return  # a step is changing the weights: its worker snapshots them once it is done
             self.take_snapshot()
-        for gid in targets:
-            if self.links[gid].version < self.snapshot.version:
-                self.links[gid].submit(self.snapshot)
+        for link in links:
+            if link.version < self.snapshot.version:
+                self.groups.submit(link, self.snapshot)
 
     def finish(self, version: int, heard: Callable[[], set[int]], poll: Callable[[int], object],
                timeout_s: float = 60.0) -> None:
@@ -148,8 +145,9 @@ class WeightPublisher:
 
     def on_heartbeat(self, hb: Heartbeat) -> None:
         """Check a probe a generator reports for the first time (none from one already let go)."""
-        if hb.status == "stopping" and hb.generator_id not in self.links:
-            return
+        self.groups.observe(hb, time.monotonic())
+        if hb.status == "stopping" and self.groups.handed(hb.generator_id) < 0:
+            return  # the last word of one already let go
         if hb.status in ("ready", "generating") and not hb.probe_logprobs:
             self.no_probe.add(hb.generator_id)  # an engine with nothing to score by (the stand-in): never waited for
         if hb.probe_logprobs and hb.probe_version > self.checked.get(hb.generator_id, -1):
@@ -171,19 +169,14 @@ class WeightPublisher:
             self.stats.weights_mismatch += 1
             log.error("generator %d: weights of version %d differ from the learner's (probe log-probs "
                       "differ by up to %.2e)", gid, version, diff)
+            self.groups.cut(gid, f"its weights of version {version} differ from the learner's (probe: {diff:.2e})")
         return ok
 
     def all_hold(self, version: int, heard: set[int]) -> bool:
         """Every link has been sent `version`, and every generator `heard` from has reported its probe."""
-        return (all(link.ready and link.version == version for link in self.links.values())
+        return (self.groups.all_handed(version)
                 and all(self.checked.get(gid, -1) >= version for gid in heard - self.no_probe))
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """End every link and wait (up to `timeout_s` in all) for their threads to release their groups:
-        a group torn down on a thread the interpreter is leaving behind aborts the process."""
-        for link in self.links.values():
-            link.close()
-        deadline = time.monotonic() + timeout_s
-        for gid, link in self.links.items():
-            if not link.close(timeout=max(0.0, deadline - time.monotonic())):
-                log.warning("weight link of generator %d still busy at exit", gid)
+        """End every link and wait (up to `timeout_s` in all) for their threads to release their groups."""
+        self.groups.close(timeout_s)

@@ -170,6 +170,10 @@ class WeightsConfig(Section):
                                                          "learner on a GPU")] = "auto"
     bucket_bytes: Annotated[int, Meta(ge=1 << 20), D("weights travel packed in buckets of this size (the learner's "
                                                      "extra memory is a bucket or two)")] = 64 << 20
+    group: Annotated[Literal["shared", "own"], D("shared: one weight group for the pool, each version leaves the "
+                                                 "learner once, a member that fails is cut out and the group "
+                                                 "re-formed; own: a group per generator, a version leaves once "
+                                                 "per generator (README, GPU pools)")] = "shared"
 
 
 class ScheduleConfig(Section):

@@ -15,11 +15,12 @@ from learner.orchestration.supervisor import Supervisor
 from learner.training.checkpoint import Checkpoints
 from learner.training.groups import GroupBuffer
 from learner.training.stepper import Stepper
+from learner.weights.groups import OwnGroups
 from learner.weights.publisher import WeightPublisher
 from pipeline.config import from_dict
 from pipeline.messages import Heartbeat
 from tests.builders import lease_book, rollout, rule
-from tests.doubles import GatedTrainer, HeldWriter, QueueEndpoint, RecordingLink, ScriptedLauncher
+from tests.doubles import GatedTrainer, HeldWriter, QueueEndpoint, ScriptedLauncher, recording_link
 
 
 def _learner(tmp_path, launcher=None, gated=False, **sections) -> tuple[Learner, QueueEndpoint, GatedTrainer]:
@@ -35,7 +36,7 @@ def _learner(tmp_path, launcher=None, gated=False, **sections) -> tuple[Learner,
     intake = Intake(leases, tracker, buffer, stats, rule(cfg), cfg.dapo, lc.group_size, lc.groups_per_step, 1.0)
     lag = lag_control(lc, cfg.dapo, cfg.run.seed, 8, leases, buffer, intake.record_visit, intake.count_filtered)
     intake.in_arrival_order = lag.on_arrival
-    weights = WeightPublisher(trainer, "float32", lc.sync_every, lc.steps, RecordingLink, stats, clock, endpoint.wake)
+    weights = WeightPublisher(trainer, "float32", lc.sync_every, lc.steps, OwnGroups(recording_link), stats, clock, endpoint.wake)
     supervisor = Supervisor(cfg.generator, endpoint.send, on_gone=None, weights=weights)
     stepper = Stepper(trainer, endpoint.wake)
     writer = HeldWriter(lambda: stepper)

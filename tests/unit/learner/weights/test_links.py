@@ -47,7 +47,7 @@ class _Weights:
 
 def test_the_control_client_speaks_in_messages_and_each_update_carries_its_version():
     posted = []
-    client = ControlClient("gloo", posted.append)
+    client = ControlClient("gloo", lambda gid, msg: posted.append(msg), {0: 1})
     client.init_weight_transfer_engine({"master_port": 1})
     client.version = 7
     client.start_weight_update()
@@ -89,7 +89,7 @@ def _link(timeout_s: float):
 
     outbox = Outbox()
     info = trainer_init_info("gloo", "127.0.0.1", free_port(), 1, 1 << 20, timeout_s)
-    return GeneratorLink(info, ControlClient("gloo", outbox)), outbox
+    return GeneratorLink(info, ControlClient("gloo", lambda gid, msg: outbox(msg), {0: 1})), outbox
 
 
 class _Big:

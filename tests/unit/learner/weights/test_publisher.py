@@ -5,6 +5,7 @@ import pytest
 
 from learner.training.clock import StageClock
 from learner.observe.stats import Arrivals, RunStats
+from learner.weights.groups import OwnGroups
 from learner.weights.publisher import WeightPublisher
 from pipeline.messages import Heartbeat
 from pipeline.probe import probe_matches
@@ -14,11 +15,13 @@ from tests.doubles import ProbeTrainer, RecordingLink
 def _publisher(trainer=None, sync_every=1, steps=10):
     stats, links = RunStats(Arrivals(1.0)), {}
 
-    def open_link(gid, workers):
+    def open_link(members):
+        (gid, workers), = members.items()
         links[gid] = RecordingLink(gid, workers)
         return links[gid]
 
-    pub = WeightPublisher(trainer or ProbeTrainer(), "float32", sync_every, steps, open_link, stats, StageClock(),
+    pub = WeightPublisher(trainer or ProbeTrainer(), "float32", sync_every, steps, OwnGroups(open_link), stats,
+                          StageClock(),
                           wake=lambda: None)
     return pub, stats, links
 
