@@ -63,7 +63,7 @@ class Generator:
         self.verifier = Verifier(cfg.generator.verifier_timeout_s)
         self.tokenizer = self.engine.tokenizer
         self.status = "joining"  # engine up: the learner opens its weight group now
-        self._join(self._await_weight_init(cfg.weights.timeout_s))
+        self._first_join(cfg.weights.timeout_s, cfg.generator.start_timeout_s)
 
     def heartbeat(self) -> None:
         self.endpoint.send_control(Heartbeat(
@@ -78,20 +78,40 @@ class Generator:
         self._inbox.append(msg)
         self._heard = time.monotonic()
 
-    def _await_weight_init(self, timeout_s: float) -> WeightInit:
-        """The learner answers this generator's first heartbeat with the weight group to join (a
-        generator started by hand joins a running run the same way, and then gets the newest weights)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def _first_join(self, silence_s: float, patience_s: float) -> None:
+        """The learner answers this generator's heartbeats with the weight group to join (a generator
+        started by hand joins a running run the same way, and then gets the newest weights); a shared
+        group lets it in once its running broadcast is over. A group that fails to form (the learner
+        re-formed a shared group meanwhile) is followed by another. The wait ends the process when the
+        learner is silent for `silence_s` (weights.timeout_s), or past `patience_s` in all
+        (generator.start_timeout_s)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return self._join(self._await_weight_init(silence_s, deadline))
+            except (TimeoutError, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a group given up on by the learner; another follows
+                log.warning("generator %d: could not join the weight group (%s); waiting for the next", self.id, exc)
+
+    def _await_weight_init(self, silence_s: float, deadline: float) -> WeightInit:
+        """The newest weight group the learner has asked this generator to join."""
+        heard = time.monotonic()
+        while time.monotonic() < min(deadline, heard + silence_s):
             self.heartbeat()
+            inits = []
             for msg in self._received(200):
+                heard = time.monotonic()  # its answers (Alive) say a run is going on there
                 if isinstance(msg, WeightInit):
-                    return msg
+                    inits.append(msg)
                 if isinstance(msg, Stop):
                     raise SystemExit(f"generator {self.id}: the learner refused it ({msg.reason})")
+            if inits:
+                return inits[-1]  # the learner has given up on the others
+        why = (f"silent for {silence_s:.0f} s (weights.timeout_s)" if time.monotonic() < deadline
+               else "none within generator.start_timeout_s")
         raise TimeoutError(f"generator {self.id}: no weight group from the learner at {self.addresses.control()} "
-                           f"in {timeout_s:.0f} s (weights.timeout_s); is a run going on there, and is "
-                           f"--generator-id {self.id} free?")
+                           f"({why}); is a run going on there, and is --generator-id {self.id} free?")
 
     def _join(self, init: WeightInit) -> None:
         """Join the learner's weight group (all of the engine's workers), then report the probe of the
@@ -117,13 +137,15 @@ class Generator:
         return kept + self.endpoint.recv(0 if kept else timeout_ms)
 
     def _drain_messages(self, timeout_ms: int) -> None:
-        for msg in self._received(timeout_ms):
+        messages = self._received(timeout_ms)
+        newest_init = next((m for m in reversed(messages) if isinstance(m, WeightInit)), None)
+        for msg in messages:
             self._heard = time.monotonic()
             if isinstance(msg, Assignment):
                 self.pending.append(msg)
             elif isinstance(msg, WeightUpdate):
                 self.updates.append(msg)
-            elif isinstance(msg, WeightInit):
+            elif msg is newest_init:  # an older WeightInit's group was given up on by the learner
                 self._rejoin(msg)
             elif isinstance(msg, Stop):
                 self.stopping = True

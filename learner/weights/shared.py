@@ -6,10 +6,11 @@ A broadcast needs every member, so the group's membership is what this module ke
 
 - **Forming.** The group is formed, and re-formed, only between broadcasts: a new link (fresh port,
   fresh key) with every member's workers at consecutive ranks (learner/weights/links.py,
-  `ControlClient`). A generator whose engine comes up waits for the next re-form: at once when the
-  pool has no group, when it already holds what the group holds, or when the group has to be re-formed
-  anyway; else right before the next version goes out, so a newcomer never costs the pool a broadcast
-  of its own. It is then sent the newest version, never an older one.
+  `ControlClient`). A generator whose engine comes up enters at the first re-form after its running
+  broadcast, and is sent the newest version at once, never an older one. The others receive that
+  version again (a collective needs them all): one broadcast per join or restart, the price of not
+  keeping a newcomer idle until the next version (exact lag control waits for every generator to
+  hold the version its next wave is leased under, so an idle newcomer would stall the run).
 - **Cutting out.** A broadcast that fails (an error, or past `weights.timeout_s`) is pinned on the
   members that held it up: those not heard from for `stale_s` (dead, stopped, hung), and, when it
   timed out, those that never started receiving it (their heartbeats say what they receive). They
@@ -95,12 +96,13 @@ class SharedGroup:
         now = time.monotonic()
         self._review(now)
         link = self.link
-        if link is None or link.sending is None:  # between broadcasts: the only time to re-form
-            newcomers_ready = self.waiting and all(self.held[g] >= target for g in self.waiting)
-            going_out = link is not None and link.version < target
-            if self.dirty or (self.waiting and (link is None or going_out or newcomers_ready)):
-                self._form(now)
-                link = self.link
+        # Re-formed only between broadcasts, and for newcomers only once the formation has formed: one
+        # abandoned mid-rendezvous holds its members in that rendezvous until their timeout.
+        idle = link is None or (link.joined and link.sending is None)
+        forming = link is not None and not link.joined
+        if (self.waiting and idle) or (self.dirty and (idle or forming)):
+            self._form(now)
+            link = self.link
         return [link] if link is not None and link.ready and link.version < target else []
 
     def submit(self, link: GeneratorLink, snapshot: Snapshot) -> None:

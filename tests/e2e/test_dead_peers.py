@@ -37,7 +37,10 @@ def wide_model(tmp_path_factory):
 
 
 def test_a_generator_stopped_mid_broadcast_costs_its_link_not_a_step_and_is_restarted(wide_model, tmp_path, caplog):
-    cfg = make_config(tmp_path, *WIDE, "--learner.steps", "100000", "--generator.count", "2", "--eval.final", "false",
+    """With a weight group of its own (weights.group = own; a shared group's faults:
+    tests/e2e/test_shared_group.py)."""
+    cfg = make_config(tmp_path, *WIDE, "--weights.group", "own", "--learner.steps", "100000", "--generator.count", "2",
+                      "--eval.final", "false",
                       "--learner.checkpoint_every", "0", "--learner.groups_per_step", "2", "--weights.timeout_s", "10",
                       "--weights.bucket_bytes", str(4 << 20), "--generator.heartbeat_timeout_s", "600")
     cfg.run_dir.mkdir(parents=True)

@@ -36,27 +36,27 @@ def _send(pool, link, version):
     pool.submit(link, Snapshot(version, []))
 
 
-def test_newcomers_enter_between_broadcasts_and_a_late_one_waits_for_the_next_version():
+def test_newcomers_enter_between_broadcasts_and_a_late_one_is_sent_the_newest_version_at_once():
     pool, formed = _pool()
     pool.join(0, 1, 0)
-    assert pool.behind(0) == [] and len(formed) == 1 and formed[0].members == {0: 1}  # no group yet: formed at once
+    assert pool.behind(0) == [] and len(formed) == 1 and formed[0].members == {0: 1}
+    pool.join(1, 2, 0)  # its two workers after generator 0's
+    assert pool.behind(0) == [] and len(formed) == 1  # not while the formation is still forming
     formed[0].joined = True
-    pool.join(1, 2, 0)  # holds what the group holds: let in at once, its two workers after generator 0's
     assert pool.behind(0) == [] and formed[1].members == {0: 1, 1: 2} and formed[0].closed
     formed[1].joined = True
     _send(pool, formed[1], 1)
     assert pool.handed(0) == pool.handed(1) == 1 and not pool.all_handed(1)  # being sent
     pool.join(2, 1, 0)  # a restarted generator at its start version, mid-broadcast
     assert pool.behind(1) == [] and len(formed) == 2  # never re-formed while a broadcast runs
-    formed[1].sending = None
-    assert pool.behind(1) == [] and len(formed) == 2  # not due: it waits for the next version, costing no broadcast
     assert not pool.joined(2) and pool.handed(2) == 0
-    assert pool.behind(2) == [] and formed[2].members == {0: 1, 1: 2, 2: 1}  # version 2 goes out: re-formed first
-    assert formed[2].version == 0  # the newest of what all members surely hold
+    formed[1].sending = None
+    assert pool.behind(1) == [] and formed[2].members == {0: 1, 1: 2, 2: 1}  # re-formed once it is over
+    assert formed[2].version == 0 and pool.handed(0) == 1  # the newest all members surely hold; 0 keeps its 1
     formed[2].joined = True
-    _send(pool, formed[2], 2)  # it gets the newest version, never one between
+    _send(pool, formed[2], 1)  # the newest version, never one between: the others receive it again
     formed[2].sending = None
-    assert pool.behind(2) == [] and pool.all_handed(2) and pool.held == {0: 2, 1: 2, 2: 2}
+    assert pool.behind(1) == [] and pool.all_handed(1) and pool.held == {0: 1, 1: 1, 2: 1}
 
 
 def test_a_broadcast_past_its_timeout_cuts_out_the_silent_and_the_absent_and_the_rest_get_it_in_a_new_group():
