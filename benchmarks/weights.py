@@ -1,18 +1,96 @@
 """`run.py bench weights`: one version of the weights into a running vLLM engine through vLLM's
 weight-transfer protocol, beside a bare broadcast of the same buckets; the learner's extra memory
-during the send; and seconds per version against the number of generators, one group each (what the
-learner does) beside one group shared by all."""
+during the send; and, for a pool of 1, 2, 4 and 8 receivers (processes of their own:
+benchmarks/receivers.py), the seconds per version, the bytes that leave the learner's process and
+its extra memory, with one group shared by the pool (weights.group = "shared") beside a group each
+("own")."""
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from benchmarks.timing import median_time, print_table
 
 LATE_S = 0.5
+POOL = (1, 2, 4, 8)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sent_bytes() -> int:
+    """Bytes this process has written through write-like calls so far (gloo's TCP pairs send with
+    writev, which this counts): what left the learner's process."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+
+
+class ReceiverProcesses:
+    """vLLM's client protocol for a group whose receivers are `count` processes, one rank each
+    (benchmarks/receivers.py): the init info starts them, each update is a line on their stdin."""
+
+    def __init__(self, count: int):
+        self.count, self.procs = count, []
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        for i in range(self.count):
+            info = json.dumps({**init_info, "rank_offset": init_info["rank_offset"] + i})
+            self.procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.receivers", info],
+                                               stdin=subprocess.PIPE, text=True, cwd=ROOT))
+
+    def start_weight_update(self) -> None:
+        pass
+
+    def update_weights(self, update_info: dict) -> None:
+        line = json.dumps(update_info) + "\n"
+        for p in self.procs:
+            p.stdin.write(line)
+            p.stdin.flush()
+
+    def finish_weight_update(self, weight_version=None) -> None:
+        pass
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.stdin.close()
+        for p in self.procs:
+            p.wait(60)
+
+
+def _pool(source, n: int, shared: bool, trials: int, bucket_bytes: int, model_bytes: int) -> dict:
+    """One version to `n` receivers, `trials` times: its median seconds (until every receiver has
+    it), the bytes that left this process per version over the model's, this process's extra memory."""
+    clients = [ReceiverProcesses(n)] if shared else [ReceiverProcesses(1) for _ in range(n)]
+    with ThreadPoolExecutor(len(clients)) as exe:  # each rendezvous waits for its receivers to start
+        senders = list(exe.map(lambda c: _sender(source, c, c.count + 1, bucket_bytes), clients))
+    try:
+        def version() -> float:
+            t0 = time.perf_counter()
+
+            def one(sender) -> None:
+                sender.send_weights()
+                sender.group.pg.barrier().wait()  # every receiver has it
+
+            threads = [threading.Thread(target=one, args=(s,)) for s in senders]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+            return time.perf_counter() - t0
+
+        version()  # warm-up: first-touch of the receivers' buffers
+        sent0 = _sent_bytes()
+        with PeakMemory() as peak:
+            times = [version() for _ in range(trials)]
+        return {"s": statistics.median(times), "sent_x": (_sent_bytes() - sent0) / trials / model_bytes,
+                "extra_mb": peak.extra_mb}
+    finally:
+        for c in clients:
+            c.close()
 
 
 def _rss() -> int:
@@ -114,7 +192,7 @@ def _per_version(senders) -> tuple[float, float]:
     return time.perf_counter() - t0, statistics.mean(got)
 
 
-def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...] = (1, 2, 4)) -> dict:
+def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...] = POOL) -> dict:
     import torch
 
     from actors.engine import Engine
@@ -175,36 +253,42 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
     assert engine.weight_version == version[0]
     full_s, bare_s = statistics.median(t_full[1:]), statistics.median(t_bare[1:])
 
-    # one version to N generators: N groups (one per generator) beside one group of N + 1 ranks; and
-    # the same with one generator LATE_S late to its safe point: a shared group holds every other
-    # generator's update until the late one joins
-    scaling, late = {}, {}
-    for n in counts:
-        own = [_sender(source, BareWorkers(1), 2, bucket_bytes) for _ in range(n)]
-        shared = [_sender(source, BareWorkers(n), n + 1, bucket_bytes)]
-        scaling[n] = (statistics.median(_per_version(own)[0] for _ in range(trials)),
-                      statistics.median(_per_version(shared)[0] for _ in range(trials)))
-        if n > 1:
-            own = [_sender(source, BareWorkers(1, LATE_S if i == 0 else 0.0), 2, bucket_bytes) for i in range(n)]
-            shared = [_sender(source, BareWorkers(n, LATE_S), n + 1, bucket_bytes)]
-            late[n] = (statistics.median(_per_version(own)[1] for _ in range(trials)),
-                       statistics.median(_per_version(shared)[1] for _ in range(trials)))
+    # one version to a pool of N receivers: one group of N + 1 ranks beside N groups of 2
+    pool = {n: {mode: _pool(source, n, mode == "shared", trials, bucket_bytes, snapshot.nbytes)
+                for mode in ("shared", "own")} for n in counts}
+    # and with one generator LATE_S late to its safe point: a shared group holds every other
+    # generator's update until the late one joins (threads in this process, as before)
+    late = {}
+    for n in (4,):
+        own = [_sender(source, BareWorkers(1, LATE_S if i == 0 else 0.0), 2, bucket_bytes) for i in range(n)]
+        shared = [_sender(source, BareWorkers(n, LATE_S), n + 1, bucket_bytes)]
+        late[n] = (statistics.median(_per_version(own)[1] for _ in range(trials)),
+                   statistics.median(_per_version(shared)[1] for _ in range(trials)))
 
+    big = max(counts)
     out = {"model_mb": model_mb, "seconds": full_s, "bare_seconds": bare_s, "ratio": bare_s / full_s,
-           "peak_extra_mb": peak.extra_mb, "scaling": scaling, "late": late}
+           "peak_extra_mb": peak.extra_mb, "pool": pool, "late": late,
+           "pool_ratio": pool[1]["shared"]["s"] / pool[big]["shared"]["s"]}
     print_table([
         ("weights", f"{sum(t.numel() for _, t in snapshot.weights) / 1e6:.1f} M parameters, {model_mb:.0f} MB "
                     f"({cfg.model.dtype}), buckets of {bucket_bytes / 1e6:.0f} MB"),
         ("broadcast + load into vLLM", f"{full_s:.3f} s  ({model_mb / full_s:.0f} MB/s)"),
         ("bare broadcast, same buckets", f"{bare_s:.3f} s  ({model_mb / bare_s:.0f} MB/s)"),
         ("peak extra memory, one send", f"{peak.extra_mb:.0f} MB (sender and receiver; the model: {model_mb:.0f} MB)"),
-        *[(f"{n} generator(s): s per version", f"{own:.3f} one group each, {shared:.3f} one shared group")
-          for n, (own, shared) in scaling.items()],
-        *[(f"{n}, one {LATE_S:g} s late: mean s to have it", f"{own:.3f} one group each, {shared:.3f} one shared group")
+        *[(f"{n} receiver(s): s per version", f"{p['shared']['s']:.3f} one shared group, {p['own']['s']:.3f} a group each")
+          for n, p in pool.items()],
+        *[(f"{n} receiver(s): sent by the learner", f"{p['shared']['sent_x']:.2f} x the model shared, "
+                                                    f"{p['own']['sent_x']:.2f} x a group each") for n, p in pool.items()],
+        *[(f"{n} receiver(s): learner's extra memory", f"{p['shared']['extra_mb']:.0f} MB shared, "
+                                                       f"{p['own']['extra_mb']:.0f} MB a group each")
+          for n, p in pool.items()],
+        *[(f"{n}, one {LATE_S:g} s late: mean s to have it", f"{own:.3f} a group each, {shared:.3f} one shared group")
           for n, (own, shared) in late.items()],
     ])
     print(f"RESULT ratio={out['ratio']:.3f} seconds={full_s:.3f} peak_extra_mb={peak.extra_mb:.0f} "
-          f"model_mb={model_mb:.0f} " + " ".join(f"own_s_{n}={o:.3f} shared_s_{n}={s:.3f}"
-                                                for n, (o, s) in scaling.items())
+          f"model_mb={model_mb:.0f} pool_ratio={out['pool_ratio']:.3f} "
+          + " ".join(f"shared_s_{n}={p['shared']['s']:.3f} own_s_{n}={p['own']['s']:.3f}" for n, p in pool.items())
+          + f" learner_sent_x_{big}={pool[big]['shared']['sent_x']:.2f} own_sent_x_{big}={pool[big]['own']['sent_x']:.2f}"
+          + f" learner_extra_mb_{big}={pool[big]['shared']['extra_mb']:.0f} own_extra_mb_{big}={pool[big]['own']['extra_mb']:.0f}"
           + "".join(f" late_own_s_{n}={o:.3f} late_shared_s_{n}={s:.3f}" for n, (o, s) in late.items()))
     return out

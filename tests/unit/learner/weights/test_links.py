@@ -57,6 +57,16 @@ def test_the_control_client_speaks_in_messages_and_each_update_carries_its_versi
     assert posted[0].backend == "gloo" and posted[1].version == 7 and client.posted == 7
 
 
+def test_a_shared_groups_client_puts_each_generators_workers_at_consecutive_ranks_and_tells_every_one():
+    posted = []
+    client = ControlClient("gloo", lambda gid, msg: posted.append((gid, msg)), {4: 2, 1: 1, 7: 3})
+    client.init_weight_transfer_engine({"master_port": 9, "rank_offset": 1, "world_size": 7})
+    assert [(gid, m.info["rank_offset"], m.info["world_size"]) for gid, m in posted] == [(4, 1, 7), (1, 3, 7), (7, 4, 7)]
+    client.version = 3
+    client.update_weights({"names": ["a"]})
+    assert [(gid, m.version) for gid, m in posted[3:]] == [(4, 3), (1, 3), (7, 3)]
+
+
 def test_backend_choice_and_init_info():
     assert choose_backend("auto", torch.device("cpu")) == "gloo"
     assert choose_backend("auto", torch.device("cuda", 1)) == "nccl"
