@@ -38,6 +38,23 @@ def tiny_model(tmp_path_factory) -> str:
     return prepare_model(make_config(tmp_path_factory.mktemp("model")), progress=False)
 
 
+# The stand-in engine (actors/standin.py), for tests whose subject is not sampling: restarts take seconds.
+STANDIN = ["--standin-delay", "0.05"]
+# Wider than the default tiny model: 59 MB of float32 weights, more than loopback sockets buffer,
+# so a broadcast to a generator that does not read blocks in the middle (as it would on a GPU).
+WIDE = ["--model.tiny.hidden_size", "512", "--model.tiny.intermediate_size", "4096", "--model.tiny.num_heads", "4",
+        "--model.tiny.num_kv_heads", "4"]
+
+
+@pytest.fixture(scope="session")
+def wide_model(tmp_path_factory) -> str:
+    """An untrained tiny model of the WIDE shape (built once per session)."""
+    from pipeline.models import build_tiny_model
+
+    cfg = make_config(tmp_path_factory.mktemp("wide"), *WIDE)
+    return str(build_tiny_model(tmp_path_factory.mktemp("wide-model"), cfg.model, seed=0))
+
+
 @pytest.fixture(scope="session")
 def engine(tiny_model, tmp_path_factory):
     """One real in-process vLLM engine on the tiny model (an engine per process is the vLLM norm)."""

@@ -18,23 +18,9 @@ from learner.weights.links import await_generator, take_snapshot
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
 from pipeline.messages import WeightUpdate
-from pipeline.models import build_tiny_model
 from pipeline.transport import LearnerEndpoint
 from pipeline.weight_wire import buckets, describe
-from tests.conftest import ROOT, balanced, make_config, run_pipeline, wait_for
-
-STANDIN = ["--standin-delay", "0.05"]
-# Wider than the default tiny model: 59 MB of float32 weights, more than loopback sockets buffer,
-# so a broadcast to a generator that does not read blocks in the middle (as it would on a GPU).
-WIDE = ["--model.tiny.hidden_size", "512", "--model.tiny.intermediate_size", "4096", "--model.tiny.num_heads", "4",
-        "--model.tiny.num_kv_heads", "4"]
-
-
-@pytest.fixture(scope="module")
-def wide_model(tmp_path_factory):
-    cfg = make_config(tmp_path_factory.mktemp("wide"), *WIDE)
-    return str(build_tiny_model(tmp_path_factory.mktemp("wide-model"), cfg.model, seed=0))
-
+from tests.conftest import ROOT, STANDIN, WIDE, balanced, make_config, run_pipeline, wait_for
 
 def test_a_generator_stopped_mid_broadcast_costs_its_link_not_a_step_and_is_restarted(wide_model, tmp_path, caplog):
     """With a weight group of its own (weights.group = own; a shared group's faults:

@@ -13,11 +13,9 @@ from learner.session import open_learner
 from learner.orchestration.supervisor import SupervisorError
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
-from tests.conftest import balanced, make_config, wait_for
+from tests.conftest import STANDIN, balanced, make_config, wait_for
 from tests.e2e.killer import Killer
 from tests.doubles import FailingStartLauncher
-
-STANDIN = ["--standin-delay", "0.05"]
 
 
 def standin(cfg, addresses) -> Launcher:

@@ -10,15 +10,12 @@ import os
 import signal
 import threading
 
-import pytest
-
 from learner.observe.events import StepStarted
 from learner.session import open_learner
 from learner.weights.shared import SharedGroup
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
-from tests.conftest import balanced, make_config, run_pipeline, wait_for
-from tests.e2e.test_dead_peers import STANDIN, WIDE, wide_model  # noqa: F401 - the fixture
+from tests.conftest import STANDIN, WIDE, balanced, make_config, run_pipeline, wait_for
 
 FOUR = ["--generator.count", "4", "--learner.groups_per_step", "4", "--eval.final", "false",
         "--learner.checkpoint_every", "0"]
