@@ -121,3 +121,12 @@ def test_a_member_whose_probe_differs_is_cut_out_and_a_leaver_re_forms_the_group
     pool.join(2, 1, 0)
     pool.leave(0)  # the only member left: the next broadcast would wait for it
     assert pool.behind(0) == [] and formed[2].members == {2: 1}
+    formed[2].joined = True
+    pool.join(3, 1, 0)
+    pool.behind(0)
+    formed[3].joined = True
+    _send(pool, formed[3], 1)
+    pool.leave(3)  # gone cleanly mid-broadcast: the broadcast ends (or fails) before any re-form
+    assert pool.behind(1) == [] and len(formed) == 4 and pool.handed(2) == 1
+    formed[3].sending = None
+    assert pool.behind(1) == [] and formed[4].members == {2: 1} and pool.handed(2) == 1  # it kept what it got
