@@ -46,7 +46,7 @@ class SharedGroup:
         self.waiting: dict[int, int] = {}  # generators up since it formed, to enter at the next re-form
         self.held: dict[int, int] = {}  # the version each generator surely holds (its start, or a completed broadcast)
         self.heard: dict[int, float] = {}  # when each was last heard from
-        self.receiving: dict[int, int] = {}  # the version each last said it was receiving (-1: none)
+        self.arrived: set[int] = set()  # members that said they were receiving the running broadcast
         self.cut_off: dict[int, BaseException] = {}  # cut out: the supervisor ends them
         self.closing: list[GeneratorLink] = []  # earlier formations, until their threads end
         self.dirty = False  # a member left: re-form before the next broadcast
@@ -61,8 +61,9 @@ class SharedGroup:
         self.waiting[gid], self.held[gid], self.heard[gid] = workers, version, time.monotonic()
 
     def leave(self, gid: int) -> None:
-        for table in (self.waiting, self.held, self.heard, self.receiving, self.cut_off):
+        for table in (self.waiting, self.held, self.heard, self.cut_off):
             table.pop(gid, None)
+        self.arrived.discard(gid)
         if self.members.pop(gid, None) is not None:
             self.dirty = True
 
@@ -78,7 +79,9 @@ class SharedGroup:
     def observe(self, hb: Heartbeat, now: float) -> None:
         if hb.generator_id in self.held:
             self.heard[hb.generator_id] = now
-            self.receiving[hb.generator_id] = hb.receiving
+            link = self.link
+            if link is not None and link.sending is not None and hb.receiving == link.version >= 0:
+                self.arrived.add(hb.generator_id)  # sticky: one whose receive failed since did arrive
 
     def cut(self, gid: int, why: str) -> None:
         if gid in self.members or gid in self.waiting:
@@ -106,6 +109,7 @@ class SharedGroup:
         return [link] if link is not None and link.ready and link.version < target else []
 
     def submit(self, link: GeneratorLink, snapshot: Snapshot) -> None:
+        self.arrived.clear()
         link.submit(snapshot)
 
     def sending(self) -> list[Snapshot]:
@@ -153,7 +157,7 @@ class SharedGroup:
         broadcasting = link.joined
         for gid in self.members:
             silent = now - self.heard.get(gid, 0.0) > self.stale_s
-            absent = timed_out and broadcasting and self.receiving.get(gid, -1) != link.version
+            absent = timed_out and broadcasting and gid not in self.arrived
             if (silent or absent) and gid not in self.cut_off:
                 why = (f"not heard from for {now - self.heard.get(gid, 0.0):.0f} s" if silent
                        else f"it never started receiving version {link.version}")

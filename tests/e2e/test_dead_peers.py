@@ -134,8 +134,9 @@ def test_a_generator_whose_learner_ends_mid_transfer_leaves_by_itself(wide_model
     if learner_end == "silent":
         assert rc == 75, text[-3000:]  # ended by its beacon from inside the transfer
         assert "while receiving version 1" in text and took >= learner_timeout, (took, text[-3000:])
-    else:
-        assert rc != 0 and took < learner_timeout + 60, (rc, took, text[-3000:])
+    else:  # its receive fails at once (it samples nothing on torn weights), then it leaves by itself
+        assert "receiving version 1 failed" in text and "no word from the learner" in text, text[-3000:]
+        assert took < learner_timeout + 60, (rc, took, text[-3000:])
 
 
 class _Weights:

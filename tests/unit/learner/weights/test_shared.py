@@ -67,7 +67,8 @@ def test_a_broadcast_past_its_timeout_cuts_out_the_silent_and_the_absent_and_the
     formed[0].joined = True
     _send(pool, formed[0], 4)
     now = time.monotonic()
-    _beat(pool, 0, receiving=4, at=now)  # receiving, and heard from: not to blame
+    _beat(pool, 0, receiving=4, at=now)  # receiving, and heard from: not to blame ...
+    _beat(pool, 0, receiving=-1, at=now)  # ... even once its receive failed (a peer downstream died)
     _beat(pool, 1, receiving=-1, at=now)  # alive, but never came to receive (a long drain)
     _beat(pool, 2, receiving=4, at=now - 2 * STALE_S)  # stopped inside the transfer
     formed[0].error = TimeoutError("the broadcast of version 4 took over 10 s (weights.timeout_s)")
