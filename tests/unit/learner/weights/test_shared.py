@@ -36,6 +36,17 @@ def _send(pool, link, version):
     pool.submit(link, Snapshot(version, []))
 
 
+def _three_sending(held: int, version: int):
+    """Generators 0, 1, 2 (holding `held`) in a formed group that is sending them `version`."""
+    pool, formed = _pool()
+    for gid in (0, 1, 2):
+        pool.join(gid, 1, held)
+    pool.behind(held)
+    formed[0].joined = True
+    _send(pool, formed[0], version)
+    return pool, formed
+
+
 def test_newcomers_enter_between_broadcasts_and_a_late_one_is_sent_the_newest_version_at_once():
     pool, formed = _pool()
     pool.join(0, 1, 0)
@@ -60,12 +71,7 @@ def test_newcomers_enter_between_broadcasts_and_a_late_one_is_sent_the_newest_ve
 
 
 def test_a_broadcast_past_its_timeout_cuts_out_the_silent_and_the_absent_and_the_rest_get_it_in_a_new_group():
-    pool, formed = _pool()
-    for gid in (0, 1, 2):
-        pool.join(gid, 1, 3)
-    pool.behind(3)
-    formed[0].joined = True
-    _send(pool, formed[0], 4)
+    pool, formed = _three_sending(3, 4)
     now = time.monotonic()
     _beat(pool, 0, receiving=4, at=now)  # receiving, and heard from: not to blame ...
     _beat(pool, 0, receiving=-1, at=now)  # ... even once its receive failed (a peer downstream died)
@@ -86,12 +92,7 @@ def test_a_broadcast_past_its_timeout_cuts_out_the_silent_and_the_absent_and_the
 
 
 def test_a_failure_by_error_waits_for_the_dead_to_be_found_and_one_nobody_caused_re_forms_with_everyone():
-    pool, formed = _pool()
-    for gid in (0, 1, 2):
-        pool.join(gid, 1, 0)
-    pool.behind(0)
-    formed[0].joined = True
-    _send(pool, formed[0], 1)
+    pool, formed = _three_sending(0, 1)
     now = time.monotonic()
     for gid in (0, 1, 2):
         _beat(pool, gid, receiving=1, at=now)
