@@ -90,20 +90,37 @@ def test_curve_lets_keyed_peers_in_and_refuses_others(tmp_path):
         LearnerEndpoint("127.0.0.1", 0, 0, 4096, curve_dir=str(tmp_path / "missing"))
 
 
+def _bindable(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def test_weight_ports_come_from_the_configured_range_in_turn_skipping_ports_held_elsewhere():
     import socket
 
-    from pipeline.transport import Ports, free_port
+    from pipeline.transport import Ports
 
-    base = free_port()
+    # Below the kernel's ephemeral range, so no connection elsewhere on a busy machine takes these ports
+    # between the test's checks (the suite's other processes open sockets all the time).
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral = int(f.read().split()[0])
     held = socket.socket()
     try:
-        for first in range(base, base + 50):  # a range of three whose middle port someone else holds
+        for first in range(ephemeral - 3000, ephemeral - 3, 3):  # a range of three whose middle port is held
             try:
                 held.bind(("127.0.0.1", first + 1))
-                break
             except OSError:
                 continue
+            if all(_bindable(port) for port in (first, first + 2)):
+                break
+            held.close()
+            held = socket.socket()
         held.listen()
         ports = Ports("127.0.0.1", [first, first + 2])
         assert [ports.take() for _ in range(4)] == [first, first + 2, first, first + 2]
