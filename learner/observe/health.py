@@ -18,7 +18,7 @@ WRITE_EVERY_S = 5.0
 
 
 class GeneratorHealth(msgspec.Struct, kw_only=True):
-    state: str  # up | starting | restarting | cooling
+    state: str  # up | starting | restarting | cooling | torn (a failed receive: waits for a whole version)
     restarts_last_hour: int = 0
     cooling: str = ""  # why it rests (over which budget, its exit code and last log line)
     retry_in_s: float | None = None  # when it is tried again

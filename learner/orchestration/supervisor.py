@@ -222,7 +222,7 @@ class Supervisor:
             life, info = self.lives.get(gid), self.generators.get(gid)
             up = info is not None and info.status in ("ready", "generating", "updating")
             state = ("cooling" if life and life.cooling else "restarting" if life and life.restart_at is not None
-                     else "up" if up else "starting")
+                     else "up" if up else "torn" if info is not None and info.status == "torn" else "starting")
             out[gid] = GeneratorHealth(
                 state=state, restarts_last_hour=len(life.deaths) if life else 0, cooling=life.cooling if life else "",
                 retry_in_s=max(0.0, life.restart_at - now) if life and life.cooling else None,
