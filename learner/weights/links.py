@@ -215,7 +215,10 @@ class GeneratorLink:
                     self._cv.notify_all()
         except BaseException as exc:  # noqa: BLE001 - surfaced through .error; the learner restarts it
             with self._cv:
-                self.error = self.error or exc
+                # kept without its traceback: the failed broadcast's frames hold its gloo work, which
+                # keeps the group's sockets open, and the other members of a shared group would wait
+                # on them until their own timeout instead of failing now
+                self.error = self.error or exc.with_traceback(None)
                 self._cv.notify_all()
             log.warning("weight link on port %d ended: %s", self.port, exc)
         finally:
