@@ -86,13 +86,8 @@ class Generator:
         learner is silent for `silence_s` (weights.timeout_s), or past `patience_s` in all
         (generator.start_timeout_s)."""
         deadline = time.monotonic() + patience_s
-        while True:
-            try:
-                return self._join(self._await_weight_init(silence_s, deadline))
-            except (TimeoutError, SystemExit):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a group given up on by the learner; another follows
-                log.warning("generator %d: could not join the weight group (%s); waiting for the next", self.id, exc)
+        while not self._rejoin(self._await_weight_init(silence_s, deadline)):
+            pass
 
     def _await_weight_init(self, silence_s: float, deadline: float) -> WeightInit:
         """The newest weight group the learner has asked this generator to join."""
@@ -121,14 +116,17 @@ class Generator:
         if not self.torn:
             self.probe = (self.version, self.engine.probe())
 
-    def _rejoin(self, init: WeightInit) -> None:
-        """A new group from the learner (it re-formed the shared one, or restarted this one's link).
-        Failing to join costs nothing held: the learner re-forms the group again, or restarts us."""
+    def _rejoin(self, init: WeightInit) -> bool:
+        """Join a group from the learner (the first, one it re-formed, or a restarted link's); whether
+        it formed. Failing to join costs nothing held: the learner re-forms the group again, or
+        restarts us."""
         self.updates.clear()
         try:
             self._join(init)
+            return True
         except Exception as exc:  # noqa: BLE001 - a peer that died during the rendezvous; the learner re-forms
-            log.warning("generator %d: could not join the new weight group (%s); waiting for the next", self.id, exc)
+            log.warning("generator %d: could not join the weight group (%s); waiting for the next", self.id, exc)
+            return False
 
     def _received(self, timeout_ms: int) -> list:
         """What the beacon kept while the loop was away, then what the channel holds now."""
