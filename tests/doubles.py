@@ -162,7 +162,7 @@ class RecordingMembership:
     def handed(self, gid: int) -> int:
         return 0
 
-    def failure(self, gid: int) -> BaseException | None:
+    def failure(self, gid: int, now: float | None = None) -> BaseException | None:
         return self.failures.get(gid)
 
 

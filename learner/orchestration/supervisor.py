@@ -44,7 +44,7 @@ class Membership(Protocol):
     def leave(self, gid: int) -> None: ...
     def joined(self, gid: int) -> bool: ...
     def handed(self, gid: int) -> int: ...
-    def failure(self, gid: int) -> BaseException | None: ...
+    def failure(self, gid: int, now: float) -> BaseException | None: ...
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Supervisor:
         now = time.monotonic() if now is None else now
         timeout = self.gc.heartbeat_timeout_s
         for gid in sorted(self.joined | set(self.generators)):
-            info, error = self.generators.get(gid), self.weights.failure(gid)
+            info, error = self.generators.get(gid), self.weights.failure(gid, now)
             failed = error is not None
             silent = info is not None and now - info.last_seen > timeout
             if failed or silent:

@@ -54,6 +54,7 @@ class SharedGroup:
         self.forming_since: float | None = None
         self.formations = 0  # groups formed over the run (each logged with how long it took)
         self.recovering: tuple[float, int] | None = None  # (when, version) of a failed broadcast, until it lands
+        self._reviewed_at: float | None = None  # the supervisor asks after every member at one tick's `now`
 
     # ---- membership -------------------------------------------------------------------------------
 
@@ -128,10 +129,11 @@ class SharedGroup:
 
     def _review(self, now: float) -> None:
         """Record what the current formation has achieved; on its failure, cut out whoever held it up
-        and re-form with the rest."""
+        and re-form with the rest (once per moment: asked for each member, it answers from the first)."""
         link = self.link
-        if link is None:
+        if link is None or now == self._reviewed_at:
             return
+        self._reviewed_at = now
         if link.joined and self.forming_since is not None:
             log.info("weight group %d formed in %.2f s: %d generators, %d ranks", self.formations,
                      now - self.forming_since, len(self.members), 1 + sum(self.members.values()))
