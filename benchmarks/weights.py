@@ -24,6 +24,13 @@ POOL = (1, 2, 4, 8)
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _each_on_a_thread(fn, items) -> None:
+    """`fn(item)` for every item at once, each on a thread of its own; returns when all are done."""
+    threads = [threading.Thread(target=fn, args=(item,)) for item in items]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+
+
 def _sent_bytes() -> int:
     """Bytes this process has written through write-like calls so far (gloo's TCP pairs send with
     writev, which this counts): what left the learner's process."""
@@ -77,9 +84,7 @@ def _pool(source, n: int, shared: bool, trials: int, bucket_bytes: int, model_by
                 sender.send_weights()
                 sender.group.pg.barrier().wait()  # every receiver has it
 
-            threads = [threading.Thread(target=one, args=(s,)) for s in senders]
-            [t.start() for t in threads]
-            [t.join() for t in threads]
+            _each_on_a_thread(one, senders)
             return time.perf_counter() - t0
 
         version()  # warm-up: first-touch of the receivers' buffers
@@ -135,9 +140,7 @@ class BareWorkers:
         self.done_at: list[float] = []  # when each worker had the whole update
 
     def _each(self, fn) -> None:
-        threads = [threading.Thread(target=fn, args=(r,)) for r in range(self.workers)]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
+        _each_on_a_thread(fn, range(self.workers))
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         from pipeline.collective import WeightGroup
@@ -185,9 +188,7 @@ def _per_version(senders) -> tuple[float, float]:
     """(seconds for one version to reach every generator, mean seconds until a generator has it),
     each sender on its own thread (as the learner's links run)."""
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=s.send_weights) for s in senders]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
+    _each_on_a_thread(lambda s: s.send_weights(), senders)
     got = [t - t0 for s in senders for t in s.client.done_at]
     return time.perf_counter() - t0, statistics.mean(got)
 
