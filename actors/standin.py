@@ -13,7 +13,7 @@ from actors.engine import Completion, Request
 from pipeline.collective import WeightGroup
 from pipeline.messages import WeightUpdate
 from pipeline.models import load_tokenizer
-from pipeline.weight_wire import GlooInit, GlooUpdate, receive
+from pipeline.weight_wire import BucketBuffers, GlooInit, GlooUpdate, receive
 
 
 class StandInEngine:
@@ -69,13 +69,13 @@ class StandInEngine:
     def init_weight_transfer(self, backend: str, info: dict) -> None:
         """Joins the learner's weight group as the gloo engine's one worker would."""
         init = GlooInit(**info)
-        self.bucket_bytes = init.bucket_bytes
+        self.buffers = BucketBuffers(init.bucket_bytes)
         self.group = WeightGroup(init.master_address, init.master_port, init.rank_offset, init.world_size,
                                  init.timeout_s, init.key)
 
     def load_weights(self, update: WeightUpdate) -> None:
         try:
-            receive(self.group, GlooUpdate(**update.info), self.bucket_bytes, lambda tensors: None)
+            receive(self.group, GlooUpdate(**update.info), self.buffers, lambda tensors: None)
         except Exception:
             self.group = None  # as the gloo engine: leave at once (pipeline/weight_transfer.py)
             raise

@@ -14,15 +14,16 @@ import json
 import sys
 
 from pipeline.collective import WeightGroup
-from pipeline.weight_wire import GlooInit, GlooUpdate, receive
+from pipeline.weight_wire import BucketBuffers, GlooInit, GlooUpdate, receive
 
 
 def main(init_json: str) -> None:
     init = GlooInit(**json.loads(init_json))
     group = WeightGroup(init.master_address, init.master_port, init.rank_offset, init.world_size, init.timeout_s,
                         init.key)
+    buffers = BucketBuffers(init.bucket_bytes)
     for line in sys.stdin:
-        receive(group, GlooUpdate(**json.loads(line)), init.bucket_bytes, lambda tensors: None)
+        receive(group, GlooUpdate(**json.loads(line)), buffers, lambda tensors: None)
         group.pg.barrier().wait()
 
 

@@ -131,7 +131,8 @@ class PeakMemory:
 
 class BareWorkers:
     """The receiving side without vLLM: `workers` threads that join the group and receive every
-    bucket into a fresh buffer, then drop it (vLLM's client protocol, structurally)."""
+    bucket into the same two buffers as the gloo engine does, loading nothing (vLLM's client
+    protocol, structurally)."""
 
     def __init__(self, workers: int, late_s: float = 0.0):
         """`late_s`: worker 0 joins each update that late (a generator still finishing a decode step
@@ -144,10 +145,10 @@ class BareWorkers:
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         from pipeline.collective import WeightGroup
-        from pipeline.weight_wire import GlooInit
+        from pipeline.weight_wire import BucketBuffers, GlooInit
 
         info = GlooInit(**init_info)
-        self.bucket_bytes = info.bucket_bytes
+        self.buffers = [BucketBuffers(info.bucket_bytes) for _ in range(self.workers)]
         self.groups = [None] * self.workers
 
         def join(r):
@@ -167,7 +168,7 @@ class BareWorkers:
         def worker(r):
             if r == 0 and self.late_s:
                 time.sleep(self.late_s)
-            receive(self.groups[r], info, self.bucket_bytes, lambda pairs: None)
+            receive(self.groups[r], info, self.buffers[r], lambda pairs: None)
             self.done_at[r] = time.perf_counter()
         self._each(worker)
 
@@ -199,6 +200,7 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
     from actors.engine import Engine
 
     from pipeline.config import GeneratorSettings
+    from learner.training.trainer import host_buffer
     from learner.weights.links import ControlClient, GeneratorLink, SnapshotSource, take_snapshot, trainer_init_info
     from pipeline.messages import WeightInit, WeightUpdate
     from pipeline.models import load_causal_lm
@@ -210,8 +212,11 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
         device = torch.device("cpu")
         model = load_causal_lm(model_path, cfg.model.dtype)
 
-        def host_weights(self, dtype, into=None):
-            return [(n, p.detach().to(dtype).clone()) for n, p in self.model.named_parameters()]
+        def host_weights(self, dtype, into=None):  # laid out as the trainer's: one block
+            into = into or host_buffer([(n, tuple(p.shape)) for n, p in self.model.named_parameters()], dtype, False)
+            for (_, p), (_, host) in zip(self.model.named_parameters(), into):
+                host.copy_(p.detach())
+            return into
 
     snapshot = take_snapshot(1, Learner(), cfg.model.dtype)
     model_mb = snapshot.nbytes / 1e6

@@ -29,7 +29,7 @@ from vllm.distributed.weight_transfer.base import (
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 
 from pipeline.collective import WeightGroup
-from pipeline.weight_wire import DEFAULT_BUCKET_BYTES, GlooInit, GlooUpdate, buckets, describe, receive
+from pipeline.weight_wire import DEFAULT_BUCKET_BYTES, BucketBuffers, GlooInit, GlooUpdate, buckets, describe, receive
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,14 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
     def __init__(self, config, vllm_config, device, model) -> None:
         super().__init__(config, vllm_config, device, model)
         self.group: WeightGroup | None = None
-        self.bucket_bytes = DEFAULT_BUCKET_BYTES
+        self.buffers = BucketBuffers()
 
     def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
         """Join the trainer's group (again, after a restart of the trainer's side) at this worker's rank."""
         p = self.parallel_config
         rank = p.data_parallel_index * p.world_size + p.rank + init_info.rank_offset
         self.shutdown()
-        self.bucket_bytes = init_info.bucket_bytes
+        self.buffers = BucketBuffers(init_info.bucket_bytes)  # held across versions: no page faults per bucket
         self.group = WeightGroup(init_info.master_address, init_info.master_port, rank, init_info.world_size,
                                  init_info.timeout_s, init_info.key)
 
@@ -84,7 +84,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         if self.group is None:
             raise RuntimeError("gloo weight transfer: init_weight_transfer_engine was not called")
         try:
-            receive(self.group, update_info, self.bucket_bytes, self.model.load_weights)
+            receive(self.group, update_info, self.buffers, self.model.load_weights)
         except Exception:
             # Leave the group at once: in a shared group's tree, members downstream of this one wait on
             # its sockets, which close with it, so they fail now rather than at their timeout.
@@ -156,8 +156,9 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         self.client.finish_weight_update()
 
     def _broadcast(self, meta: list[ParamMeta]) -> None:
-        """Each bucket packed from the source as it is iterated, then sent while the next is packed:
-        two buckets beside the source at a time."""
+        """Each bucket taken from the source as it is iterated, then sent while the next is taken: a
+        view where the bucket's tensors lie end to end in one block (a snapshot does), else packed
+        into a buffer of its own (two beside the source at a time)."""
         pairs = iter(self.source)
         sending = None
         for bucket in buckets(meta, self.bucket_bytes):
@@ -168,7 +169,7 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
                     raise ValueError(f"weight source yielded {name} {t.dtype} {tuple(t.shape)} where its metadata "
                                      f"declared {m.name} {m.dtype} {m.shape}")
                 parts.append(t.contiguous().view(-1).view(torch.uint8))
-            packed = torch.cat(parts)
+            packed = _packed(parts)
             del parts
             if sending is not None:
                 sending[0].wait()
@@ -178,6 +179,18 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
 
     def shutdown(self) -> None:
         self.group = None
+
+
+def _packed(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Flat byte tensors as one: a view of their block where each starts at the byte after the
+    previous one's end, as the tensors of a snapshot do (one host block per version:
+    learner/training/trainer.py, `host_buffer`), so sending a bucket copies nothing; else a copy."""
+    storage = parts[0].untyped_storage()
+    if all(p.untyped_storage().data_ptr() == storage.data_ptr() for p in parts) and all(
+            a.data_ptr() + a.numel() == b.data_ptr() for a, b in zip(parts, parts[1:])):
+        offset = parts[0].data_ptr() - storage.data_ptr()
+        return torch.empty(0, dtype=torch.uint8).set_(storage, offset, (sum(p.numel() for p in parts),))
+    return torch.cat(parts)
 
 
 def keep_cpu_weights_reloadable() -> None:

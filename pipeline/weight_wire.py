@@ -95,17 +95,47 @@ def unpack(packed: torch.Tensor, bucket: list[Meta]) -> list[tuple[str, torch.Te
     return [(m.name, p.view(m.dtype).view(m.shape)) for m, p in zip(bucket, parts)]
 
 
-def receive(group: WeightGroup, update: GlooUpdate, bucket_bytes: int,
+class BucketBuffers:
+    """The two host buffers a receiver takes buckets into, kept from one version to the next. A fresh
+    buffer of 64 MB pays its page faults on every bucket: 20 ms to fill here against 6 ms for one
+    used before (docs/results.md, session 13), and every generator receives every version."""
+
+    def __init__(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
+        self.bucket_bytes = bucket_bytes
+        self._held = [torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8)]
+
+    def take(self, i: int, size: int) -> torch.Tensor:
+        """`size` bytes of buffer `i % 2` (grown for a tensor larger than a bucket, which travels alone)."""
+        if self._held[i % 2].numel() < size:
+            self._held[i % 2] = torch.empty(max(size, self.bucket_bytes), dtype=torch.uint8)
+        return self._held[i % 2][:size]
+
+    @property
+    def nbytes(self) -> int:
+        """What the two buffers hold now."""
+        return sum(b.numel() for b in self._held)
+
+    def drop(self) -> None:
+        """Let both go: after a failed receive an abandoned transfer may still write into them."""
+        self._held = [torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8)]
+
+
+def receive(group: WeightGroup, update: GlooUpdate, buffers: BucketBuffers,
             load: Callable[[list[tuple[str, torch.Tensor]]], object]) -> None:
     """Receive an update's buckets in turn, handing each bucket's tensors to `load` (views of the
-    bucket, in host memory). Two buckets at a time: the next arrives while this one loads."""
+    bucket, in host memory, valid only until `load` returns: the buffer takes the bucket after
+    next). Two buckets at a time: the next arrives while this one loads."""
     loading = None
-    for bucket in buckets(update.metas(), bucket_bytes):
-        packed = torch.empty(sum(nbytes(m) for m in bucket), dtype=torch.uint8)
-        arriving = group.start_broadcast(packed)
+    try:
+        for i, bucket in enumerate(buckets(update.metas(), buffers.bucket_bytes)):
+            packed = buffers.take(i, sum(nbytes(m) for m in bucket))
+            arriving = group.start_broadcast(packed)
+            if loading is not None:
+                load(loading)
+            arriving.wait()
+            loading = unpack(packed, bucket)
         if loading is not None:
             load(loading)
-        arriving.wait()
-        loading = unpack(packed, bucket)
-    if loading is not None:
-        load(loading)
+    except BaseException:
+        buffers.drop()
+        raise

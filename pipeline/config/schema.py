@@ -168,8 +168,9 @@ class WeightsConfig(Section):
     backend: Annotated[Literal["auto", "gloo", "nccl"], D("vLLM's weight-transfer engine: nccl (GPU to GPU), gloo "
                                                          "(host memory; CPU, or a shared GPU); auto: nccl from a "
                                                          "learner on a GPU")] = "auto"
-    bucket_bytes: Annotated[int, Meta(ge=1 << 20), D("weights travel packed in buckets of this size (the learner's "
-                                                     "extra memory is a bucket or two)")] = 64 << 20
+    bucket_bytes: Annotated[int, Meta(ge=1 << 20), D("weights travel in buckets of this size (gloo sends each "
+                                                     "straight from the learner's snapshot; a generator holds two "
+                                                     "receive buffers of it)")] = 64 << 20
     group: Annotated[Literal["shared", "own"], D("shared: one weight group for the pool, each version leaves the "
                                                  "learner once, a member that fails is cut out and the group "
                                                  "re-formed; own: a group per generator, a version leaves once "

@@ -10,8 +10,10 @@ from vllm.distributed.weight_transfer.base import ParamMeta
 
 from pipeline.collective import GroupAuthError, WeightGroup
 from pipeline.transport import free_port
-from pipeline.weight_transfer import GlooInitInfo, GlooTrainerInitInfo, GlooTrainerWeightTransferEngine, GlooUpdateInfo
-from pipeline.weight_wire import receive
+from pipeline.weight_transfer import (
+    GlooInitInfo, GlooTrainerInitInfo, GlooTrainerWeightTransferEngine, GlooUpdateInfo, _packed,
+)
+from pipeline.weight_wire import BucketBuffers, GlooUpdate, describe, receive
 
 pytestmark = pytest.mark.unit
 
@@ -46,7 +48,7 @@ class _Workers:
         self.calls.append("init")
         self._each(lambda r: self.groups.__setitem__(r, (WeightGroup(info.master_address, info.master_port,
                                                                      info.rank_offset + r, info.world_size,
-                                                                     key=info.key), info.bucket_bytes)))
+                                                                     key=info.key), BucketBuffers(info.bucket_bytes))))
 
     def start_weight_update(self) -> None:
         self.calls.append("start")
@@ -56,8 +58,8 @@ class _Workers:
         info = GlooUpdateInfo(**update_info)
 
         def worker(r):
-            group, size = self.groups[r]
-            receive(group, info, size, lambda pairs: self.loaded.setdefault(r, []).extend(
+            group, buffers = self.groups[r]
+            receive(group, info, buffers, lambda pairs: self.loaded.setdefault(r, []).extend(
                 (n, t.clone()) for n, t in pairs))
 
         self._each(worker)
@@ -97,6 +99,59 @@ def test_buckets_of_one_size_arrive_and_load_in_the_order_declared():
     assert [n for n, _ in workers.loaded[0]] == [n for n, _ in named]
     for (name, t), (_, got) in zip(named, workers.loaded[0]):
         assert torch.equal(got, t), name
+
+
+def test_a_snapshot_block_is_sent_as_views_and_every_version_arrives_whole():
+    """The learner's snapshot is one host block (host_buffer): its buckets go out as views of it, and
+    the workers' two receive buffers, kept from one version to the next, never mix versions."""
+    from learner.training.trainer import host_buffer
+
+    block = host_buffer([("a", (300,)), ("b", (20, 20)), ("c", (7,)), ("d", (1000,))], torch.float32, pin=False)
+    workers = _Workers(2)
+    engine = GlooTrainerWeightTransferEngine.trainer_init(
+        GlooTrainerInitInfo(master_address="127.0.0.1", master_port=free_port(), world_size=3, bucket_bytes=2000,
+                            timeout_s=60, rank=0),
+        client=workers, source=_Source(block))
+    for version in (1, 2, 3):
+        for i, (_, t) in enumerate(block):
+            t.copy_(torch.randn(t.shape) + 10 * version + i)
+        workers.loaded = {}
+        engine.send_weights()
+        for r in (0, 1):
+            assert [n for n, _ in workers.loaded[r]] == ["a", "b", "c", "d"]
+            for (name, t), (_, got) in zip(block, workers.loaded[r]):
+                assert torch.equal(got, t), (version, r, name)
+    assert all(buffers.nbytes > 0 for _, buffers in workers.groups.values())  # kept for the next version
+
+
+def test_packing_is_a_view_only_where_the_tensors_lie_end_to_end_in_one_block():
+    block = torch.arange(60, dtype=torch.float32)
+    flat = [t.view(torch.uint8) for t in (block[:10], block[10:30], block[30:60])]
+    memory = bytearray(range(10))
+    view = _packed(flat[1:])
+    assert view.data_ptr() == flat[1].data_ptr() and torch.equal(view.view(torch.float32), block[10:60])
+    for parts in ([flat[0], flat[2]], [flat[1], flat[0]],  # a gap; out of order
+                  [torch.ones(5).view(torch.uint8), torch.zeros(5).view(torch.uint8)],  # two blocks
+                  [torch.frombuffer(memory, dtype=torch.uint8, count=5, offset=o) for o in (0, 5)]):  # two, adjacent
+        packed = _packed(parts)
+        assert packed.data_ptr() not in {p.data_ptr() for p in parts}
+        assert torch.equal(packed, torch.cat(parts))
+
+
+def test_receive_buffers_are_reused_grown_for_a_large_tensor_and_dropped_after_a_failure():
+    buffers = BucketBuffers(1024)
+    first, other = buffers.take(0, 1024), buffers.take(1, 512)
+    assert buffers.take(2, 100).data_ptr() == first.data_ptr() and other.data_ptr() != first.data_ptr()
+    assert buffers.take(0, 4096).numel() == 4096 and buffers.nbytes == 4096 + 1024  # a tensor alone in its bucket
+
+    class BrokenGroup:  # test double: a group whose peer is gone
+        def start_broadcast(self, buffer):
+            raise RuntimeError("peer closed the connection")
+
+    update = GlooUpdate(**describe([ParamMeta("a", torch.float32, (8,))]))
+    with pytest.raises(RuntimeError, match="peer closed"):
+        receive(BrokenGroup(), update, buffers, lambda pairs: None)
+    assert buffers.nbytes == 0  # an abandoned transfer may still write into the old ones
 
 
 def test_a_source_that_disagrees_with_its_metadata_is_named():

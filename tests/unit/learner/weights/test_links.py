@@ -136,13 +136,13 @@ def test_ten_links_opened_and_closed_leave_no_thread_and_no_socket_behind():
         return threading.active_count(), len(os.listdir("/proc/self/fd"))
 
     def one_life():
-        from pipeline.weight_wire import GlooUpdate, receive
+        from pipeline.weight_wire import BucketBuffers, GlooUpdate, receive
 
         link, outbox = _link(timeout_s=30.0)
         init, group = _peer(outbox)
         assert link.wait_joined(30)
         link.submit(take_snapshot(1, _Weights(), "float32"))
-        receive(group, GlooUpdate(**outbox.take(WeightUpdate).info), init.bucket_bytes, lambda tensors: None)
+        receive(group, GlooUpdate(**outbox.take(WeightUpdate).info), BucketBuffers(init.bucket_bytes), lambda tensors: None)
         assert link.wait_idle(30) and link.failure() is None
         assert link.close(timeout=30)
         del group, link
