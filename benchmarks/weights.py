@@ -1,14 +1,15 @@
 """`run.py bench weights`: one version of the weights into a running vLLM engine through vLLM's
 weight-transfer protocol, beside a bare broadcast of the same buckets; the learner's extra memory
 during the send; and, for a pool of 1, 2, 4 and 8 receivers (processes of their own:
-benchmarks/receivers.py), the seconds per version, the bytes that leave the learner's process and
-its extra memory, with one group shared by the pool (weights.group = "shared") beside a group each
+benchmarks/receivers.py), the seconds per version, the bytes that leave the learner's process, its
+CPU seconds and its extra memory, with one group shared by the pool (weights.group = "shared") beside a group each
 ("own")."""
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -72,7 +73,8 @@ class ReceiverProcesses:
 
 def _pool(source, n: int, shared: bool, trials: int, bucket_bytes: int, model_bytes: int) -> dict:
     """One version to `n` receivers, `trials` times: its median seconds (until every receiver has
-    it), the bytes that left this process per version over the model's, this process's extra memory."""
+    it), the bytes that left this process per version over the model's, this process's CPU seconds
+    per version and its extra memory."""
     clients = [ReceiverProcesses(n)] if shared else [ReceiverProcesses(1) for _ in range(n)]
     with ThreadPoolExecutor(len(clients)) as exe:  # each rendezvous waits for its receivers to start
         senders = list(exe.map(lambda c: _sender(source, c, c.count + 1, bucket_bytes), clients))
@@ -88,14 +90,22 @@ def _pool(source, n: int, shared: bool, trials: int, bucket_bytes: int, model_by
             return time.perf_counter() - t0
 
         version()  # warm-up: first-touch of the receivers' buffers
-        sent0 = _sent_bytes()
-        with PeakMemory() as peak:
-            times = [version() for _ in range(trials)]
-        return {"s": statistics.median(times), "sent_x": (_sent_bytes() - sent0) / trials / model_bytes,
-                "extra_mb": peak.extra_mb}
+        sent0, cpu0 = _sent_bytes(), _cpu_s()
+        times = [version() for _ in range(trials)]
+        sent, cpu = (_sent_bytes() - sent0) / trials / model_bytes, (_cpu_s() - cpu0) / trials
+        with PeakMemory() as peak:  # apart from the timed versions: its sampling costs CPU too
+            version()
+        return {"s": statistics.median(times), "sent_x": sent, "cpu_s": cpu, "extra_mb": peak.extra_mb}
     finally:
         for c in clients:
             c.close()
+
+
+def _cpu_s() -> float:
+    """CPU seconds this process (the learner's side; the receivers are processes of their own) has
+    used so far, on all its threads: what a version costs the learner, apart from the cores it shares."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _rss() -> int:
@@ -285,6 +295,8 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
           for n, p in pool.items()],
         *[(f"{n} receiver(s): sent by the learner", f"{p['shared']['sent_x']:.2f} x the model shared, "
                                                     f"{p['own']['sent_x']:.2f} x a group each") for n, p in pool.items()],
+        *[(f"{n} receiver(s): learner's CPU per version", f"{p['shared']['cpu_s']:.3f} s shared, "
+                                                         f"{p['own']['cpu_s']:.3f} s a group each") for n, p in pool.items()],
         *[(f"{n} receiver(s): learner's extra memory", f"{p['shared']['extra_mb']:.0f} MB shared, "
                                                        f"{p['own']['extra_mb']:.0f} MB a group each")
           for n, p in pool.items()],
@@ -295,6 +307,7 @@ def bench_weights(cfg, model_path: str, trials: int = 5, counts: tuple[int, ...]
           f"model_mb={model_mb:.0f} pool_ratio={out['pool_ratio']:.3f} "
           + " ".join(f"shared_s_{n}={p['shared']['s']:.3f} own_s_{n}={p['own']['s']:.3f}" for n, p in pool.items())
           + f" learner_sent_x_{big}={pool[big]['shared']['sent_x']:.2f} own_sent_x_{big}={pool[big]['own']['sent_x']:.2f}"
+          + f" learner_cpu_s_{big}={pool[big]['shared']['cpu_s']:.3f} own_cpu_s_{big}={pool[big]['own']['cpu_s']:.3f}"
           + f" learner_extra_mb_{big}={pool[big]['shared']['extra_mb']:.0f} own_extra_mb_{big}={pool[big]['own']['extra_mb']:.0f}"
           + "".join(f" late_own_s_{n}={o:.3f} late_shared_s_{n}={s:.3f}" for n, (o, s) in late.items()))
     return out
