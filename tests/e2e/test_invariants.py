@@ -12,6 +12,7 @@ import zmq
 from learner.observe.events import BatchBuilt, Leased, StepStarted
 from learner.session import open_learner
 from learner.training.trainer import Trainer
+from learner.training.warmstart import prepare_model
 from learner.orchestration.schedule import temperature
 from pipeline.data import load_problems
 from pipeline.messages import Rollout, Sample, encode, pack_floats, pack_ids
@@ -133,20 +134,25 @@ def test_erpo_temperature_path_asynchrony_and_every_outcome(tiny_model, tmp_path
     assert balanced(learner)
 
 
-def test_inflight_updates_train_samples_that_span_two_versions(tiny_model, tmp_path):
+def test_inflight_updates_train_samples_that_span_two_versions(tmp_path):
     """With in-flight updates some trained sample's tokens were sampled under two weight versions,
     and the learner's per-token lags for it are the trained version minus each token's version
     (in drain mode no sample spans two versions)."""
-    # Leases over-provisioned (max_open_groups), so the engine is mid-generation whenever new weights
-    # arrive (with exact dispatch the tiny model finishes its leases before the next version exists).
-    # This run once crashed the generator at each such update: its probe ran `generate` over the
-    # streaming requests (actors/engine.py, `probe`); the restarts hid it.
+    # The tiny model without its warm start writes until max_tokens (its answers would end after 2-4
+    # tokens), so every update finds requests mid-generation: the learner, which trains on 2 of the
+    # 8 groups in flight, always waits on the generator. With the warm-started model a loaded
+    # machine once let the generator finish all it held before each version came: no sample spanned
+    # two. Leases over-provisioned (max_open_groups) for the same reason. This run once crashed the
+    # generator at each such update: its probe ran `generate` over the streaming requests
+    # (actors/engine.py, `probe`); the restarts hid it.
+    untrained = prepare_model(make_config(tmp_path / "model", "--warmstart.enabled", "false"), progress=False)
     cfg = make_config(tmp_path, "--learner.steps", "30", "--learner.groups_per_step", "2", "--learner.group_size", "16",
                       "--learner.max_lag", "3", "--learner.max_open_groups", "32", "--generator.max_inflight", "8",
-                      "--generator.update_mode", "inflight", "--eval.final", "false", "--learner.checkpoint_every", "0")
+                      "--generator.max_tokens", "32", "--generator.update_mode", "inflight", "--eval.final", "false",
+                      "--learner.checkpoint_every", "0")
     cfg.run_dir.mkdir(parents=True)
     recorder = Recorder()
-    learner = open_learner(cfg, tiny_model, load_problems(cfg.data), observer=recorder)
+    learner = open_learner(cfg, untrained, load_problems(cfg.data), observer=recorder)
     stats = run_pipeline(learner, cfg)
     seen = recorder.steps
     spanning = 0
