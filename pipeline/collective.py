@@ -33,6 +33,8 @@ class WeightGroup:
         self.store = dist.TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout,
                                    wait_for_workers=False)
         self.rank, self.world_size = rank, world_size
+        self._tag = 0  # the last bucket's: a send and its receive meet on it
+        self._forwarding: list[tuple[torch.Tensor, object]] = []  # (buffer, its send to rank + 1)
         self.pg = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
         if key:
             self._authenticate(bytes.fromhex(key))
@@ -53,10 +55,49 @@ class WeightGroup:
     def broadcast(self, buffer: torch.Tensor) -> None:
         """Send (rank 0) or receive `buffer` (in host memory); returns once the bytes have moved."""
         self.start_broadcast(buffer).wait()
+        self.settle()
 
     def start_broadcast(self, buffer: torch.Tensor):
-        """The same, returned at once: gloo moves the bytes on its own thread until `.wait()`, so the
-        caller can pack or load another buffer meanwhile."""
-        opts = dist.BroadcastOptions()
-        opts.rootRank = 0
-        return self.pg.broadcast([buffer], opts)
+        """The same, returned at once: gloo moves the bytes on its own threads until `.wait()`, so the
+        caller can pack or load another buffer meanwhile.
+
+        The bytes go down a chain, as NCCL's broadcast goes round a ring: rank 0 sends to rank 1, and
+        each rank passes them on to the next the moment it has them (`.wait()` starts that). So a
+        version leaves the learner once whatever the group's size, no member sends more than once,
+        and while one bucket moves down the chain the next follows it. gloo's own broadcast is a
+        binomial tree: its root sends ceil(log2 N) copies, one child after another
+        (docs/gpu.md, "One group for the pool, or one each")."""
+        self._tag += 1  # every member starts the same buckets in the same order: tags agree
+        if self.rank == 0:
+            return self.pg.send([buffer], 1, self._tag)
+        self.settle(buffer)  # a forward still reading this buffer goes out before new bytes land in it
+        arriving = self.pg.recv([buffer], self.rank - 1, self._tag)
+        if self.rank + 1 == self.world_size:
+            return arriving
+        return _Relay(self, arriving, buffer, self._tag)
+
+    def settle(self, buffer: torch.Tensor | None = None) -> None:
+        """Wait for this member's forwards that read `buffer` (all of them if None). A receive is done
+        only once they are: a forward that fails (the next member died) is this member's failure."""
+        waiting, self._forwarding = self._forwarding, []
+        for held, sending in waiting:
+            if buffer is None or _overlap(held, buffer):
+                sending.wait()
+            else:
+                self._forwarding.append((held, sending))
+
+
+class _Relay:
+    """A receive in the middle of the chain: once its bytes are in, it passes them to the next rank."""
+
+    def __init__(self, group: WeightGroup, arriving, buffer: torch.Tensor, tag: int):
+        self.group, self.arriving, self.buffer, self.tag = group, arriving, buffer, tag
+
+    def wait(self) -> None:
+        self.arriving.wait()
+        g = self.group
+        g._forwarding.append((self.buffer, g.pg.send([self.buffer], g.rank + 1, self.tag)))
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() < b.data_ptr() + b.nbytes and b.data_ptr() < a.data_ptr() + a.nbytes

@@ -136,6 +136,7 @@ def receive(group: WeightGroup, update: GlooUpdate, buffers: BucketBuffers,
             loading = unpack(packed, bucket)
         if loading is not None:
             load(loading)
+        group.settle()  # and passed on down the chain (pipeline/collective.py)
     except BaseException:
         buffers.drop()
         raise
