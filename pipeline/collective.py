@@ -15,6 +15,11 @@ import torch
 import torch.distributed as dist
 
 
+# A bucket goes down the chain in chunks of this size, each passed on as soon as it is in: a member
+# forwards the start of a bucket while the rest of it still arrives.
+CHUNK_BYTES = 4 << 20
+
+
 class GroupAuthError(RuntimeError):
     """A member of a weight group did not present the group's key."""
 
@@ -67,14 +72,16 @@ class WeightGroup:
         and while one bucket moves down the chain the next follows it. gloo's own broadcast is a
         binomial tree: its root sends ceil(log2 N) copies, one child after another
         (docs/gpu.md, "One group for the pool, or one each")."""
-        self._tag += 1  # every member starts the same buckets in the same order: tags agree
+        parts = buffer.view(-1).split(CHUNK_BYTES // buffer.element_size())
+        tags = [self._tag + 1 + i for i in range(len(parts))]  # every member starts the same buffers in
+        self._tag = tags[-1]                                    # the same order: the tags agree
         if self.rank == 0:
-            return self.pg.send([buffer], 1, self._tag)
+            return _All([self.pg.send([part], 1, tag) for part, tag in zip(parts, tags)])
         self.settle(buffer)  # a forward still reading this buffer goes out before new bytes land in it
-        arriving = self.pg.recv([buffer], self.rank - 1, self._tag)
+        arriving = [self.pg.recv([part], self.rank - 1, tag) for part, tag in zip(parts, tags)]
         if self.rank + 1 == self.world_size:
-            return arriving
-        return _Relay(self, arriving, buffer, self._tag)
+            return _All(arriving)
+        return _Relay(self, arriving, parts, tags)
 
     def settle(self, buffer: torch.Tensor | None = None) -> None:
         """Wait for this member's forwards that read `buffer` (all of them if None). A receive is done
@@ -87,16 +94,28 @@ class WeightGroup:
                 self._forwarding.append((held, sending))
 
 
-class _Relay:
-    """A receive in the middle of the chain: once its bytes are in, it passes them to the next rank."""
+class _All:
+    """Transfers that complete together."""
 
-    def __init__(self, group: WeightGroup, arriving, buffer: torch.Tensor, tag: int):
-        self.group, self.arriving, self.buffer, self.tag = group, arriving, buffer, tag
+    def __init__(self, works: list):
+        self.works = works
 
     def wait(self) -> None:
-        self.arriving.wait()
+        for work in self.works:
+            work.wait()
+
+
+class _Relay:
+    """A receive in the middle of the chain: each chunk is passed to the next rank once it is in."""
+
+    def __init__(self, group: WeightGroup, arriving: list, parts: list[torch.Tensor], tags: list[int]):
+        self.group, self.arriving, self.parts, self.tags = group, arriving, parts, tags
+
+    def wait(self) -> None:
         g = self.group
-        g._forwarding.append((self.buffer, g.pg.send([self.buffer], g.rank + 1, self.tag)))
+        for work, part, tag in zip(self.arriving, self.parts, self.tags):
+            work.wait()
+            g._forwarding.append((part, g.pg.send([part], g.rank + 1, tag)))
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
