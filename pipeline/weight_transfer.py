@@ -86,7 +86,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         try:
             receive(self.group, update_info, self.buffers, self.model.load_weights)
         except Exception:
-            # Leave the group at once: in a shared group's tree, members downstream of this one wait on
+            # Leave the group at once: in a shared group's chain, members downstream of this one wait on
             # its sockets, which close with it, so they fail now rather than at their timeout.
             self.shutdown()
             raise

@@ -1,6 +1,6 @@
 """One weight group for the whole pool (`weights.group = "shared"`): a version leaves the learner once,
-whatever the pool's size (gloo and vLLM's NCCL engine broadcast down a tree or a ring; README, "GPU
-pools", gives the figures).
+whatever the pool's size (down a chain over gloo, pipeline/collective.py; round a ring in vLLM's NCCL
+engine; README, "GPU pools", gives the figures).
 
 A broadcast needs every member, so the group's membership is what this module keeps right:
 
