@@ -18,6 +18,7 @@ import torch.distributed as dist
 # A bucket goes down the chain in chunks of this size, each passed on as soon as it is in: a member
 # forwards the start of a bucket while the rest of it still arrives.
 CHUNK_BYTES = 4 << 20
+TAG_LIMIT = 1 << 31  # gloo's point-to-point tags are signed 32-bit
 
 
 class GroupAuthError(RuntimeError):
@@ -73,8 +74,10 @@ class WeightGroup:
         binomial tree: its root sends ceil(log2 N) copies, one child after another
         (docs/gpu.md, "One group for the pool, or one each")."""
         parts = buffer.view(-1).split(CHUNK_BYTES // buffer.element_size())
-        tags = [self._tag + 1 + i for i in range(len(parts))]  # every member starts the same buffers in
-        self._tag = tags[-1]                                    # the same order: the tags agree
+        # every member starts the same buffers in the same order, so the tags agree; they wrap at
+        # gloo's limit (a 7B model over gloo would pass it in weeks of versions)
+        tags = [(self._tag + 1 + i) % TAG_LIMIT for i in range(len(parts))]
+        self._tag = tags[-1]
         if self.rank == 0:
             return _All([self.pg.send([part], 1, tag) for part, tag in zip(parts, tags)])
         self.settle(buffer)  # a forward still reading this buffer goes out before new bytes land in it

@@ -77,3 +77,14 @@ def test_a_member_passes_a_bucket_on_before_its_buffer_takes_the_next():
     for r in (1, 2, 3):
         assert [n for n, _ in loaded[r]] == [n for n, _ in named]
         assert all(torch.equal(got, t) for (_, t), (_, got) in zip(named, loaded[r])), r
+
+
+def test_chunk_tags_wrap_at_gloos_limit_and_the_bytes_still_arrive():
+    """A long run passes gloo's largest tag (2**31 - 1): the tags wrap and every rank agrees."""
+    groups = _groups(3)
+    for g in groups:
+        g._tag = (1 << 31) - 3  # three chunks before the limit
+    sent = torch.randint(0, 255, (6 * 4 * MB,), dtype=torch.uint8)  # six chunks
+    got = [torch.empty_like(sent) for _ in range(3)]
+    _on_threads(lambda r: groups[r].broadcast(sent if r == 0 else got[r]), range(3))
+    assert torch.equal(got[1], sent) and torch.equal(got[2], sent)
