@@ -39,7 +39,7 @@ class WeightGroup:
         self.store = dist.TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout,
                                    wait_for_workers=False)
         self.rank, self.world_size = rank, world_size
-        self._tag = 0  # the last bucket's: a send and its receive meet on it
+        self._tag = 0  # the last chunk's: a send and its receive meet on their tag
         self._forwarding: list[tuple[torch.Tensor, object]] = []  # (buffer, its send to rank + 1)
         self.pg = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
         if key:
