@@ -151,10 +151,12 @@ class Generator:
     def _apply_updates(self) -> None:
         if self.cfg.generator.update_mode == "drain" and self.running and not self.torn:
             return  # drain first: every sample of a running group stays on one version
-        if (self.updates and not self.torn
-                and any(a.wave_size and a.policy_version < self.updates[0].version for a in self.pending)):
-            return  # a wave leased under the weights held now is sampled under them (exact lag control)
         while self.updates:
+            if not self.torn and any(a.wave_size and a.policy_version < self.updates[0].version for a in self.pending):
+                # a wave leased under the weights held now is sampled under them (exact lag control),
+                # checked before each update: a generator that was stopped may find two queued
+                # (a shared group's learner sends the next once the first member has the last)
+                return
             update = self.updates.popleft()
             if update.version < self.version:
                 log.warning("generator %d: ignoring weight update %d (have %d)", self.id, update.version,
