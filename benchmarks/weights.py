@@ -2,8 +2,8 @@
 weight-transfer protocol, beside a bare broadcast of the same buckets; the learner's extra memory
 during the send; and, for a pool of 1, 2, 4 and 8 receivers (processes of their own:
 benchmarks/receivers.py), the seconds per version, the bytes that leave the learner's process, its
-CPU seconds and its extra memory, with one group shared by the pool (weights.group = "shared") beside a group each
-("own")."""
+CPU seconds and its extra memory, with one group shared by the pool (weights.group = "shared")
+beside a group each ("own")."""
 
 from __future__ import annotations
 
