@@ -102,7 +102,7 @@ class BucketBuffers:
 
     def __init__(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
         self.bucket_bytes = bucket_bytes
-        self._held = [torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8)]
+        self.drop()  # none until the first bucket: a generator that never receives holds nothing
 
     def take(self, i: int, size: int) -> torch.Tensor:
         """`size` bytes of buffer `i % 2` (grown for a tensor larger than a bucket, which travels alone)."""
