@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import msgspec
@@ -29,9 +30,11 @@ class MetricsLog:
                 import wandb
 
                 os.environ.setdefault("WANDB_SILENT", "true")
-                # one wandb run per run folder: a resumed run continues it (its id is kept beside the metrics)
+                # one wandb run per run folder: a resumed run continues it (its id is kept beside the
+                # metrics). The id is made here, not by wandb's helpers, which move between releases
+                # (`wandb.util.generate_id` is gone from 0.31): any 8 lowercase hex characters will do.
                 id_file = path.parent / "wandb_id"
-                run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+                run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
                 id_file.write_text(run_id)
                 self.wandb = wandb.init(project="rlvr", name=run_name, mode=wandb_mode, config=config,
                                         dir=str(path.parent), reinit="finish_previous", id=run_id, resume="allow")

@@ -41,3 +41,26 @@ def test_what_an_operator_must_see_is_alerted(tmp_path):
     log.alert("generator 1 retired", "failed to start 3 times in a row")
     assert log.wandb.alerts == [("generator 1 retired", "failed to start 3 times in a row")]
     log.close()
+
+
+def test_the_real_wandb_writes_each_step_offline_and_a_resume_continues_the_same_run(tmp_path):
+    from tests.wandb_records import read_run
+
+    path = tmp_path / "metrics.jsonl"
+    first = MetricsLog(path, use_wandb=True, wandb_mode="offline", run_name="r", config={"lr": 1e-4})
+    assert first.wandb is not None, "wandb did not start (see the warning logged above)"
+    for step in (1, 2, 3):
+        first.log(step, {"loss": 0.5 / step})
+    first.close()
+    again = MetricsLog(path, use_wandb=True, wandb_mode="offline", run_name="r", config={"lr": 1e-4},
+                       resumed_at=2, checkpoint="step-00000002")
+    for step in (3, 4):
+        again.log(step, {"loss": 0.1 * step})
+    again.close()
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"), key=lambda p: read_run(p).history[0][0])
+    assert len(runs) == 2
+    a, b = (read_run(p) for p in runs)
+    assert a.run_id == b.run_id == (tmp_path / "wandb_id").read_text()  # the resume continues the run
+    assert [s for s, _ in a.history] == [1, 2, 3] and [s for s, _ in b.history] == [3, 4]
+    assert float(a.history[1][1]["loss"]) == 0.25 and float(b.history[1][1]["loss"]) == 0.4
+    assert float(a.config["lr"]) == 1e-4
