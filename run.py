@@ -102,11 +102,25 @@ def cmd_generate(args, overrides: list[str]) -> int:
         from actors.standin import StandInEngine
 
         engine = StandInEngine(args.model_path, args.standin_delay)
-    generator = Generator(cfg, args.generator_id, addresses, args.model_path, backend, args.initial_version, engine)
-    # SIGTERM: leave the run cleanly (the learner re-issues this generator's leases at once)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(generator, "stopping", True))
-    generator.run()
+    try:
+        generator = Generator(cfg, args.generator_id, addresses, args.model_path, backend, args.initial_version,
+                              engine)
+        # SIGTERM: leave the run cleanly (the learner re-issues this generator's leases at once)
+        signal.signal(signal.SIGTERM, lambda *_: setattr(generator, "stopping", True))
+        generator.run()
+    except Exception as exc:  # noqa: BLE001 - said in one line, last, where the learner reads it
+        logging.getLogger("actors.generator").exception("generator %d failed", args.generator_id)
+        # the log's last line is what the learner shows for this death (Supervisor._died)
+        print(f"generator {args.generator_id} failed: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr,
+              flush=True)
+        return 1
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error that says something (compiler errors run to hundreds of lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else repr(exc)
 
 
 def _sampled_model(args, overrides: list[str]):

@@ -43,6 +43,17 @@ class _NoChatWarmup(logging.Filter):
 logging.getLogger("vllm.renderers.base").addFilter(_NoChatWarmup())
 
 
+def eager_where_compilation_fails() -> None:
+    """vLLM compiles a few small helpers with torch.compile even in eager mode (the log-prob ranks of
+    `batched_count_greater_than`, a sampling kernel). Where inductor's C++ build fails on a CPU (seen
+    with ATEN_CPU_CAPABILITY=default: "'at::vec' has not been declared"), the engine's first step
+    raised, and the generator never got ready. With dynamo's errors suppressed, a helper that does not
+    compile runs eagerly instead (dynamo logs why, once per helper) and nothing else changes."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+
+
 class Engine:
     def __init__(self, cfg: GeneratorSettings, model_path: str, seed: int, weights_backend: str = "gloo",
                  initial_version: int = 0):
@@ -56,6 +67,7 @@ class Engine:
         from pipeline.weight_transfer import register
 
         register()  # here too, not only as the plugin vLLM loads: an uninstalled checkout still works
+        eager_where_compilation_fails()
 
         gen = cfg.generator
         if not generator_resolved(gen):

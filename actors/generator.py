@@ -108,25 +108,21 @@ class Generator:
         raise TimeoutError(f"generator {self.id}: no weight group from the learner at {self.addresses.control()} "
                            f"({why}); is a run going on there, and is --generator-id {self.id} free?")
 
-    def _join(self, init: WeightInit) -> None:
-        """Join the learner's weight group (all of the engine's workers), then report the probe of the
-        weights held."""
-        with self.beacon.covering("joining the weight group"):
-            self.engine.init_weight_transfer(init.backend, init.info)
-        if not self.torn:
-            self.probe = (self.version, self.engine.probe())
-
     def _rejoin(self, init: WeightInit) -> bool:
-        """Join a group from the learner (the first, one it re-formed, or a restarted link's); whether
-        it formed. Failing to join costs nothing held: the learner re-forms the group again, or
-        restarts us."""
+        """Join a group from the learner (the first, one it re-formed, or a restarted link's), then
+        report the probe of the weights held; whether the group formed. Failing to join costs nothing
+        held: the learner re-forms the group again, or restarts us. The probe is the engine's own first
+        forward pass, outside that: an engine that cannot run ends the process, and says why."""
         self.updates.clear()
         try:
-            self._join(init)
-            return True
+            with self.beacon.covering("joining the weight group"):
+                self.engine.init_weight_transfer(init.backend, init.info)
         except Exception as exc:  # noqa: BLE001 - a peer that died during the rendezvous; the learner re-forms
             log.warning("generator %d: could not join the weight group (%s); waiting for the next", self.id, exc)
             return False
+        if not self.torn:
+            self.probe = (self.version, self.engine.probe())
+        return True
 
     def _received(self, timeout_ms: int) -> list:
         """What the beacon kept while the loop was away, then what the channel holds now."""

@@ -47,8 +47,9 @@ class Watch:
         if now - self.last_rollout > lc.idle_timeout_s:
             seen = generators(now)
             self.write(version, stats, leases, seen)
-            states = {g: h.state for g, h in seen.items()}
-            raise StallError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s); generators: {states}")
+            states = {g: h.state + (f" (last error: {h.last_error})" if h.last_error else "") for g, h in seen.items()}
+            raise StallError(f"no rollout for {lc.idle_timeout_s:.0f}s (learner.idle_timeout_s); generators: {states}; "
+                             f"their logs: {self.run_dir / 'generator-<id>.log'}")
         if now - self._written > health.WRITE_EVERY_S:
             self.write(version, stats, leases, generators(now))
 

@@ -131,3 +131,39 @@ def test_inflight_mode_updates_under_running_groups(harness):
     assert ev.index(("submit", 1)) < ev.index(("load", 1)) < ev.index(("submit", 2)) < ev.index(("done", 1))
     assert harness.gen.version == 1
     assert harness.ep.rejected.total == 0  # every frame the generator sent was well-formed
+
+
+class EngineThatCannotRun(StandInEngine):
+    """The stand-in, except that its first forward pass (the probe after joining) fails, as vLLM's
+    did where its compiled kernels would not build on a CPU."""
+
+    def probe(self, version: int = 0) -> list[float]:
+        raise RuntimeError("backend='inductor' raised: CppCompileError")
+
+
+def test_an_engine_that_cannot_run_ends_the_generator_saying_why(tmp_path, tiny_model):
+    """A failure of the engine's own first forward pass is not a failed rendezvous: the generator
+    stops with the engine's error (it used to wait for another weight group, for ever, while the
+    learner saw it 'starting')."""
+    cfg = make_config(tmp_path)
+    ep = LearnerEndpoint("127.0.0.1", 0, 0, cfg.transport.max_frame_bytes)
+    failed: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            Generator(GeneratorSettings.of(cfg), 0, ep.addresses, tiny_model, engine=EngineThatCannotRun(tiny_model, 0.1))
+        except BaseException as exc:  # noqa: BLE001 - what the generator process would die of
+            failed.append(exc)
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    link = await_generator(ep, 0, bucket_bytes=1 << 20, timeout_s=60)
+    try:
+        end = time.monotonic() + 60
+        while thread.is_alive() and time.monotonic() < end:
+            ep.recv(20)  # the learner's side goes on answering
+        assert not thread.is_alive(), "the generator went on waiting after its engine failed"
+        assert [str(e) for e in failed] == ["backend='inductor' raised: CppCompileError"]
+    finally:
+        link.close()
+        ep.close()
