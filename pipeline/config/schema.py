@@ -64,7 +64,12 @@ class WarmStartConfig(Section):
     """A short supervised phase, so the tiny model solves a fair share of prompts before RL."""
 
     enabled: Annotated[bool, D("warm-start the tiny model (ignored for a real model)")] = True
-    steps: Annotated[NonNegInt, D("supervised steps")] = 300
+    steps: Annotated[NonNegInt, D("supervised steps (with until_accuracy: at most this many)")] = 300
+    until_accuracy: Annotated[float, Meta(ge=0, le=1), D(
+        "stop once greedy accuracy on held-apart problems reaches this (checked every check_every steps), so "
+        "every seed and CPU starts RL from about the same skill; 0: run all steps")] = 0.0
+    check_every: Annotated[PosInt, D("steps between those checks")] = 25
+    check_size: Annotated[PosInt, D("held-apart problems in each check")] = 128
     batch_size: Annotated[PosInt, D("examples per supervised step")] = 64
     lr: Annotated[PosFloat, D("its learning rate")] = 1e-3
     examples: Annotated[PosInt, D("distinct examples drawn for it")] = 4000

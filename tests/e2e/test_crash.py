@@ -18,7 +18,7 @@ from learner.orchestration.leases import LeaseIdentityError
 from learner.session import open_learner
 from pipeline.data import load_problems
 from tests.doubles import SlowStepTrainer
-from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
+from tests.conftest import ROOT, CACHE_ARGS, balanced, make_config, run_pipeline
 
 
 def _generator_procs(run_dir) -> list[psutil.Process]:
@@ -97,7 +97,7 @@ def test_a_checkpoint_whose_weights_were_swapped_is_refused(tiny_model, tmp_path
 
 def test_sigkill_of_the_learner_leaves_no_generator_and_resume_completes(tmp_path):
     args = [sys.executable, str(ROOT / "run.py"), "train", "--run.out_dir", str(tmp_path),
-            "--run.cache_dir", str(TEST_CACHE), "--run.name", "killed", "--log.wandb", "false",
+            *CACHE_ARGS, "--run.name", "killed", "--log.wandb", "false",
             "--log.progress", "false", "--learner.checkpoint_every", "3", "--learner.groups_per_step", "4",
             "--eval.final", "false"]
     run_dir = tmp_path / "killed"

@@ -5,13 +5,13 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ROOT, TEST_CACHE
+from tests.conftest import ROOT, CACHE_ARGS
 
 
 def test_the_diagnostic_finds_residual_prompts_and_reports_each_temperature_from_its_groups(tmp_path):
     out = tmp_path / "diag"
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), "diagnose", "--prompts", "24", "--samples", "4",
-                        "--temperatures", "1.0", "1.5", "--out", str(out), "--run.cache_dir", str(TEST_CACHE),
+                        "--temperatures", "1.0", "1.5", "--out", str(out), *CACHE_ARGS,
                         "--log.progress", "false"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((out / "diagnose.json").read_text())

@@ -19,7 +19,7 @@ from learner.training import checkpoint
 from learner.session import open_learner
 from pipeline.data import load_problems
 from tests.e2e.killer import Killer
-from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
+from tests.conftest import ROOT, CACHE_ARGS, balanced, make_config, run_pipeline
 
 
 def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_path):
@@ -108,11 +108,16 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tiny_model, tmp_path
     assert checkpoint.load_state(good)[0]["version"] == 1
 
 
-def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
-    cmd = [sys.executable, str(ROOT / "run.py"), "train", "--learner.steps", "100000",
-           "--run.out_dir", str(tmp_path), "--run.cache_dir", str(TEST_CACHE), "--run.name", "sig",
-           "--log.wandb", "false", "--log.progress", "false", "--learner.checkpoint_every", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def test_sigterm_checkpoints_and_exits_cleanly_and_resume_auto_continues_its_wandb_run(tmp_path):
+    """`run.py train` with the real wandb offline: SIGTERM checkpoints and exits 0, leaving no process;
+    `--resume auto` continues from that checkpoint and logs on to the same wandb run id."""
+    from tests.wandb_records import read_run
+
+    cmd = [sys.executable, str(ROOT / "run.py"), "train", "--run.out_dir", str(tmp_path), *CACHE_ARGS,
+           "--run.name", "sig", "--log.wandb", "true", "--log.wandb_mode", "offline", "--log.progress", "false",
+           "--learner.checkpoint_every", "0", "--eval.final", "false"]
+    proc = subprocess.Popen([*cmd, "--learner.steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
     metrics = tmp_path / "sig" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (not metrics.exists() or metrics.read_text().count("\n") < 3):
@@ -123,10 +128,22 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)  # a hang fails here; how long it took is not asserted
     assert proc.returncode == 0, err[-3000:]
-    assert "stopped on request" in out
-    assert checkpoint.resolve(tmp_path / "sig").name.startswith("step-")
+    assert "stopped on request" in out and "wandb unavailable" not in err
+    stopped_at = checkpoint.load_state(checkpoint.resolve(tmp_path / "sig"))[0]["version"]
+    assert stopped_at >= 3
     time.sleep(0.5)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+    again = subprocess.run([*cmd, "--resume", "auto", "--learner.steps", str(stopped_at + 2)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'sig' / 'checkpoints'}" in again.stdout
+    first, second = sorted(((tmp_path / "sig" / "wandb").glob("offline-run-*")), key=lambda p: p.name)
+    a, b = read_run(first), read_run(second)
+    assert a.run_id == b.run_id == (tmp_path / "sig" / "wandb_id").read_text()
+    steps_a, steps_b = [s for s, _ in a.history], [s for s, _ in b.history]
+    assert steps_a[:stopped_at] == list(range(1, stopped_at + 1)) and steps_b == [stopped_at + 1, stopped_at + 2]
+    assert all("loss" in row for _, row in b.history)
 
 
 def test_run_survives_a_flood_of_malformed_frames(tiny_model, tmp_path):

@@ -3,6 +3,7 @@ ZeroMQ, gloo), observed through the learner's events (learner/observe/events.py)
 batch, asynchrony, in-flight updates, and the dropped-filtered and failed outcomes of a real run."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -11,6 +12,7 @@ import zmq
 
 from learner.observe.events import BatchBuilt, Leased, StepStarted
 from learner.session import open_learner
+from learner.training.advantages import Outcome
 from learner.training.trainer import Trainer
 from learner.training.warmstart import prepare_model
 from learner.orchestration.schedule import temperature
@@ -64,16 +66,20 @@ class Recorder:
 
 
 def test_erpo_temperature_path_asynchrony_and_every_outcome(tiny_model, tmp_path):
-    """Few prompts, so they come back and their H grows: leases go out above T0 at exactly the
-    schedule of the tracker's H; the trainer uses each rollout's recorded T even when the tracker
-    has moved on (a residual group's own visit raises its prompt's H before it trains); the learner's
-    log-probs at that T match vLLM's (prox_mu_gap at lag 0); samples train at lag >= 1 (the loop is
-    asynchronous); dynamic sampling drops groups, counted; a bad rollout for an open lease closes it
-    as failed."""
+    """Few prompts, so they come back: leases go out above T0 at exactly the schedule of the
+    tracker's H; the trainer uses each rollout's recorded T even when the tracker has moved on (a
+    group's own visit moves its prompt's H before it trains); the learner's log-probs at that T match
+    vLLM's (prox_mu_gap at lag 0); samples train at lag >= 1 (the loop is asynchronous); dynamic
+    sampling drops groups, counted; a bad rollout for an open lease closes it as failed.
+
+    Each case is built, not hoped for from the tiny model's numerics: two prompts have a gold answer
+    longer than any response (all-wrong, so dynamic sampling drops them), the other six start with
+    H = 2 (leased above T0), and with `tracker.reset_on_mixed` any trained visit of theirs (mixed:
+    H back to 0; all-correct: H = 3) moves H between its lease and its step."""
     cfg = make_config(tmp_path, "--data.size", "8", "--learner.group_size", "4", "--learner.groups_per_step", "4",
                       "--learner.steps", "12", "--learner.max_lag", "2", "--schedule.ts", "0.1", "--schedule.tmax", "3.0",
                       "--ra.enabled", "true", "--dapo.dynamic_sampling", "true", "--eval.final", "false",
-                      "--learner.checkpoint_every", "0")
+                      "--learner.checkpoint_every", "0", "--tracker.reset_on_mixed", "true")
     cfg.run_dir.mkdir(parents=True)
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -90,7 +96,13 @@ def test_erpo_temperature_path_asynchrony_and_every_outcome(tiny_model, tmp_path
                                      temperature=a.temperature, prompt_tokens=a.prompt_tokens, samples=[bad],
                                      gen_seconds=0.0, verify_seconds=0.0)))
 
-    learner = open_learner(cfg, tiny_model, load_problems(cfg.data), observer=observe)
+    problems = load_problems(cfg.data)
+    unreachable = "1" * (cfg.generator.max_tokens + 2)  # a character tokenizer: no response can say it
+    problems[:2] = [dataclasses.replace(p, answer=unreachable) for p in problems[:2]]
+    learner = open_learner(cfg, tiny_model, problems, observer=observe)
+    for prompt_id in range(2, len(problems)):
+        for _ in range(2):
+            learner.tracker.record_visit(prompt_id, Outcome.POSITIVE, 1.0, cfg.schedule.t0, 0)
     recorder.learner = learner
     recorder.weights[0] = copy.deepcopy(learner.trainer.model.state_dict())
     push.connect(learner.endpoint.addresses.rollouts())
@@ -101,7 +113,7 @@ def test_erpo_temperature_path_asynchrony_and_every_outcome(tiny_model, tmp_path
         ctx.term()
     leased, seen, gaps_hot = recorder.leased, recorder.steps, recorder.gaps_hot
 
-    # leases: at the tracker's schedule, and above T0 once prompts come back all-correct
+    # leases: at the tracker's schedule, above T0 for the prompts with H > 0
     assert all(t == temperature(h, cfg.schedule) for _, h, t in leased)
     assert max(t for _, _, t in leased) > cfg.schedule.t0
     by_lease = {lid: t for lid, _, t in leased}

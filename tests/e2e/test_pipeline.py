@@ -12,7 +12,7 @@ import psutil
 
 from learner.session import open_learner
 from pipeline.data import load_problems
-from tests.conftest import ROOT, TEST_CACHE, balanced, make_config, run_pipeline
+from tests.conftest import ROOT, CACHE_ARGS, balanced, make_config, run_pipeline
 
 
 def _run(cfg, model):
@@ -56,7 +56,7 @@ def test_stale_samples_are_dropped_and_counted_never_trained(tiny_model, tmp_pat
 
 def test_train_command_prints_summary_and_leaves_no_processes(tmp_path):
     cmd = [sys.executable, str(ROOT / "run.py"), "train", "--learner.steps", "4",
-           "--run.out_dir", str(tmp_path), "--run.cache_dir", str(TEST_CACHE), "--run.name", "cli",
+           "--run.out_dir", str(tmp_path), *CACHE_ARGS, "--run.name", "cli",
            "--log.wandb", "false"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]

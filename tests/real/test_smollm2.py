@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.builders import with_advantage
-from tests.conftest import ROOT, TEST_CACHE
+from tests.conftest import ROOT, CACHE_ARGS
 
 pytestmark = pytest.mark.skipif(
     __import__("importlib").util.find_spec("gguf") is None, reason="needs the real-model extras: make real")
@@ -24,7 +24,7 @@ def _cfg(tmp_path, *extra):
     from pipeline.config import load
 
     return load([ROOT / "configs" / "default.toml", MODEL_CFG], [
-        "--run.out_dir", str(tmp_path), "--run.cache_dir", str(TEST_CACHE), "--run.name", "real",
+        "--run.out_dir", str(tmp_path), *CACHE_ARGS, "--run.name", "real",
         "--log.wandb", "false", "--log.progress", "false", "--generator.max_tokens", "48",
         "--data.instruction", "Give the final answer as a number.", *extra])
 
@@ -124,7 +124,7 @@ def test_eval_on_gsm8k_writes_every_response(smollm2, tmp_path):
     out = tmp_path / "eval.json"
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), "eval", "--config", str(ROOT / "configs" / "default.toml"),
                         str(MODEL_CFG), "--model", "smollm2-135m-instruct", "--data", "gsm8k", "--eval.size", "3",
-                        "--eval.k", "2", "--eval.max_tokens", "64", "--run.cache_dir", str(TEST_CACHE),
+                        "--eval.k", "2", "--eval.max_tokens", "64", *CACHE_ARGS,
                         "--log.progress", "false", "--out", str(out),
                         "--data.instruction", "Solve step by step and end with '#### <answer>'."],
                        capture_output=True, text=True, cwd=ROOT, timeout=900)
