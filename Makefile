@@ -46,8 +46,9 @@ train-real: real
 test-real: real
 	$(PY) -m pytest -q tests/real $(ARGS)
 
+# MODEL_SEED=N: every test's tiny model built from seed N (numerics as another CPU's would differ)
 test: venv
-	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15 --ignore=tests/gpu --ignore=tests/real $(ARGS)
+	RLVR_TEST_MODEL_SEED=$(MODEL_SEED) $(PY) -m pytest -q -n 2 --dist worksteal --durations=15 --ignore=tests/gpu --ignore=tests/real $(ARGS)
 
 # The unit tier alone (tests/unit): every part by itself, about a minute.
 test-fast: venv

@@ -98,7 +98,7 @@ def unpack(packed: torch.Tensor, bucket: list[Meta]) -> list[tuple[str, torch.Te
 class BucketBuffers:
     """The two host buffers a receiver takes buckets into, kept from one version to the next. A fresh
     buffer of 64 MB pays its page faults on every bucket: 20 ms to fill here against 6 ms for one
-    used before (docs/results.md, session 13), and every generator receives every version."""
+    used before (docs/notes/results-log-to-2026-12-05.md, session 13), and every generator receives every version."""
 
     def __init__(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
         self.bucket_bytes = bucket_bytes
