@@ -20,15 +20,18 @@ from learner.observe.events import BatchBuilt, Observer
 from learner.observe.metrics import MetricsLog
 from learner.observe.stats import Arrivals, RunStats
 from learner.orchestration.heldout import Evaluator
+from learner.orchestration.dispatch import Dispatch
 from learner.orchestration.intake import Intake
 from learner.orchestration.exact import exact_steps
-from learner.orchestration.lag import lag_control
+from learner.orchestration.lag import LagControl
+from learner.orchestration.ledger import Ledger
+from learner.orchestration.modes import lag_control
 from learner.orchestration.leases import LeaseBook
 from learner.orchestration.supervisor import Supervisor
 from learner.orchestration.tracker import Tracker
 from learner.training import checkpoint
 from learner.training.advantages import AdvantageRule
-from learner.training.groups import GroupBuffer, group_from_state
+from learner.training.groups import group_from_state
 from learner.training.stepper import Stepper
 from learner.training.trainer import Trainer
 from learner.training.batch import check_fits
@@ -66,14 +69,12 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launc
                        lc.lease_timeout_s, cfg.data.seed)
     torch.manual_seed(cfg.run.seed)
     trainer = trainer or Trainer.from_config(cfg, model_path)
-    buffer, clock = GroupBuffer(), StageClock()
+    clock = StageClock()
     saved = checkpoint.load_state(resume) if resume is not None else None
     stats = RunStats.from_state(saved[0]["stats"], cfg.schedule.t0) if saved else RunStats(Arrivals(cfg.schedule.t0))
     rule = AdvantageRule.from_config(cfg.advantage, cfg.ra, cfg.dapo, gc.max_tokens)
-    intake = Intake(leases, tracker, buffer, stats, rule, cfg.dapo, lc.group_size, lc.groups_per_step, cfg.schedule.t0)
-    lag = lag_control(lc, cfg.dapo, cfg.run.seed, gc.max_inflight, leases, buffer, intake.record_visit,
-                      intake.count_filtered)
-    intake.in_arrival_order = lag.on_arrival
+    intake = Intake(leases, rule, lc.group_size)
+    lag = lag_control(lc, cfg.dapo, cfg.run.seed, gc.max_inflight, leases)
     if saved is not None:
         _restore(resume, *saved, trainer, tracker, leases, intake, lag)
     if lc.lag_control == "exact":
@@ -94,7 +95,8 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launc
                          resumed_at=trainer.version if resume is not None else None,
                          checkpoint=resume.name if resume is not None else "")
     writer = checkpoint.Writer(cfg.run_dir / "checkpoints", model_path, lc.keep_checkpoints)
-    rooms = Rooms(trainer, tracker, leases, buffer, intake, lag, supervisor, weights,
+    rooms = Rooms(trainer, tracker, leases, intake, lag, Ledger(leases, tracker),
+                  Dispatch(leases, tracker, endpoint.send, observer or (lambda event: None)), supervisor, weights,
                   Stepper(trainer, endpoint.wake, on_batch=on_batch), heldout, stats, metrics,
                   checkpoint.Checkpoints(writer, clock), clock)
     if launcher is not None:
@@ -115,7 +117,7 @@ def resolve(cfg: Config, model_path: str) -> Config:
 
 
 def _restore(ckpt: Path, state: dict, rng: torch.Tensor, trainer, tracker: Tracker, leases: LeaseBook,
-             intake: Intake, lag) -> None:
+             intake: Intake, lag: LagControl) -> None:
     """Put a run's state back as checkpoint `ckpt` saved it (`state`, `rng`: its learner and RNG
     state; the model itself is loaded from the folder by the trainer, the statistics by `build`)."""
     trainer.version = state["version"]
@@ -125,7 +127,7 @@ def _restore(ckpt: Path, state: dict, rng: torch.Tensor, trainer, tracker: Track
     tracker.load_state_dict(state["tracker"])
     leases.load_state_dict(state["leases"] if "leases" in state else state["dispatcher"])  # (older checkpoints)
     for raw in state["buffer"]:
-        intake.readmit(group_from_state(raw))
+        lag.readmit(intake.restored(group_from_state(raw)))
     if state.get("lag") or state.get("waves"):  # exact lag control's waves; leases then out are re-issued
         lag.load_state_dict(state.get("lag") or state["waves"])
     log.info("resumed from %s at version %d (epoch %d, cursor %d)", ckpt, trainer.version, leases.epoch, leases.cursor)

@@ -3,11 +3,18 @@
 Every concern has one owner, built by learner/build.py from the config section it reads; the loop
 only wires them:
 
-  orchestration/  supervisor (generator processes), lag control (what to lease, when a step starts,
-                  what it trains: bounded or exact), lease book, intake (rollout -> group), tracker
+  orchestration/  supervisor (generator processes), lag control (what to lease, which groups wait,
+                  when a step starts and what it trains: bounded or exact), its group buffer, the
+                  ledger (its verdicts carried out: leases closed, visits to the tracker), dispatch
+                  (a lease out), lease book, intake (rollout -> group), tracker
   training/       stepper (the optimiser step on its own thread), trainer, checkpoints
   weights/        publisher: snapshots, links to the generators, probe checks
-  observe/        statistics, metrics, health, events, the watch: they record, nothing reads them to decide
+  observe/        statistics, metrics, health, events, the watch: they record, nothing reads them to
+                  decide; the loop is their one writer (each owner reports, the loop records)
+
+One rollout's path passes through two of the loop's functions: `_poll` (the rollout in: intake ->
+lag control's `admit` -> the ledger) and `_step` (its group in a step, and that step's bookkeeping).
+Its lease goes out from lag control through the dispatch, without the loop.
 
 Words: a *step* is an optimiser step (one weight version); one pass of `Learner.run`'s loop is a
 *tick*; the engine's forward over its running requests is a *decode step* (actors/engine.py).
@@ -23,18 +30,20 @@ from pathlib import Path
 import msgspec
 
 from learner.training.clock import StageClock
-from learner.observe.events import Leased, Observer, StepStarted
+from learner.observe.events import Observer, StepStarted
 from learner.observe.metrics import MetricsLog
 from learner.observe.stats import RunStats, run_counters
 from learner.observe.watch import Watch
+from learner.orchestration.dispatch import Dispatch
 from learner.orchestration.heldout import Evaluator
 from learner.orchestration.intake import Intake
-from learner.orchestration.lag import LagControl, Tag
-from learner.orchestration.leases import LeaseBook, LeaseOutcome
+from learner.orchestration.lag import LagControl, Verdict
+from learner.orchestration.ledger import Ledger
+from learner.orchestration.leases import LeaseBook
 from learner.orchestration.supervisor import Supervisor
 from learner.orchestration.tracker import Tracker
 from learner.training.checkpoint import Checkpoints
-from learner.training.groups import GroupBuffer, group_to_state
+from learner.training.groups import group_to_state
 from learner.training.stepper import RunningStep, Stepper
 from learner.weights.publisher import WeightPublisher
 from pipeline.config import Config
@@ -50,9 +59,10 @@ class Rooms:
     trainer: object  # learner/training/trainer.py's Trainer, or a sharded one
     tracker: Tracker
     leases: LeaseBook
-    buffer: GroupBuffer
     intake: Intake
-    lag: LagControl
+    lag: LagControl  # with the group buffer
+    ledger: Ledger
+    dispatch: Dispatch
     supervisor: Supervisor
     weights: WeightPublisher
     stepper: Stepper
@@ -71,8 +81,9 @@ class Learner:
         called with each event of learner/observe/events.py; `eval_first`: a held-out round on the
         starting weights."""
         self.cfg, self.rooms, self.endpoint, self.launcher = cfg, rooms, endpoint, launcher
-        self.trainer, self.tracker, self.leases, self.buffer = rooms.trainer, rooms.tracker, rooms.leases, rooms.buffer
-        self.supervisor, self.weights, self.stepper, self.lag = rooms.supervisor, rooms.weights, rooms.stepper, rooms.lag
+        self.trainer, self.tracker, self.leases, self.lag = rooms.trainer, rooms.tracker, rooms.leases, rooms.lag
+        self.supervisor, self.weights, self.stepper, self.ledger = rooms.supervisor, rooms.weights, rooms.stepper, rooms.ledger
+        self.dispatch = rooms.dispatch
         self.stats, self.metrics, self.intake = rooms.stats, rooms.metrics, rooms.intake
         self.supervisor.on_gone = self._generator_gone
         self.observe = observer or (lambda event: None)
@@ -90,7 +101,7 @@ class Learner:
                 self.trainer.version < self.cfg.learner.steps and not self.stop_requested and not self.lag.spent()):
             self.tick(progress)
         self.stats.seconds += self.watch.since_first_rollout
-        self.intake.close_window()  # what arrived after the last step counts in the run's totals
+        self.stats.close_window()  # what arrived after the last step counts in the run's totals
         self.weights.finishing = True
         self.checkpoint()  # which checks the lease identity in full first
         if not self.stop_requested:  # the last version verified at every generator, then scored
@@ -108,17 +119,12 @@ class Learner:
         if self._eval_first and len(self.supervisor.ready_weights()) >= max(self.supervisor.expected, 1):
             self._eval_first = False
             self._start_eval()                           #    (a held-out round on the starting weights)
-        self.lag.lease(self.supervisor.pool(self.trainer.version, self.stepper.groups_in_step,
-                                            self.stepper.running is not None, self.watch.first_rollout is not None),
-                       self._lease)                      # 2. lease prompt visits to them
-        self._poll(timeout_ms)                           # 3. rollouts -> groups -> buffer; heartbeats
+        v = self.trainer.version
+        self.lag.lease(self.supervisor.pool(v, self.stepper.groups_in_step, self.stepper.running is not None),
+                       self.dispatch.at(v))              # 2. lease prompt visits to them
+        self._poll(timeout_ms)                           # 3. rollouts -> groups -> lag control; heartbeats
         self.leases.expire()                             # 4. overdue leases go back in the queue
-        done = self.stepper.collect()                    # 5. a finished step, if any
-        if done is None or not self._checkpoint_due():
-            self._start_if_ready()                       # 6. the next step starts at once, before the bookkeeping
-        if done is not None:                             # 7. bookkeeping; a checkpoint between two steps
-            self._after_step(self._finish_step(done), progress)
-            self._start_if_ready()
+        self._step(progress)                             # 5-7. a finished step collected, the next started
         self.weights.publish(self.trainer.version, self.stepper.running is not None)  # 8. new weights out
         self.rooms.checkpoints.collect(wait=False)       # 9. a checkpoint written behind the loop
         self.trainer.keep_alive()                        # 10. sharded: the other ranks wait for the next batch
@@ -137,16 +143,32 @@ class Learner:
                 got_rollout = True
                 heldout = self.rooms.heldout
                 if heldout is not None and heldout.owns(msg.lease_id):
-                    heldout.record(msg, self.stats, self.metrics, self.trainer.version)
-                elif self.intake.on_rollout(msg) is not None:
+                    if (scored := heldout.on_rollout(msg)) is not None:  # a round complete
+                        self.stats.evals.append((scored[0], msgspec.to_builtins(scored[1])))
+                        self.metrics.log(self.trainer.version, {"eval/mean_at_k": scored[1].mean_at_k,
+                                                                "eval/pass_at_k": scored[1].pass_at_k})
+                elif (group := self.intake.on_rollout(msg)) is not None:
                     self.supervisor.count_group(msg.generator_id)
+                    self.stats.record_arrival(msg.generator_id, group)
+                    self._carry_out(self.lag.admit(group))
         return got_rollout
 
-    def _lease(self, gid: int, tag: Tag | None) -> tuple[int, bool]:
-        extra = {} if tag is None else {"seed": tag.seed, "wave": tag.wave, "wave_size": tag.wave_size}
-        a = self.leases.lease(gid, self.trainer.version, **extra)
-        self.observe(Leased(gid, a, self.tracker.h(a.prompt_id)))
-        return a.lease_id, self.endpoint.send(gid, a)
+    def _carry_out(self, verdict: Verdict) -> Verdict:
+        """Lag control's verdict takes effect (the ledger: leases closed, visits recorded), and is counted."""
+        self.ledger.apply(verdict)
+        self.stats.record_visits(verdict.visits, verdict.filtered)
+        return verdict
+
+    def _step(self, progress) -> None:
+        """5. a finished step collected, if any; 6. the next one starts at once, before the
+        bookkeeping, unless a checkpoint is due between the two; 7. the finished step's bookkeeping,
+        the checkpoint (written on a thread; no step starts until it is), and the next step."""
+        done = self.stepper.collect()
+        if done is None or not self._checkpoint_due():
+            self._start_if_ready()
+        if done is not None:
+            self._after_step(self._finish_step(done), progress)
+            self._start_if_ready()
 
     def _start_if_ready(self) -> None:
         """Start an optimiser step when lag control has its batch (never while a checkpoint is cut)."""
@@ -154,7 +176,7 @@ class Learner:
         if (self.stepper.running is not None or self.rooms.checkpoints.busy or v >= self.cfg.learner.steps
                 or self.stop_requested):
             return
-        groups = self.lag.next_batch(v)
+        groups = self._carry_out(self.lag.next_batch(v)).train
         if groups:
             lags = [g.lag(v) for g in groups]
             assert max(lags) <= self.cfg.learner.max_lag, "a stale group reached the optimiser"
@@ -165,14 +187,12 @@ class Learner:
         """The bookkeeping of a finished step (the next one may be running already)."""
         result = done.future.result()  # re-raises a failure of the step here, in the learner's thread
         self.stats.record_cut([self.leases.bins(g.lease_id, g.mean_tokens) for g in done.groups], result.cut_by_group)
-        for g in done.groups:
-            self.leases.close(g.lease_id, LeaseOutcome.TRAINED, mean_tokens=g.mean_tokens)
-            self.tracker.record_trained(g.prompt_id, done.version)
-        self.lag.settle(done.version, done.groups)
+        self.ledger.trained(done.groups, done.version)
+        self._carry_out(self.lag.settle(done.version, done.groups))
         metrics = {**result.metrics, **self.rooms.clock.take()}  # the loop's stages since the last step too
-        arrived = self.intake.close_window().metrics()
+        arrived = self.stats.close_window().metrics()
         stages = {k: v for k, v in metrics.items() if k.startswith("time/")}
-        metrics.update(arrived, **self.tracker.metrics(), **self.leases.metrics(), buffered=len(self.buffer),
+        metrics.update(arrived, **self.tracker.metrics(), **self.leases.metrics(), buffered=len(self.lag.buffered),
                        **self.stats.record_step(done.groups, done.lags, arrived["residual_frac"],
                                                 done.finished - done.started, stages))
         self.metrics.log(self.trainer.version, metrics)
@@ -211,14 +231,14 @@ class Learner:
     def state_dict(self) -> dict:
         return {"version": self.trainer.version, "probe_logprobs": self.trainer.probe_logprobs(),
                 "tracker": self.tracker.state_dict(), "leases": self.leases.state_dict(),
-                "stats": self.stats.to_state(), "buffer": [group_to_state(g) for g in self.buffer.groups],
+                "stats": self.stats.to_state(), "buffer": [group_to_state(g) for g in self.lag.buffered],
                 "config": msgspec.to_builtins(self.cfg), "lag": self.lag.state_dict()}
 
     def check_leases(self) -> None:
         """The lease identity in full: each open lease is out at a generator, buffered with its
         group, or in the running step, and nothing is buffered or trained without an open lease."""
         running = self.stepper.running
-        self.leases.check_identity([g.lease_id for g in self.buffer.groups],
+        self.leases.check_identity([g.lease_id for g in self.lag.buffered],
                                    [g.lease_id for g in running.groups] if running is not None else [])
 
     def checkpoint(self, wait: bool = True) -> Path | None:
@@ -244,7 +264,7 @@ class Learner:
         self.endpoint.close()
 
     def counters(self) -> dict:
-        return run_counters(self.leases, len(self.buffer), self.stats, rejected_frames=self.endpoint.rejected.counts,
+        return run_counters(self.leases, len(self.lag.buffered), self.stats, rejected_frames=self.endpoint.rejected.counts,
                             rejected_rollouts=self.intake.rejected, checkpoint_failures=self.rooms.checkpoints.failures,
                             generator_restarts=self.supervisor.restarts, generators_cooling=self.supervisor.cooling,
                             **self.lag.counters())

@@ -246,9 +246,9 @@ class Supervisor:
         return {gid: max(info.version, self.weights.handed(gid)) for gid, info in self.generators.items()
                 if info.status in ("ready", "generating", "updating") and self.weights.joined(gid)}
 
-    def pool(self, version: int, groups_in_step: int, step_running: bool, started: bool) -> Pool:
+    def pool(self, version: int, groups_in_step: int, step_running: bool) -> Pool:
         """The generators as lag control sees them at a tick (learner/orchestration/lag.py)."""
-        return Pool(version, step_running, groups_in_step, self.ready_weights(), self.expected, started,
+        return Pool(version, step_running, groups_in_step, self.ready_weights(), self.expected,
                     {gid: (g.groups, g.busy_s) for gid, g in self.generators.items()})
 
     def stop_all(self, reason: str = "run finished") -> None:

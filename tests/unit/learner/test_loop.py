@@ -9,11 +9,12 @@ from learner.training.clock import StageClock
 from learner.observe.metrics import MetricsLog
 from learner.observe.stats import Arrivals, RunStats
 from learner.orchestration.exact import lease_seed
+from learner.orchestration.dispatch import Dispatch
 from learner.orchestration.intake import Intake
-from learner.orchestration.lag import lag_control
+from learner.orchestration.ledger import Ledger
+from learner.orchestration.modes import lag_control
 from learner.orchestration.supervisor import Supervisor
 from learner.training.checkpoint import Checkpoints
-from learner.training.groups import GroupBuffer
 from learner.training.stepper import Stepper
 from learner.weights.groups import OwnGroups
 from learner.weights.publisher import WeightPublisher
@@ -32,16 +33,16 @@ def _learner(tmp_path, launcher=None, gated=False, **sections) -> tuple[Learner,
     lc = cfg.learner
     tracker, leases = lease_book(num=12, group_size=lc.group_size, cfg=cfg)
     endpoint, trainer = QueueEndpoint(), GatedTrainer(gated)
-    buffer, clock, stats = GroupBuffer(), StageClock(), RunStats(Arrivals(cfg.schedule.t0))
-    intake = Intake(leases, tracker, buffer, stats, rule(cfg), cfg.dapo, lc.group_size, lc.groups_per_step, 1.0)
-    lag = lag_control(lc, cfg.dapo, cfg.run.seed, 8, leases, buffer, intake.record_visit, intake.count_filtered)
-    intake.in_arrival_order = lag.on_arrival
+    clock, stats = StageClock(), RunStats(Arrivals(cfg.schedule.t0))
+    intake = Intake(leases, rule(cfg), lc.group_size)
+    lag = lag_control(lc, cfg.dapo, cfg.run.seed, 8, leases)
     weights = WeightPublisher(trainer, "float32", lc.sync_every, lc.steps, OwnGroups(recording_link), stats, clock, endpoint.wake)
     supervisor = Supervisor(cfg.generator, endpoint.send, on_gone=None, weights=weights)
     stepper = Stepper(trainer, endpoint.wake)
     writer = HeldWriter(lambda: stepper)
     metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=False, wandb_mode="disabled", run_name="t", config={})
-    rooms = Rooms(trainer, tracker, leases, buffer, intake, lag, supervisor, weights, stepper, None, stats, metrics,
+    rooms = Rooms(trainer, tracker, leases, intake, lag, Ledger(leases, tracker),
+                  Dispatch(leases, tracker, endpoint.send, lambda event: None), supervisor, weights, stepper, None, stats, metrics,
                   Checkpoints(writer, clock), clock)
     learner = Learner(cfg, rooms, endpoint, launcher)
     learner.writer = writer
@@ -77,7 +78,7 @@ def test_a_rollout_arrives_and_a_step_starts_then_its_bookkeeping_closes_its_lea
     assert len(out) == 4 and {gid for gid, _ in endpoint.sent} == {0}
     _answer(endpoint, out[:1])
     learner.tick()
-    assert learner.stepper.running is None and len(learner.buffer) == 1  # one group is not a batch of two
+    assert learner.stepper.running is None and len(learner.lag.buffered) == 1  # one group is not a batch of two
     _answer(endpoint, out[1:2])
     learner.tick()
     assert learner.stepper.running is not None
@@ -124,7 +125,7 @@ def test_a_checkpoint_due_is_cut_between_two_steps_and_holds_the_next_step_until
     # step 0 is done, its checkpoint due: the cut is taken with no step running, and the two groups
     # still buffered are in it; the next step waits for the write though a batch is ready
     assert learner.writer.cuts == [(1, False, sorted(a.lease_id for a in out[2:4]))]
-    assert learner.stepper.running is None and len(learner.buffer) == 2
+    assert learner.stepper.running is None and len(learner.lag.buffered) == 2
     learner.tick()
     assert learner.stepper.running is None
     learner.writer.release()
@@ -169,6 +170,7 @@ def test_exact_lag_leases_wave_t_plus_k_plus_1_only_after_step_t_and_seeds_it_by
 @pytest.mark.parametrize("kind", ["bounded", "exact"])
 def test_lag_control_is_one_interface(kind, tmp_path):
     learner, _, _ = _learner(tmp_path, learner={"lag_control": kind})
-    for name in ("lease", "next_batch", "settle", "spent", "counters", "state_dict", "load_state_dict"):
+    for name in ("lease", "admit", "readmit", "next_batch", "settle", "spent", "counters", "state_dict",
+                 "load_state_dict"):
         assert callable(getattr(learner.lag, name))
-    assert learner.lag.on_arrival is (kind == "bounded")
+    assert learner.lag.buffered == []
