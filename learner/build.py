@@ -1,7 +1,8 @@
 """The learner put together: each part built from the config section it reads, a resumed run's state
-put back, and the loop (learner/loop.py) handed its endpoint and launcher.
+put back, and the loop (learner/loop.py) handed its endpoint and launcher. learner/session.py's
+`open_learner` opens the sockets and calls it:
 
-    endpoint = LearnerEndpoint.open(cfg.transport)
+    endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes, t.curve_dir)
     learner = build(cfg, model_path, problems, endpoint, launcher)
     learner.run()
 """
@@ -14,12 +15,13 @@ from pathlib import Path
 import msgspec
 import torch
 
-from learner.loop import Learner, Rooms
+from learner.loop import Endpoint, Learner, Rooms
 from learner.training.clock import StageClock
 from learner.observe.events import BatchBuilt, Observer
 from learner.observe.metrics import MetricsLog
 from learner.observe.stats import Arrivals, RunStats
 from learner.orchestration.heldout import Evaluator
+from learner.orchestration.departures import Departures
 from learner.orchestration.dispatch import Dispatch
 from learner.orchestration.intake import Intake
 from learner.orchestration.exact import exact_steps
@@ -33,9 +35,9 @@ from learner.training import checkpoint
 from learner.training.advantages import AdvantageRule
 from learner.training.groups import group_from_state
 from learner.training.stepper import Stepper
-from learner.training.trainer import Trainer
+from learner.training.trainer import Trainer, TrainerLike
 from learner.training.batch import check_fits
-from learner.weights.groups import OwnGroups
+from learner.weights.groups import OpenLink, OwnGroups
 from learner.weights.links import choose_backend, opener
 from learner.weights.shared import SharedGroup
 from learner.weights.publisher import WeightPublisher
@@ -52,16 +54,22 @@ log = logging.getLogger(__name__)
 STALE_BEATS = 5
 
 
-def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launcher=None, resume: Path | None = None,
-          trainer: Trainer | None = None, observer: Observer | None = None) -> Learner:
-    """The learner of one run. `resume`: a checkpoint folder; the run continues from it (model,
-    optimiser, tracker, cursor, counters, RNG) and its model folder becomes what generators load at
-    start. `trainer`: one made already (a sharded one under torchrun). `launcher`: told what the
-    generators start from (model, version, weight backend) before it starts any."""
+def build(cfg: Config, model_path: str, problems: list[Problem], endpoint: Endpoint, launcher=None,
+          resume: Path | None = None, trainer: TrainerLike | None = None, observer: Observer | None = None, *,
+          tokenizer=None, open_link: OpenLink | None = None, writer=None, clock: StageClock | None = None) -> Learner:
+    """The learner of one run, every part wired here and only here (tests/unit/learner/test_loop.py
+    builds its learner through this too, with its edges faked).
+
+    `resume`: a checkpoint folder; the run continues from it (model, optimiser, tracker, cursor,
+    counters, RNG) and its model folder becomes what generators load at start. `launcher`: told what the
+    generators start from (model, version, weight backend) before it starts any. The edges, each made
+    here unless given: `trainer` (one made already: a sharded one under torchrun, or a test's stand-in),
+    `tokenizer` (the model folder's), `open_link` (opens a weight link: learner/weights/links.py's
+    `opener`), `writer` (the checkpoint writer's thread), `clock` (the loop's stage clock)."""
     model_path = str(resume) if resume is not None else model_path
     cfg = resolve(cfg, model_path)
     lc, gc = cfg.learner, cfg.generator
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = tokenizer or load_tokenizer(model_path)
     prompt_tokens = [render(tokenizer, p.question, cfg.data) for p in problems]
     check_fits(lc.micro_batch_tokens, gc.max_tokens, max(len(t) for t in prompt_tokens))
     tracker = Tracker(len(problems), cfg.tracker.reset_on_mixed)
@@ -69,7 +77,7 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launc
                        lc.lease_timeout_s, cfg.data.seed)
     torch.manual_seed(cfg.run.seed)
     trainer = trainer or Trainer.from_config(cfg, model_path)
-    clock = StageClock()
+    clock = clock or StageClock()
     saved = checkpoint.load_state(resume) if resume is not None else None
     stats = RunStats.from_state(saved[0]["stats"], cfg.schedule.t0) if saved else RunStats(Arrivals(cfg.schedule.t0))
     rule = AdvantageRule.from_config(cfg.advantage, cfg.ra, cfg.dapo, gc.max_tokens)
@@ -81,27 +89,28 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint, launc
         log.info("exact lag control: step t trains the wave leased under version t - %d (%d steps)", lc.max_lag, lc.steps)
     # weights leave from the learner's own device; NCCL only to generators on other GPUs
     backend = choose_backend(cfg.weights.backend, trainer.device, shares_gpu=not gc.devices and gc.count > 0)
-    open_link = opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post,
-                       cfg.transport.weight_ports)
+    open_link = open_link or opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post,
+                                    cfg.transport.weight_ports)
     groups = (SharedGroup(open_link, stale_s=STALE_BEATS * gc.heartbeat_s) if cfg.weights.group == "shared"
               else OwnGroups(open_link))
     weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, groups, stats, clock, endpoint.wake)
-    supervisor = Supervisor(gc, endpoint.send, on_gone=None, weights=weights)  # the loop says what a death does
-    on_batch = (lambda v, b: observer(BatchBuilt(v, b))) if observer else None
     ev = cfg.eval
     heldout = Evaluator(ev, cfg.data, gc.max_tokens, tokenizer, cfg.run.seed) if ev.every or ev.final or ev.first else None
     metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb, wandb_mode=cfg.log.wandb_mode,
                          run_name=cfg.run.name, config=to_toml_dict(cfg),
                          resumed_at=trainer.version if resume is not None else None,
                          checkpoint=resume.name if resume is not None else "")
-    writer = checkpoint.Writer(cfg.run_dir / "checkpoints", model_path, lc.keep_checkpoints)
+    supervisor = Supervisor(gc, endpoint.send, on_gone=Departures(leases, heldout, metrics.alert), weights=weights)
+    on_batch = (lambda v, b: observer(BatchBuilt(v, b))) if observer else None
+    writer = writer or checkpoint.Writer(cfg.run_dir / "checkpoints", model_path, lc.keep_checkpoints)
     rooms = Rooms(trainer, tracker, leases, intake, lag, Ledger(leases, tracker),
                   Dispatch(leases, tracker, endpoint.send, observer or (lambda event: None)), supervisor, weights,
                   Stepper(trainer, endpoint.wake, on_batch=on_batch), heldout, stats, metrics,
                   checkpoint.Checkpoints(writer, clock), clock)
     if launcher is not None:
         launcher.starting_from(model_path, trainer.version, backend)
-    return Learner(cfg, rooms, endpoint, launcher, observer, eval_first=ev.first and resume is None)
+    return Learner(lc, ev, cfg.run_dir, msgspec.to_builtins(cfg), rooms, endpoint, launcher, observer,
+                   eval_first=ev.first and resume is None)
 
 
 def resolve(cfg: Config, model_path: str) -> Config:
@@ -116,7 +125,7 @@ def resolve(cfg: Config, model_path: str) -> Config:
     return cfg
 
 
-def _restore(ckpt: Path, state: dict, rng: torch.Tensor, trainer, tracker: Tracker, leases: LeaseBook,
+def _restore(ckpt: Path, state: dict, rng: torch.Tensor, trainer: TrainerLike, tracker: Tracker, leases: LeaseBook,
              intake: Intake, lag: LagControl) -> None:
     """Put a run's state back as checkpoint `ckpt` saved it (`state`, `rng`: its learner and RNG
     state; the model itself is loaded from the folder by the trainer, the statistics by `build`)."""

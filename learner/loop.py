@@ -26,6 +26,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -45,8 +46,9 @@ from learner.orchestration.tracker import Tracker
 from learner.training.checkpoint import Checkpoints
 from learner.training.groups import group_to_state
 from learner.training.stepper import RunningStep, Stepper
+from learner.training.trainer import TrainerLike
 from learner.weights.publisher import WeightPublisher
-from pipeline.config import Config
+from pipeline.config import EvalConfig, LearnerConfig
 from pipeline.messages import Heartbeat, Rollout
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ log = logging.getLogger(__name__)
 class Rooms:
     """The learner's parts, one owner per concern (learner/build.py makes them from the config)."""
 
-    trainer: object  # learner/training/trainer.py's Trainer, or a sharded one
+    trainer: TrainerLike  # learner/training/trainer.py's Trainer, a sharded one, or a test's stand-in
     tracker: Tracker
     leases: LeaseBook
     intake: Intake
@@ -73,23 +75,35 @@ class Rooms:
     clock: StageClock  # the loop's own stages (probe checks, checkpoint holds), beside the step's
 
 
+class Endpoint(Protocol):
+    """The learner's sockets: pipeline/transport.py's LearnerEndpoint, or a test's queue (tests/doubles.py)."""
+
+    rejected: object  # the count of malformed frames dropped, by kind (`.counts`)
+
+    def recv(self, timeout_ms: int) -> list: ...
+    def send(self, gid: int, msg) -> bool: ...
+    def post(self, gid: int, msg) -> bool: ...  # thread-safe: from the weight links' threads
+    def wake(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class Learner:
-    def __init__(self, cfg: Config, rooms: Rooms, endpoint, launcher=None, observer: Observer | None = None,
-                 eval_first: bool = False):
-        """`endpoint`: the learner's sockets (pipeline/transport.py's LearnerEndpoint or a test double);
-        `launcher`: starts generator processes (None: generators join by themselves); `observer`:
-        called with each event of learner/observe/events.py; `eval_first`: a held-out round on the
-        starting weights."""
-        self.cfg, self.rooms, self.endpoint, self.launcher = cfg, rooms, endpoint, launcher
+    def __init__(self, lc: LearnerConfig, ev: EvalConfig, run_dir: Path, config: dict, rooms: Rooms,
+                 endpoint: Endpoint, launcher=None, observer: Observer | None = None, eval_first: bool = False):
+        """`lc`, `ev`: the config sections the loop reads; `run_dir`: where the health file goes;
+        `config`: the resolved config as its checkpoints save it; `launcher`: starts generator
+        processes (None: generators join by themselves); `observer`: called with each event of
+        learner/observe/events.py; `eval_first`: a held-out round on the starting weights."""
+        self.lc, self.ev, self.config = lc, ev, config
+        self.rooms, self.endpoint, self.launcher = rooms, endpoint, launcher
         self.trainer, self.tracker, self.leases, self.lag = rooms.trainer, rooms.tracker, rooms.leases, rooms.lag
         self.supervisor, self.weights, self.stepper, self.ledger = rooms.supervisor, rooms.weights, rooms.stepper, rooms.ledger
         self.dispatch = rooms.dispatch
         self.stats, self.metrics, self.intake = rooms.stats, rooms.metrics, rooms.intake
-        self.supervisor.on_gone = self._generator_gone
         self.observe = observer or (lambda event: None)
         self.stop_requested = False  # set by a signal handler: finish the step, checkpoint, stop
         self._eval_first = eval_first
-        self.watch = Watch(cfg.run_dir, cfg.learner, self.trainer.version)
+        self.watch = Watch(run_dir, lc, self.trainer.version)
 
     # ---- the tick ----------------------------------------------------------------------------------
 
@@ -98,7 +112,7 @@ class Learner:
             self.supervisor.start_all(self.launcher)
         self.watch.last_rollout = time.monotonic()  # generator start-up is not a stall
         while self.stepper.running is not None or (  # a started step is always finished
-                self.trainer.version < self.cfg.learner.steps and not self.stop_requested and not self.lag.spent()):
+                self.trainer.version < self.lc.steps and not self.stop_requested and not self.lag.spent()):
             self.tick(progress)
         self.stats.seconds += self.watch.since_first_rollout
         self.stats.close_window()  # what arrived after the last step counts in the run's totals
@@ -106,10 +120,10 @@ class Learner:
         self.checkpoint()  # which checks the lease identity in full first
         if not self.stop_requested:  # the last version verified at every generator, then scored
             self.weights.finish(self.trainer.version, lambda: set(self.supervisor.generators), self._poll)
-            if self.rooms.heldout is not None and self.cfg.eval.final:
-                self.rooms.heldout.wait(self._poll, self.cfg.learner.idle_timeout_s)  # a mid-run round first
+            if self.rooms.heldout is not None and self.ev.final:
+                self.rooms.heldout.wait(self._poll, self.lc.idle_timeout_s)  # a mid-run round first
                 self._start_eval()
-                self.rooms.heldout.wait(self._poll, self.cfg.learner.idle_timeout_s)
+                self.rooms.heldout.wait(self._poll, self.lc.idle_timeout_s)
         self.watch.write(self.trainer.version, self.stats, self.leases, self.supervisor.health(time.monotonic()),
                          finished=True)
         return self.stats
@@ -173,13 +187,13 @@ class Learner:
     def _start_if_ready(self) -> None:
         """Start an optimiser step when lag control has its batch (never while a checkpoint is cut)."""
         v = self.trainer.version
-        if (self.stepper.running is not None or self.rooms.checkpoints.busy or v >= self.cfg.learner.steps
+        if (self.stepper.running is not None or self.rooms.checkpoints.busy or v >= self.lc.steps
                 or self.stop_requested):
             return
         groups = self._carry_out(self.lag.next_batch(v)).train
         if groups:
             lags = [g.lag(v) for g in groups]
-            assert max(lags) <= self.cfg.learner.max_lag, "a stale group reached the optimiser"
+            assert max(lags) <= self.lc.max_lag, "a stale group reached the optimiser"
             self.observe(StepStarted(v, groups))
             self.stepper.start(groups, lags, self.weights.copy_before_step(v))
 
@@ -200,27 +214,19 @@ class Learner:
         return metrics
 
     def _checkpoint_due(self) -> bool:
-        every = self.cfg.learner.checkpoint_every
+        every = self.lc.checkpoint_every
         return bool(every) and self.trainer.version % every == 0
 
     def _after_step(self, metrics: dict, progress) -> None:
-        v, every = self.trainer.version, self.cfg.eval.every
+        v, every = self.trainer.version, self.ev.every
         if self._checkpoint_due():
             self.checkpoint(wait=False)
-        if every and v % every == 0 and v < self.cfg.learner.steps:
+        if every and v % every == 0 and v < self.lc.steps:
             self._start_eval()
         if progress is not None:
             progress.update(1)
             progress.set_postfix(reward=f"{metrics['reward']:.2f}", T=f"{metrics['temperature_mean']:.2f}",
                                  lag=f"{metrics['lag_mean']:.1f}")
-
-    def _generator_gone(self, gid: int, why: str) -> None:
-        if why.startswith("cooling"):
-            self.metrics.alert(f"generator {gid} cooling down", why)
-        expired = self.leases.expire(generator_id=gid)
-        log.warning("generator %d %s; %d leases re-issued", gid, why, len(expired))
-        if self.rooms.heldout is not None and self.rooms.heldout.busy:
-            self.rooms.heldout.abandon()  # its share of the round is gone; the next round starts afresh
 
     def _start_eval(self) -> None:
         self.rooms.heldout.start_round(self.trainer.version, self.leases.new_lease_id,
@@ -232,7 +238,7 @@ class Learner:
         return {"version": self.trainer.version, "probe_logprobs": self.trainer.probe_logprobs(),
                 "tracker": self.tracker.state_dict(), "leases": self.leases.state_dict(),
                 "stats": self.stats.to_state(), "buffer": [group_to_state(g) for g in self.lag.buffered],
-                "config": msgspec.to_builtins(self.cfg), "lag": self.lag.state_dict()}
+                "config": self.config, "lag": self.lag.state_dict()}
 
     def check_leases(self) -> None:
         """The lease identity in full: each open lease is out at a generator, buffered with its

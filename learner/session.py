@@ -87,7 +87,7 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        with tqdm(total=learner.cfg.learner.steps, desc="RL steps", disable=not cfg.log.progress) as bar:
+        with tqdm(total=learner.lc.steps, desc="RL steps", disable=not cfg.log.progress) as bar:
             stats = learner.run(bar)
         learner.stop_generators()
         text, result = summarize(stats, learner.counters())

@@ -77,8 +77,9 @@ class Lives:
 
 class Supervisor:
     def __init__(self, gc: GeneratorConfig, send: Callable[[int, object], bool],
-                 on_gone: Callable[[int, str], None] | None, weights: Membership):
-        """`on_gone(generator, why)`: what a generator's death or departure does (the loop sets it);
+                 on_gone: Callable[[int, str], None], weights: Membership):
+        """`on_gone(generator, why)`: what a generator's death or departure does
+        (learner/orchestration/departures.py);
         `weights`: told when a generator's engine is up (its link opens then) and when it is gone."""
         self.gc, self.weights = gc, weights
         self.send = send
