@@ -24,7 +24,6 @@ from learner.orchestration.heldout import Evaluator
 from learner.orchestration.departures import Departures
 from learner.orchestration.dispatch import Dispatch
 from learner.orchestration.intake import Intake
-from learner.orchestration.exact import exact_steps
 from learner.orchestration.lag import LagControl
 from learner.orchestration.ledger import Ledger
 from learner.orchestration.modes import lag_control
@@ -43,7 +42,7 @@ from learner.weights.shared import SharedGroup
 from learner.weights.publisher import WeightPublisher
 from pipeline.config import Config, to_toml_dict
 from pipeline.data import Problem
-from pipeline.model_settings import derive, resolved
+from pipeline.model_settings import resolved
 from pipeline.models import load_tokenizer
 from pipeline.prompts import render
 
@@ -60,14 +59,16 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint: Endpo
     """The learner of one run, every part wired here and only here (tests/unit/learner/test_loop.py
     builds its learner through this too, with its edges faked).
 
-    `resume`: a checkpoint folder; the run continues from it (model, optimiser, tracker, cursor,
-    counters, RNG) and its model folder becomes what generators load at start. `launcher`: told what the
+    `cfg`, `model_path`: as learner/session.py's `start_or_resume` decided them. `resume`: a checkpoint
+    folder (then `model_path` too); the run continues from it (model, optimiser, tracker, cursor,
+    counters, RNG) and generators load its model at start. `launcher`: told what the
     generators start from (model, version, weight backend) before it starts any. The edges, each made
     here unless given: `trainer` (one made already: a sharded one under torchrun, or a test's stand-in),
     `tokenizer` (the model folder's), `open_link` (opens a weight link: learner/weights/links.py's
     `opener`), `writer` (the checkpoint writer's thread), `clock` (the loop's stage clock)."""
-    model_path = str(resume) if resume is not None else model_path
-    cfg = resolve(cfg, model_path)
+    if not resolved(cfg):
+        raise ValueError("build() takes a config whose model-derived settings are decided: "
+                         "learner/session.py's start_or_resume decides them")
     lc, gc = cfg.learner, cfg.generator
     tokenizer = tokenizer or load_tokenizer(model_path)
     prompt_tokens = [render(tokenizer, p.question, cfg.data) for p in problems]
@@ -111,18 +112,6 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint: Endpo
         launcher.starting_from(model_path, trainer.version, backend)
     return Learner(lc, ev, cfg.run_dir, msgspec.to_builtins(cfg), rooms, endpoint, launcher, observer,
                    eval_first=ev.first and resume is None)
-
-
-def resolve(cfg: Config, model_path: str) -> Config:
-    """The config as the learner runs it: model-derived settings decided (where a config came straight
-    from a file), and under exact lag control a sample budget turned into a number of whole waves."""
-    if not resolved(cfg):
-        cfg = derive(cfg, model_path, cfg.generator.max_inflight * cfg.learner.group_size)[0]
-    lc = cfg.learner
-    if lc.lag_control == "exact" and lc.sample_budget:
-        lc = msgspec.structs.replace(lc, steps=exact_steps(lc, cfg.dapo), sample_budget=0)
-        cfg = msgspec.structs.replace(cfg, learner=lc)
-    return cfg
 
 
 def _restore(ckpt: Path, state: dict, rng: torch.Tensor, trainer: TrainerLike, tracker: Tracker, leases: LeaseBook,
