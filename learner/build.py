@@ -36,12 +36,12 @@ from learner.training.groups import group_from_state
 from learner.training.stepper import Stepper
 from learner.training.trainer import Trainer, TrainerLike
 from learner.training.batch import check_fits
-from learner.weights.groups import OpenLink, OwnGroups
+from learner.weights.membership import OpenLink, OwnGroups
 from learner.weights.links import choose_backend, opener
 from learner.weights.shared import SharedGroup
 from learner.weights.publisher import WeightPublisher
 from pipeline.config import Config, to_toml_dict
-from pipeline.data import Problem
+from pipeline.problems import Problem
 from pipeline.model_settings import resolved
 from pipeline.models import load_tokenizer
 from pipeline.prompts import render

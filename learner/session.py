@@ -22,7 +22,8 @@ from learner.observe.metrics import summarize
 from learner.orchestration.exact import exact_steps
 from learner.training.warmstart import prepare_model
 from pipeline.config import Config
-from pipeline.data import Problem, load_problems
+from pipeline.data import load_problems
+from pipeline.problems import Problem
 from pipeline.launcher import Launcher
 from pipeline.model_settings import ModelSettings, derive
 from pipeline.model_settings import write as write_settings

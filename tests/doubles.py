@@ -187,7 +187,7 @@ class RecordingLink(IdleLink):
 
 
 def recording_link(members: dict[int, int]) -> RecordingLink:
-    """`OpenLink` for a group of one generator each (learner/weights/groups.py's OwnGroups)."""
+    """`OpenLink` for a group of one generator each (learner/weights/membership.py's OwnGroups)."""
     (gid, workers), = members.items()
     return RecordingLink(gid, workers)
 

@@ -9,7 +9,7 @@ from learner.build import build
 from learner.loop import Learner
 from learner.orchestration.exact import lease_seed
 from pipeline.config import from_dict
-from pipeline.data import Problem
+from pipeline.problems import Problem
 from pipeline.messages import Heartbeat
 from tests.builders import rollout
 from tests.doubles import GatedTrainer, HeldWriter, NoModelTokenizer, QueueEndpoint, ScriptedLauncher, recording_link
