@@ -107,7 +107,7 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint: Endpo
     rooms = Rooms(trainer, tracker, leases, intake, lag, Ledger(leases, tracker),
                   Dispatch(leases, tracker, endpoint.send, observer or (lambda event: None)), supervisor, weights,
                   Stepper(trainer, endpoint.wake, on_batch=on_batch), heldout, stats, metrics,
-                  checkpoint.Checkpoints(writer, clock), clock)
+                  checkpoint.Checkpoints(writer), clock)
     if launcher is not None:
         launcher.starting_from(model_path, trainer.version, backend)
     return Learner(lc, ev, cfg.run_dir, msgspec.to_builtins(cfg), rooms, endpoint, launcher, observer,

@@ -203,6 +203,8 @@ class Learner:
         self.stats.record_cut([self.leases.bins(g.lease_id, g.mean_tokens) for g in done.groups], result.cut_by_group)
         self.ledger.trained(done.groups, done.version)
         self._carry_out(self.lag.settle(done.version, done.groups))
+        if held := self.rooms.checkpoints.take_held():
+            self.rooms.clock.charge("checkpoint", held)  # the time checkpoints held the steps
         metrics = {**result.metrics, **self.rooms.clock.take()}  # the loop's stages since the last step too
         arrived = self.stats.close_window().metrics()
         stages = {k: v for k, v in metrics.items() if k.startswith("time/")}

@@ -167,9 +167,10 @@ class Checkpoints:
     the loop, its outcome collected (a failed write is logged and counted: training goes on, since
     losing the run to a full disk would be worse than a missed checkpoint)."""
 
-    def __init__(self, writer: Writer, clock):
-        self.writer, self.clock = writer, clock  # the clock is charged for the time steps were held
+    def __init__(self, writer: Writer):
+        self.writer = writer
         self.failures = 0
+        self.held_s = 0.0  # seconds from a cut to its write's end, not yet taken (`take_held`)
         self._started = 0.0
 
     @property
@@ -181,10 +182,15 @@ class Checkpoints:
         self._started = time.monotonic()
         self.writer.start(trainer, state)
 
+    def take_held(self) -> float:
+        """The seconds steps were held by checkpoints since the last take (the loop charges its clock)."""
+        held, self.held_s = self.held_s, 0.0
+        return held
+
     def collect(self, wait: bool) -> Path | None:
         outcome = self.writer.collect(wait)
         if outcome is not None:
-            self.clock.spent["checkpoint"] += time.monotonic() - self._started
+            self.held_s += time.monotonic() - self._started
         if isinstance(outcome, CheckpointError):
             self.failures += 1
             log.error("%s", outcome)
