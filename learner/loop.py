@@ -10,7 +10,8 @@ only wires them:
   training/       stepper (the optimiser step on its own thread), trainer, checkpoints
   weights/        publisher: snapshots, links to the generators, probe checks
   observe/        statistics, metrics, health, events, the watch: they record, nothing reads them to
-                  decide; the loop is their one writer (each owner reports, the loop records)
+                  decide. The loop writes them from what each owner reports (the weights'
+                  publisher still counts its probe checks and versions in the statistics itself)
 
 One rollout's path passes through two of the loop's functions: `_poll` (the rollout in: intake ->
 lag control's `admit` -> the ledger) and `_step` (its group in a step, and that step's bookkeeping).

@@ -10,8 +10,9 @@ what a finished step settles.
 Lag control owns the group buffer (learner/orchestration/buffer.py) and DAPO's dynamic-sampling
 filter: every group that arrives is `admit`ted here, and each answer is a `Verdict` (what trains,
 what is dropped and why, which visits the tracker is told of now) that `Ledger.apply`
-(learner/orchestration/ledger.py) carries out. The implementations decide; they close no lease and
-tell the tracker nothing themselves. The loop asks; it never branches on the mode.
+(learner/orchestration/ledger.py) carries out. The implementations decide; they drop no lease and tell
+the tracker nothing themselves (a lease whose send failed they re-issue, as the lease book does any
+lease out at a generator that is gone). The loop asks; it never branches on the mode.
 """
 
 from __future__ import annotations
