@@ -100,6 +100,7 @@ class Learner:
         self.trainer, self.tracker, self.leases, self.lag = rooms.trainer, rooms.tracker, rooms.leases, rooms.lag
         self.supervisor, self.weights, self.stepper, self.ledger = rooms.supervisor, rooms.weights, rooms.stepper, rooms.ledger
         self.dispatch = rooms.dispatch
+        self.buffer = self.lag.buffer  # lag control's: the loop only reads it (checkpoints, counters)
         self.stats, self.metrics, self.intake = rooms.stats, rooms.metrics, rooms.intake
         self.observe = observer or (lambda event: None)
         self.stop_requested = False  # set by a signal handler: finish the step, checkpoint, stop
@@ -209,7 +210,7 @@ class Learner:
         metrics = {**result.metrics, **self.rooms.clock.take()}  # the loop's stages since the last step too
         arrived = self.stats.close_window().metrics()
         stages = {k: v for k, v in metrics.items() if k.startswith("time/")}
-        metrics.update(arrived, **self.tracker.metrics(), **self.leases.metrics(), buffered=len(self.lag.buffered),
+        metrics.update(arrived, **self.tracker.metrics(), **self.leases.metrics(), buffered=len(self.buffer),
                        **self.stats.record_step(done.groups, done.lags, arrived["residual_frac"],
                                                 done.finished - done.started, stages))
         self.metrics.log(self.trainer.version, metrics)
@@ -240,14 +241,14 @@ class Learner:
     def state_dict(self) -> dict:
         return {"version": self.trainer.version, "probe_logprobs": self.trainer.probe_logprobs(),
                 "tracker": self.tracker.state_dict(), "leases": self.leases.state_dict(),
-                "stats": self.stats.to_state(), "buffer": [group_to_state(g) for g in self.lag.buffered],
+                "stats": self.stats.to_state(), "buffer": [group_to_state(g) for g in self.buffer.groups],
                 "config": self.config, "lag": self.lag.state_dict()}
 
     def check_leases(self) -> None:
         """The lease identity in full: each open lease is out at a generator, buffered with its
         group, or in the running step, and nothing is buffered or trained without an open lease."""
         running = self.stepper.running
-        self.leases.check_identity([g.lease_id for g in self.lag.buffered],
+        self.leases.check_identity([g.lease_id for g in self.buffer.groups],
                                    [g.lease_id for g in running.groups] if running is not None else [])
 
     def checkpoint(self, wait: bool = True) -> Path | None:
@@ -273,7 +274,7 @@ class Learner:
         self.endpoint.close()
 
     def counters(self) -> dict:
-        return run_counters(self.leases, len(self.lag.buffered), self.stats, rejected_frames=self.endpoint.rejected.counts,
+        return run_counters(self.leases, len(self.buffer), self.stats, rejected_frames=self.endpoint.rejected.counts,
                             rejected_rollouts=self.intake.rejected, checkpoint_failures=self.rooms.checkpoints.failures,
                             generator_restarts=self.supervisor.restarts, generators_cooling=self.supervisor.cooling,
                             **self.lag.counters())

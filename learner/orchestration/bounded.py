@@ -147,10 +147,6 @@ class BoundedLag:
     def spent(self) -> bool:
         return self._budget_returned() and not len(self.buffer)
 
-    @property
-    def buffered(self) -> list[Group]:
-        return self.buffer.groups
-
     def counters(self) -> dict:
         return {}
 

@@ -160,10 +160,6 @@ class ExactLag:
     def spent(self) -> bool:
         return False  # a sample budget became a number of whole waves (`exact_steps`)
 
-    @property
-    def buffered(self) -> list[Group]:
-        return self.buffer.groups
-
     def counters(self) -> dict:
         return {"short_waves": self.waves.short}
 

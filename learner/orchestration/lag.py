@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from learner.orchestration.buffer import GroupBuffer
 from learner.orchestration.leases import LeaseOutcome
 from learner.training.groups import Group
 
@@ -65,6 +66,8 @@ class Verdict:
 
 
 class LagControl(Protocol):
+    buffer: GroupBuffer  # the groups waiting to be trained: its own to fill and empty (a checkpoint saves them)
+
     def lease(self, pool: Pool, lease: LeaseFn) -> None:
         """Lease whatever should go out now, through `lease`."""
 
@@ -84,10 +87,6 @@ class LagControl(Protocol):
 
     def spent(self) -> bool:
         """The run's sample budget is generated and every group of it trained or dropped."""
-
-    @property
-    def buffered(self) -> list[Group]:
-        """The groups waiting to be trained (a checkpoint saves them)."""
 
     def counters(self) -> dict: ...
     def state_dict(self) -> dict: ...

@@ -62,7 +62,7 @@ def test_a_rollout_arrives_and_a_step_starts_then_its_bookkeeping_closes_its_lea
     assert len(out) == 4 and {gid for gid, _ in endpoint.sent} == {0}
     _answer(endpoint, out[:1])
     learner.tick()
-    assert learner.stepper.running is None and len(learner.lag.buffered) == 1  # one group is not a batch of two
+    assert learner.stepper.running is None and len(learner.buffer) == 1  # one group is not a batch of two
     _answer(endpoint, out[1:2])
     learner.tick()
     assert learner.stepper.running is not None
@@ -109,7 +109,7 @@ def test_a_checkpoint_due_is_cut_between_two_steps_and_holds_the_next_step_until
     # step 0 is done, its checkpoint due: the cut is taken with no step running, and the two groups
     # still buffered are in it; the next step waits for the write though a batch is ready
     assert learner.writer.cuts == [(1, False, sorted(a.lease_id for a in out[2:4]))]
-    assert learner.stepper.running is None and len(learner.lag.buffered) == 2
+    assert learner.stepper.running is None and len(learner.buffer) == 2
     learner.tick()
     assert learner.stepper.running is None
     learner.writer.release()
@@ -157,4 +157,4 @@ def test_lag_control_is_one_interface(kind, tmp_path):
     for name in ("lease", "admit", "readmit", "next_batch", "settle", "spent", "counters", "state_dict",
                  "load_state_dict"):
         assert callable(getattr(learner.lag, name))
-    assert learner.lag.buffered == []
+    assert len(learner.lag.buffer) == 0

@@ -34,7 +34,7 @@ class _Arrivals:
 
     @property
     def buffer(self):
-        return self.lag.buffered
+        return self.lag.buffer.groups
 
 
 def test_a_filtered_group_is_still_a_visit_of_its_prompt():
