@@ -21,7 +21,8 @@ import msgspec
 from actors.engine import Engine, Request
 from actors.reward import Verifier
 from pipeline.config import Config, GeneratorSettings
-from pipeline.data import Problem, load_problems
+from pipeline.data import load_problems
+from pipeline.problems import Problem
 from pipeline.model_settings import derive
 from pipeline.prompts import render
 from pipeline.scoring import correct

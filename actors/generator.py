@@ -29,6 +29,15 @@ from pipeline.transport import Addresses, GeneratorEndpoint
 log = logging.getLogger(__name__)
 
 
+def may_land(update: WeightUpdate, pending, torn: bool) -> bool:
+    """Whether `update` may be loaded now, given the leases `pending` (not started yet): not while a
+    wave leased under older weights waits, for it is sampled under the weights it was leased under
+    (exact lag control). A generator that was stopped may find two versions queued (a shared group's
+    learner sends the next once the first member has the last): the older lands, the newer waits.
+    A torn engine (a receive failed part-way) has nothing to keep: anything lands."""
+    return torn or not any(a.wave_size and a.policy_version < update.version for a in pending)
+
+
 class Generator:
     def __init__(self, cfg: GeneratorSettings, generator_id: int, addresses: Addresses, model_path: str,
                  backend: str = "gloo", initial_version: int = 0, engine=None, abandon=exit_process):
@@ -148,10 +157,7 @@ class Generator:
         if self.cfg.generator.update_mode == "drain" and self.running and not self.torn:
             return  # drain first: every sample of a running group stays on one version
         while self.updates:
-            if not self.torn and any(a.wave_size and a.policy_version < self.updates[0].version for a in self.pending):
-                # a wave leased under the weights held now is sampled under them (exact lag control),
-                # checked before each update: a generator that was stopped may find two queued
-                # (a shared group's learner sends the next once the first member has the last)
+            if not may_land(self.updates[0], self.pending, self.torn):  # checked before each update
                 return
             update = self.updates.popleft()
             if update.version < self.version:

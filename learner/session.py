@@ -15,27 +15,51 @@ import torch
 from tqdm import tqdm
 
 from learner.training import sharded
-from learner.training.checkpoint import start_from
 from learner.build import build
 from learner.loop import Learner
 from learner.observe.events import Observer
 from learner.observe.metrics import summarize
+from learner.orchestration.exact import exact_steps
 from learner.training.warmstart import prepare_model
 from pipeline.config import Config
-from pipeline.data import Problem, load_problems
+from pipeline.data import load_problems
+from pipeline.problems import Problem
 from pipeline.launcher import Launcher
-from pipeline.model_settings import derive
+from pipeline.model_settings import ModelSettings, derive
 from pipeline.model_settings import write as write_settings
 from pipeline.placement import check_placement
-from pipeline.rundir import RunSummary, write_summary
+from pipeline.rundir import RunSummary, start_from, write_summary
 from pipeline.transport import Addresses, LearnerEndpoint
+
+
+def start_or_resume(cfg: Config, model_path: str, resume: Path | None = None) -> tuple[Config, str, ModelSettings]:
+    """The one place a run's start is decided: (the config as the learner runs it, the model folder it
+    starts from, the settings derived from the model). Resuming, the model is the checkpoint's. The
+    model-derived settings (lengths, template, KV cache, context) are derived here, once, whatever the
+    config set; concrete from here on, generators read them. Under exact lag control a sample budget
+    becomes a number of whole waves. (Which checkpoint, if any, the run folder's policy says:
+    pipeline/rundir.py's `start_from`.)"""
+    model_path = str(resume) if resume is not None else model_path
+    cfg, settings = derive(cfg, model_path, sequences=cfg.generator.max_inflight * cfg.learner.group_size)
+    lc = cfg.learner
+    if lc.lag_control == "exact" and lc.sample_budget:
+        lc = msgspec.structs.replace(lc, steps=exact_steps(lc, cfg.dapo), sample_budget=0)
+        cfg = msgspec.structs.replace(cfg, learner=lc)
+    return cfg, model_path, settings
 
 
 def open_learner(cfg: Config, model_path: str, problems: list[Problem], resume: Path | None = None,
                  trainer=None, observer: Observer | None = None,
                  launcher: Callable[[Config, Addresses], Launcher] | None = Launcher) -> Learner:
     """A learner on sockets of its own (`cfg.transport`), with generator processes started by
-    `launcher(cfg, addresses)` (None: generators join by themselves); as learner/build.py builds it."""
+    `launcher(cfg, addresses)` (None: generators join by themselves); as learner/build.py builds it,
+    from what `start_or_resume` decides (tests and benchmarks call it with a config as loaded)."""
+    cfg, model_path, _ = start_or_resume(cfg, model_path, resume)
+    return _open(cfg, model_path, problems, resume, trainer, observer, launcher)
+
+
+def _open(cfg: Config, model_path: str, problems: list[Problem], resume: Path | None, trainer,
+          observer: Observer | None, launcher: Callable[[Config, Addresses], Launcher] | None) -> Learner:
     t = cfg.transport
     endpoint = LearnerEndpoint(t.host, t.control_port, t.rollout_port, t.max_frame_bytes, t.curve_dir)
     try:
@@ -48,7 +72,7 @@ def open_learner(cfg: Config, model_path: str, problems: list[Problem], resume: 
 
 def train(cfg: Config, resume: str | None = None) -> str | None:
     """Train to the end (or until SIGTERM / SIGINT asks to stop, after a checkpoint); the summary
-    text and RESULT line, or None on a follower rank. `resume`: as `checkpoint.start_from` takes it
+    text and RESULT line, or None on a follower rank. `resume`: as pipeline/rundir.py's `start_from` takes it
     (None: a fresh run, refused where the run folder already holds one)."""
     torch.set_num_threads(cfg.run.torch_threads)
     check_placement(cfg, os.environ.get("CUDA_VISIBLE_DEVICES"), int(os.environ.get("WORLD_SIZE", "1")),
@@ -67,14 +91,11 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
             return None  # a follower rank: rank 0 has finished the run
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     problems = load_problems(cfg.data)  # fails here, before any process starts, on a bad source
-    model_path = model_path or start_model()
-    # lengths, template and KV cache from the model, unless set: concrete from here on (generators
-    # read this resolved config)
-    cfg, settings = derive(cfg, model_path, sequences=cfg.generator.max_inflight * cfg.learner.group_size)
+    cfg, model_path, settings = start_or_resume(cfg, model_path or start_model(), resume)
     print(settings.block())
     write_settings(settings, cfg.run_dir / "model_settings.json")
     try:
-        learner = open_learner(cfg, model_path, problems, resume=resume, trainer=trainer)
+        learner = _open(cfg, model_path, problems, resume, trainer, None, Launcher)
     except BaseException:
         if trainer is not None:
             trainer.stop_followers()
@@ -87,7 +108,7 @@ def train(cfg: Config, resume: str | None = None) -> str | None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        with tqdm(total=learner.cfg.learner.steps, desc="RL steps", disable=not cfg.log.progress) as bar:
+        with tqdm(total=learner.lc.steps, desc="RL steps", disable=not cfg.log.progress) as bar:
             stats = learner.run(bar)
         learner.stop_generators()
         text, result = summarize(stats, learner.counters())

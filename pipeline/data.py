@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
 from pipeline.config import ConfigError, DataConfig, EvalConfig
+from pipeline.problems import Problem
 from pipeline.traces import PREFIX as TRACES, traced_problems
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,6 @@ HUB_IDS = {
 REASONING_GYM = "reasoning_gym:"
 # How each dataset's responses state their final answer (actors/answers.py); others: "boxed".
 ANSWER_STYLE = {"gsm8k": "marker"}
-
-
-@dataclass(frozen=True)
-class Problem:
-    prompt_id: int
-    question: str
-    answer: str
-    verifier: str  # "math" (math-verify) or "reasoning_gym:<task>"
-    metadata: str = "{}"  # JSON, what the verifier needs besides the answer
 
 
 def data_dir(cfg: DataConfig) -> Path:

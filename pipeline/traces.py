@@ -16,6 +16,7 @@ import json
 import random
 
 from pipeline.config import ConfigError
+from pipeline.problems import Problem
 
 PREFIX = "traces:"
 TASKS = ("add",)
@@ -41,8 +42,6 @@ def final_answer(text: str) -> str:
 
 def traced_problems(source: str, size: int, seed: int, options: dict):
     """`size` problems of the traced task `source`, drawn with `seed`."""
-    from pipeline.data import Problem
-
     task = source[len(PREFIX):]
     if task not in TASKS:
         raise ConfigError(f"data.source={source!r}: traced tasks are {', '.join(PREFIX + t for t in TASKS)}")

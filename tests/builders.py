@@ -10,7 +10,7 @@ from learner.training.groups import Group
 from learner.orchestration.leases import LeaseBook
 from learner.orchestration.tracker import Tracker
 from pipeline.config import Config, from_dict
-from pipeline.data import Problem
+from pipeline.problems import Problem
 from pipeline.messages import Assignment, Rollout, Sample, pack_floats, pack_ids
 
 

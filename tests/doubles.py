@@ -93,6 +93,9 @@ class ScriptedLauncher:
     def log_tail(self, gid: int) -> str:
         return f"(log of generator {gid})\nRuntimeError: no engine for generator {gid}"
 
+    def starting_from(self, model_path: str, version: int, backend: str) -> None:
+        pass  # what its generators would load: nothing here loads anything
+
 
 class ScriptedTrainer:
     """Stands in for the trainer in stepper tests: a step records the order of what happens in it,
@@ -184,7 +187,7 @@ class RecordingLink(IdleLink):
 
 
 def recording_link(members: dict[int, int]) -> RecordingLink:
-    """`OpenLink` for a group of one generator each (learner/weights/groups.py's OwnGroups)."""
+    """`OpenLink` for a group of one generator each (learner/weights/membership.py's OwnGroups)."""
     (gid, workers), = members.items()
     return RecordingLink(gid, workers)
 
@@ -240,6 +243,15 @@ class QueueEndpoint:
         from pipeline.messages import Assignment
 
         return [m for _, m in self.sent if isinstance(m, Assignment)]
+
+
+class NoModelTokenizer:
+    """Stands in for a model's tokenizer where prompts only need to be token ids: [1, 2, length]."""
+
+    chat_template = None
+
+    def encode(self, text: str) -> list[int]:
+        return [1, 2, len(text)]
 
 
 class GatedTrainer(ProbeTrainer):

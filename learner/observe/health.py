@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from learner.training.checkpoint import latest
+from pipeline.rundir import latest
 from pipeline.config import LearnerConfig
 
 HEALTH = "health.json"

@@ -27,7 +27,7 @@ def residual_share(counts: collections.abc.Mapping[str, int]) -> float:
 @dataclass
 class Arrivals:
     """Complete groups as they arrived, by outcome and by leased temperature: the one arrival
-    counter. The intake fills one per optimiser step (its window); the run's totals add them up."""
+    counter. The run statistics fill one per optimiser step (their window); the run's totals add them up."""
 
     t0: float  # the schedule's base temperature: groups leased above it were pushed to explore
     by_temp: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))  # T -> outcome -> groups
@@ -35,7 +35,7 @@ class Arrivals:
     temp_max: float = 0.0
     above_t0: int = 0  # groups leased above T0 ...
     above_t0_mixed: int = 0  # ... that came back mixed: reactivated
-    filtered: int = 0  # dropped by dynamic sampling (counted here; the intake decides)
+    filtered: int = 0  # dropped by dynamic sampling (counted here; lag control decides)
 
     def add(self, outcome: Outcome, temperature: float) -> None:
         self.by_temp[round(temperature, TEMP_DECIMALS)][outcome] += 1
@@ -101,10 +101,13 @@ class Arrivals:
         return out
 
 
+UNSAVED = ("arrivals", "window", "last_version")  # `arrivals` is saved by its own to_state
+
+
 @dataclass
 class RunStats:
     """What the summary is made of; also what the tests inspect. It observes: nothing in the
-    learner decides anything from it."""
+    learner decides anything from it. The loop writes it, from what each owner reports."""
 
     arrivals: Arrivals  # every complete group that arrived, summed over the steps' windows
     step_rewards: list[float] = field(default_factory=list)
@@ -128,6 +131,34 @@ class RunStats:
     # response length (learner/orchestration/leases.py bins): bin -> [cut tokens, tokens]
     cut_by_h: dict = field(default_factory=dict)
     cut_by_length: dict = field(default_factory=dict)
+    # not saved: what arrived since the last optimiser step, and each generator's newest version so far
+    window: Arrivals | None = field(default=None, repr=False)
+    last_version: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.window is None:
+            self.window = Arrivals(self.arrivals.t0)
+
+    def record_arrival(self, generator_id: int, group: Group) -> None:
+        """A training group came back from `generator_id`."""
+        if group.version_first < self.last_version.get(generator_id, 0):
+            self.version_regressions += 1
+        self.last_version[generator_id] = group.version_last
+        self.rollouts_by_generator[generator_id] += 1
+
+    def record_visits(self, visits: list[Group], filtered: int) -> None:
+        """Visits recorded in the tracker, and groups dropped by dynamic sampling (learner/orchestration/ledger.py).
+        The step's window counts them as the tracker sees them, so that under exact lag control the
+        residual share is over the wave's groups in lease order, not over whatever arrived while the step ran."""
+        for g in visits:
+            self.window.add(g.outcome, g.temperature)
+        self.window.filtered += filtered
+
+    def close_window(self) -> Arrivals:
+        """The groups that arrived since the last step (added to the run's totals); starts a new window."""
+        window, self.window = self.window, Arrivals(self.arrivals.t0)
+        self.arrivals += window
+        return window
 
     def time_share(self) -> dict[str, float]:
         """Each stage's share of the time inside optimiser steps (the loop's probe checks and
@@ -135,7 +166,7 @@ class RunStats:
         return {k: v / self.train_seconds for k, v in sorted(self.time_spent.items())} if self.train_seconds else {}
 
     def to_state(self) -> dict:
-        st = msgspec.to_builtins({k: v for k, v in vars(self).items() if k != "arrivals"})
+        st = msgspec.to_builtins({k: v for k, v in vars(self).items() if k not in UNSAVED})
         return {**st, "arrivals": self.arrivals.to_state()}
 
     @classmethod
@@ -143,7 +174,7 @@ class RunStats:
         """Inverse of `to_state` (JSON turned the counters' integer keys into strings). Fields a
         checkpoint of an older version held and this one does not are left out; `t0` starts the
         arrival totals of a checkpoint that has none."""
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"window", "last_version"}
         st = {k: v for k, v in st.items() if k in known}
         for key in ("lag_hist", "rollouts_by_generator"):
             st[key] = collections.Counter({int(k): v for k, v in st.get(key, {}).items()})

@@ -1,8 +1,10 @@
 """Bounded lag control (`learner.lag_control = "bounded"`, the default): how many prompt visits to
-lease now, to which generator each goes, and which groups a step trains.
+lease now, to which generator each goes, which arriving groups wait to be trained, and which groups a
+step trains.
 
 The policy is pure functions of what the learner knows (no sockets); `BoundedLag` wires them to the
-lease book and the group buffer behind lag control's interface (learner/orchestration/lag.py). Two rules:
+lease book and the group buffer behind lag control's interface (learner/orchestration/lag.py). A group's
+visit counts as it arrives, and DAPO's dynamic-sampling filter drops it then. Two rules for leasing:
 
 - Never lease more than can be trained within `max_lag`. Groups are trained in arrival order, B per
   step, and the `ahead` leases open outside the running step go first, so a new lease is trained at
@@ -19,10 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from learner.orchestration.lag import Lease, Pool
+from learner.orchestration.buffer import GroupBuffer
+from learner.orchestration.lag import LeaseFn, Pool, Verdict
 from learner.orchestration.leases import LeaseBook, LeaseOutcome
-from learner.training.groups import Group, GroupBuffer
-from pipeline.config import LearnerConfig
+from learner.training.groups import Group
+from pipeline.config import DAPOConfig, LearnerConfig
 
 # A newcomer's rate is shrunk towards the pool's by this many pseudo-groups (see `rates`).
 PRIOR_GROUPS = 4.0
@@ -87,17 +90,18 @@ def plan(budget: int, candidates: dict[int, Candidate], lc: LearnerConfig, max_i
 class BoundedLag:
     """Lag at most `learner.max_lag`, set by timing (learner/orchestration/lag.py's interface)."""
 
-    on_arrival = True
+    def __init__(self, lc: LearnerConfig, dapo: DAPOConfig, max_inflight: int, leases: LeaseBook,
+                 buffer: GroupBuffer):
+        self.lc, self.dapo, self.max_inflight, self.leases, self.buffer = lc, dapo, max_inflight, leases, buffer
+        self.filtered = 0  # groups dropped by dynamic sampling since the last step: the filter's quota
+        self.started = False  # a training group has come back: the start-up wait is over
 
-    def __init__(self, lc: LearnerConfig, max_inflight: int, leases: LeaseBook, buffer: GroupBuffer):
-        self.lc, self.max_inflight, self.leases, self.buffer = lc, max_inflight, leases, buffer
-
-    def lease(self, pool: Pool, lease: Lease) -> None:
+    def lease(self, pool: Pool, lease: LeaseFn) -> None:
         """Keep every ready generator busy, but never lease more than can be trained within max_lag."""
         budget = lease_budget(self.lc, self.leases.open, self.leases.dispatched)
         if budget <= 0:
             return
-        if not pool.started and len(pool.ready) < pool.expected:
+        if not self.started and len(pool.ready) < pool.expected:
             return  # at the start, wait until every generator is ready, so the first wave is spread over all
         candidates = {gid: Candidate(w, self.leases.outstanding(gid), *pool.rates.get(gid, (0, 0.0)))
                       for gid, w in pool.ready.items()}
@@ -107,17 +111,32 @@ class BoundedLag:
                 self.leases.expire(generator_id=gid)
                 return  # its socket is gone; the supervisor will notice, the next tick re-plans
 
-    def next_batch(self, version: int) -> list[Group] | None:
+    def admit(self, group: Group) -> Verdict:
+        """The visit counts now, trained or not: the prompt was observed either way. DAPO's dynamic
+        sampling drops a group whose advantages are all zero (it teaches nothing; the lease book
+        draws another), up to `dapo.max_gen_batches` batches' worth of drops per step."""
+        self.started = True
+        if (self.dapo.dynamic_sampling and self.filtered < self.dapo.max_gen_batches * self.lc.groups_per_step
+                and not group.advantage.has_signal):
+            self.filtered += 1
+            return Verdict(dropped=[(group, LeaseOutcome.DROPPED_FILTERED)], visits=[group])
+        self.buffer.add(group)
+        return Verdict(visits=[group])
+
+    def readmit(self, group: Group) -> None:
+        self.buffer.add(group)
+
+    def next_batch(self, version: int) -> Verdict:
         """B groups as they arrived (dropping what went stale meanwhile). Once the sample budget is
         all back, the last groups train as a batch of their own (those samples were paid for)."""
-        for g in self.buffer.drop_stale(version, self.lc.max_lag):
-            self.leases.close(g.lease_id, LeaseOutcome.DROPPED_STALE, mean_tokens=g.mean_tokens)
+        stale = [(g, LeaseOutcome.DROPPED_STALE) for g in self.buffer.drop_stale(version, self.lc.max_lag)]
         if len(self.buffer) >= self.lc.groups_per_step or (len(self.buffer) and self._budget_returned()):
-            return self.buffer.take(self.lc.groups_per_step)
-        return None
+            return Verdict(train=self.buffer.take(self.lc.groups_per_step), dropped=stale)
+        return Verdict(dropped=stale)
 
-    def settle(self, version: int, trained: list[Group]) -> None:
-        pass  # visits were recorded as their groups arrived
+    def settle(self, version: int, trained: list[Group]) -> Verdict:
+        self.filtered = 0  # a new step, a new quota; visits were recorded as their groups arrived
+        return Verdict()
 
     def _budget_returned(self) -> bool:
         """The sample budget is all leased and every lease of it has come back."""

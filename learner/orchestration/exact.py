@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
 
-from learner.orchestration.lag import Lease, Pool, Tag
+from learner.orchestration.buffer import GroupBuffer
+from learner.orchestration.lag import LeaseFn, Pool, Tag, Verdict
 from learner.orchestration.leases import LeaseBook, LeaseOutcome
-from learner.training.groups import Group, GroupBuffer
+from learner.training.groups import Group
 from pipeline.config import DAPOConfig, LearnerConfig
 
 
@@ -106,17 +106,13 @@ class Waves:
 class ExactLag:
     """Lag exactly `learner.max_lag`, in waves (learner/orchestration/lag.py's interface)."""
 
-    on_arrival = False  # a wave's visits are recorded at its step's end, in lease order
-
-    def __init__(self, lc: LearnerConfig, dapo: DAPOConfig, run_seed: int, leases: LeaseBook, buffer: GroupBuffer,
-                 record_visit: Callable[[Group], None], count_filtered: Callable[[int], None]):
+    def __init__(self, lc: LearnerConfig, dapo: DAPOConfig, run_seed: int, leases: LeaseBook, buffer: GroupBuffer):
         self.steps, self.run_seed = lc.steps, run_seed
         self.waves = Waves(lc, dapo, run_seed)
         self.leases, self.buffer = leases, buffer
-        self.record_visit, self.count_filtered = record_visit, count_filtered
         self._rest: dict[int, list[Group]] = {}  # step -> its wave's groups not trained (recorded at its end)
 
-    def lease(self, pool: Pool, lease: Lease) -> None:
+    def lease(self, pool: Pool, lease: LeaseFn) -> None:
         """The waves due at this version go out whole, at a fixed point (no step running, the last
         one's bookkeeping done) and once every generator holds this version."""
         v = pool.version
@@ -133,28 +129,33 @@ class ExactLag:
                 if not sent:
                     self.leases.expire(generator_id=gid)  # its socket is gone: re-issued, counted
 
-    def next_batch(self, version: int) -> list[Group] | None:
+    def admit(self, group: Group) -> Verdict:
+        """Buffered whatever it holds: its visit and the filter wait for its step, in lease order."""
+        self.buffer.add(group)
+        return Verdict()
+
+    def readmit(self, group: Group) -> None:
+        self.buffer.add(group)
+
+    def next_batch(self, version: int) -> Verdict:
         """Step t starts once its whole wave is back, and only after the waves due at version t went
         out (they must be generated under these weights, before they change)."""
         t = version
         if not self.waves.out_before_step(t, self.steps) or not self.waves.complete(t, self.leases.out_at_generators()):
-            return None
+            return Verdict()
         arrived = self.buffer.take_leases(self.waves.leased[t])
         if not arrived:  # every lease of the wave failed or was re-issued: the wave goes out again
             del self.waves.leased[t]
-            return None
+            return Verdict()
         train, rest = self.waves.choose(t, arrived)
-        for g in rest:
-            self.leases.close(g.lease_id, LeaseOutcome.DROPPED_FILTERED, mean_tokens=g.mean_tokens)
-        self.count_filtered(len(rest))
         self._rest[t] = rest
-        return train
+        return Verdict(train=train, dropped=[(g, LeaseOutcome.DROPPED_FILTERED) for g in rest])
 
-    def settle(self, version: int, trained: list[Group]) -> None:
+    def settle(self, version: int, trained: list[Group]) -> Verdict:
         """The wave's visits, in lease order, at its step's end."""
-        for g in self.waves.in_lease_order(version, trained + self._rest.pop(version, [])):
-            self.record_visit(g)
+        visits = self.waves.in_lease_order(version, trained + self._rest.pop(version, []))
         del self.waves.leased[version]
+        return Verdict(visits=visits)
 
     def spent(self) -> bool:
         return False  # a sample budget became a number of whole waves (`exact_steps`)

@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import msgspec
-
 from learner.orchestration.leases import assignment
 from learner.orchestration.exact import lease_seed
 from pipeline.config import DataConfig, EvalConfig
@@ -63,8 +61,8 @@ class Evaluator:
     def owns(self, lease_id: int) -> bool:
         return self.current is not None and lease_id in self.current.pending
 
-    def on_rollout(self, r: Rollout) -> DatasetScore | None:
-        """Record an eval rollout; the round's score once it is complete."""
+    def on_rollout(self, r: Rollout) -> tuple[int, DatasetScore] | None:
+        """Record an eval rollout; once its round is complete, the round's step and score."""
         rnd = self.current
         idx = rnd.pending.pop(r.lease_id)
         rnd.rewards[idx] = [s.reward for s in r.samples]
@@ -73,14 +71,7 @@ class Evaluator:
         result = score(self.name, [rnd.rewards[i] for i in sorted(rnd.rewards)])
         self.results.append((rnd.step, result))
         self.current = None
-        return result
-
-    def record(self, r: Rollout, stats, metrics, version: int) -> None:
-        """Take a held-out rollout; once its round is complete, into the run statistics and metrics."""
-        result = self.on_rollout(r)
-        if result is not None:
-            stats.evals.append((self.results[-1][0], msgspec.to_builtins(result)))
-            metrics.log(version, {"eval/mean_at_k": result.mean_at_k, "eval/pass_at_k": result.pass_at_k})
+        return rnd.step, result
 
     def wait(self, poll: Callable[[int], bool], idle_s: float) -> None:
         """Until the round out (if any) is complete, `poll(timeout_ms)` handing rollouts in (True when

@@ -1,12 +1,18 @@
-"""Lag control, one interface with two implementations: which leases go out now, when the next
-optimiser step may start and which groups it trains, and what a finished step settles.
+"""Lag control, one interface with two implementations: which leases go out now, which arriving
+groups wait to be trained, when the next optimiser step may start and which groups it trains, and
+what a finished step settles.
 
 - `bounded` (learner/orchestration/bounded.py): lag at most `learner.max_lag`, set by timing. Leases
   go out as generators free up; a step trains the first B groups to arrive that are not stale.
 - `exact` (learner/orchestration/exact.py): lag exactly k. Step t trains the wave leased for it under
   version t - k, leased at fixed points with seeded sampling, so a run is a function of its seed.
 
-The loop asks; it never branches on the mode.
+Lag control owns the group buffer (learner/orchestration/buffer.py) and DAPO's dynamic-sampling
+filter: every group that arrives is `admit`ted here, and each answer is a `Verdict` (what trains,
+what is dropped and why, which visits the tracker is told of now) that `Ledger.apply`
+(learner/orchestration/ledger.py) carries out. The implementations decide; they drop no lease and tell
+the tracker nothing themselves (a lease whose send failed they re-issue, as the lease book does any
+lease out at a generator that is gone). The loop asks; it never branches on the mode.
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from learner.orchestration.leases import LeaseBook
-from learner.training.groups import Group, GroupBuffer
-from pipeline.config import DAPOConfig, LearnerConfig
+from learner.orchestration.buffer import GroupBuffer
+from learner.orchestration.leases import LeaseOutcome
+from learner.training.groups import Group
 
 
 @dataclass
@@ -29,7 +35,6 @@ class Pool:
     groups_in_step: int  # groups of the running step (0 if none)
     ready: dict[int, int]  # ready generator -> newest version it holds or has been handed
     expected: int  # launched generators not cooling down (the start waits for them)
-    started: bool  # a training rollout has arrived: the start-up wait is over
     rates: dict[int, tuple[int, float]] = field(default_factory=dict)  # generator -> (groups, busy seconds)
 
 
@@ -43,21 +48,41 @@ class Tag:
 
 
 # Leases one visit to a generator and sends it: (its lease id, whether the send went through).
-Lease = Callable[[int, "Tag | None"], tuple[int, bool]]
+LeaseFn = Callable[[int, "Tag | None"], tuple[int, bool]]
+
+
+@dataclass
+class Verdict:
+    """What lag control decided of some groups, for `Ledger.apply` to carry out."""
+
+    train: list[Group] = field(default_factory=list)  # the step starting now trains these (`next_batch` only)
+    dropped: list[tuple[Group, LeaseOutcome]] = field(default_factory=list)  # their leases close now, and why
+    visits: list[Group] = field(default_factory=list)  # complete visits the tracker records now, in this order
+
+    @property
+    def filtered(self) -> int:
+        """Groups dropped by DAPO's dynamic sampling."""
+        return sum(1 for _, why in self.dropped if why == LeaseOutcome.DROPPED_FILTERED)
 
 
 class LagControl(Protocol):
-    # whether the tracker records a visit (and DAPO's filter acts) as its group arrives; False: the
-    # step that trains the group records it, in lease order
-    on_arrival: bool
+    buffer: GroupBuffer  # the groups waiting to be trained: its own to fill and empty (a checkpoint saves them)
 
-    def lease(self, pool: Pool, lease: Lease) -> None:
+    def lease(self, pool: Pool, lease: LeaseFn) -> None:
         """Lease whatever should go out now, through `lease`."""
 
-    def next_batch(self, version: int) -> list[Group] | None:
-        """The groups of the step starting at `version`, if it may start now (else None)."""
+    def admit(self, group: Group) -> Verdict:
+        """A complete group has arrived (its advantage set): buffered, or dropped by the filter; its
+        visit recorded now (bounded) or at its step's end (exact, in lease order)."""
 
-    def settle(self, version: int, trained: list[Group]) -> None:
+    def readmit(self, group: Group) -> None:
+        """A group a checkpoint held in the buffer, back in it (no visit: it was recorded before)."""
+
+    def next_batch(self, version: int) -> Verdict:
+        """The groups of the step starting at `version` (`train`: empty if it may not start now), and
+        what was dropped meanwhile."""
+
+    def settle(self, version: int, trained: list[Group]) -> Verdict:
         """The bookkeeping of the finished step at `version`, after its groups closed as trained."""
 
     def spent(self) -> bool:
@@ -66,15 +91,3 @@ class LagControl(Protocol):
     def counters(self) -> dict: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
-
-
-def lag_control(lc: LearnerConfig, dapo: DAPOConfig, run_seed: int, max_inflight: int, leases: LeaseBook,
-                buffer: GroupBuffer, record_visit: Callable[[Group], None],
-                count_filtered: Callable[[int], None]) -> LagControl:
-    """The implementation `learner.lag_control` names."""
-    from learner.orchestration.bounded import BoundedLag
-    from learner.orchestration.exact import ExactLag
-
-    if lc.lag_control == "exact":
-        return ExactLag(lc, dapo, run_seed, leases, buffer, record_visit, count_filtered)
-    return BoundedLag(lc, max_inflight, leases, buffer)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from learner.orchestration.schedule import temperature
 from learner.orchestration.tracker import Tracker
 from pipeline.config import ScheduleConfig
-from pipeline.data import Problem
+from pipeline.problems import Problem
 from pipeline.messages import Assignment, pack_ids
 
 

@@ -77,8 +77,9 @@ class Lives:
 
 class Supervisor:
     def __init__(self, gc: GeneratorConfig, send: Callable[[int, object], bool],
-                 on_gone: Callable[[int, str], None] | None, weights: Membership):
-        """`on_gone(generator, why)`: what a generator's death or departure does (the loop sets it);
+                 on_gone: Callable[[int, str], None], weights: Membership):
+        """`on_gone(generator, why)`: what a generator's death or departure does
+        (learner/orchestration/departures.py);
         `weights`: told when a generator's engine is up (its link opens then) and when it is gone."""
         self.gc, self.weights = gc, weights
         self.send = send
@@ -246,9 +247,9 @@ class Supervisor:
         return {gid: max(info.version, self.weights.handed(gid)) for gid, info in self.generators.items()
                 if info.status in ("ready", "generating", "updating") and self.weights.joined(gid)}
 
-    def pool(self, version: int, groups_in_step: int, step_running: bool, started: bool) -> Pool:
+    def pool(self, version: int, groups_in_step: int, step_running: bool) -> Pool:
         """The generators as lag control sees them at a tick (learner/orchestration/lag.py)."""
-        return Pool(version, step_running, groups_in_step, self.ready_weights(), self.expected, started,
+        return Pool(version, step_running, groups_in_step, self.ready_weights(), self.expected,
                     {gid: (g.groups, g.busy_s) for gid, g in self.generators.items()})
 
     def stop_all(self, reason: str = "run finished") -> None:

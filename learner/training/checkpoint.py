@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -25,11 +24,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline.probe import probe_matches
-from pipeline.config import ConfigError
+from pipeline.rundir import find_checkpoint, latest, list_checkpoints
 
 log = logging.getLogger(__name__)
 
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
 # Every tokenizer file a model folder may carry, the chat template included: a checkpoint must be a
 # model folder that prompts exactly as the one training started from.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -169,9 +167,10 @@ class Checkpoints:
     the loop, its outcome collected (a failed write is logged and counted: training goes on, since
     losing the run to a full disk would be worse than a missed checkpoint)."""
 
-    def __init__(self, writer: Writer, clock):
-        self.writer, self.clock = writer, clock  # the clock is charged for the time steps were held
+    def __init__(self, writer: Writer):
+        self.writer = writer
         self.failures = 0
+        self.held_s = 0.0  # seconds from a cut to its write's end, not yet taken (`take_held`)
         self._started = 0.0
 
     @property
@@ -183,10 +182,15 @@ class Checkpoints:
         self._started = time.monotonic()
         self.writer.start(trainer, state)
 
+    def take_held(self) -> float:
+        """The seconds steps were held by checkpoints since the last take (the loop charges its clock)."""
+        held, self.held_s = self.held_s, 0.0
+        return held
+
     def collect(self, wait: bool) -> Path | None:
         outcome = self.writer.collect(wait)
         if outcome is not None:
-            self.clock.spent["checkpoint"] += time.monotonic() - self._started
+            self.held_s += time.monotonic() - self._started
         if isinstance(outcome, CheckpointError):
             self.failures += 1
             log.error("%s", outcome)
@@ -196,60 +200,9 @@ class Checkpoints:
         return outcome
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
-
-
-def latest(root: Path) -> Path | None:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
-
-
-def resolve(path: Path) -> Path:
-    """A checkpoint folder, or the newest one under a run folder or its checkpoints/ folder."""
-    if (path / "state.json").exists():
-        return path
-    for root in (path / "checkpoints", path):
-        if (found := latest(root)) is not None:
-            return found
-    raise CheckpointError(f"no checkpoint found at {path}")
-
-
-def start_from(run_dir: Path, resume: str | None) -> Path | None:
-    """The checkpoint `train` continues from, or None for a fresh run, so that no run folder is ever
-    overwritten or mixed. `resume`: None (a fresh run: refused where the folder already holds a run),
-    "" (the newest checkpoint of the run folder), "auto" (that, or a fresh run where there is none:
-    what a requeued job passes), or a checkpoint or run folder."""
-    held = list_checkpoints(run_dir / "checkpoints")
-    if resume is None:
-        if held:
-            raise ConfigError(f"{run_dir} already holds a run (newest checkpoint {held[-1].name}): a fresh run "
-                              f"would overwrite it. Continue it with --resume (or --resume auto), or start another "
-                              f"with a new --run.name")
-        if (run_dir / "metrics.jsonl").exists():
-            raise ConfigError(f"{run_dir} holds the metrics of a run that left no checkpoint: --resume auto starts "
-                              f"afresh there (setting them aside), or start another with a new --run.name")
-        return None
-    if resume == "auto":
-        if held:
-            return held[-1]
-        _set_aside(run_dir)
-        return None
-    return resolve(Path(resume) if resume else run_dir)
-
-
-def _set_aside(run_dir: Path) -> None:
-    """A run that left no checkpoint starts again from scratch: its files are kept, renamed, not mixed."""
-    for name in ("metrics.jsonl", "summary.json"):
-        old = run_dir / name
-        if old.exists():
-            n = 1
-            while (kept := run_dir / f"{old.stem}.before-restart-{n}{old.suffix}").exists():
-                n += 1
-            old.rename(kept)
-            log.warning("%s: no checkpoint to resume from; the earlier %s is kept as %s", run_dir, name, kept.name)
+# where a checkpoint is, and whether a run folder may be started in: the run folder's policy
+# (pipeline/rundir.py); `resolve` is the name the tests know it by
+resolve = find_checkpoint
 
 
 def load_state(ckpt: Path) -> tuple[dict, torch.Tensor]:

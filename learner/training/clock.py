@@ -41,6 +41,10 @@ class StageClock:
         finally:
             self.spent[name] += time.perf_counter() - t
 
+    def charge(self, name: str, seconds: float) -> None:
+        """Time spent in stage `name` measured by someone else (a checkpoint's hold, across ticks)."""
+        self.spent[name] += seconds
+
     def take(self) -> dict[str, float]:
         """The seconds per stage since the last take, as `time/<stage>` metrics; the clock restarts.
         On a GPU, waits for each stage's end event (its own stream, up to that point only)."""

@@ -1,4 +1,5 @@
-"""Turns rollout messages into complete groups, and holds them until a batch is trained.
+"""Turns rollout messages into complete groups, and saves them for a checkpoint. (The buffer that holds
+them until a step trains them is lag control's: learner/orchestration/buffer.py.)
 
 Groups are whole by construction: a Rollout carries all n samples of one lease, and one with any
 other count is refused (and its lease closed as failed), never normalised as if it were complete.
@@ -121,32 +122,3 @@ def group_from_rollout(r: Rollout, group_size: int) -> Group:
         token_versions=versions,
     )
 
-
-class GroupBuffer:
-    """FIFO of complete groups waiting to be trained."""
-
-    def __init__(self):
-        self.groups: list[Group] = []
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def add(self, group: Group) -> None:
-        self.groups.append(group)
-
-    def drop_stale(self, version: int, max_lag: int) -> list[Group]:
-        """Remove and return groups whose lag would exceed max_lag if trained at `version`."""
-        stale = [g for g in self.groups if g.lag(version) > max_lag]
-        self.groups = [g for g in self.groups if g.lag(version) <= max_lag]
-        return stale
-
-    def take(self, count: int) -> list[Group]:
-        batch, self.groups = self.groups[:count], self.groups[count:]
-        return batch
-
-    def take_leases(self, lease_ids: list[int]) -> list[Group]:
-        """The groups of these leases, removed from the buffer."""
-        wanted = set(lease_ids)
-        taken = [g for g in self.groups if g.lease_id in wanted]
-        self.groups = [g for g in self.groups if g.lease_id not in wanted]
-        return taken

@@ -15,6 +15,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 from pathlib import Path
 
 import torch
@@ -54,6 +55,25 @@ def host_buffer(layout: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype, p
         out.append((name, block[offset:offset + n].view(shape)))
         offset += n
     return out
+
+
+class TrainerLike(Protocol):
+    """What the learner's parts need of a trainer (`Trainer`, the sharded one, or a test's stand-in):
+    the loop, the stepper, the weights' publisher and the checkpoint writer."""
+
+    version: int  # optimiser steps taken: the weights' version
+    device: torch.device
+    dtype: str
+    concurrent_snapshot: bool  # the weights may be copied beside a step's forward pass
+
+    def step(self, groups: list[Group], before_update: Callable[[], object] | None = None,
+             on_batch: Callable[[Batch], None] | None = None) -> StepResult: ...
+    def probe_logprobs(self) -> list[float]: ...
+    def host_weights(self, dtype: torch.dtype, into: list[tuple[str, torch.Tensor]] | None = None
+                     ) -> list[tuple[str, torch.Tensor]]: ...
+    def full_state(self) -> tuple[dict | None, dict]: ...
+    def load_optimizer(self, ckpt: Path) -> None: ...
+    def keep_alive(self) -> None: ...
 
 
 class Trainer:

@@ -10,7 +10,7 @@ point. The engine's workers join at ranks 1..tensor_parallel_size, so a tensor-p
 workers each receive the weights.
 
 A link is one weight group: the learner at rank 0 and the workers of one or more generators after it
-(learner/weights/groups.py decides which: the whole pool, or one generator each).
+(learner/weights/membership.py decides which: the whole pool, or one generator each).
 
 What is sent is a `Snapshot`: the weights copied into host memory one parameter at a time (so training
 goes on meanwhile, and the learner's device holds no second copy of the model), sent in packed buckets

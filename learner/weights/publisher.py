@@ -1,5 +1,5 @@
 """The one owner of the weights that leave the learner: it decides when to snapshot them, sends them
-to the generators over their weight groups (learner/weights/groups.py: one shared by the pool, or one
+to the generators over their weight groups (learner/weights/membership.py: one shared by the pool, or one
 each), and checks from the generators' heartbeats that each really holds them, by comparing the probe
 log-probs a generator reports with the learner's own (pipeline/probe.py).
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from learner.training.clock import StageClock
 from learner.observe.stats import RunStats
-from learner.weights.groups import WeightGroups
+from learner.weights.membership import WeightGroups
 from learner.weights.links import Snapshot, take_snapshot
 from pipeline.messages import Heartbeat
 from pipeline.probe import PROBE_TOLERANCE, PROBE_TOLERANCE_GPU, probe_matches

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 
-from learner.weights.groups import OpenLink, close_links
+from learner.weights.membership import OpenLink, close_links
 from learner.weights.links import GeneratorLink, Snapshot
 from pipeline.messages import Heartbeat
 

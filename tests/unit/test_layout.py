@@ -6,7 +6,9 @@ module), wherever the import statement sits (docs/design.md §2):
 - Inside `learner/`, the rooms import downwards only: `training/` (the algorithm and the optimiser)
   imports no other room; `observe/` only `training/` (for the types it records); `weights/` and
   `orchestration/` import `training/` and `observe/`, never each other. The loop and its builder, at the top of
-  `learner/`, wire them all; no room imports them."""
+  `learner/`, wire them all; no room imports them.
+- No import circles: no two modules of `pipeline/`, `actors/` or `learner/` import each other,
+  directly or round a ring."""
 
 import ast
 from pathlib import Path
@@ -92,3 +94,69 @@ def test_the_check_catches_an_import_inside_a_function(tmp_path):
     (tmp_path / "pipeline" / "y.py").write_text("import learner.loop\n")
     (tmp_path / "actors").mkdir()
     assert crossings(tmp_path) == ["pipeline/y.py imports learner", "learner/x.py imports actors"]
+
+
+def import_graph(root: Path, packages=("pipeline", "actors", "learner")) -> dict[str, set[str]]:
+    """Module -> the project modules it imports (anywhere in the file, inside functions too); `from
+    a.b import c` counts as importing a.b.c where that is a module, else a.b."""
+    modules = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in imported_modules(path):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name and not name.startswith(imported + "."):  # not its own package
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def test_no_import_circles():
+    """No two modules import each other, directly or round a ring, not even inside a function: each
+    part can be read (and changed) from the bottom up."""
+    assert import_circles(import_graph(ROOT)) == []
+
+
+def test_the_circle_check_catches_a_ring_through_a_function(tmp_path):
+    (tmp_path / "learner").mkdir()
+    (tmp_path / "learner" / "a.py").write_text("from learner.b import f\n")
+    (tmp_path / "learner" / "b.py").write_text("def f():\n    from learner.a import g\n")
+    (tmp_path / "learner" / "c.py").write_text("import learner.a\n")
+    assert import_circles(import_graph(tmp_path, packages=("learner",))) == [["learner.a", "learner.b"]]

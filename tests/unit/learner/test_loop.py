@@ -1,49 +1,34 @@
-"""The loop's tick with its edges faked and no process started: real lease book, tracker, intake, lag
-control, supervisor, weights' publisher and stepper; a queue for the endpoint, a scripted launcher, a
-gated trainer, recording weight links and a held checkpoint writer (tests/doubles.py)."""
+"""The loop's tick with its edges faked and no process started, built by learner/build.py's `build`
+as a run builds it: real lease book, tracker, intake, lag control, ledger, supervisor, weights'
+publisher and stepper; a queue for the endpoint, a scripted launcher, a gated trainer, recording
+weight links, a tokenizer of no model and a held checkpoint writer (tests/doubles.py)."""
 
 import pytest
 
-from learner.loop import Learner, Rooms
-from learner.training.clock import StageClock
-from learner.observe.metrics import MetricsLog
-from learner.observe.stats import Arrivals, RunStats
+from learner.build import build
+from learner.loop import Learner
 from learner.orchestration.exact import lease_seed
-from learner.orchestration.intake import Intake
-from learner.orchestration.lag import lag_control
-from learner.orchestration.supervisor import Supervisor
-from learner.training.checkpoint import Checkpoints
-from learner.training.groups import GroupBuffer
-from learner.training.stepper import Stepper
-from learner.weights.groups import OwnGroups
-from learner.weights.publisher import WeightPublisher
 from pipeline.config import from_dict
+from pipeline.problems import Problem
 from pipeline.messages import Heartbeat
-from tests.builders import lease_book, rollout, rule
-from tests.doubles import GatedTrainer, HeldWriter, QueueEndpoint, ScriptedLauncher, recording_link
+from tests.builders import rollout
+from tests.doubles import GatedTrainer, HeldWriter, NoModelTokenizer, QueueEndpoint, ScriptedLauncher, recording_link
 
 
 def _learner(tmp_path, launcher=None, gated=False, **sections) -> tuple[Learner, QueueEndpoint, GatedTrainer]:
     raw = {"run": {"out_dir": str(tmp_path), "seed": 11}, "log": {"wandb": False, "progress": False},
-           "generator": {"max_tokens": 8, "max_inflight": 8}, "eval": {"final": False}}
+           "generator": {"max_tokens": 8, "max_inflight": 8, "kv_cache_bytes": 1 << 24},
+           "weights": {"group": "own"},
+           "data": {"chat_template": False}, "eval": {"final": False}}
     for section, fields in sections.items():
         raw.setdefault(section, {}).update(fields)
     cfg = from_dict(raw)
-    lc = cfg.learner
-    tracker, leases = lease_book(num=12, group_size=lc.group_size, cfg=cfg)
+    problems = [Problem(i, f"q{i}", str(i), "reasoning_gym:basic_arithmetic") for i in range(12)]
     endpoint, trainer = QueueEndpoint(), GatedTrainer(gated)
-    buffer, clock, stats = GroupBuffer(), StageClock(), RunStats(Arrivals(cfg.schedule.t0))
-    intake = Intake(leases, tracker, buffer, stats, rule(cfg), cfg.dapo, lc.group_size, lc.groups_per_step, 1.0)
-    lag = lag_control(lc, cfg.dapo, cfg.run.seed, 8, leases, buffer, intake.record_visit, intake.count_filtered)
-    intake.in_arrival_order = lag.on_arrival
-    weights = WeightPublisher(trainer, "float32", lc.sync_every, lc.steps, OwnGroups(recording_link), stats, clock, endpoint.wake)
-    supervisor = Supervisor(cfg.generator, endpoint.send, on_gone=None, weights=weights)
-    stepper = Stepper(trainer, endpoint.wake)
-    writer = HeldWriter(lambda: stepper)
-    metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=False, wandb_mode="disabled", run_name="t", config={})
-    rooms = Rooms(trainer, tracker, leases, buffer, intake, lag, supervisor, weights, stepper, None, stats, metrics,
-                  Checkpoints(writer, clock), clock)
-    learner = Learner(cfg, rooms, endpoint, launcher)
+    held: dict = {}
+    writer = HeldWriter(lambda: held["learner"].stepper)
+    learner = held["learner"] = build(cfg, "", problems, endpoint, launcher, trainer=trainer,
+                                      tokenizer=NoModelTokenizer(), open_link=recording_link, writer=writer)
     learner.writer = writer
     return learner, endpoint, trainer
 
@@ -169,6 +154,7 @@ def test_exact_lag_leases_wave_t_plus_k_plus_1_only_after_step_t_and_seeds_it_by
 @pytest.mark.parametrize("kind", ["bounded", "exact"])
 def test_lag_control_is_one_interface(kind, tmp_path):
     learner, _, _ = _learner(tmp_path, learner={"lag_control": kind})
-    for name in ("lease", "next_batch", "settle", "spent", "counters", "state_dict", "load_state_dict"):
+    for name in ("lease", "admit", "readmit", "next_batch", "settle", "spent", "counters", "state_dict",
+                 "load_state_dict"):
         assert callable(getattr(learner.lag, name))
-    assert learner.lag.on_arrival is (kind == "bounded")
+    assert len(learner.lag.buffer) == 0

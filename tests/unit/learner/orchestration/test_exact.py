@@ -75,15 +75,15 @@ def test_a_waves_untrained_groups_are_recorded_in_the_tracker_too_in_lease_order
     """Dynamic sampling leases ceil(B x oversample) per wave and trains B: the others were visits all
     the same, and the tracker must see every one of them, in lease order, at the step's end."""
     from learner.orchestration.exact import ExactLag
-    from learner.training.groups import GroupBuffer
+    from learner.orchestration.buffer import GroupBuffer
+    from learner.orchestration.leases import LeaseOutcome
     from tests.builders import lease_book, rollout
     from learner.training.groups import group_from_rollout
 
     cfg = from_dict({"learner": {"max_lag": 0, "groups_per_step": 2, "lag_control": "exact", "group_size": 2},
                      "dapo": {"dynamic_sampling": True, "oversample": 2.0}})
     tracker, leases = lease_book(num=8, group_size=2, cfg=cfg)
-    buffer, recorded, filtered = GroupBuffer(), [], []
-    lag = ExactLag(cfg.learner, cfg.dapo, 7, leases, buffer, recorded.append, filtered.append)
+    lag = ExactLag(cfg.learner, cfg.dapo, 7, leases, GroupBuffer())
     out = []
     lag.lease(_pool(version=0), lambda gid, tag: (out.append(leases.lease(gid, 0, seed=tag.seed)) or out[-1].lease_id, True))
     assert len(out) == 4  # one wave of ceil(2 x 2.0)
@@ -92,15 +92,17 @@ def test_a_waves_untrained_groups_are_recorded_in_the_tracker_too_in_lease_order
         leases.returned(a.lease_id)
         g = group_from_rollout(rollout(a, n=2, rewards=rewards), 2)
         g.advantage = r.of(g.rewards, g.outcome, [2, 2])
-        buffer.add(g)
-    train = lag.next_batch(0)
+        assert lag.admit(g).visits == []  # nothing recorded on arrival
+    batch = lag.next_batch(0)
     # with signal (mixed): the 2nd and 4th leased; the 1st (all wrong) and 3rd (all right) are not trained
-    assert [g.lease_id for g in train] == [out[1].lease_id, out[3].lease_id] and filtered == [2]
-    lag.settle(0, train)
-    assert [g.lease_id for g in recorded] == [a.lease_id for a in out]  # all four, in lease order
+    assert [g.lease_id for g in batch.train] == [out[1].lease_id, out[3].lease_id] and batch.filtered == 2
+    assert {(g.lease_id, why) for g, why in batch.dropped} == {(out[0].lease_id, LeaseOutcome.DROPPED_FILTERED),
+                                                               (out[2].lease_id, LeaseOutcome.DROPPED_FILTERED)}
+    settled = lag.settle(0, batch.train)
+    assert [g.lease_id for g in settled.visits] == [a.lease_id for a in out]  # all four, in lease order
 
 
 def _pool(version: int):
     from learner.orchestration.lag import Pool
 
-    return Pool(version=version, step_running=False, groups_in_step=0, ready={0: version}, expected=1, started=True)
+    return Pool(version=version, step_running=False, groups_in_step=0, ready={0: version}, expected=1)

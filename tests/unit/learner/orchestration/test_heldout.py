@@ -31,8 +31,9 @@ def test_a_round_leases_each_problem_once_and_scores_when_complete(tiny_model):
     assert len(send.sent) == 4
     for a, rewards in zip(leases, ([1, 1], [0, 0], [1, 0], [0, 0])):
         assert evaluator.owns(a.lease_id)
-        result = evaluator.on_rollout(_result(a, rewards))
-    assert not evaluator.busy and result.problems == 4
+        scored = evaluator.on_rollout(_result(a, rewards))
+    step, result = scored
+    assert not evaluator.busy and step == 3 and result.problems == 4
     assert (result.mean_at_k, result.pass_at_k) == (pytest.approx(3 / 8), pytest.approx(2 / 4))
     assert evaluator.results == [(3, result)]
     # each problem sampled with a seed of its own, the same in the next round (common random numbers)

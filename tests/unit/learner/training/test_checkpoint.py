@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from learner.training.checkpoint import CheckpointError, Writer, list_checkpoints, load_state, start_from
+from learner.training.checkpoint import CheckpointError, Writer, list_checkpoints, load_state
+from pipeline.rundir import start_from
 from learner.training.trainer import Trainer
 from pipeline.config import ConfigError
 from tests.conftest import make_config

@@ -1,9 +1,9 @@
-"""Groups are whole and consistent, their outcome decided once; stale groups leave the buffer."""
+"""Groups are whole and consistent, their outcome decided once, and saved as they are."""
 
 import pytest
 import torch
 
-from learner.training.groups import BadRollout, GroupBuffer, group_from_rollout, group_from_state, group_to_state
+from learner.training.groups import BadRollout, group_from_rollout, group_from_state, group_to_state
 from pipeline.messages import pack_floats, pack_ids
 from tests.builders import group, lease_book, rollout
 
@@ -26,29 +26,6 @@ def test_group_must_be_complete_and_consistent():
     assert g.responses[2].tolist() == [7, 8, 9] and g.responses[0].tolist() == [5, 6]
     assert g.behaviour_logprobs[2].tolist() == pytest.approx([-0.3, -0.2, -0.1])
     assert g.rewards.tolist() == [1, 0, 1, 1] and g.prompt.tolist() == [1, 2, a.prompt_id]
-
-
-def test_stale_groups_are_dropped_not_trained():
-    _, d = lease_book()
-    buf = GroupBuffer()
-    for v in (0, 1, 2, 3):
-        buf.add(group_from_rollout(rollout(d.lease(0, v), version=v), 4))
-    stale = buf.drop_stale(version=4, max_lag=2)
-    assert sorted(g.version_first for g in stale) == [0, 1]
-    kept = buf.take(10)
-    assert [g.version_first for g in kept] == [2, 3]  # the fresh ones stay, in arrival order
-    assert len(buf) == 0
-
-
-def test_lag_counts_from_the_oldest_token():
-    """A sample whose tokens span versions 3..5 (in-flight update) is as old as its version-3 token."""
-    _, d = lease_book()
-    g = group_from_rollout(rollout(d.lease(0, 3), n=2, token_versions=[[4, 5], [3, 4, 5]]), 2)
-    assert (g.version_first, g.version_last) == (3, 5)
-    assert g.lag(6) == 3
-    buf = GroupBuffer()
-    buf.add(g)
-    assert buf.drop_stale(version=6, max_lag=2) == [g]  # by its oldest token, it is over max_lag
 
 
 def test_a_saved_group_keeps_its_outcome_and_advantage():

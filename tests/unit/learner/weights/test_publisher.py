@@ -5,7 +5,7 @@ import pytest
 
 from learner.training.clock import StageClock
 from learner.observe.stats import Arrivals, RunStats
-from learner.weights.groups import OwnGroups
+from learner.weights.membership import OwnGroups
 from learner.weights.publisher import WeightPublisher
 from pipeline.messages import Heartbeat
 from pipeline.probe import probe_matches
