@@ -65,14 +65,22 @@ class Generator:
         self.workers = cfg.generator.tensor_parallel_size
         self.beacon = Beacon(self.heartbeat, self.endpoint.recv, self._keep, lambda: self._heard,
                              cfg.generator.heartbeat_s, cfg.generator.learner_timeout_s, abandon)
-        self.heartbeat()  # the learner learns it is loading, and opens its weight group once it is up
-        with self.beacon.covering("the engine loads"):
-            self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id,
-                                           weights_backend=backend, initial_version=initial_version)
-        self.verifier = Verifier(cfg.generator.verifier_timeout_s)
-        self.tokenizer = self.engine.tokenizer
-        self.status = "joining"  # engine up: the learner opens its weight group now
-        self._first_join(cfg.weights.timeout_s, cfg.generator.start_timeout_s)
+        self.verifier: Verifier | None = None
+        try:
+            self.heartbeat()  # the learner learns it is loading, and opens its weight group once it is up
+            with self.beacon.covering("the engine loads"):
+                self.engine = engine or Engine(cfg, model_path, seed=cfg.run.seed + 1000 * generator_id,
+                                               weights_backend=backend, initial_version=initial_version)
+            self.verifier = Verifier(cfg.generator.verifier_timeout_s)
+            self.tokenizer = self.engine.tokenizer
+            self.status = "joining"  # engine up: the learner opens its weight group now
+            self._first_join(cfg.weights.timeout_s, cfg.generator.start_timeout_s)
+        except BaseException:
+            # A start that fails releases what it opened. An endpoint left to the garbage collector
+            # can hang its whole process later: pyzmq's Context.__del__ terms the context, which
+            # waits for sockets the same collection has not closed yet.
+            self._release()
+            raise
 
     def heartbeat(self) -> None:
         self.endpoint.send_control(Heartbeat(
@@ -278,5 +286,9 @@ class Generator:
         finally:
             self.status = "stopping"
             self.heartbeat()
+            self._release()
+
+    def _release(self) -> None:
+        if self.verifier is not None:
             self.verifier.close()
-            self.endpoint.close()
+        self.endpoint.close()

@@ -4,6 +4,7 @@ take a known time, so what is checked is the loop's scheduling, not sampling."""
 
 import threading
 import time
+import traceback
 
 import pytest
 import torch
@@ -164,6 +165,10 @@ def test_an_engine_that_cannot_run_ends_the_generator_saying_why(tmp_path, tiny_
             ep.recv(20)  # the learner's side goes on answering
         assert not thread.is_alive(), "the generator went on waiting after its engine failed"
         assert [str(e) for e in failed] == ["backend='inductor' raised: CppCompileError"]
+        # and it released its sockets: one left to the garbage collector hung a later test's process
+        (gen,) = {f.f_locals["self"] for f, _ in traceback.walk_tb(failed[0].__traceback__)
+                  if isinstance(f.f_locals.get("self"), Generator)}
+        assert gen.endpoint.ctx.closed
     finally:
         link.close()
         ep.close()
