@@ -41,17 +41,30 @@ class _NoChatWarmup(logging.Filter):
 
 
 logging.getLogger("vllm.renderers.base").addFilter(_NoChatWarmup())
+log = logging.getLogger(__name__)
 
 
 def eager_where_compilation_fails() -> None:
     """vLLM compiles a few small helpers with torch.compile even in eager mode (the log-prob ranks of
-    `batched_count_greater_than`, a sampling kernel). Where inductor's C++ build fails on a CPU (seen
-    with ATEN_CPU_CAPABILITY=default: "'at::vec' has not been declared"), the engine's first step
-    raised, and the generator never got ready. With dynamo's errors suppressed, a helper that does not
-    compile runs eagerly instead (dynamo logs why, once per helper) and nothing else changes."""
+    `batched_count_greater_than`, a sampling kernel, the vocabulary mask of a tensor-parallel
+    embedding). Where inductor's C++ build fails on a CPU (seen with ATEN_CPU_CAPABILITY=default:
+    "'at::vec' has not been declared"), the engine's first step raised, and the generator never got
+    ready. With dynamo's errors suppressed, a helper that does not compile runs eagerly instead
+    (dynamo logs why, once per helper) and nothing else changes.
+
+    Under a forced ATEN_CPU_CAPABILITY (kernels of another CPU, as `make test` is run to imitate one)
+    inductor is not used at all: on an AVX-512 machine with ATEN_CPU_CAPABILITY=avx2, torch 2.13's
+    inductor built the embedding mask's int64 kernel without error and it returned garbage (indices
+    of 1e18: "index out of range" in every tensor-parallel worker). The environment variable reaches
+    vLLM's worker processes too."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
+    if os.environ.get("ATEN_CPU_CAPABILITY"):
+        log.info("ATEN_CPU_CAPABILITY=%s: torch.compile disabled in the engine (inductor miscompiles under "
+                 "a forced capability)", os.environ["ATEN_CPU_CAPABILITY"])
+        os.environ["TORCHDYNAMO_DISABLE"] = "1"
+        torch._dynamo.config.disable = True
 
 
 class Engine:
