@@ -94,7 +94,7 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint: Endpo
                                     cfg.transport.weight_ports)
     groups = (SharedGroup(open_link, stale_s=STALE_BEATS * gc.heartbeat_s) if cfg.weights.group == "shared"
               else OwnGroups(open_link))
-    weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, groups, stats, clock, endpoint.wake)
+    weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, groups, clock, endpoint.wake)
     ev = cfg.eval
     heldout = Evaluator(ev, cfg.data, gc.max_tokens, tokenizer, cfg.run.seed) if ev.every or ev.final or ev.first else None
     metrics = MetricsLog(cfg.run_dir / "metrics.jsonl", use_wandb=cfg.log.wandb, wandb_mode=cfg.log.wandb_mode,

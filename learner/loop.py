@@ -153,7 +153,8 @@ class Learner:
         for msg in self.endpoint.recv(timeout_ms):
             if isinstance(msg, Heartbeat):
                 self.supervisor.on_heartbeat(msg)
-                self.weights.on_heartbeat(msg)
+                if (check := self.weights.on_heartbeat(msg)) is not None:
+                    self.stats.record_probe(check.ok, check.diff)
             elif isinstance(msg, Rollout):
                 self.watch.rollout()
                 got_rollout = True

@@ -97,12 +97,11 @@ def wait_for(cond, what: str, seen: dict, timeout: float = 240.0, every_s: float
     return True
 
 
-def balanced(learner) -> bool:
+def assert_every_lease_accounted_for(learner) -> None:
     """The no-silent-loss identity, as the learner itself checks it at every checkpoint: every
     dispatch is trained, dropped, failed, re-issued, or still open (out at a generator, buffered, or
     in the running step). Raises, naming the leases, where it is broken."""
     learner.check_leases()
-    return True
 
 
 def pytest_collection_modifyitems(config, items):

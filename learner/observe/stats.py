@@ -118,7 +118,6 @@ class RunStats:
     lag_hist: collections.Counter = field(default_factory=collections.Counter)
     trained_lags_max: int = 0
     samples_trained: int = 0
-    versions_published: list[int] = field(default_factory=list)  # each version snapshotted to go out
     weights_verified: int = 0
     weights_mismatch: int = 0
     probe_max_diff: float = 0.0
@@ -145,6 +144,14 @@ class RunStats:
             self.version_regressions += 1
         self.last_version[generator_id] = group.version_last
         self.rollouts_by_generator[generator_id] += 1
+
+    def record_probe(self, ok: bool, diff: float) -> None:
+        """A generator's probe compared with the learner's (learner/weights/publisher.py)."""
+        self.probe_max_diff = max(self.probe_max_diff, diff)
+        if ok:
+            self.weights_verified += 1
+        else:
+            self.weights_mismatch += 1
 
     def record_visits(self, visits: list[Group], filtered: int) -> None:
         """Visits recorded in the tracker, and groups dropped by dynamic sampling (learner/orchestration/ledger.py).

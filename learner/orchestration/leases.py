@@ -193,13 +193,14 @@ class LeaseBook:
         lost = sorted(returned - set(held))
         orphans = sorted(i for i in held if i not in returned)
         doubled = sorted(i for i, c in held.items() if c > 1)
-        if lost or orphans or doubled or not self.balanced():
+        if lost or orphans or doubled or not self.counts_add_up():
             raise LeaseIdentityError(
                 f"lease identity broken: returned leases with no group anywhere {lost[:20]}, groups without "
                 f"an open lease {orphans[:20]}, groups held twice {doubled[:20]}; dispatched {self.dispatched}, "
                 f"outcomes {dict(self.outcomes)}, open {self.open}")
 
-    def balanced(self) -> bool:
+    def counts_add_up(self) -> bool:
+        """Every dispatch is trained, dropped, failed, re-issued, or still open."""
         return self.dispatched == sum(self.outcomes.values()) + self.open
 
     def state_dict(self) -> dict:

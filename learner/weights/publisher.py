@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from learner.training.clock import StageClock
-from learner.observe.stats import RunStats
 from learner.weights.membership import WeightGroups
 from learner.weights.links import Snapshot, take_snapshot
 from pipeline.messages import Heartbeat
@@ -28,15 +28,25 @@ log = logging.getLogger(__name__)
 PROBES_KEPT = 64
 
 
+@dataclass(frozen=True)
+class ProbeCheck:
+    """One comparison of the probe log-probs generator `gid` reported for `version` with the
+    learner's: `diff` the largest gap, `ok` within tolerance. The loop hands it to the statistics."""
+
+    gid: int
+    version: int
+    ok: bool
+    diff: float
+
+
 class WeightPublisher:
     def __init__(self, trainer, dtype: str, sync_every: int, steps: int,
-                 groups: WeightGroups, stats: RunStats, clock: StageClock, wake: Callable[[], None]):
-        """`groups`: the generators' weight groups; `stats`: where versions published, verified and
-        mismatched are counted; `clock`: charged for probe checks; `wake`: tells the loop a snapshot
-        is ready to go out."""
+                 groups: WeightGroups, clock: StageClock, wake: Callable[[], None]):
+        """`groups`: the generators' weight groups; `clock`: charged for probe checks; `wake`: tells
+        the loop a snapshot is ready to go out."""
         self.trainer, self.dtype = trainer, dtype
         self.sync_every, self.steps = sync_every, steps
-        self.groups, self.stats, self.clock, self.wake = groups, stats, clock, wake
+        self.groups, self.clock, self.wake = groups, clock, wake
         self.checked: dict[int, int] = {}  # generator -> newest version whose probe was compared
         self.no_probe: set[int] = set()  # generators that report no probe at all (the benchmark's stand-in engine)
         self.probes: dict[int, list[float]] = {trainer.version: trainer.probe_logprobs()}
@@ -46,6 +56,7 @@ class WeightPublisher:
         self._retired: list[Snapshot] = []  # older snapshots, whose host memory is reused once no link sends them
         self.snapshot_buffers = 0  # host blocks allocated for snapshots over the run (reuse keeps it small)
         self.latest = trainer.version  # the newest version published (the generators start from this one)
+        self.published: list[int] = []  # each version this process snapshotted to go out, in order
         self.finishing = False  # the run's end: the last version goes out whatever sync_every says
 
     # ---- membership: the supervisor says who joined and who is gone -------------------------------
@@ -102,7 +113,7 @@ class WeightPublisher:
             del self.probes[old]
         self.snapshot = snapshot
         self.latest = v
-        self.stats.versions_published.append(v)
+        self.published.append(v)
         self.wake()
 
     def _free_buffer(self) -> Snapshot | None:
@@ -143,34 +154,35 @@ class WeightPublisher:
 
     # ---- checking ---------------------------------------------------------------------------------
 
-    def on_heartbeat(self, hb: Heartbeat) -> None:
-        """Check a probe a generator reports for the first time (none from one already let go)."""
+    def on_heartbeat(self, hb: Heartbeat) -> ProbeCheck | None:
+        """Check a probe a generator reports for the first time (none from one already let go); the
+        check, for the statistics, or None where nothing new was compared."""
         self.groups.observe(hb, time.monotonic())
         if hb.status == "stopping" and self.groups.handed(hb.generator_id) < 0:
-            return  # the last word of one already let go
+            return None  # the last word of one already let go
         if hb.status in ("ready", "generating") and not hb.probe_logprobs:
             self.no_probe.add(hb.generator_id)  # an engine with nothing to score by (the stand-in): never waited for
-        if hb.probe_logprobs and hb.probe_version > self.checked.get(hb.generator_id, -1):
-            with self.clock.stage("probe"):
-                if self.verify(hb.generator_id, hb.probe_version, hb.probe_logprobs) is not None:
-                    self.checked[hb.generator_id] = hb.probe_version
+        if not hb.probe_logprobs or hb.probe_version <= self.checked.get(hb.generator_id, -1):
+            return None
+        with self.clock.stage("probe"):
+            check = self.verify(hb.generator_id, hb.probe_version, hb.probe_logprobs)
+        if check is not None:
+            self.checked[hb.generator_id] = hb.probe_version
+        return check
 
-    def verify(self, gid: int, version: int, reported: list[float]) -> bool | None:
-        """Whether the probe log-probs generator `gid` reports for `version` match the learner's
-        (counted either way); None when the learner has no probe of that version to compare."""
+    def verify(self, gid: int, version: int, reported: list[float]) -> ProbeCheck | None:
+        """Whether the probe log-probs generator `gid` reports for `version` match the learner's (a
+        mismatch cuts it out of its weight group); None when the learner has no probe of that
+        version to compare."""
         expected = self.probes.get(version)
         if expected is None:
             return None
         ok, diff = probe_matches(reported, expected, self.dtype, self.tolerance)
-        self.stats.probe_max_diff = max(self.stats.probe_max_diff, diff)
-        if ok:
-            self.stats.weights_verified += 1
-        else:
-            self.stats.weights_mismatch += 1
+        if not ok:
             log.error("generator %d: weights of version %d differ from the learner's (probe log-probs "
                       "differ by up to %.2e)", gid, version, diff)
             self.groups.cut(gid, f"its weights of version {version} differ from the learner's (probe: {diff:.2e})")
-        return ok
+        return ProbeCheck(gid, version, ok, diff)
 
     def all_hold(self, version: int, heard: set[int]) -> bool:
         """Every link has been sent `version`, and every generator `heard` from has reported its probe."""

@@ -18,7 +18,7 @@ from learner.orchestration.leases import LeaseIdentityError
 from learner.session import open_learner
 from pipeline.data import load_problems
 from tests.doubles import SlowStepTrainer
-from tests.conftest import ROOT, CACHE_ARGS, balanced, make_config, run_pipeline
+from tests.conftest import ROOT, CACHE_ARGS, assert_every_lease_accounted_for, make_config, run_pipeline
 
 
 def _generator_procs(run_dir) -> list[psutil.Process]:
@@ -56,7 +56,7 @@ def test_a_checkpoint_is_a_cut_between_steps_and_resume_loses_no_lease(tiny_mode
     second = open_learner(cfg2, tiny_model, load_problems(cfg2.data), resume=mid)
     stats = run_pipeline(second, cfg2)  # checks the lease identity at every checkpoint and at the end
     assert second.trainer.version == 10 and stats.weights_mismatch == 0
-    assert balanced(second)
+    assert_every_lease_accounted_for(second)
     # every visit that was back at the checkpoint was trained or dropped by the end, none left open
     assert not {lease[0] for lease in saved["leases"]["returned_leases"]} & set(second.leases.leases)
     d = second.leases.outcomes

@@ -20,7 +20,7 @@ from pipeline.launcher import Launcher
 from pipeline.messages import WeightUpdate
 from pipeline.transport import LearnerEndpoint
 from pipeline.weight_wire import buckets, describe
-from tests.conftest import ROOT, STANDIN, WIDE, balanced, make_config, run_pipeline, wait_for
+from tests.conftest import ROOT, STANDIN, WIDE, assert_every_lease_accounted_for, make_config, run_pipeline, wait_for
 
 def test_a_generator_stopped_mid_broadcast_costs_its_link_not_a_step_and_is_restarted(wide_model, tmp_path, caplog):
     """With a weight group of its own (weights.group = own; a shared group's faults:
@@ -68,7 +68,7 @@ def test_a_generator_stopped_mid_broadcast_costs_its_link_not_a_step_and_is_rest
     failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generator 1:")]
     assert failures and all("its weight link failed" in m for m in failures), failures  # not silence: the link
     assert seen["stopped_was_killed"] and learner.supervisor.restarts == 1
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)
 
 
 def _alive(pid: int) -> bool:

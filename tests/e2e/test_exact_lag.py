@@ -15,7 +15,7 @@ from learner.observe.events import BatchBuilt, StepStarted
 from learner.training.advantages import Outcome
 from learner.session import open_learner
 from pipeline.data import load_problems
-from tests.conftest import ROOT, balanced, make_config, run_pipeline
+from tests.conftest import ROOT, assert_every_lease_accounted_for, make_config, run_pipeline
 from tests.e2e.killer import Killer
 
 STEPS, K = 20, 1
@@ -105,4 +105,4 @@ def test_exact_lag_trains_the_same_run_whatever_the_timing(tiny_model, tmp_path)
     # ERPO's schedule moved: the tracker's path is in the run (the hot prompts above, and whatever the
     # run's own visits made residual)
     assert any(t > 1.0 for s in calm for t in s["temperature"])
-    assert balanced(second)
+    assert_every_lease_accounted_for(second)

@@ -19,7 +19,7 @@ from learner.training import checkpoint
 from learner.session import open_learner
 from pipeline.data import load_problems
 from tests.e2e.killer import Killer
-from tests.conftest import ROOT, CACHE_ARGS, balanced, make_config, run_pipeline
+from tests.conftest import ROOT, CACHE_ARGS, assert_every_lease_accounted_for, make_config, run_pipeline
 
 
 def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_path):
@@ -73,14 +73,14 @@ def test_resume_restores_tracker_cursor_and_counters_exactly(tiny_model, tmp_pat
     assert len(second.buffer) == len(saved["buffer"]) == len(saved["leases"]["returned_leases"]) \
         == second.leases.open
     assert second.leases.outcomes["reissued"] == len(second.leases.requeue)
-    assert balanced(second)
+    assert_every_lease_accounted_for(second)
     # the model weights are the checkpoint's
     assert second.trainer.probe_logprobs() == pytest.approx(first.trainer.probe_logprobs(), abs=1e-6)
     visited_before = {i for i, p in enumerate(second.tracker.prompts) if p.visits}
     stats = run_pipeline(second, cfg2)
     assert second.trainer.version == 9 and len(stats.step_rewards) == 9
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 1  # the generator started from the checkpoint
-    assert balanced(second)
+    assert_every_lease_accounted_for(second)
     # no prompt is visited twice within an epoch across the restart (256 prompts: all in epoch 0)
     assert second.leases.epoch == 0
     assert max(p.visits for p in second.tracker.prompts) == 1
@@ -181,7 +181,7 @@ def test_run_survives_a_flood_of_malformed_frames(tiny_model, tmp_path):
     stats = run_pipeline(learner, cfg)
     t.join()
     assert len(stats.step_rewards) >= 6 and stats.weights_mismatch == 0
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)
     assert learner.leases.outcomes["trained"] == 4 * learner.trainer.version
     # every junk frame sent was rejected and counted: none lost, none passed as a message
     assert learner.endpoint.rejected.total == sent["n"] == 2000
@@ -204,7 +204,7 @@ def test_training_survives_generator_kills(tiny_model, tmp_path):
     assert learner.supervisor.restarts == 3
     assert len(stats.step_rewards) == learner.trainer.version >= kills[-1] + 2
     assert learner.leases.outcomes["reissued"] > 0
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)
     assert stats.weights_mismatch == 0
     assert stats.trained_lags_max <= cfg.learner.max_lag
     # the restarted generator received the current weights (verified by its probe) before training went on

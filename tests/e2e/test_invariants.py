@@ -18,7 +18,7 @@ from learner.training.warmstart import prepare_model
 from learner.orchestration.schedule import temperature
 from pipeline.data import load_problems
 from pipeline.messages import Rollout, Sample, encode, pack_floats, pack_ids
-from tests.conftest import balanced, make_config, run_pipeline
+from tests.conftest import assert_every_lease_accounted_for, make_config, run_pipeline
 
 
 class Recorder:
@@ -143,7 +143,7 @@ def test_erpo_temperature_path_asynchrony_and_every_outcome(tiny_model, tmp_path
     d = learner.leases
     assert d.outcomes["dropped_filtered"] > 0 and d.outcomes["failed"] == 1 and d.failures["bad_rollout"] == 1
     assert learner.intake.rejected["unknown_lease"] >= 1  # the real rollout of the failed lease, rejected
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)
 
 
 def test_inflight_updates_train_samples_that_span_two_versions(tmp_path):
@@ -179,4 +179,4 @@ def test_inflight_updates_train_samples_that_span_two_versions(tmp_path):
     assert spanning > 0
     assert stats.weights_mismatch == 0 and stats.trained_lags_max <= cfg.learner.max_lag
     assert learner.supervisor.restarts == 0  # the generator never died (an update mid-generation once killed it)
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)

@@ -13,7 +13,7 @@ from learner.session import open_learner
 from learner.orchestration.supervisor import SupervisorError
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
-from tests.conftest import STANDIN, balanced, make_config, wait_for
+from tests.conftest import STANDIN, assert_every_lease_accounted_for, make_config, wait_for
 from tests.e2e.killer import Killer
 from tests.doubles import FailingStartLauncher
 
@@ -44,7 +44,8 @@ def test_twenty_five_kills_of_one_generator_finish_the_run_with_every_lease_acco
     kills, problems = killer.kills, killer.problems
     assert problems == [] and len(kills) == 25, (problems, kills)
     assert learner.supervisor.restarts == 25 and learner.supervisor.cooling == {}
-    assert learner.leases.outcomes["reissued"] > 0 and balanced(learner)
+    assert learner.leases.outcomes["reissued"] > 0
+    assert_every_lease_accounted_for(learner)
     assert len(stats.step_rewards) == learner.trainer.version >= kills[-1] + 2
 
 
@@ -55,7 +56,8 @@ def test_a_generator_that_cannot_start_cools_down_while_another_keeps_the_run_go
     learner = open_learner(cfg, tiny_model, load_problems(cfg.data), launcher=lambda c, addresses: FailingStartLauncher(
         c, addresses, extra_args=STANDIN, broken={1}))
     stats = _run(learner)
-    assert learner.trainer.version == 4 and balanced(learner)
+    assert learner.trainer.version == 4
+    assert_every_lease_accounted_for(learner)
     assert set(stats.rollouts_by_generator) == {0}
     (why,) = learner.supervisor.cooling.values()
     assert "failed to start 2 times in a row" in why and 1 in learner.supervisor.cooling
@@ -121,7 +123,8 @@ def test_a_generator_killed_during_its_starts_cools_down_and_comes_back(tiny_mod
     assert "generator 0: cooling" in seen["status"] and "exit code -9 (SIGKILL)" in seen["status"]
     assert "failed to start 2 times in a row (generator.max_failed_starts)" in seen["status"]
     assert learner.supervisor.lives[0].cooldowns == 1 and learner.supervisor.restarts == 3
-    assert len(stats.step_rewards) == learner.trainer.version >= seen["cooled_at"] + 3 and balanced(learner)
+    assert len(stats.step_rewards) == learner.trainer.version >= seen["cooled_at"] + 3
+    assert_every_lease_accounted_for(learner)
 
 
 def test_a_stalled_step_stops_the_run_naming_the_stage_and_status_tells(tiny_model, tmp_path):

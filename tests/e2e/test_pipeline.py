@@ -12,7 +12,7 @@ import psutil
 
 from learner.session import open_learner
 from pipeline.data import load_problems
-from tests.conftest import ROOT, CACHE_ARGS, balanced, make_config, run_pipeline
+from tests.conftest import ROOT, CACHE_ARGS, assert_every_lease_accounted_for, make_config, run_pipeline
 
 
 def _run(cfg, model):
@@ -27,13 +27,13 @@ def test_async_run_versions_lag_and_accounting(tiny_model, tmp_path):
     learner, stats = _run(cfg, tiny_model)
     assert len(stats.step_rewards) == 6 and learner.trainer.version == 6
     # versions strictly increase, and every announced version reached the engine intact
-    assert stats.versions_published == sorted(set(stats.versions_published))
-    assert stats.versions_published[-1] == 6
+    assert learner.weights.published == sorted(set(learner.weights.published))
+    assert learner.weights.published[-1] == 6
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
     assert stats.version_regressions == 0
     assert stats.trained_lags_max <= 1
     assert learner.leases.outcomes["trained"] == 6 * 4
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)
     lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
     assert sum('"loss"' in line for line in lines) == 6
     # the final held-out round ran through the generator on the final weights
@@ -51,7 +51,7 @@ def test_stale_samples_are_dropped_and_counted_never_trained(tiny_model, tmp_pat
     assert stats.trained_lags_max == 0
     assert set(stats.lag_hist) == {0}
     assert learner.leases.outcomes["dropped_stale"] > 0
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)
 
 
 def test_train_command_prints_summary_and_leaves_no_processes(tmp_path):
@@ -86,7 +86,7 @@ def test_two_generator_processes_share_the_work(tiny_model, tmp_path):
     assert stats.weights_mismatch == 0 and stats.version_regressions == 0
     assert stats.weights_verified >= 2 * 2  # every broadcast version checked on each engine (v0 and the last at least)
     assert stats.trained_lags_max <= cfg.learner.max_lag
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)
 
 
 def test_inflight_update_mode_end_to_end(tiny_model, tmp_path):
@@ -97,7 +97,7 @@ def test_inflight_update_mode_end_to_end(tiny_model, tmp_path):
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 2
     assert learner.supervisor.restarts == 0
     assert stats.trained_lags_max <= cfg.learner.max_lag  # lag counted from each sample's oldest token
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)
 
 
 def test_a_generator_joins_and_leaves_a_running_run(tiny_model, tmp_path):
@@ -151,4 +151,4 @@ def test_a_generator_joins_and_leaves_a_running_run(tiny_model, tmp_path):
     assert seen["checked"] >= seen["joined_at"]  # it got the newest weights, not its model folder's
     assert stats.weights_mismatch == 0
     assert learner.supervisor.restarts == 0 and 7 not in learner.supervisor.joined and 7 not in learner.supervisor.generators
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)

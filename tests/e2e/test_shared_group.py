@@ -15,7 +15,7 @@ from learner.session import open_learner
 from learner.weights.shared import SharedGroup
 from pipeline.data import load_problems
 from pipeline.launcher import Launcher
-from tests.conftest import STANDIN, WIDE, balanced, make_config, run_pipeline, wait_for
+from tests.conftest import STANDIN, WIDE, assert_every_lease_accounted_for, make_config, run_pipeline, wait_for
 
 FOUR = ["--generator.count", "4", "--learner.groups_per_step", "4", "--eval.final", "false",
         "--learner.checkpoint_every", "0"]
@@ -29,10 +29,10 @@ def test_four_generators_train_on_one_group_with_every_version_verified(tiny_mod
     pool = learner.weights.groups
     assert isinstance(pool, SharedGroup) and sorted(pool.members) == [0, 1, 2, 3]
     assert pool.formations <= 4  # formed as the engines came up, never once per version
-    assert stats.weights_mismatch == 0 and stats.versions_published[-1] == 5
+    assert stats.weights_mismatch == 0 and learner.weights.published[-1] == 5
     assert all(learner.weights.checked.get(g) == 5 for g in range(4)), learner.weights.checked  # each verified it
     assert all(stats.rollouts_by_generator[g] > 0 for g in range(4))
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)
 
 
 STEPS, FAULT_AT, TIMEOUT_S = 10, 3, 10.0
@@ -104,7 +104,7 @@ def test_a_stopped_and_a_killed_member_are_cut_out_and_the_rest_go_on_as_the_cal
     took = float(reached[0].split(" s after")[0].rsplit(" ", 1)[1])
     assert took < 3 * TIMEOUT_S, reached  # its timeout, a rendezvous that waited for the stopped one, the rebuild
     assert learner.supervisor.restarts >= 2 and learner.trainer.version == STEPS
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)
     # up to the fault (the step from version FAULT_AT had its batch before it), the very same losses
     assert [loss for s, loss in faulty if s <= FAULT_AT + 1] == [loss for s, loss in calm if s <= FAULT_AT + 1]
     assert len(calm) == len(faulty) == STEPS

@@ -10,7 +10,7 @@ import torch
 from learner.observe.events import BatchBuilt
 from learner.session import open_learner
 from pipeline.data import load_problems
-from tests.conftest import balanced, make_config, run_pipeline
+from tests.conftest import assert_every_lease_accounted_for, make_config, run_pipeline
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two tensor-parallel workers need two cores")
 
@@ -55,4 +55,4 @@ def test_a_tensor_parallel_generator_trains_verified(tiny_model, tmp_path, tempe
     assert stats.weights_mismatch == 0 and stats.weights_verified >= 3
     assert list(gaps.by_temperature) == [temperature]
     assert gaps.by_temperature[temperature] < 1e-3, gaps.by_temperature
-    assert balanced(learner)
+    assert_every_lease_accounted_for(learner)

@@ -93,7 +93,7 @@ def test_a_generator_that_dies_has_its_leases_reissued_to_its_successor(tmp_path
     # the same prompt visits go out again, under new lease ids
     assert [(a.prompt_id, a.epoch) for a in again] == [(a.prompt_id, a.epoch) for a in first]
     assert not {a.lease_id for a in again} & {a.lease_id for a in first}
-    assert learner.leases.balanced()
+    assert learner.leases.counts_add_up()
 
 
 def test_a_checkpoint_due_is_cut_between_two_steps_and_holds_the_next_step_until_written(tmp_path):

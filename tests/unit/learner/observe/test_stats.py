@@ -64,3 +64,10 @@ def test_the_residual_share_is_the_all_correct_groups_share_of_all():
     w.add("negative", 1.0)
     assert w.metrics()["residual_frac"] == residual_share(w.outcomes) == 0.5
     assert w.metrics()["residual_by_temp/1.30"] == 1.0
+
+
+def test_probe_checks_are_counted_either_way_and_the_largest_gap_kept():
+    stats = RunStats(Arrivals(0.0))
+    for ok, diff in [(True, 1e-5), (False, 0.5), (True, 2e-5)]:
+        stats.record_probe(ok, diff)
+    assert (stats.weights_verified, stats.weights_mismatch, stats.probe_max_diff) == (2, 1, 0.5)

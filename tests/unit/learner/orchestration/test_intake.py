@@ -103,4 +103,4 @@ def test_rollouts_that_cannot_become_groups_are_counted_and_close_their_lease():
     wrong.prompt_id = b.prompt_id + 1
     assert arrivals.on_rollout(wrong) is None
     assert dict(intake.rejected) == {"bad_rollout": 1, "unknown_lease": 1, "mismatched_rollout": 1}
-    assert len(arrivals.buffer) == 0 and all(p.visits == 0 for p in arrivals.tracker.prompts) and leases.balanced()
+    assert len(arrivals.buffer) == 0 and all(p.visits == 0 for p in arrivals.tracker.prompts) and leases.counts_add_up()

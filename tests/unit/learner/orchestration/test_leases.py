@@ -29,7 +29,7 @@ def test_accounting_identity_through_every_outcome():
     _, d = lease_book(num=5)
     now = time.monotonic()
     leases = [d.lease(0, 0, now=now) for _ in range(6)]
-    assert d.balanced() and d.open == 6
+    assert d.counts_add_up() and d.open == 6
     assert d.returned(leases[0].lease_id) is not None
     assert d.returned(leases[0].lease_id) is None  # a duplicate is not a second return
     d.close(leases[0].lease_id, "trained")
@@ -39,7 +39,7 @@ def test_accounting_identity_through_every_outcome():
     d.close(leases[2].lease_id, "failed", "bad_rollout")
     expired = d.expire(now=now + 11.0)  # the other three
     assert {l.lease_id for l in expired} == {a.lease_id for a in leases[3:]}
-    assert d.balanced() and d.open == 0
+    assert d.counts_add_up() and d.open == 0
     assert dict(d.outcomes) == {"trained": 1, "dropped_stale": 1, "dropped_filtered": 0, "failed": 1, "reissued": 3}
     # an expired visit is leased again: same prompt and epoch, new lease id
     again = d.lease(0, 0)

@@ -4,26 +4,24 @@ newest version, and checks the probes generators report in their heartbeats (cou
 import pytest
 
 from learner.training.clock import StageClock
-from learner.observe.stats import Arrivals, RunStats
 from learner.weights.membership import OwnGroups
-from learner.weights.publisher import WeightPublisher
+from learner.weights.publisher import ProbeCheck, WeightPublisher
 from pipeline.messages import Heartbeat
 from pipeline.probe import probe_matches
 from tests.doubles import ProbeTrainer, RecordingLink
 
 
 def _publisher(trainer=None, sync_every=1, steps=10):
-    stats, links = RunStats(Arrivals(1.0)), {}
+    links = {}
 
     def open_link(members):
         (gid, workers), = members.items()
         links[gid] = RecordingLink(gid, workers)
         return links[gid]
 
-    pub = WeightPublisher(trainer or ProbeTrainer(), "float32", sync_every, steps, OwnGroups(open_link), stats,
-                          StageClock(),
-                          wake=lambda: None)
-    return pub, stats, links
+    pub = WeightPublisher(trainer or ProbeTrainer(), "float32", sync_every, steps, OwnGroups(open_link),
+                          StageClock(), wake=lambda: None)
+    return pub, links
 
 
 def _beat(gid, version, probe, status="ready"):
@@ -31,27 +29,27 @@ def _beat(gid, version, probe, status="ready"):
                      probe_version=version, probe_logprobs=probe)
 
 
-def test_a_probe_in_a_heartbeat_is_checked_once_and_counted_either_way():
-    pub, stats, _ = _publisher()
+def test_a_probe_in_a_heartbeat_is_checked_once_and_reported_either_way():
+    pub, _ = _publisher()
     pub.join(4, 1, 3)
-    pub.on_heartbeat(_beat(4, 3, [-1.0, -2.0001, -0.5]))
-    pub.on_heartbeat(_beat(4, 3, [-1.0, -2.0001, -0.5]))  # the same report again: not counted twice
-    assert (stats.weights_verified, stats.weights_mismatch) == (1, 0) and pub.checked[4] == 3
+    assert pub.on_heartbeat(_beat(4, 3, [-1.0, -2.0001, -0.5])) == ProbeCheck(4, 3, True, pytest.approx(1e-4))
+    assert pub.on_heartbeat(_beat(4, 3, [-1.0, -2.0001, -0.5])) is None  # the same report again: checked once
+    assert pub.checked[4] == 3
     pub.join(5, 1, 3)
-    pub.on_heartbeat(_beat(5, 3, [-1.0, -2.5, -0.5]))
-    assert stats.weights_mismatch == 1 and stats.probe_max_diff == pytest.approx(0.5)
-    pub.on_heartbeat(_beat(5, 9, [-1.0]))  # no probe of that version: nothing to compare, nothing counted
-    assert (stats.weights_verified, stats.weights_mismatch) == (1, 1) and pub.checked[5] == 3
+    mismatch = pub.on_heartbeat(_beat(5, 3, [-1.0, -2.5, -0.5]))
+    assert mismatch == ProbeCheck(5, 3, False, pytest.approx(0.5))
+    assert pub.on_heartbeat(_beat(5, 9, [-1.0])) is None  # no probe of that version: nothing to compare
+    assert pub.checked[5] == 3
     pub.leave(5)
-    pub.on_heartbeat(_beat(5, 3, [-1.0, -2.0, -0.5], status="stopping"))  # the last word of one let go
-    assert stats.weights_verified == 1 and 5 not in pub.checked
+    assert pub.on_heartbeat(_beat(5, 3, [-1.0, -2.0, -0.5], status="stopping")) is None  # the last word of one let go
+    assert 5 not in pub.checked
     assert probe_matches([-1.0, -2.0], [-1.0, -2.0, -0.5], "float32")[0] is False  # a short report never matches
     assert probe_matches([-1.0, -2.02, -0.5], [-1.0, -2.0, -0.5], "bfloat16")[0] is True
 
 
 def test_it_decides_when_a_step_copies_the_weights_and_sends_each_version_once():
     trainer = ProbeTrainer(version=0)
-    pub, stats, links = _publisher(trainer, sync_every=2, steps=5)
+    pub, links = _publisher(trainer, sync_every=2, steps=5)
     assert pub.latest == 0 and pub.copy_before_step(0) is not None  # due at 0, not copied yet
     pub.join(0, 1, 0)
     pub.join(1, 1, 0)
@@ -71,7 +69,7 @@ def test_it_decides_when_a_step_copies_the_weights_and_sends_each_version_once()
     assert links[0].sent == [2] and links[1].sent == [] and trainer.copies == [2]
     links[1].busy = False
     pub.publish(2, step_running=True)
-    assert links[1].sent == [2] and stats.versions_published == [2]
+    assert links[1].sent == [2] and pub.published == [2]
     trainer.version = 5  # the last version always goes out
     pub.publish(5, step_running=False)
     assert links[0].sent == [2, 5] and pub.latest == 5
@@ -83,7 +81,7 @@ def test_it_decides_when_a_step_copies_the_weights_and_sends_each_version_once()
 
 def test_a_newcomer_behind_the_newest_version_gets_it_at_once_even_between_due_versions():
     trainer = ProbeTrainer(version=4)
-    pub, _, links = _publisher(trainer, sync_every=4, steps=10)
+    pub, links = _publisher(trainer, sync_every=4, steps=10)
     pub.join(0, 1, 3)
     pub.publish(4, step_running=False)  # due: copied and sent
     assert links[0].sent == [4]
@@ -95,7 +93,7 @@ def test_a_newcomer_behind_the_newest_version_gets_it_at_once_even_between_due_v
 
 def test_a_snapshots_host_memory_is_reused_once_no_link_sends_it_and_never_while_one_does():
     trainer = ProbeTrainer(version=1)
-    pub, _, links = _publisher(trainer)
+    pub, links = _publisher(trainer)
     pub.join(0, 1, 0)
     pub.take_snapshot()
     first = pub.snapshot
