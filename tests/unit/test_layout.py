@@ -160,3 +160,27 @@ def test_the_circle_check_catches_a_ring_through_a_function(tmp_path):
     (tmp_path / "learner" / "b.py").write_text("def f():\n    from learner.a import g\n")
     (tmp_path / "learner" / "c.py").write_text("import learner.a\n")
     assert import_circles(import_graph(tmp_path, packages=("learner",))) == [["learner.a", "learner.b"]]
+
+
+STATS_WRITERS = {"learner/loop.py", "learner/build.py"}  # the loop writes the run's statistics; build() makes them
+
+
+def stats_users(root: Path) -> list[str]:
+    """Modules of learner/, outside observe/ and the loop and its builder, that import the run
+    statistics (learner/observe/stats.py), and so could write them or decide from them."""
+    return sorted(str(p.relative_to(root)) for p in (root / "learner").rglob("*.py")
+                  if str(p.relative_to(root)) not in STATS_WRITERS and p.parent.name != "observe"
+                  and any(m.startswith("learner.observe.stats") for m in imported_modules(p)))
+
+
+def test_statistics_have_one_writer_and_no_room_reads_them():
+    """docs/design.md §3, "Statistics only observe": each owner reports what happened (a verdict, a
+    probe check, a finished step) and the loop records it; nothing in control reads the figures."""
+    assert stats_users(ROOT) == []
+
+
+def test_the_statistics_check_catches_a_room_that_imports_them(tmp_path):
+    (tmp_path / "learner" / "weights").mkdir(parents=True)
+    (tmp_path / "learner" / "weights" / "publisher.py").write_text("from learner.observe.stats import RunStats\n")
+    (tmp_path / "learner" / "loop.py").write_text("from learner.observe.stats import RunStats\n")
+    assert stats_users(tmp_path) == ["learner/weights/publisher.py"]
