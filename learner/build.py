@@ -28,6 +28,7 @@ from learner.orchestration.lag import LagControl
 from learner.orchestration.ledger import Ledger
 from learner.orchestration.modes import lag_control
 from learner.orchestration.leases import LeaseBook
+from learner.orchestration.liveness import Liveness
 from learner.orchestration.supervisor import Supervisor
 from learner.orchestration.tracker import Tracker
 from learner.training import checkpoint
@@ -92,7 +93,8 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint: Endpo
     backend = choose_backend(cfg.weights.backend, trainer.device, shares_gpu=not gc.devices and gc.count > 0)
     open_link = open_link or opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post,
                                     cfg.transport.weight_ports)
-    groups = (SharedGroup(open_link, stale_s=STALE_BEATS * gc.heartbeat_s) if cfg.weights.group == "shared"
+    liveness = Liveness()  # the supervisor writes it; a shared group reads it to blame a failed broadcast
+    groups = (SharedGroup(open_link, liveness.last_heard, STALE_BEATS * gc.heartbeat_s) if cfg.weights.group == "shared"
               else OwnGroups(open_link))
     weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, groups, clock, endpoint.wake)
     ev = cfg.eval
@@ -101,7 +103,8 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint: Endpo
                          run_name=cfg.run.name, config=to_toml_dict(cfg),
                          resumed_at=trainer.version if resume is not None else None,
                          checkpoint=resume.name if resume is not None else "")
-    supervisor = Supervisor(gc, endpoint.send, on_gone=Departures(leases, heldout, metrics.alert), weights=weights)
+    supervisor = Supervisor(gc, endpoint.send, on_gone=Departures(leases, heldout, metrics.alert), weights=weights,
+                            liveness=liveness)
     on_batch = (lambda v, b: observer(BatchBuilt(v, b))) if observer else None
     writer = writer or checkpoint.Writer(cfg.run_dir / "checkpoints", model_path, lc.keep_checkpoints)
     rooms = Rooms(trainer, tracker, leases, intake, lag, Ledger(leases, tracker),

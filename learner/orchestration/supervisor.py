@@ -27,6 +27,7 @@ from typing import Protocol
 
 from learner.observe.health import GeneratorHealth
 from learner.orchestration.lag import Pool
+from learner.orchestration.liveness import Liveness
 from pipeline.config import GeneratorConfig
 from pipeline.messages import Alive, Heartbeat, Stop
 
@@ -51,7 +52,6 @@ class Membership(Protocol):
 class GeneratorInfo:
     status: str = "starting"
     version: int = 0
-    last_seen: float = 0.0
     pid: int = 0
     busy_s: float = 0.0  # this process's cumulative generating time, as it last reported
     groups: int = 0  # groups this process has returned (with busy_s: its measured rate)
@@ -77,11 +77,13 @@ class Lives:
 
 class Supervisor:
     def __init__(self, gc: GeneratorConfig, send: Callable[[int, object], bool],
-                 on_gone: Callable[[int, str], None], weights: Membership):
+                 on_gone: Callable[[int, str], None], weights: Membership, liveness: Liveness | None = None):
         """`on_gone(generator, why)`: what a generator's death or departure does
         (learner/orchestration/departures.py);
-        `weights`: told when a generator's engine is up (its link opens then) and when it is gone."""
+        `weights`: told when a generator's engine is up (its link opens then) and when it is gone;
+        `liveness`: when each was last heard from, written here only (a shared weight group reads it)."""
         self.gc, self.weights = gc, weights
+        self.liveness = liveness if liveness is not None else Liveness()
         self.send = send
         self.on_gone = on_gone
         self.joined: set[int] = set()  # generators whose weight link was opened
@@ -110,17 +112,17 @@ class Supervisor:
 
     def on_heartbeat(self, hb: Heartbeat, now: float | None = None) -> None:
         """Record a heartbeat (nothing for the last word of a generator already let go)."""
-        if hb.generator_id not in self.joined:
-            if hb.status == "stopping":
-                return None
-            if hb.status != "starting":  # its engine is up (a group opened earlier would wait through its load)
-                self._join(hb)
+        now = time.monotonic() if now is None else now
+        if hb.generator_id not in self.joined and hb.status == "stopping":
+            return None
+        self.liveness.heard(hb.generator_id, now)  # before it joins: its weight group reads when it was heard
+        if hb.generator_id not in self.joined and hb.status != "starting":
+            self._join(hb)  # its engine is up (a group opened earlier would wait through its load)
         self.send(hb.generator_id, Alive())  # without word from its learner, a generator exits by itself
         info = self.generators.setdefault(hb.generator_id, GeneratorInfo())
         info.status, info.version, info.pid, info.busy_s = hb.status, hb.version, hb.pid, hb.busy_s
-        info.last_seen = time.monotonic() if now is None else now
         if info.status in ("ready", "generating", "updating"):
-            self.last_alive, self.ever_ready = info.last_seen, True
+            self.last_alive, self.ever_ready = now, True
             if hb.generator_id in self.lives:
                 life = self.lives[hb.generator_id]
                 life.was_ready, life.failed_starts = True, 0
@@ -135,6 +137,7 @@ class Supervisor:
         self.generators.pop(gid, None)
         self.joined.discard(gid)
         self.weights.leave(gid)
+        self.liveness.forget(gid)
 
     def check(self, launcher, now: float | None = None) -> None:
         """Restart the launched generators that died, went silent, or lost their weight link (after
@@ -146,10 +149,10 @@ class Supervisor:
         for gid in sorted(self.joined | set(self.generators)):
             info, error = self.generators.get(gid), self.weights.failure(gid, now)
             failed = error is not None
-            silent = info is not None and now - info.last_seen > timeout
+            silent = info is not None and self.liveness.silent_for(gid, now) > timeout
             if failed or silent:
                 log.error("generator %d: %s", gid, f"its weight link failed ({error})" if failed
-                          else f"silent for {now - info.last_seen:.0f}s (generator.heartbeat_timeout_s)")
+                          else f"silent for {self.liveness.silent_for(gid, now):.0f}s (generator.heartbeat_timeout_s)")
             if launcher is not None and launcher.manages(gid):
                 if silent or failed:
                     launcher.kill(gid)  # dead to us (e.g. it never joined its weight group): restarted below
@@ -228,7 +231,7 @@ class Supervisor:
                 state=state, restarts_last_hour=len(life.deaths) if life else 0, cooling=life.cooling if life else "",
                 retry_in_s=max(0.0, life.restart_at - now) if life and life.cooling else None,
                 last_error=life.last_error if life else "",
-                seen_s_ago=now - info.last_seen if info is not None else None)
+                seen_s_ago=self.liveness.silent_for(gid, now) if info is not None else None)
         return out
 
     @property

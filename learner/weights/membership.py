@@ -56,7 +56,8 @@ class WeightGroups(Protocol):
         """Every generator has been sent `version` (and no broadcast is running)."""
 
     def observe(self, hb: Heartbeat, now: float) -> None:
-        """A heartbeat: when the generator was last heard from, and what it is receiving."""
+        """A heartbeat: what the generator is receiving (when it was heard from is the supervisor's
+        record, learner/orchestration/liveness.py)."""
 
     def cut(self, gid: int, why: str) -> None:
         """Its weights are wrong (its probe differs from the learner's)."""

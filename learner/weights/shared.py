@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from learner.weights.membership import OpenLink, close_links
 from learner.weights.links import GeneratorLink, Snapshot
@@ -36,16 +37,16 @@ log = logging.getLogger(__name__)
 
 
 class SharedGroup:
-    def __init__(self, open_link: OpenLink, stale_s: float):
-        """`open_link(members)`: a weight link to those generators; `stale_s`: a member not heard from
-        this long (its heartbeats come every `generator.heartbeat_s`, even inside a transfer) is taken
-        for dead or stopped when a broadcast fails."""
-        self.open_link, self.stale_s = open_link, stale_s
+    def __init__(self, open_link: OpenLink, last_heard: Callable[[int], float | None], stale_s: float):
+        """`open_link(members)`: a weight link to those generators; `last_heard(gid)`: when it was last
+        heard from (the supervisor's record, learner/orchestration/liveness.py); `stale_s`: a member
+        not heard from this long (its heartbeats come every `generator.heartbeat_s`, even inside a
+        transfer) is taken for dead or stopped when a broadcast fails."""
+        self.open_link, self.last_heard, self.stale_s = open_link, last_heard, stale_s
         self.link: GeneratorLink | None = None  # the current formation's
         self.members: dict[int, int] = {}  # its generators (-> their workers) still with us
         self.waiting: dict[int, int] = {}  # generators up since it formed, to enter at the next re-form
         self.held: dict[int, int] = {}  # the version each generator surely holds (its start, or a completed broadcast)
-        self.heard: dict[int, float] = {}  # when each was last heard from
         self.arrived: set[int] = set()  # members that said they were receiving the running broadcast
         self.cut_off: dict[int, BaseException] = {}  # cut out: the supervisor ends them
         self.closing: list[GeneratorLink] = []  # earlier formations, until their threads end
@@ -59,10 +60,10 @@ class SharedGroup:
     # ---- membership -------------------------------------------------------------------------------
 
     def join(self, gid: int, workers: int, version: int) -> None:
-        self.waiting[gid], self.held[gid], self.heard[gid] = workers, version, time.monotonic()
+        self.waiting[gid], self.held[gid] = workers, version
 
     def leave(self, gid: int) -> None:
-        for table in (self.waiting, self.held, self.heard, self.cut_off):
+        for table in (self.waiting, self.held, self.cut_off):
             table.pop(gid, None)
         self.arrived.discard(gid)
         if self.members.pop(gid, None) is not None:
@@ -79,7 +80,6 @@ class SharedGroup:
 
     def observe(self, hb: Heartbeat, now: float) -> None:
         if hb.generator_id in self.held:
-            self.heard[hb.generator_id] = now
             link = self.link
             if link is not None and link.sending is not None and hb.receiving == link.version >= 0:
                 self.arrived.add(hb.generator_id)  # sticky: one whose receive failed since did arrive
@@ -158,10 +158,11 @@ class SharedGroup:
             return  # an error: wait for the supervisor to find a dead member (it leaves), or for one to go quiet
         broadcasting = link.joined
         for gid in self.members:
-            silent = now - self.heard.get(gid, 0.0) > self.stale_s
+            quiet_s = now - (self.last_heard(gid) or 0.0)
+            silent = quiet_s > self.stale_s
             absent = timed_out and broadcasting and gid not in self.arrived
             if (silent or absent) and gid not in self.cut_off:
-                why = (f"not heard from for {now - self.heard.get(gid, 0.0):.0f} s" if silent
+                why = (f"not heard from for {quiet_s:.0f} s" if silent
                        else f"it never started receiving version {link.version}")
                 self.cut_off[gid] = RuntimeError(f"cut out of the shared weight group: {why} ({error})")
                 log.error("generator %d: %s", gid, self.cut_off[gid])

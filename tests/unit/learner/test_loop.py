@@ -158,3 +158,15 @@ def test_lag_control_is_one_interface(kind, tmp_path):
                  "load_state_dict"):
         assert callable(getattr(learner.lag, name))
     assert len(learner.lag.buffer) == 0
+
+
+def test_liveness_has_one_record_that_the_supervisor_writes_and_a_shared_group_reads(tmp_path):
+    """docs/design.md §3, "One record of liveness": a heartbeat handed to the loop stamps the
+    supervisor's record, and the shared weight group that build() made judges silence from it."""
+    learner, endpoint, _ = _learner(tmp_path, weights={"group": "shared"})
+    groups = learner.weights.groups
+    endpoint.deliver(_ready(0))
+    learner.tick()
+    heard = learner.supervisor.liveness.last_heard(0)
+    assert heard is not None and groups.last_heard(0) == heard
+    assert not hasattr(groups, "heard")  # no second record in the weights' room

@@ -28,7 +28,7 @@ def test_a_generator_whose_engine_is_up_joins_the_weights_once_and_leaves_them_w
     assert sup.weights.joins == [3] and 3 in sup.joined and [type(m) for _, m in send.sent] == [Alive, Alive]
     assert sup.ready_weights() == {3: 0}
     sup.weights.failures[3] = RuntimeError("gloo: connection reset")  # its link failed: it is let go
-    sup.check(launcher, now=sup.generators[3].last_seen)
+    sup.check(launcher, now=sup.liveness.last_heard(3))
     assert 3 not in sup.joined and sup.weights.leaves == [3] and gone == [(3, "left")]
 
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from learner.orchestration.liveness import Liveness
 from learner.weights.links import Snapshot
 from learner.weights.shared import SharedGroup
 from pipeline.messages import Heartbeat
@@ -23,12 +24,17 @@ def _pool():
         formed.append(FormationLink(members))
         return formed[-1]
 
-    return SharedGroup(open_link, STALE_S), formed
+    liveness = Liveness()
+    pool = SharedGroup(open_link, liveness.last_heard, STALE_S)
+    pool.liveness = liveness  # the test's handle on what the supervisor would write
+    return pool, formed
 
 
 def _beat(pool, gid, receiving=-1, at=None):
-    pool.observe(Heartbeat(generator_id=gid, pid=1, status="updating", version=0, receiving=receiving),
-                 time.monotonic() if at is None else at)
+    """A heartbeat as the loop hands it on: the supervisor records when, then the group sees it."""
+    at = time.monotonic() if at is None else at
+    pool.liveness.heard(gid, at)
+    pool.observe(Heartbeat(generator_id=gid, pid=1, status="updating", version=0, receiving=receiving), at)
 
 
 def _send(pool, link, version):
