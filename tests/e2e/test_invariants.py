@@ -159,7 +159,7 @@ def test_inflight_updates_train_samples_that_span_two_versions(tmp_path):
     # (actors/engine.py, `probe`); the restarts hid it.
     untrained = prepare_model(make_config(tmp_path / "model", "--warmstart.enabled", "false"), progress=False)
     cfg = make_config(tmp_path, "--learner.steps", "30", "--learner.groups_per_step", "2", "--learner.group_size", "16",
-                      "--learner.max_lag", "3", "--learner.max_open_groups", "32", "--generator.max_inflight", "8",
+                      "--learner.max_lag", "8", "--learner.max_open_groups", "32", "--generator.max_inflight", "8",
                       "--generator.max_tokens", "32", "--generator.update_mode", "inflight", "--eval.final", "false",
                       "--learner.checkpoint_every", "0")
     cfg.run_dir.mkdir(parents=True)
