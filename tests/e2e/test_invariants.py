@@ -156,7 +156,9 @@ def test_inflight_updates_train_samples_that_span_two_versions(tmp_path):
     # machine once let the generator finish all it held before each version came: no sample spanned
     # two. Leases over-provisioned (max_open_groups) for the same reason. This run once crashed the
     # generator at each such update: its probe ran `generate` over the streaming requests
-    # (actors/engine.py, `probe`); the restarts hid it.
+    # (actors/engine.py, `probe`); the restarts hid it. max_lag 8, not 3: once (1 suite run of 5,
+    # 2026-12-08) no sample spanned two versions, as if lag control's bound had left the generator
+    # nothing queued whenever a version came; a looser bound keeps work leased ahead of it.
     untrained = prepare_model(make_config(tmp_path / "model", "--warmstart.enabled", "false"), progress=False)
     cfg = make_config(tmp_path, "--learner.steps", "30", "--learner.groups_per_step", "2", "--learner.group_size", "16",
                       "--learner.max_lag", "8", "--learner.max_open_groups", "32", "--generator.max_inflight", "8",
