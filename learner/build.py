@@ -94,7 +94,7 @@ def build(cfg: Config, model_path: str, problems: list[Problem], endpoint: Endpo
     open_link = open_link or opener(backend, cfg.weights, cfg.transport.host, trainer.device, endpoint.post,
                                     cfg.transport.weight_ports)
     liveness = Liveness()  # the supervisor writes it; a shared group reads it to blame a failed broadcast
-    groups = (SharedGroup(open_link, liveness.last_heard, STALE_BEATS * gc.heartbeat_s) if cfg.weights.group == "shared"
+    groups = (SharedGroup(open_link, liveness.silent_for, STALE_BEATS * gc.heartbeat_s) if cfg.weights.group == "shared"
               else OwnGroups(open_link))
     weights = WeightPublisher(trainer, cfg.model.dtype, lc.sync_every, lc.steps, groups, clock, endpoint.wake)
     ev = cfg.eval

@@ -5,7 +5,7 @@ only writer. Two decisions read it, each with its own threshold, because they as
 questions: the supervisor kills and restarts a generator silent for `generator.heartbeat_timeout_s`
 (it is dead or hung), and a shared weight group whose broadcast failed blames the members silent for
 a few heartbeats (learner/weights/shared.py: they held the broadcast up). The weights' room reads it
-through `last_heard` only, so it imports nothing from here.
+through `silent_for` only, so it imports nothing from here.
 """
 
 from __future__ import annotations

@@ -149,10 +149,11 @@ class Supervisor:
         for gid in sorted(self.joined | set(self.generators)):
             info, error = self.generators.get(gid), self.weights.failure(gid, now)
             failed = error is not None
-            silent = info is not None and self.liveness.silent_for(gid, now) > timeout
+            quiet_s = self.liveness.silent_for(gid, now)
+            silent = info is not None and quiet_s > timeout
             if failed or silent:
                 log.error("generator %d: %s", gid, f"its weight link failed ({error})" if failed
-                          else f"silent for {self.liveness.silent_for(gid, now):.0f}s (generator.heartbeat_timeout_s)")
+                          else f"silent for {quiet_s:.0f}s (generator.heartbeat_timeout_s)")
             if launcher is not None and launcher.manages(gid):
                 if silent or failed:
                     launcher.kill(gid)  # dead to us (e.g. it never joined its weight group): restarted below

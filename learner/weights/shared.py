@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 
 
 class SharedGroup:
-    def __init__(self, open_link: OpenLink, last_heard: Callable[[int], float | None], stale_s: float):
-        """`open_link(members)`: a weight link to those generators; `last_heard(gid)`: when it was last
-        heard from (the supervisor's record, learner/orchestration/liveness.py); `stale_s`: a member
-        not heard from this long (its heartbeats come every `generator.heartbeat_s`, even inside a
-        transfer) is taken for dead or stopped when a broadcast fails."""
-        self.open_link, self.last_heard, self.stale_s = open_link, last_heard, stale_s
+    def __init__(self, open_link: OpenLink, silent_for: Callable[[int, float], float], stale_s: float):
+        """`open_link(members)`: a weight link to those generators; `silent_for(gid, now)`: seconds
+        since it was last heard from (the supervisor's record, learner/orchestration/liveness.py);
+        `stale_s`: a member silent this long (its heartbeats come every `generator.heartbeat_s`, even
+        inside a transfer) is taken for dead or stopped when a broadcast fails."""
+        self.open_link, self.silent_for, self.stale_s = open_link, silent_for, stale_s
         self.link: GeneratorLink | None = None  # the current formation's
         self.members: dict[int, int] = {}  # its generators (-> their workers) still with us
         self.waiting: dict[int, int] = {}  # generators up since it formed, to enter at the next re-form
@@ -158,7 +158,7 @@ class SharedGroup:
             return  # an error: wait for the supervisor to find a dead member (it leaves), or for one to go quiet
         broadcasting = link.joined
         for gid in self.members:
-            quiet_s = now - (self.last_heard(gid) or 0.0)
+            quiet_s = self.silent_for(gid, now)
             silent = quiet_s > self.stale_s
             absent = timed_out and broadcasting and gid not in self.arrived
             if (silent or absent) and gid not in self.cut_off:

@@ -25,7 +25,7 @@ def _pool():
         return formed[-1]
 
     liveness = Liveness()
-    pool = SharedGroup(open_link, liveness.last_heard, STALE_S)
+    pool = SharedGroup(open_link, liveness.silent_for, STALE_S)
     pool.liveness = liveness  # the test's handle on what the supervisor would write
     return pool, formed
 
